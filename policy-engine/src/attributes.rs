@@ -1,0 +1,108 @@
+//! What the engine knows about one connection or request. The host adapter (the proxy-wasm
+//! filter, a test) fills only what [`Requirements`] asks for; everything else stays absent, and an
+//! absent attribute makes positive matchers fail and negations succeed, as in Envoy RBAC.
+
+use std::net::IpAddr;
+
+/// One connection (TCP) or request (HTTP).
+#[derive(Clone, Debug, Default)]
+pub struct Attributes<'a> {
+    /// The authenticated peer identity, as Envoy's RBAC `authenticated.principal_name` sees it: the
+    /// peer certificate's first URI SAN (`spiffe://cluster.local/ns/foo/sa/bar`), else its first DNS
+    /// SAN, else its subject. `None` unless the connection is mTLS with a verified client
+    /// certificate. Never taken from a request header.
+    pub principal: Option<&'a str>,
+    /// `connection.mtls`: the downstream connection is TLS with a verified client certificate.
+    pub mtls: bool,
+    /// `source.ip` / `ipBlocks`: the direct peer of the socket (`direct_remote_ip`).
+    pub source_ip: Option<IpAddr>,
+    /// `remote.ip` / `remoteIpBlocks`: the client address after trusted `X-Forwarded-For` hops or the
+    /// PROXY protocol; equals the direct peer when neither applies.
+    pub remote_ip: Option<IpAddr>,
+    /// `destination.ip`: the local address the connection arrived on.
+    pub destination_ip: Option<IpAddr>,
+    /// `destination.port` / `ports`: the local (workload) port the connection arrived on.
+    pub destination_port: Option<u16>,
+    /// `connection.sni`: the TLS server name the client requested.
+    pub sni: Option<&'a str>,
+    /// Envoy dynamic metadata for `experimental.envoy.filters.*[key]` conditions, as a JSON object
+    /// `{ "<filter name>": { "<key>": value } }`.
+    pub dynamic_metadata: Option<&'a serde_json::Value>,
+    /// The HTTP request; `None` on a TCP (network filter) check.
+    pub http: Option<HttpAttributes<'a>>,
+}
+
+/// The parts of an HTTP request that policies can name.
+#[derive(Clone, Debug, Default)]
+pub struct HttpAttributes<'a> {
+    /// `:authority` (with the port if the client sent one).
+    pub host: Option<&'a str>,
+    /// `:method`.
+    pub method: Option<&'a str>,
+    /// `:path` as received, query string included: the engine strips the query and fragment and
+    /// normalizes the path (see [`crate::path`]) before matching.
+    pub path: Option<&'a str>,
+    /// Request headers the policies need, names in lower case, repeated headers joined with `,`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The verified JWT payload (`envoy.filters.http.jwt_authn` metadata, key `payload`). Never
+    /// parsed from a request header by the engine.
+    pub jwt: Option<&'a serde_json::Value>,
+}
+
+impl HttpAttributes<'_> {
+    /// The value of a request header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// Which attributes the compiled policies read, so the host fetches nothing else: each host call
+/// crosses the VM boundary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub principal: bool,
+    pub mtls: bool,
+    pub source_ip: bool,
+    pub remote_ip: bool,
+    pub destination_ip: bool,
+    pub destination_port: bool,
+    pub sni: bool,
+    pub host: bool,
+    pub method: bool,
+    pub path: bool,
+    pub jwt: bool,
+    /// Lower-case names of the request headers that conditions name.
+    pub headers: Vec<String>,
+    /// A CEL expression reads `request.headers` as a whole map.
+    pub all_headers: bool,
+    /// Dynamic-metadata filter names (`experimental.envoy.filters.<name>[key]`).
+    pub dynamic_metadata: Vec<String>,
+}
+
+impl Requirements {
+    pub fn add_header(&mut self, name: &str) {
+        let lower = name.to_ascii_lowercase();
+        if !self.headers.contains(&lower) {
+            self.headers.push(lower);
+        }
+    }
+
+    pub fn add_dynamic_metadata(&mut self, filter: &str) {
+        if !self.dynamic_metadata.iter().any(|f| f == filter) {
+            self.dynamic_metadata.push(filter.to_string());
+        }
+    }
+
+    /// Whether anything request-level (beyond the connection) is needed.
+    pub fn needs_http(&self) -> bool {
+        self.host
+            || self.method
+            || self.path
+            || self.jwt
+            || self.all_headers
+            || !self.headers.is_empty()
+    }
+}

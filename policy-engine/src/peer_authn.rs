@@ -1,0 +1,156 @@
+//! PeerAuthentication: the mTLS mode of a workload port (Istio `ComposePeerAuthentication`).
+//!
+//! Levels: mesh (root namespace, no selector), namespace (the workload's namespace, no selector),
+//! workload (the workload's namespace, a non-empty selector that is a subset of its labels). A
+//! root-namespace policy with a selector is ignored. Within a level the oldest wins
+//! (creationTimestamp, then name). `UNSET` inherits the parent; the mesh's parent is PERMISSIVE.
+//! `portLevelMtls` comes only from the winning workload policy; an `UNSET` port entry takes the
+//! resolved workload mode.
+
+use std::collections::BTreeMap;
+
+use crate::engine::{MeshConfig, Workload};
+use crate::error::{Diagnostic, Diagnostics, ObjectRef};
+use crate::model::{MtlsMode, PeerAuthentication, PolicySet};
+
+/// The resolved mode of every port of one workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedMtls {
+    /// The mode of ports without a `portLevelMtls` entry (never `Unset`).
+    pub default_mode: MtlsMode,
+    /// `portLevelMtls` of the winning workload policy, resolved (never `Unset`).
+    pub ports: BTreeMap<u16, MtlsMode>,
+    /// `namespace/name` of the policies that decided, mesh to workload.
+    pub sources: Vec<String>,
+}
+
+impl ResolvedMtls {
+    pub fn mode(&self, port: u16) -> MtlsMode {
+        self.ports.get(&port).copied().unwrap_or(self.default_mode)
+    }
+}
+
+fn object_ref(pa: &PeerAuthentication) -> ObjectRef {
+    ObjectRef {
+        kind: "PeerAuthentication".to_string(),
+        namespace: pa.meta.namespace.clone(),
+        name: pa.meta.name.clone(),
+    }
+}
+
+fn has_labels(pa: &PeerAuthentication) -> bool {
+    pa.spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
+}
+
+/// Istio's order: oldest first, then name, then namespace.
+fn older(a: &PeerAuthentication, b: &PeerAuthentication) -> bool {
+    (a.meta.creation_timestamp, &a.meta.name, &a.meta.namespace)
+        < (b.meta.creation_timestamp, &b.meta.name, &b.meta.namespace)
+}
+
+fn oldest<'a>(
+    candidates: impl Iterator<Item = &'a PeerAuthentication>,
+) -> Option<&'a PeerAuthentication> {
+    candidates.fold(None, |best, pa| match best {
+        Some(b) if !older(pa, b) => Some(b),
+        _ => Some(pa),
+    })
+}
+
+pub(crate) fn resolve(
+    set: &PolicySet,
+    workload: &Workload,
+    mesh: &MeshConfig,
+    warnings: &mut Diagnostics,
+) -> ResolvedMtls {
+    let root = mesh.root_namespace.as_str();
+    let all = &set.peer_authentications;
+
+    for pa in all
+        .iter()
+        .filter(|pa| pa.meta.namespace == root && has_labels(pa))
+    {
+        warnings.push(Diagnostic::warning(
+            Some(object_ref(pa)),
+            "spec.selector",
+            "a PeerAuthentication in the root namespace with a selector is ignored (Istio applies root-namespace policies mesh-wide only)",
+        ));
+    }
+
+    let mesh_pa = oldest(
+        all.iter()
+            .filter(|pa| pa.meta.namespace == root && !has_labels(pa)),
+    );
+    let ns_pa = if workload.namespace == root {
+        None
+    } else {
+        oldest(
+            all.iter()
+                .filter(|pa| pa.meta.namespace == workload.namespace && !has_labels(pa)),
+        )
+    };
+    let wl_pa = if workload.namespace == root {
+        None
+    } else {
+        oldest(all.iter().filter(|pa| {
+            pa.meta.namespace == workload.namespace
+                && pa.spec.selector.as_ref().is_some_and(|s| {
+                    !s.match_labels.is_empty()
+                        && s.match_labels
+                            .iter()
+                            .all(|(k, v)| workload.labels.get(k) == Some(v))
+                })
+        }))
+    };
+
+    // Later policies at the mesh or namespace level are dropped, as Istio warns.
+    for (level, winner, ns) in [
+        ("mesh", mesh_pa, root),
+        ("namespace", ns_pa, workload.namespace.as_str()),
+    ] {
+        if let Some(w) = winner {
+            for pa in all
+                .iter()
+                .filter(|pa| pa.meta.namespace == ns && !has_labels(pa) && !std::ptr::eq(*pa, w))
+            {
+                warnings.push(Diagnostic::warning(
+                    Some(object_ref(pa)),
+                    "",
+                    format!(
+                        "{level}-level PeerAuthentication is already defined by {}/{} (the oldest wins); this one is ignored",
+                        w.meta.namespace, w.meta.name
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut mode = MtlsMode::Permissive;
+    let mut sources = Vec::new();
+    for pa in [mesh_pa, ns_pa, wl_pa].into_iter().flatten() {
+        match pa.spec.mtls.unwrap_or(MtlsMode::Unset) {
+            MtlsMode::Unset => {}
+            m => {
+                mode = m;
+                sources.push(format!("{}/{}", pa.meta.namespace, pa.meta.name));
+            }
+        }
+    }
+
+    let mut ports = BTreeMap::new();
+    if let Some(levels) = wl_pa.and_then(|pa| pa.spec.port_level_mtls.as_ref()) {
+        for (&port, &m) in levels {
+            if let Ok(port) = u16::try_from(port) {
+                ports.insert(port, if m == MtlsMode::Unset { mode } else { m });
+            }
+        }
+    }
+    ResolvedMtls {
+        default_mode: mode,
+        ports,
+        sources,
+    }
+}

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod client;
 pub mod envoy;
 pub mod policy;
+pub mod sidecar;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,267 @@
+//! AuthorizationPolicy end to end: what a caller and the application see through a real Envoy
+//! running the built module.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use meshauthz_e2e::client::{Response, Transport};
+use meshauthz_e2e::sidecar::Sidecar;
+
+const DENIED_BODY: &str = "RBAC: access denied";
+
+#[track_caller]
+fn assert_ok(r: &Response) {
+    assert_eq!((r.exit, r.status), (0, 200), "expected 200, got {r:#?}");
+}
+
+#[track_caller]
+fn assert_denied(r: &Response) {
+    assert_eq!(r.status, 403, "expected 403, got {r:#?}");
+    assert_eq!(r.body, DENIED_BODY, "403 body: {r:#?}");
+}
+
+/// Scenario 1: ALLOW by principal.
+#[test]
+fn allow_by_principal() {
+    let s = Sidecar::builder("allow-principal")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    assert_ok(
+        &s.get("/hello", s.mtls("foo", "bar").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s.app.hits(), 1);
+    assert_denied(
+        &s.get("/hello", s.mtls("other", "x").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_denied(
+        &s.get("/hello", s.mtls("istioinaction", "sleep").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_denied(&s.get("/hello", Transport::Plaintext).send().unwrap());
+    assert_eq!(s.app.hits(), 1, "a denied request reached the application");
+}
+
+/// Scenario 2: a DENY by namespace beside an ALLOW that would admit the same caller.
+#[test]
+fn deny_by_namespace_beside_allow() {
+    let s = Sidecar::builder("deny-namespace")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-mesh, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-other, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {namespaces: ["other"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    assert_ok(&s.get("/a", s.mtls("foo", "bar").unwrap()).send().unwrap());
+    assert_ok(
+        &s.get("/a", s.mtls("istioinaction", "sleep").unwrap())
+            .send()
+            .unwrap(),
+    );
+    // `other/x` matches the ALLOW (`principals: ["*"]`) too: DENY wins.
+    assert_denied(&s.get("/a", s.mtls("other", "x").unwrap()).send().unwrap());
+    assert_denied(&s.get("/a", s.mtls("other", "y").unwrap()).send().unwrap());
+    // No principal on plaintext: the ALLOW does not match.
+    assert_denied(&s.get("/a", Transport::Plaintext).send().unwrap());
+    assert_eq!(s.app.hits(), 2);
+}
+
+/// Scenario 5: the application receives `x-forwarded-client-cert` with the caller's real URI; a
+/// plaintext caller's own `x-forwarded-client-cert` is dropped and grants nothing.
+#[test]
+fn xfcc_is_set_by_envoy_and_a_forged_one_grants_nothing() {
+    let s = Sidecar::builder("xfcc")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-admin, namespace: foo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/admin", "cluster.local/ns/foo/sa/bar"]}
+    to:
+    - operation: {paths: ["/private"]}
+  - to:
+    - operation: {paths: ["/public"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    let forged =
+        "By=spiffe://cluster.local/ns/foo/sa/echo;URI=spiffe://cluster.local/ns/foo/sa/admin";
+
+    // mTLS: the app sees the caller's real URI, whatever the caller sent.
+    let r = s
+        .get("/private", s.mtls("foo", "bar").unwrap())
+        .header("x-forwarded-client-cert", forged)
+        .send()
+        .unwrap();
+    assert_ok(&r);
+    let xfcc = r
+        .app_header("x-forwarded-client-cert")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/foo/sa/bar"),
+        "app got x-forwarded-client-cert {xfcc:?}"
+    );
+    assert!(
+        !xfcc.contains("sa/admin"),
+        "forged XFCC forwarded: {xfcc:?}"
+    );
+
+    // Plaintext with a forged XFCC naming the allowed principal: still denied.
+    let r = s
+        .get("/private", Transport::Plaintext)
+        .header("x-forwarded-client-cert", forged)
+        .send()
+        .unwrap();
+    assert_denied(&r);
+
+    // Plaintext to an open path: allowed, and the app does not get the forged header.
+    let r = s
+        .get("/public", Transport::Plaintext)
+        .header("x-forwarded-client-cert", forged)
+        .send()
+        .unwrap();
+    assert_ok(&r);
+    let xfcc = r.app_header("x-forwarded-client-cert").unwrap();
+    assert!(
+        xfcc.as_deref().is_none_or(|v| !v.contains("sa/admin")),
+        "the app received the plaintext caller's forged XFCC: {xfcc:?}"
+    );
+
+    // The real admin identity is allowed.
+    let r = s
+        .get("/private", s.mtls("foo", "admin").unwrap())
+        .send()
+        .unwrap();
+    assert_ok(&r);
+    let xfcc = r
+        .app_header("x-forwarded-client-cert")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/foo/sa/admin"),
+        "{xfcc:?}"
+    );
+}
+
+/// Scenario 7: path tricks cannot bypass a DENY on `/admin`; hosts match case-insensitively.
+#[test]
+fn path_and_host_tricks_cannot_bypass_deny() {
+    let s = Sidecar::builder("path-tricks")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin", "/admin/*"]}
+  - to:
+    - operation: {hosts: ["admin.example.com"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    let mtls = s.mtls("foo", "bar").unwrap();
+    assert_ok(&s.get("/public", mtls.clone()).send().unwrap());
+    let before = s.app.hits();
+    for path in [
+        "/admin",
+        "/admin/",
+        "/admin/users",
+        "/admin?x=1",
+        "/%61dmin",
+        "/%61%64%6d%69%6e",
+        "/./admin",
+        "//admin",
+        "///admin/users",
+        "/x/../admin",
+        "/x/%2e%2e/admin",
+        "/x/%2E%2E/admin",
+        "/public/..%2fadmin",
+        "/public/%2e%2e%2fadmin",
+        "/admin/./",
+        "/x/..//admin",
+    ] {
+        for t in [mtls.clone(), Transport::Plaintext] {
+            let r = s.get(path, t).send().unwrap();
+            assert!(
+                r.status == 403 || r.status == 400 || r.status == 404,
+                "{path}: got {r:#?}"
+            );
+        }
+    }
+    assert_eq!(
+        s.app.hits(),
+        before,
+        "a request for /admin in disguise reached the application"
+    );
+
+    // Istio matches paths case-sensitively: `/ADMIN` is another resource, not denied.
+    assert_ok(&s.get("/ADMIN", mtls.clone()).send().unwrap());
+
+    // Hosts: case-insensitive.
+    for host in [
+        "admin.example.com",
+        "ADMIN.example.com",
+        "Admin.Example.Com",
+    ] {
+        let r = s
+            .get("/public", mtls.clone())
+            .header("Host", host)
+            .send()
+            .unwrap();
+        assert_denied(&r);
+    }
+    assert_ok(
+        &s.get("/public", mtls)
+            .header("Host", "www.example.com")
+            .send()
+            .unwrap(),
+    );
+}

@@ -7,10 +7,14 @@
     clippy::indexing_slicing
 )]
 
+use std::time::Duration;
+
+use meshauthz_e2e::access_log;
 use meshauthz_e2e::client::{Response, Transport};
 use meshauthz_e2e::sidecar::Sidecar;
 
 const DENIED_BODY: &str = "RBAC: access denied";
+const WAIT: Duration = Duration::from_secs(5);
 
 #[track_caller]
 fn assert_ok(r: &Response) {
@@ -263,5 +267,70 @@ spec:
             .header("Host", "www.example.com")
             .send()
             .unwrap(),
+    );
+}
+
+/// The audit hint (`%DYNAMIC_METADATA(envoy.common:access_log_hint)%`) on an access-log line.
+fn hint(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix("hint="))
+}
+
+/// Scenario 3: migration audit. An AUDIT policy `notNamespaces: [istioinaction]` on GETs marks
+/// every caller that is not an mTLS caller from istioinaction; nothing is denied.
+#[test]
+fn migration_audit_marks_non_mesh_callers() {
+    let s = Sidecar::builder("audit")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-migration, namespace: foo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: AUDIT
+  rules:
+  - from:
+    - source: {notNamespaces: ["istioinaction"]}
+    to:
+    - operation: {methods: ["GET"], paths: ["/*"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    let cases = [
+        (
+            "/mesh-istioinaction",
+            s.mtls("istioinaction", "sleep").unwrap(),
+            "GET",
+            "false",
+        ),
+        ("/plaintext", Transport::Plaintext, "GET", "true"),
+        ("/mesh-other", s.mtls("other", "x").unwrap(), "GET", "true"),
+        ("/mesh-foo", s.mtls("foo", "bar").unwrap(), "GET", "true"),
+        // Not a GET: the AUDIT rule does not match.
+        ("/plaintext-post", Transport::Plaintext, "POST", "false"),
+    ];
+    for (path, t, method, _) in &cases {
+        assert_ok(&s.get(path, t.clone()).method(method).send().unwrap());
+    }
+    assert_eq!(s.app.hits(), cases.len() as u64);
+    for (path, _, method, want) in &cases {
+        let needle = format!(" {path} ");
+        let line = access_log::wait_for_line(&s.access_log, WAIT, |l| {
+            l.contains(&needle) && l.contains(method)
+        })
+        .unwrap();
+        assert_eq!(
+            hint(&line),
+            Some(*want),
+            "{method} {path}: access log line {line:?}"
+        );
+    }
+    assert_eq!(
+        s.envoy
+            .wait_stat_at_least("wasmcustom.meshauthz.audited", 3, WAIT)
+            .unwrap(),
+        3
     );
 }

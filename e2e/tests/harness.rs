@@ -1,4 +1,6 @@
-//! Temporary harness self-test with a bare (no wasm) Envoy: certs, echo app, curl, Envoy guard.
+//! Self-tests of the harness pieces that do not need Envoy: certificates, the echo apps, the
+//! template renderer. (Everything that needs Envoy is exercised through the real templates by the
+//! scenario tests.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -7,153 +9,151 @@
 )]
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
 use meshauthz_e2e::app::{HttpEcho, TcpEcho};
 use meshauthz_e2e::certs::Pki;
-use meshauthz_e2e::client::{self, Request, Transport};
-use meshauthz_e2e::envoy::{free_port, render, Envoy};
-use meshauthz_e2e::{access_log, WorkDir};
+use meshauthz_e2e::client::{self, Request, TcpOutcome, Transport};
+use meshauthz_e2e::envoy::render;
+use meshauthz_e2e::sidecar::plugin_config_placeholder;
+use meshauthz_e2e::{policy, WorkDir};
 
-const BARE: &str = r#"
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{ADMIN_PORT}}}}}
-static_resources:
-  clusters:
-  - name: app
-    type: STATIC
-    load_assignment: {cluster_name: app, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{APP_PORT}}}}}}]}]}
-  - name: tcpapp
-    type: STATIC
-    load_assignment: {cluster_name: tcpapp, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{TCP_APP_PORT}}}}}}]}]}
-  listeners:
-  - name: tcp
-    address: {socket_address: {address: 127.0.0.1, port_value: {{TCP_PORT}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
-    filter_chains:
-    - name: mtls
-      filter_chain_match: {transport_protocol: tls}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates: [{certificate_chain: {filename: "{{CERT_DIR}}/server.crt"}, private_key: {filename: "{{CERT_DIR}}/server.key"}}]
-            validation_context: {trusted_ca: {filename: "{{CERT_DIR}}/ca.crt"}}
-      filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: tcpapp}
-  - name: inbound
-    address: {socket_address: {address: 127.0.0.1, port_value: {{INBOUND_PORT}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
-    filter_chains:
-    - name: mtls
-      filter_chain_match: {transport_protocol: tls}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates: [{certificate_chain: {filename: "{{CERT_DIR}}/server.crt"}, private_key: {filename: "{{CERT_DIR}}/server.key"}}]
-            validation_context: {trusted_ca: {filename: "{{CERT_DIR}}/ca.crt"}}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound
-          forward_client_cert_details: SANITIZE_SET
-          set_current_client_cert_details: {uri: true}
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: "{{ACCESS_LOG}}"
-              log_format: {text_format_source: {inline_string: "%REQ(:PATH)% %RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN%\n"}}
-          route_config: {virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: app}}]}]}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-"#;
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
 
 #[test]
-fn bare_envoy_mtls_round_trip() {
-    let work = WorkDir::new("harness").unwrap();
-    let pki = Pki::generate(&work.path().join("certs")).unwrap();
-    let app = HttpEcho::start().unwrap();
-    let tcp_app = TcpEcho::start().unwrap();
-    let alog = work.path().join("access.log");
-    let (mut port, mut tcp_port) = (0, 0);
-    let envoy = Envoy::start_with_retry(work.path(), "bare", || {
-        let admin = free_port()?;
-        port = free_port()?;
-        tcp_port = free_port()?;
-        let vars = BTreeMap::from([
-            ("ADMIN_PORT", admin.to_string()),
-            ("APP_PORT", app.port().to_string()),
-            ("TCP_APP_PORT", tcp_app.port().to_string()),
-            ("INBOUND_PORT", port.to_string()),
-            ("TCP_PORT", tcp_port.to_string()),
-            ("CERT_DIR", pki.dir().display().to_string()),
-            ("ACCESS_LOG", alog.display().to_string()),
-        ]);
-        Ok((render(BARE, &vars)?, admin))
-    })
-    .unwrap();
+fn certificates_chain_to_their_ca_and_carry_spiffe_uris() {
+    let work = WorkDir::new("harness-certs").unwrap();
+    let pki = Pki::generate(work.path()).unwrap();
+    let ca = pki.ca_cert.to_str().unwrap();
     let bar = pki.client("foo", "bar").unwrap();
-    let r = Request::get(port, "/hello", Transport::mtls(&pki, &bar))
-        .header(
-            "x-forwarded-client-cert",
-            "URI=spiffe://cluster.local/ns/foo/sa/admin",
-        )
+    let (ok, out) = openssl(&["verify", "-CAfile", ca, bar.cert.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        bar.cert.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains("URI:spiffe://cluster.local/ns/foo/sa/bar"),
+        "{out}"
+    );
+    let (ok, out) = openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        pki.server.cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    for want in [
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+        "URI:spiffe://cluster.local/ns/foo/sa/echo",
+    ] {
+        assert!(out.contains(want), "server SANs lack {want}: {out}");
+    }
+    let evil = pki.untrusted_client("foo", "bar").unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", ca, evil.cert.to_str().unwrap()]);
+    assert!(
+        !ok,
+        "the untrusted client verified against the mesh CA: {out}"
+    );
+}
+
+#[test]
+fn http_echo_returns_received_headers_and_keeps_alive() {
+    let app = HttpEcho::start().unwrap();
+    let r = Request::get(app.port(), "/x?y=1", Transport::Plaintext)
+        .header("x-forwarded-client-cert", "URI=spiffe://a")
         .send()
         .unwrap();
     assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
-    let xfcc = r.app_header("x-forwarded-client-cert").unwrap().unwrap();
-    assert!(
-        xfcc.contains("URI=spiffe://cluster.local/ns/foo/sa/bar"),
-        "{xfcc}"
+    let v = r.json().unwrap();
+    assert_eq!(v["path"], "/x?y=1");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(
+        r.app_header("x-forwarded-client-cert").unwrap().as_deref(),
+        Some("URI=spiffe://a")
     );
-    assert!(!xfcc.contains("admin"), "{xfcc}");
-    assert_eq!(app.requests(), 1);
-    // plaintext on an mTLS-only listener: no chain matches -> reset
-    let r = Request::get(port, "/hello", Transport::Plaintext)
-        .send()
+    // Two URLs in one curl run share one keep-alive connection.
+    let url = format!("http://127.0.0.1:{}/k", app.port());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects}\n",
+        ])
+        .args([&url, &url])
+        .output()
         .unwrap();
-    eprintln!("plaintext: {r:?}");
-    // untrusted client
-    let u = pki.untrusted_client("foo", "bar").unwrap();
-    let r = Request::get(port, "/hello", Transport::mtls(&pki, &u))
-        .send()
-        .unwrap();
-    eprintln!("untrusted: {r:?}");
-    assert_ne!(r.status, 200);
-    let line = access_log::wait_for_line(&alog, Duration::from_secs(5), |l| {
-        l.starts_with("/hello 200")
-    })
+    let connects: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        connects,
+        ["1", "0"],
+        "second request did not reuse the connection"
+    );
+    assert_eq!(app.requests(), 3);
+}
+
+#[test]
+fn tcp_echo_echoes() {
+    let app = TcpEcho::start().unwrap();
+    let o = client::tcp_echo(app.port(), b"hello\n", Duration::from_secs(3)).unwrap();
+    assert_eq!(o, TcpOutcome::Echoed);
+    assert_eq!(app.connections(), 1);
+}
+
+#[test]
+fn render_substitutes_every_placeholder_and_refuses_leftovers() {
+    let vars = BTreeMap::from([("A", "1".to_string()), ("B", "x y".to_string())]);
+    assert_eq!(
+        render("a={{A}} b='{{B}}' a2={{A}}", &vars).unwrap(),
+        "a=1 b='x y' a2=1"
+    );
+    assert!(render("a={{A}} c={{C}}", &BTreeMap::from([("A", "1".to_string())])).is_err());
+    assert!(
+        render("nothing", &vars).is_err(),
+        "unused variable accepted"
+    );
+}
+
+#[test]
+fn plugin_config_is_embedded_as_json_string_contents() {
+    let cfg = policy::plugin_config_yaml(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: foo}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [\"/\\\"q\"]}}]}]}\n",
+    )
     .unwrap();
-    assert!(
-        line.contains("peer=spiffe://cluster.local/ns/foo/sa/bar"),
-        "{line}"
+    let embedded = plugin_config_placeholder(&cfg).unwrap();
+    let back: String = serde_json::from_str(&format!("\"{embedded}\"")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&back).unwrap();
+    assert_eq!(parsed, cfg);
+    assert_eq!(
+        parsed["policies"][0]["spec"]["rules"][0]["to"][0]["operation"]["paths"][0],
+        "/\"q"
     );
-    // TCP via s_client
-    let (o, err) =
-        client::tls_tcp_echo(tcp_port, &pki, &bar, b"ping-123\n", Duration::from_secs(5)).unwrap();
-    assert_eq!(o, client::TcpOutcome::Echoed, "{err}");
-    let o = client::tcp_echo(tcp_port, b"ping-123\n", Duration::from_secs(3)).unwrap();
-    eprintln!("plaintext tcp: {o:?}");
-    assert!(
-        envoy
-            .stat("http.inbound.downstream_rq_2xx")
-            .unwrap()
-            .unwrap()
-            >= 1
-    );
-    assert!(envoy
-        .stat_or_zero("listener.127.0.0.1_".to_string().as_str())
-        .is_ok());
+    assert_eq!(parsed["workload"]["labels"]["app"], "echo");
 }

@@ -173,6 +173,9 @@ impl Plugin {
 
     /// Installs a compiled configuration (what a successful `configure` does).
     pub fn install(&self, host: &dyn Host, compiled: Compiled) {
+        if self.metrics.borrow().allowed.is_none() {
+            *self.metrics.borrow_mut() = Metrics::define(host);
+        }
         self.metrics
             .borrow_mut()
             .define_ports(host, &compiled.named_ports);

@@ -312,3 +312,188 @@ impl CompiledAuthz {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+    use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleFrom, RuleTo, Source};
+    use crate::{Engine, HttpAttributes};
+
+    fn policy(name: &str, action: Action, rules: Option<Vec<Option<Rule>>>) -> AuthorizationPolicy {
+        AuthorizationPolicy {
+            api_version: "security.istio.io/v1".into(),
+            meta: ObjectMeta {
+                name: name.into(),
+                namespace: "ns1".into(),
+                ..Default::default()
+            },
+            spec: AuthorizationPolicySpec {
+                action,
+                rules,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn to(op: Operation) -> Rule {
+        Rule {
+            to: Some(vec![Some(RuleTo {
+                operation: Some(op),
+            })]),
+            ..Default::default()
+        }
+    }
+
+    fn engine(ps: Vec<AuthorizationPolicy>) -> Engine {
+        let set = PolicySet {
+            authorization_policies: ps,
+            ..Default::default()
+        };
+        let wl = Workload {
+            namespace: "ns1".into(),
+            ..Default::default()
+        };
+        match Engine::compile(&set, &wl, &MeshConfig::default()) {
+            Ok((e, _)) => e,
+            Err(d) => panic!("{d}"),
+        }
+    }
+
+    fn get<'a>(path: &'a str, principal: Option<&'a str>) -> Attributes<'a> {
+        Attributes {
+            principal,
+            mtls: principal.is_some(),
+            destination_port: Some(8080),
+            http: Some(HttpAttributes {
+                method: Some("GET"),
+                path: Some(path),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deny_beats_allow_and_allow_nothing_denies() {
+        let deny = policy(
+            "deny-admin",
+            Action::Deny,
+            Some(vec![Some(to(Operation {
+                paths: vec!["/allow/admin".into()],
+                ..Default::default()
+            }))]),
+        );
+        let allow = policy(
+            "allow",
+            Action::Allow,
+            Some(vec![Some(to(Operation {
+                paths: vec!["/allow*".into()],
+                ..Default::default()
+            }))]),
+        );
+        let e = engine(vec![deny, allow]);
+        let d = e.check(Protocol::Http, &get("/allow/admin?param=value", None));
+        assert!(!d.allowed);
+        assert_eq!(
+            e.rule_name(d.deciding_rule().unwrap_or(RuleId { policy: 9, rule: 9 })),
+            "ns[ns1]-policy[deny-admin]-rule[0]"
+        );
+        assert!(
+            e.check(Protocol::Http, &get("/allow?param=value", None))
+                .allowed
+        );
+        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed);
+        // Path tricks normalize onto the denied path.
+        assert!(
+            !e.check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
+                .allowed
+        );
+        assert!(
+            !e.check(Protocol::Http, &get("//allow//admin", None))
+                .allowed
+        );
+
+        let nothing = engine(vec![policy("allow-nothing", Action::Allow, None)]);
+        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed);
+        assert!(
+            engine(vec![])
+                .check(Protocol::Http, &get("/", None))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn http_only_fields_on_tcp() {
+        let methods = || {
+            to(Operation {
+                methods: vec!["GET".into()],
+                ..Default::default()
+            })
+        };
+        let tcp = Attributes {
+            destination_port: Some(80),
+            ..Default::default()
+        };
+        // ALLOW: the rule is dropped, leaving an ALLOW policy that matches nothing.
+        assert!(
+            !engine(vec![policy(
+                "a",
+                Action::Allow,
+                Some(vec![Some(methods())])
+            )])
+            .check(Protocol::Tcp, &tcp)
+            .allowed
+        );
+        // DENY: the field is dropped and the rule denies every connection.
+        assert!(
+            !engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))])
+                .check(Protocol::Tcp, &tcp)
+                .allowed
+        );
+        // On HTTP, the same DENY only hits GET.
+        let e = engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))]);
+        let mut post = get("/", None);
+        if let Some(h) = post.http.as_mut() {
+            h.method = Some("POST");
+        }
+        assert!(e.check(Protocol::Http, &post).allowed);
+    }
+
+    #[test]
+    fn index_gives_same_answer_as_scan() {
+        let mut ps = Vec::new();
+        for i in 0..50 {
+            let src = Source {
+                principals: vec![format!("cluster.local/ns/ns{i}/sa/sa{i}")],
+                ..Default::default()
+            };
+            let rule = Rule {
+                from: Some(vec![Some(RuleFrom { source: Some(src) })]),
+                ..Default::default()
+            };
+            ps.push(policy(
+                &format!("p{i:03}"),
+                Action::Allow,
+                Some(vec![Some(rule)]),
+            ));
+        }
+        let e = engine(ps);
+        let p = "spiffe://cluster.local/ns/ns42/sa/sa42";
+        let d = e.check(Protocol::Http, &get("/", Some(p)));
+        assert!(d.allowed);
+        assert_eq!(
+            e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
+                .map(|p| p.name.as_str()),
+            Some("p042")
+        );
+        assert!(
+            !e.check(
+                Protocol::Http,
+                &get("/", Some("spiffe://cluster.local/ns/ns42/sa/other"))
+            )
+            .allowed
+        );
+        assert!(!e.check(Protocol::Http, &get("/", None)).allowed);
+    }
+}

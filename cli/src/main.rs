@@ -7,6 +7,8 @@
 //! meshauthz plugin-config --namespace foo --label app=echo POLICY.yaml...   the filter's JSON configuration
 //! ```
 
+mod render;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Render Istio attachments (`wasmplugin` or `envoyfilter`) carrying these policies.
+    Render(RenderArgs),
     /// Print the filter's plugin configuration (JSON) carrying these policies for a workload.
     PluginConfig {
         #[command(flatten)]
@@ -58,6 +62,37 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderKind {
+    Wasmplugin,
+    Envoyfilter,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    kind: RenderKind,
+    /// Object name of the attachment.
+    #[arg(long, default_value = "meshauthz")]
+    name: String,
+    /// The workload namespace; the attachment's selector is the workload's labels.
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Where Istio (or Envoy) fetches the module: `oci://...`, `file://...`, `https://...`.
+    #[arg(long, default_value = "file:///var/local/wasm/meshauthz.wasm")]
+    url: String,
+    /// The module's sha256 (required by Envoy for a remote URL).
+    #[arg(long)]
+    sha256: Option<String>,
+    /// HTTP ports to attach to (workload ports).
+    #[arg(long = "http-port")]
+    http_ports: Vec<u16>,
+    /// TCP ports to attach to (L4 authorization).
+    #[arg(long = "tcp-port")]
+    tcp_ports: Vec<u16>,
+    #[arg(required = true)]
+    files: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -279,12 +314,15 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
     })
 }
 
-fn plugin_config(
+/// The filter's plugin configuration for these files, validated and compiled first: never hand
+/// the filter a configuration it would refuse. In an Istio attachment the workload comes from the
+/// sidecar's node metadata instead (`with_workload = false`).
+fn plugin_config_value(
     workload: &WorkloadArgs,
     plaintext_chains: &[String],
     files: &[String],
-) -> Result<ExitCode, ExitCode> {
-    // Validate first: never hand the filter a configuration it would refuse.
+    with_workload: bool,
+) -> Result<serde_json::Value, ExitCode> {
     let set = read(files)?;
     workload.engine(&set)?;
     let mut policies = Vec::new();
@@ -292,15 +330,43 @@ fn plugin_config(
         let text = std::fs::read_to_string(f).map_err(|_| ExitCode::FAILURE)?;
         policies.extend(to_json_objects(&text)?);
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "policies": policies,
-        "workload": {"namespace": workload.namespace, "labels": workload.workload().labels},
         "rootNamespace": workload.root_namespace,
         "trustDomain": workload.trust_domain,
         "trustDomainAliases": workload.trust_domain_aliases,
         "plaintextFilterChains": plaintext_chains,
     });
-    println!("{config}");
+    if let (true, Some(o)) = (with_workload, config.as_object_mut()) {
+        o.insert("workload".into(), serde_json::json!({"namespace": workload.namespace, "labels": workload.workload().labels}));
+    }
+    Ok(config)
+}
+
+fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
+    // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
+    let config = plugin_config_value(&args.workload, &[], &args.files, false)?;
+    let attachment = render::Attachment {
+        name: &args.name,
+        namespace: &args.workload.namespace,
+        selector: &args.workload.labels,
+        url: &args.url,
+        sha256: args.sha256.as_deref(),
+        http_ports: &args.http_ports,
+        tcp_ports: &args.tcp_ports,
+        plugin_config: &config,
+    };
+    let docs = match args.kind {
+        RenderKind::Wasmplugin => render::wasm_plugins(&attachment),
+        RenderKind::Envoyfilter => vec![render::envoy_filter(&attachment)],
+    };
+    for doc in docs {
+        let yaml = serde_yaml_ng::to_string(&doc).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })?;
+        println!("---\n{}", yaml.trim_end());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -355,11 +421,15 @@ fn main() -> ExitCode {
             println!("{}", engine.mtls_mode(*port).as_str());
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Render(args) => render(args),
         Command::PluginConfig {
             workload,
             plaintext_chains,
             files,
-        } => plugin_config(workload, plaintext_chains, files),
+        } => plugin_config_value(workload, plaintext_chains, files, true).map(|c| {
+            println!("{c}");
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|code| code)
 }

@@ -49,3 +49,37 @@ pub fn wait_for_line(
     let mut v = wait_for_lines(path, 1, timeout, pred)?;
     Ok(v.swap_remove(0))
 }
+
+/// The access log's JSON lines (the templates log `json_format`), unparsable lines skipped.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    lines(path)
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Wait (bounded) for the JSON entry whose `method` and `path` are the given ones.
+pub fn wait_for_request(
+    path: &Path,
+    method: &str,
+    request_path: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = json_lines(path).into_iter().find(|v| {
+            v.get("method").and_then(|m| m.as_str()) == Some(method)
+                && v.get("path").and_then(|m| m.as_str()) == Some(request_path)
+        }) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return err(format!(
+                "after {timeout:?}, no access-log entry for {method} {request_path} in {}; the log has:\n{}",
+                path.display(),
+                lines(path).join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -50,6 +50,7 @@ pub struct Request {
     path: String,
     headers: Vec<(String, String)>,
     transport: Transport,
+    follow: bool,
 }
 
 /// What curl saw.
@@ -61,6 +62,8 @@ pub struct Response {
     pub status: u16,
     /// Response body.
     pub body: String,
+    /// Where a redirect (3xx) points, as an absolute URL (empty when none).
+    pub redirect: String,
     /// curl's stderr (its error message, e.g. "Recv failure: Connection reset by peer").
     pub stderr: String,
 }
@@ -92,6 +95,7 @@ impl Request {
             path: path.into(),
             headers: Vec::new(),
             transport,
+            follow: false,
         }
     }
 
@@ -104,6 +108,12 @@ impl Request {
     /// Add a request header (`Host` replaces curl's own).
     pub fn header(mut self, name: &str, value: &str) -> Request {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Follow redirects (at most 3), as a browser would.
+    pub fn follow_redirects(mut self) -> Request {
+        self.follow = true;
         self
     }
 
@@ -120,7 +130,10 @@ impl Request {
             "5",
         ])
         .args(["-X", &self.method])
-        .args(["-o", "-", "-w", "\n%{http_code}"]);
+        .args(["-o", "-", "-w", "\n%{redirect_url}\n%{http_code}"]);
+        if self.follow {
+            cmd.args(["-L", "--max-redirs", "3"]);
+        }
         for (k, v) in &self.headers {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
@@ -142,10 +155,12 @@ impl Request {
             .output()
             .map_err(|e| Error(format!("cannot run curl: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let (rest, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let (body, redirect) = rest.rsplit_once('\n').unwrap_or(("", rest));
         Ok(Response {
             exit: out.status.code().unwrap_or(-1),
             status: code.trim().parse().unwrap_or(0),
+            redirect: redirect.to_string(),
             body: body.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).to_string(),
         })

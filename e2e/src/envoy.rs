@@ -93,6 +93,8 @@ impl Envoy {
             // unused base id for its shared memory instead of guessing one.
             .arg("--use-dynamic-base-id")
             .args(["--concurrency", "1", "-l", "warning"])
+            // Access-log lines reach the file within 100 ms (default 10 s).
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--log-path")
             .arg(&log_path)
             .stdin(Stdio::null())

@@ -19,9 +19,9 @@ use crate::envoy::{free_port, render, template, Envoy};
 use crate::{module_path, policy, Error, Result, WorkDir};
 
 /// The HTTP inbound template.
-pub const HTTP_TEMPLATE: &str = "inbound-http.yaml";
+pub const HTTP_TEMPLATE: &str = "server-http.yaml";
 /// The TCP inbound template.
-pub const TCP_TEMPLATE: &str = "inbound-tcp.yaml";
+pub const TCP_TEMPLATE: &str = "server-tcp.yaml";
 
 /// Which kind of upstream application the sidecar fronts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +130,14 @@ impl<'a> SidecarBuilder<'a> {
             };
             plugin_config = match &self.config {
                 Some(c) => c.clone(),
-                None => policy::plugin_config_yaml(&(self.policies)(inbound))?,
+                None => {
+                    let mut c = policy::plugin_config_yaml(&(self.policies)(inbound))?;
+                    if self.app == AppKind::Http {
+                        // The listener's port carries HTTP: authorized per request at L7.
+                        c["httpPorts"] = serde_json::json!([inbound]);
+                    }
+                    c
+                }
             };
             let vars = BTreeMap::from([
                 ("ADMIN_PORT", admin.to_string()),

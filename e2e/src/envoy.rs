@@ -157,9 +157,33 @@ impl Envoy {
         }
     }
 
+    /// The configuration Envoy runs (as written to disk).
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until Envoy's log contains `needle` (Envoy writes its log file in the
+    /// background); returns the log.
+    pub fn wait_log_contains(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                return err(format!(
+                    "after {timeout:?}, Envoy {}'s log does not contain {needle:?}; it has:\n{log}",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Is the process still running?
@@ -228,8 +252,19 @@ impl Envoy {
             .collect())
     }
 
-    /// Stop Envoy now (SIGKILL) and wait for it.
+    /// Stop Envoy: SIGTERM (it flushes its logs and exits), SIGKILL after 3 s; wait for it.
     pub fn stop(&mut self) {
+        if self.is_running() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -275,3 +275,44 @@ impl Sidecar {
         Request::get(self.port, path, transport)
     }
 }
+
+/// Remove, from a rendered Envoy YAML configuration, every list item `- name: <filter>` (with
+/// everything indented under it) whose typed config contains `marker`; fails unless exactly
+/// `expected` items were removed. This is the documented, minimal transformation the tests use
+/// to build deliberately broken deployments (e.g. a companion filter left out).
+pub fn remove_filter(config: &str, filter: &str, marker: &str, expected: usize) -> Result<String> {
+    let lines: Vec<&str> = config.lines().collect();
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len());
+    let mut removed = 0;
+    let mut i = 0;
+    let head = format!("- name: {filter}");
+    while let Some(line) = lines.get(i) {
+        let trimmed = line.trim_start();
+        if trimmed == head {
+            let indent = line.len() - trimmed.len();
+            // The item ends at the next line indented at most `indent`.
+            let mut end = i + 1;
+            while let Some(l) = lines.get(end) {
+                let t = l.trim_start();
+                if !t.is_empty() && l.len() - t.len() <= indent {
+                    break;
+                }
+                end += 1;
+            }
+            let block = lines.get(i..end).unwrap_or_default();
+            if block.iter().any(|l| l.contains(marker)) {
+                removed += 1;
+                i = end;
+                continue;
+            }
+        }
+        out.push(line);
+        i += 1;
+    }
+    if removed != expected {
+        return Err(Error(format!(
+            "remove_filter({filter}, {marker}): removed {removed} items, expected {expected}"
+        )));
+    }
+    Ok(out.join("\n") + "\n")
+}

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use meshauthz_e2e::client::{Response, Transport};
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_e2e::sidecar::{remove_filter, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -76,9 +76,119 @@ fn invalid_policy_from_start_denies_everything() {
         .wait_stat_at_least("wasmcustom.meshauthz.config_refused", 1, WAIT)
         .unwrap();
     assert!(refused >= 1, "config_refused = {refused}");
-    let log = s.envoy.log();
+    let log = s
+        .envoy
+        .wait_log_contains("configuration refused", WAIT)
+        .unwrap();
     assert!(
-        log.contains("foo/bad-port") && log.contains("spec.rules[0].to[0].operation.ports[0]"),
-        "Envoy's log does not name the object and field:\n{log}"
+        log.contains("AuthorizationPolicy foo/bad-port")
+            && log.contains("spec.rules[0].to[0].operation.ports[0]")
+            && log.contains("bad port (http)"),
+        "Envoy's log does not name the object, the field and the problem:\n{log}"
     );
+}
+
+/// An AUDIT policy (every GET is audited) beside an ALLOW for `foo/bar`.
+const AUDITED_ALLOW: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-gets, namespace: foo}
+spec:
+  action: AUDIT
+  rules:
+  - to:
+    - operation: {methods: ["GET"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#;
+
+/// Scenario 9: a deployment missing a companion filter fails closed.
+///
+/// Transformation (documented, minimal): from the rendered `server-http.yaml`, remove the one
+/// HTTP filter list item `- name: envoy.filters.http.rbac` (the RBAC `action: LOG` companion
+/// that turns the module's audit flag into `envoy.common.access_log_hint`), or the one
+/// `envoy.filters.http.wasm` item whose root id is `meshauthz_http_enforce`. Nothing else changes.
+#[test]
+fn missing_companion_filter_fails_closed() {
+    // Control: the complete template serves the allowed caller.
+    let full = Sidecar::builder("companion-control")
+        .policies(AUDITED_ALLOW)
+        .start()
+        .unwrap();
+    let r = full
+        .get("/", full.mtls("foo", "bar").unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 200, "control: {r:#?}");
+
+    // Without the RBAC LOG companion an audited request cannot be recorded: denied.
+    let no_log = Sidecar::builder("companion-no-rbac-log")
+        .policies(AUDITED_ALLOW)
+        .transform(|c| remove_filter(c, "envoy.filters.http.rbac", "action: LOG", 1))
+        .start()
+        .unwrap();
+    assert!(!no_log
+        .envoy
+        .config_text()
+        .contains("envoy.filters.http.rbac"));
+    assert_denied(
+        &no_log
+            .get("/", no_log.mtls("foo", "bar").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_denied(
+        &no_log
+            .get("/", no_log.mtls("other", "x").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(no_log.app.hits(), 0);
+    assert!(
+        no_log
+            .envoy
+            .wait_stat_at_least("wasmcustom.meshauthz.fail_closed", 1, WAIT)
+            .unwrap()
+            >= 1
+    );
+    no_log
+        .envoy
+        .wait_log_contains("RBAC LOG companion filter is missing", WAIT)
+        .unwrap();
+
+    // Without the enforce stage, the decide stage denies by itself.
+    let no_enforce = Sidecar::builder("companion-no-enforce")
+        .policies(AUDITED_ALLOW)
+        .transform(|c| {
+            remove_filter(
+                c,
+                "envoy.filters.http.wasm",
+                "root_id: meshauthz_http_enforce",
+                1,
+            )
+        })
+        .start()
+        .unwrap();
+    assert_denied(
+        &no_enforce
+            .get("/", no_enforce.mtls("other", "x").unwrap())
+            .send()
+            .unwrap(),
+    );
+    let r = no_enforce
+        .get("/", no_enforce.mtls("foo", "bar").unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status, 200,
+        "allowed caller without the enforce stage: {r:#?}"
+    );
+    assert_eq!(no_enforce.app.hits(), 1);
 }

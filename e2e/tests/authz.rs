@@ -339,3 +339,73 @@ spec:
         3
     );
 }
+
+/// Scenario 7, continued: the module does not rely on the listener normalizing paths. With the
+/// HCM's normalization removed from the template (documented transformation: delete the lines
+/// `normalize_path: true`, `merge_slashes: true` and `path_with_escaped_slashes_action: ...`),
+/// the same tricks are still denied by the module's own normalization.
+#[test]
+fn path_tricks_denied_without_listener_normalization() {
+    let s = Sidecar::builder("path-tricks-raw")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin", "/admin/*"]}
+"#,
+        )
+        .transform(|c| {
+            let mut removed = 0;
+            let out: Vec<&str> = c
+                .lines()
+                .filter(|l| {
+                    let t = l.trim();
+                    let drop = t == "normalize_path: true"
+                        || t == "merge_slashes: true"
+                        || t.starts_with("path_with_escaped_slashes_action:");
+                    removed += usize::from(drop);
+                    !drop
+                })
+                .collect();
+            assert_eq!(removed, 3, "the template's normalization settings changed");
+            Ok(out.join("\n"))
+        })
+        .start()
+        .unwrap();
+    let mtls = s.mtls("foo", "bar").unwrap();
+    assert_ok(&s.get("/public", mtls.clone()).send().unwrap());
+    // Without normalization the application receives the raw path: prove it.
+    let r = s.get("/x/../public", mtls.clone()).send().unwrap();
+    assert_ok(&r);
+    assert_eq!(
+        r.json().unwrap()["path"],
+        "/x/../public",
+        "the listener normalized anyway"
+    );
+    let before = s.app.hits();
+    for path in [
+        "/%61dmin",
+        "/./admin",
+        "//admin",
+        "/x/../admin",
+        "/x/%2e%2e/admin",
+        "/admin/./users",
+        "/x/..//admin",
+        "/x/./..//./admin/",
+    ] {
+        for t in [mtls.clone(), Transport::Plaintext] {
+            let r = s.get(path, t).send().unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (403, DENIED_BODY),
+                "{path}: {r:#?}"
+            );
+        }
+    }
+    assert_eq!(s.app.hits(), before);
+}

@@ -51,6 +51,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     transport: Transport,
     follow: bool,
+    http1: bool,
 }
 
 /// What curl saw.
@@ -62,6 +63,8 @@ pub struct Response {
     pub status: u16,
     /// Response body.
     pub body: String,
+    /// The HTTP version curl used (`1.1`, `2`; `0` when no response).
+    pub http_version: String,
     /// Where a redirect (3xx) points, as an absolute URL (empty when none).
     pub redirect: String,
     /// curl's stderr (its error message, e.g. "Recv failure: Connection reset by peer").
@@ -96,6 +99,7 @@ impl Request {
             headers: Vec::new(),
             transport,
             follow: false,
+            http1: false,
         }
     }
 
@@ -117,6 +121,12 @@ impl Request {
         self
     }
 
+    /// Force HTTP/1.1 (over TLS curl otherwise negotiates HTTP/2 through ALPN).
+    pub fn http1(mut self) -> Request {
+        self.http1 = true;
+        self
+    }
+
     /// Run curl (bounded: 10 s per request) and capture what it saw. The path is sent as is
     /// (`--path-as-is`), so `/./admin` reaches Envoy unnormalized.
     pub fn send(&self) -> Result<Response> {
@@ -130,7 +140,15 @@ impl Request {
             "5",
         ])
         .args(["-X", &self.method])
-        .args(["-o", "-", "-w", "\n%{redirect_url}\n%{http_code}"]);
+        .args([
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version}\n%{redirect_url}\n%{http_code}",
+        ]);
+        if self.http1 {
+            cmd.arg("--http1.1");
+        }
         if self.follow {
             cmd.args(["-L", "--max-redirs", "3"]);
         }
@@ -156,11 +174,13 @@ impl Request {
             .map_err(|e| Error(format!("cannot run curl: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let (rest, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        let (body, redirect) = rest.rsplit_once('\n').unwrap_or(("", rest));
+        let (rest, redirect) = rest.rsplit_once('\n').unwrap_or(("", rest));
+        let (body, version) = rest.rsplit_once('\n').unwrap_or(("", rest));
         Ok(Response {
             exit: out.status.code().unwrap_or(-1),
             status: code.trim().parse().unwrap_or(0),
             redirect: redirect.to_string(),
+            http_version: version.to_string(),
             body: body.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).to_string(),
         })

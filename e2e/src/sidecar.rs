@@ -37,19 +37,18 @@ type Transform = dyn Fn(&str) -> Result<String>;
 type TransformFn = Box<Transform>;
 
 /// Builds a [`Sidecar`].
-pub struct SidecarBuilder<'a> {
+pub struct SidecarBuilder {
     name: String,
     template: String,
     app: AppKind,
     policies: PolicyFn,
     config: Option<Value>,
     transform: Option<TransformFn>,
-    shared: Option<(&'a Pki, &'a WorkDir)>,
     fixed_port: Option<u16>,
     dynamic_listener: bool,
 }
 
-impl<'a> SidecarBuilder<'a> {
+impl SidecarBuilder {
     /// Istio objects (YAML, `---`-separated) for the plugin configuration.
     pub fn policies(mut self, yaml: &str) -> Self {
         let yaml = yaml.to_string();
@@ -101,27 +100,10 @@ impl<'a> SidecarBuilder<'a> {
         self
     }
 
-    /// Share a PKI and work dir with another sidecar (one workload, two listener ports).
-    pub fn shared(mut self, pki: &'a Pki, work: &'a WorkDir) -> Self {
-        self.shared = Some((pki, work));
-        self
-    }
-
-    /// Generate certificates (unless shared), start the app and Envoy; wait until ready.
+    /// Generate certificates, start the app and Envoy; wait until ready.
     pub fn start(self) -> Result<Sidecar> {
-        let own = match self.shared {
-            Some(_) => None,
-            None => {
-                let work = WorkDir::new(&self.name)?;
-                let pki = Pki::generate(&work.path().join("certs"))?;
-                Some((pki, work))
-            }
-        };
-        let (pki, work): (&Pki, &WorkDir) = match (&own, self.shared) {
-            (Some((p, w)), _) => (p, w),
-            (None, Some((p, w))) => (p, w),
-            (None, None) => return Err(Error("no PKI".into())),
-        };
+        let work = WorkDir::new(&self.name)?;
+        let pki = Pki::generate(&work.path().join("certs"))?;
         let app = match self.app {
             AppKind::Http => App::Http(HttpEcho::start()?),
             AppKind::Tcp => App::Tcp(TcpEcho::start()?),
@@ -161,14 +143,12 @@ impl<'a> SidecarBuilder<'a> {
             vars_used = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             Ok((config, admin))
         })?;
-        let ca_cert = pki.ca_cert.clone();
         Ok(Sidecar {
             envoy,
             port: inbound,
             access_log,
             plugin_config,
             app,
-            ca_cert,
             rendering: Rendering {
                 template: tmpl,
                 vars: vars_used,
@@ -176,7 +156,8 @@ impl<'a> SidecarBuilder<'a> {
                 lds_path,
                 app: self.app,
             },
-            own,
+            pki,
+            work,
         })
     }
 }
@@ -315,9 +296,11 @@ pub struct Sidecar {
     pub plugin_config: Value,
     /// The application behind it.
     pub app: App,
-    ca_cert: PathBuf,
     rendering: Rendering,
-    own: Option<(Pki, WorkDir)>,
+    /// The certificates (`{{CERT_DIR}}`): CA, server, client leaves on demand.
+    pub pki: Pki,
+    /// The work dir (dropped last: removed if the test passed).
+    pub work: WorkDir,
 }
 
 /// What is needed to render the configuration again (for LDS updates).
@@ -331,7 +314,7 @@ struct Rendering {
 
 impl Sidecar {
     /// Start describing a sidecar named `name` (used for its files), HTTP template, HTTP app, no policies.
-    pub fn builder<'a>(name: &str) -> SidecarBuilder<'a> {
+    pub fn builder(name: &str) -> SidecarBuilder {
         SidecarBuilder {
             name: name.to_string(),
             template: HTTP_TEMPLATE.to_string(),
@@ -339,40 +322,20 @@ impl Sidecar {
             policies: Box::new(|_| String::new()),
             config: None,
             transform: None,
-            shared: None,
             fixed_port: None,
             dynamic_listener: false,
         }
     }
 
-    /// The PKI (when this sidecar generated it).
-    pub fn pki(&self) -> Result<&Pki> {
-        self.own
-            .as_ref()
-            .map(|(p, _)| p)
-            .ok_or_else(|| Error("this sidecar shares another's PKI".into()))
-    }
-
-    /// The work dir (when this sidecar created it).
-    pub fn work(&self) -> Result<&WorkDir> {
-        self.own
-            .as_ref()
-            .map(|(_, w)| w)
-            .ok_or_else(|| Error("this sidecar shares another's work dir".into()))
-    }
-
     /// A client certificate for `spiffe://cluster.local/ns/<ns>/sa/<sa>` from this sidecar's CA.
     pub fn client(&self, ns: &str, sa: &str) -> Result<CertFiles> {
-        self.pki()?.client(ns, sa)
+        self.pki.client(ns, sa)
     }
 
     /// mTLS as `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
     pub fn mtls(&self, ns: &str, sa: &str) -> Result<Transport> {
         let client = self.client(ns, sa)?;
-        Ok(Transport::Tls {
-            ca: self.ca_cert.clone(),
-            client: Some(client),
-        })
+        Ok(Transport::mtls(&self.pki, &client))
     }
 
     /// Replace the policies of a running sidecar started with

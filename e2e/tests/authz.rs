@@ -46,24 +46,48 @@ spec:
         )
         .start()
         .unwrap();
-    assert_ok(
-        &s.get("/hello", s.mtls("foo", "bar").unwrap())
-            .send()
-            .unwrap(),
+    let bar = s.mtls("foo", "bar").unwrap();
+    let r = s.get("/hello", bar.clone()).send().unwrap();
+    assert_ok(&r);
+    assert_eq!(r.http_version, "2", "mTLS negotiates HTTP/2: {r:#?}");
+    assert_ok(&s.get("/hello", bar).http1().send().unwrap());
+    assert_eq!(s.app.hits(), 2);
+    for t in [
+        s.mtls("other", "x").unwrap(),
+        s.mtls("istioinaction", "sleep").unwrap(),
+        Transport::Plaintext,
+    ] {
+        assert_denied(&s.get("/hello", t.clone()).send().unwrap());
+        assert_denied(&s.get("/hello", t).http1().send().unwrap());
+    }
+    // The allowed identity from a CA the workload does not trust, or no client certificate:
+    // the TLS handshake fails, nothing is served.
+    let forged = s.pki.untrusted_client("foo", "bar").unwrap();
+    let no_cert = Transport::Tls {
+        ca: s.pki.ca_cert.clone(),
+        client: None,
+    };
+    for (t, stat) in [
+        (Transport::mtls(&s.pki, &forged), "ssl.fail_verify_error"),
+        (no_cert, "ssl.fail_verify_no_cert"),
+    ] {
+        let r = s.get("/hello", t).send().unwrap();
+        // With TLS 1.3 the client learns of the rejection after its side of the handshake,
+        // so curl reports it in several ways (exit 16, 35, 55, 56): no HTTP response at all.
+        assert_eq!(r.status, 0, "{r:#?}");
+        assert_ne!(r.exit, 0, "{r:#?}");
+        let name = format!("listener.127.0.0.1_{}.{stat}", s.port);
+        assert_eq!(s.envoy.stat(&name).unwrap(), Some(1), "{name}");
+    }
+    assert_eq!(s.app.hits(), 2, "a denied request reached the application");
+    assert_eq!(
+        s.envoy.stat("wasmcustom.meshauthz.rbac.allowed").unwrap(),
+        Some(2)
     );
-    assert_eq!(s.app.hits(), 1);
-    assert_denied(
-        &s.get("/hello", s.mtls("other", "x").unwrap())
-            .send()
-            .unwrap(),
+    assert_eq!(
+        s.envoy.stat("wasmcustom.meshauthz.rbac.denied").unwrap(),
+        Some(6)
     );
-    assert_denied(
-        &s.get("/hello", s.mtls("istioinaction", "sleep").unwrap())
-            .send()
-            .unwrap(),
-    );
-    assert_denied(&s.get("/hello", Transport::Plaintext).send().unwrap());
-    assert_eq!(s.app.hits(), 1, "a denied request reached the application");
 }
 
 /// Scenario 2: a DENY by namespace beside an ALLOW that would admit the same caller.
@@ -338,6 +362,10 @@ spec:
             .unwrap(),
         3
     );
+    // The same counter as a Prometheus scrape sees it (Envoy drops the `wasmcustom.` prefix).
+    let samples = s.envoy.prometheus("meshauthz_audited").unwrap();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(samples.first().map(|(_, v)| *v), Some(3.0), "{samples:?}");
 }
 
 /// Scenario 7, continued: the module does not rely on the listener normalizing paths. With the

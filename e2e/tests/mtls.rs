@@ -224,7 +224,7 @@ spec:
         )
         .start()
         .unwrap();
-    let pki = s.pki().unwrap();
+    let pki = &s.pki;
     let bar = pki.client("foo", "bar").unwrap();
     let (o, stderr) = client::tls_tcp_echo(s.port, pki, &bar, b"ping-bar\n", WAIT).unwrap();
     assert_eq!(

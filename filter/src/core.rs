@@ -580,12 +580,12 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         return Verdict::deny("deny mtls-strict-plaintext", false);
     }
     let peer_ip = if authz.requirements().source_ip {
-        match prop_ip(host, &["filter_state", &format!("wasm.{PEER_IP}")]) {
+        match l7_peer_ip(host) {
             Some(ip) => Some(ip),
             None => {
                 plugin.log_error(
                     host,
-                    "meshauthz: a policy matches ipBlocks/source.ip but the direct peer address is unknown (meshauthz_net must run on the listener): request denied",
+                    "a policy matches ipBlocks/source.ip but the direct peer address is unknown (X-Forwarded-For present and meshauthz_net not on the listener): request denied",
                 );
                 return Verdict::deny("deny peer-address-unknown", true);
             }
@@ -595,6 +595,20 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     };
     let d = evaluate(host, authz, Protocol::Http, &t, peer_ip);
     verdict_of(&d, authz, &plugin.metrics.borrow(), host)
+}
+
+/// The direct peer at L7. Preferred: what `meshauthz_net` recorded from the socket. Without it,
+/// `source.address` is the direct peer only when the request carries no `X-Forwarded-For`
+/// (otherwise the HTTP connection manager may have replaced it with an address the client
+/// chose); with one, the peer is unknown.
+fn l7_peer_ip(host: &dyn Host) -> Option<IpAddr> {
+    if let Some(ip) = prop_ip(host, &["filter_state", &format!("wasm.{PEER_IP}")]) {
+        return Some(ip);
+    }
+    if host.request_header("x-forwarded-for").is_some() {
+        return None;
+    }
+    prop_ip(host, &["source", "address"])
 }
 
 fn is_allow(label: &[u8]) -> bool {

@@ -396,7 +396,7 @@ mod tests {
         let readme = include_str!("../README.md");
         let start = readme.find("```json\n").unwrap() + "```json\n".len();
         let end = start + readme[start..].find("```").unwrap();
-        let cfg = parse(readme[start..end].as_bytes()).unwrap();
+        let cfg = parse(&readme.as_bytes()[start..end]).unwrap();
         let compiled = compile(&cfg, &NodeWorkload::default()).unwrap();
         assert_eq!(compiled.http_ports, vec![8080]);
         assert_eq!(

@@ -127,9 +127,9 @@ impl Request {
         self
     }
 
-    /// Run curl (bounded: 10 s per request) and capture what it saw. The path is sent as is
-    /// (`--path-as-is`), so `/./admin` reaches Envoy unnormalized.
-    pub fn send(&self) -> Result<Response> {
+    /// curl with everything but the output options and the URL; returns the URL prefix
+    /// (`scheme://host:port`).
+    fn command(&self) -> (Command, String) {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
@@ -139,13 +139,7 @@ impl Request {
             "--connect-timeout",
             "5",
         ])
-        .args(["-X", &self.method])
-        .args([
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_version}\n%{redirect_url}\n%{http_code}",
-        ]);
+        .args(["-X", &self.method]);
         if self.http1 {
             cmd.arg("--http1.1");
         }
@@ -155,8 +149,8 @@ impl Request {
         for (k, v) in &self.headers {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
-        let url = match &self.transport {
-            Transport::Plaintext => format!("http://127.0.0.1:{}{}", self.port, self.path),
+        let base = match &self.transport {
+            Transport::Plaintext => format!("http://127.0.0.1:{}", self.port),
             Transport::Tls { ca, client } => {
                 cmd.arg("--resolve")
                     .arg(format!("localhost:{}:127.0.0.1", self.port))
@@ -165,10 +159,57 @@ impl Request {
                 if let Some(c) = client {
                     cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
                 }
-                format!("https://localhost:{}{}", self.port, self.path)
+                format!("https://localhost:{}", self.port)
             }
         };
-        cmd.arg(&url).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
+        (cmd, base)
+    }
+
+    /// This request's options for each of `paths` in turn, in ONE curl run: curl reuses its
+    /// connection (HTTP/1.1 keep-alive, or one HTTP/2 connection), so each request is decided
+    /// on a connection that already carried the previous ones. Returns, per path, the status and
+    /// how many new connections curl opened for it (0 = reused).
+    pub fn send_sequence(&self, paths: &[&str]) -> Result<Vec<(u16, u32)>> {
+        let (mut cmd, base) = self.command();
+        for p in paths {
+            cmd.args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n"])
+                .arg(format!("{base}{p}"));
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error(format!("cannot run curl: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let got: Vec<(u16, u32)> = stdout
+            .lines()
+            .filter_map(|l| {
+                let (c, n) = l.split_once(' ')?;
+                Some((c.parse().ok()?, n.parse().ok()?))
+            })
+            .collect();
+        if got.len() != paths.len() {
+            return Err(Error(format!(
+                "curl answered {} of {} requests: {stdout} {}",
+                got.len(),
+                paths.len(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(got)
+    }
+
+    /// Run curl (bounded: 10 s per request) and capture what it saw. The path is sent as is
+    /// (`--path-as-is`), so `/./admin` reaches Envoy unnormalized.
+    pub fn send(&self) -> Result<Response> {
+        let (mut cmd, base) = self.command();
+        cmd.args([
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version}\n%{redirect_url}\n%{http_code}",
+        ]);
+        let url = format!("{base}{}", self.path);
+        cmd.arg(&url);
         let out = cmd
             .output()
             .map_err(|e| Error(format!("cannot run curl: {e}")))?;

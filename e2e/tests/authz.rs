@@ -283,6 +283,24 @@ spec:
         "a request for /admin in disguise reached the application"
     );
 
+    // Each request is decided on its own, also on a connection that already carried others
+    // (HTTP/2 over mTLS, HTTP/1.1 keep-alive in plaintext).
+    let seq = [
+        "/public",
+        "/admin",
+        "/public",
+        "/%61dmin",
+        "/x/../admin",
+        "/public",
+    ];
+    for t in [mtls.clone(), Transport::Plaintext] {
+        let got = s.get("/", t).send_sequence(&seq).unwrap();
+        let statuses: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+        assert_eq!(statuses, [200, 403, 200, 403, 403, 200], "{got:?}");
+        let connects: u32 = got.iter().map(|(_, n)| *n).sum();
+        assert_eq!(connects, 1, "curl did not reuse its connection: {got:?}");
+    }
+
     // Istio matches paths case-sensitively: `/ADMIN` is another resource, not denied.
     assert_ok(&s.get("/ADMIN", mtls.clone()).send().unwrap());
 

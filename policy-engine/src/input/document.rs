@@ -210,11 +210,14 @@ mod yaml {
             let mut value = match Yaml::deserialize(document) {
                 Ok(v) => v,
                 Err(e) => {
-                    let at = e
-                        .location()
-                        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                        .unwrap_or_default();
-                    let message = format!("cannot parse YAML: {e}{at}");
+                    let text = e.to_string();
+                    let at = match e.location() {
+                        Some(l) if !text.contains(" line ") => {
+                            format!(" (line {}, column {})", l.line(), l.column())
+                        }
+                        _ => String::new(),
+                    };
+                    let message = format!("cannot parse YAML: {text}{at}");
                     diagnostics.push(Diagnostic::error(None, path, message));
                     // After a syntax error the parser cannot find the next document reliably
                     // (and keeps returning the same error).

@@ -26,13 +26,13 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
     if spec.action == Action::Custom {
         f.error(&spec_path.field("action"), CUSTOM_UNSUPPORTED);
         if spec.rules.is_none() {
-            f.error(
+            f.absent(
                 &spec_path,
                 "CUSTOM action without `rules` is meaningless as it will never be triggered, \
                  add an empty rule `{}` if you want it be triggered for every request",
             );
         } else if spec.provider.as_deref().unwrap_or("").is_empty() {
-            f.error(
+            f.absent(
                 &spec_path.field("provider").field("name"),
                 "`provider.name` must not be empty",
             );
@@ -49,7 +49,7 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
         );
     }
     if spec.action == Action::Deny && spec.rules.is_none() {
-        f.error(
+        f.absent(
             &spec_path,
             "DENY action without `rules` is meaningless as it will never be triggered, \
              add an empty rule `{}` if you want it be triggered for every request",
@@ -140,7 +140,7 @@ fn validate_rule(f: &mut Findings, rule: &Rule, i: usize, path: &FieldPath, acti
     if action == Action::Deny
         && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to))
     {
-        f.warning(path, DENY_HTTP_ONLY_WARNING);
+        f.absent_warning(path, DENY_HTTP_ONLY_WARNING);
     }
 }
 
@@ -188,7 +188,7 @@ fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> 
         ),
     ];
     if lists.iter().all(|(_, _, l)| l.is_empty()) {
-        f.error(
+        f.absent(
             path,
             format!("`from.source` must not be empty, found at rule {i}"),
         );
@@ -244,7 +244,7 @@ fn validate_operation(f: &mut Findings, op: &Operation, i: usize, path: &FieldPa
         ("notHosts", "NotHosts", &op.not_hosts),
     ];
     if lists.iter().all(|(_, _, l)| l.is_empty()) {
-        f.error(
+        f.absent(
             path,
             format!("`to.operation` must not be empty, found at rule {i}"),
         );

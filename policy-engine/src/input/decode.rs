@@ -116,10 +116,12 @@ impl Decoder {
     pub(crate) fn string_list(&mut self, value: Option<&Value>, path: &FieldPath) -> Vec<String> {
         match value {
             None | Some(Value::Null) => Vec::new(),
+            // A bad item keeps its place (as an empty placeholder, its error stands for it) so
+            // that later findings name the right index.
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, item)| self.string(item, &path.index(i)))
+                .map(|(i, item)| self.string(item, &path.index(i)).unwrap_or_default())
                 .collect(),
             Some(Value::String(s)) => {
                 self.error(

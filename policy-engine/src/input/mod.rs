@@ -19,6 +19,9 @@ mod peer_authentication;
 mod timestamp;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 
 use serde_json::Value;

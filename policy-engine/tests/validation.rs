@@ -18,6 +18,8 @@
 //!
 //! An empty `expect` means the input must load with no diagnostic at all.
 
+// The cases are YAML text: without the `yaml` feature `load_str` reads JSON only.
+#![cfg(feature = "yaml")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -463,3 +463,29 @@ fn cel_conditions_are_compiled() {
         .message
         .starts_with("invalid `value` for `key` meshauthz.io/cel: "));
 }
+
+#[test]
+fn cel_compile_errors_are_reported_at_the_value() {
+    // Whatever the CEL compiler says about a broken expression, the loader reports it verbatim
+    // at the value's path (on a branch where the compiler accepts everything, it must load).
+    let broken = "request.method == ";
+    let input = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "a"},
+        "spec": {"rules": [{"when": [{"key": crate::cel::CEL_CONDITION_KEY,
+                                        "values": ["true"], "notValues": [broken]}]}]}});
+    let result = load_value(&input, &LoadOptions::default());
+    match crate::cel::CelExpression::compile(broken) {
+        Ok(_) => assert!(result.is_ok(), "{:?}", result.err()),
+        Err(message) => {
+            let d = result.unwrap_err();
+            let [e] = d.0.as_slice() else {
+                panic!("one error expected: {d}")
+            };
+            assert_eq!(e.path, "spec.rules[0].when[0].notValues[0]");
+            assert_eq!(
+                e.message,
+                format!("invalid `notValue` for `key` meshauthz.io/cel: {message}")
+            );
+        }
+    }
+}

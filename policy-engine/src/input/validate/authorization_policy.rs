@@ -14,6 +14,10 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
     let spec_path = FieldPath::root().field("spec");
     let rules_path = spec_path.field("rules");
 
+    // `rules: []` reaches Istio as a nil list (protobuf has no empty-vs-absent for repeated
+    // fields), so it is "without rules" too.
+    let no_rules = spec.rules.as_ref().is_none_or(Vec::is_empty);
+
     metadata::validate(f, &policy.meta, Some(spec.action));
     selector::target_refs(
         f,
@@ -25,7 +29,7 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
 
     if spec.action == Action::Custom {
         f.error(&spec_path.field("action"), CUSTOM_UNSUPPORTED);
-        if spec.rules.is_none() {
+        if no_rules {
             f.absent(
                 &spec_path,
                 "CUSTOM action without `rules` is meaningless as it will never be triggered, \
@@ -48,7 +52,7 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
             ),
         );
     }
-    if spec.action == Action::Deny && spec.rules.is_none() {
+    if spec.action == Action::Deny && no_rules {
         f.absent(
             &spec_path,
             "DENY action without `rules` is meaningless as it will never be triggered, \

@@ -9,7 +9,7 @@ use cel_parser::reference::Val;
 use cel_parser::Parser;
 use regex::Regex;
 
-use super::functions::{self, BOOL, INDEX, IP_IN_CIDR, ITERABLE, USER_FUNCTIONS};
+use super::functions::{self, BOOL, INDEX, IP_IN_CIDR, ITERABLE, NEGATE, USER_FUNCTIONS};
 use super::vars::{known_attributes, Attr, VarKind, ATTRIBUTES};
 use crate::attributes::Requirements;
 
@@ -525,7 +525,12 @@ impl Compiler {
                 }
             }
             operators::NEGATE => match tys.first() {
-                Some(t @ (Ty::Int | Ty::Double | Ty::Dyn)) => Ok(*t),
+                Some(t @ (Ty::Int | Ty::Dyn)) => {
+                    // cel-interpreter negates an int unchecked: `-x` of i64::MIN overflows.
+                    call.func_name = NEGATE.to_string();
+                    Ok(*t)
+                }
+                Some(Ty::Double) => Ok(Ty::Double),
                 Some(t) => Err(format!("`-` is not defined for {t}")),
                 None => Ok(Ty::Dyn),
             },

@@ -1,11 +1,11 @@
 //! Functions meshauthz adds to cel-interpreter's standard ones.
 //!
 //! - `ip_in_cidr(ip, cidr)`: the user-facing CIDR test.
-//! - `@bool`, `@index`, `@iterable`: internal (a user cannot write a name starting with `@`). The
+//! - `@bool`, `@index`, `@iterable`, `@negate`: internal (a user cannot write a name starting with `@`). The
 //!   compiler inserts them where cel-interpreter departs from the CEL specification in a way that
 //!   could widen access or trap the VM: `&&`, `||`, `!` and `?:` treat any value as truthy, `m[k]`
-//!   gives `null` for a missing key, and a macro over a value that is neither a list nor a map
-//!   panics.
+//!   gives `null` for a missing key, a macro over a value that is neither a list nor a map
+//!   panics, and `-x` does not check for overflow.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ pub(super) const IP_IN_CIDR: &str = "ip_in_cidr";
 pub(super) const BOOL: &str = "@bool";
 pub(super) const INDEX: &str = "@index";
 pub(super) const ITERABLE: &str = "@iterable";
+pub(super) const NEGATE: &str = "@negate";
 
 /// The functions a user may call, with how many operands each takes (the receiver of a method call
 /// counts as one): `(name, min, max)`.
@@ -45,6 +46,7 @@ pub(super) fn root_context() -> Context<'static> {
     ctx.add_function(BOOL, strict_bool);
     ctx.add_function(INDEX, strict_index);
     ctx.add_function(ITERABLE, iterable);
+    ctx.add_function(NEGATE, negate);
     ctx
 }
 
@@ -120,5 +122,15 @@ fn iterable(value: Value) -> ResolveResult {
             got: other.type_of().to_string(),
             want: "list or map".to_string(),
         }),
+    }
+}
+
+fn negate(value: Value) -> ResolveResult {
+    match value {
+        Value::Int(i) => i.checked_neg().map(Value::Int).ok_or_else(|| {
+            ExecutionError::function_error("-", format!("integer overflow negating {i}"))
+        }),
+        Value::Float(f) => Ok(Value::Float(-f)),
+        other => Err(ExecutionError::UnsupportedUnaryOperator("minus", other)),
     }
 }

@@ -696,6 +696,19 @@ fn runtime_errors_are_errors() {
     assert!(eval("destination.port / 0 == 1", &conn).is_err());
     assert!(eval("source.namespace.matches('(' + '')", &conn).is_err());
     assert!(eval("int(source.namespace) == 1", &conn).is_err());
+    let jwt = json!({"min": i64::MIN, "n": 5, "f": 1.5});
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            jwt: Some(&jwt),
+            ..Default::default()
+        },
+    );
+    assert!(eval("-request.auth.claims.min < 0", &attrs).is_err());
+    assert_eq!(eval("-request.auth.claims.n == -5", &attrs), Ok(true));
+    assert_eq!(eval("-request.auth.claims.f == -1.5", &attrs), Ok(true));
+    assert_eq!(eval("-destination.port == -8443", &attrs), Ok(true));
+    assert!(eval("-request.auth.claims.g == 1", &attrs).is_err());
 }
 
 #[test]
@@ -708,4 +721,111 @@ fn compiled_expression_is_shareable_and_reusable() {
         assert_eq!(expr.evaluate(&mtls_conn(ADMIN)), Ok(true));
         assert!(expr.evaluate(&plaintext_conn()).is_err());
     }
+}
+
+/// Random expressions over the vocabulary: whatever compiles must evaluate without panicking (a
+/// panic traps the Wasm VM), to a bool or an error.
+#[test]
+fn compiled_expressions_never_panic() {
+    const PIECES: &[&str] = &[
+        "source.principal",
+        "source.namespace",
+        "destination.port",
+        "connection.mtls",
+        "request.headers",
+        "request.headers['x-a']",
+        "request.auth.claims",
+        "request.auth.claims.g",
+        "request.path",
+        "has(source.principal)",
+        "x",
+        "1",
+        "-1",
+        "0u",
+        "2.5",
+        "'s'",
+        "b'y'",
+        "true",
+        "null",
+        "[1, 'a']",
+        "{'k': 1}",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "!",
+        "==",
+        "<",
+        "&&",
+        "||",
+        " in ",
+        " ? ",
+        " : ",
+        "size(",
+        "int(",
+        "string(",
+        "max(",
+        ".size()",
+        ".exists(x, ",
+        ".all(x, ",
+        ".map(x, ",
+        ".filter(x, ",
+        ".exists_one(x, ",
+        ".startsWith(",
+        ".matches(",
+        "ip_in_cidr(",
+        "[0]",
+        "['k']",
+        ".k",
+    ];
+    let jwt = json!({"g": ["a", 1, {"k": true}], "n": 3, "s": "str", "o": {"k": [1]}});
+    let headers = [("x-a", "1"), ("x-b", "two")];
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            host: Some("h"),
+            method: Some("GET"),
+            path: Some("/p"),
+            headers: &headers,
+            jwt: Some(&jwt),
+        },
+    );
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut compiled, mut evaluated_ok) = (0, 0);
+    for _ in 0..30_000 {
+        let len = 1 + (next() % 7) as usize;
+        let src: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let Ok(expr) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            CelExpression::compile(&src)
+        })) else {
+            panic!("compile panicked on {src:?}");
+        };
+        let Ok(expr) = expr else { continue };
+        compiled += 1;
+        for a in [&attrs, &plaintext_conn()] {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| expr.evaluate(a))) {
+                Ok(Ok(_)) => evaluated_ok += 1,
+                Ok(Err(_)) => {}
+                Err(_) => panic!("evaluation panicked on {src:?}"),
+            }
+        }
+    }
+    assert!(
+        compiled > 200 && evaluated_ok > 100,
+        "{compiled} compiled, {evaluated_ok} evaluated"
+    );
 }

@@ -53,15 +53,9 @@ fn every_tricky_case_row_is_covered() {
             })
         })
         .collect();
-    assert!(
-        missing.is_empty(),
-        "§13 rows without a case: {missing:?}"
-    );
+    assert!(missing.is_empty(), "§13 rows without a case: {missing:?}");
     let mut seen = std::collections::BTreeSet::new();
-    let dups: Vec<&String> = names
-        .iter()
-        .filter(|n| !seen.insert(n.as_str()))
-        .collect();
+    let dups: Vec<&String> = names.iter().filter(|n| !seen.insert(n.as_str())).collect();
     assert!(dups.is_empty(), "case names must be unique: {dups:?}");
     assert!(
         names.len() >= 150,

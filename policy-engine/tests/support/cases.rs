@@ -467,7 +467,9 @@ fn check_request(engine: &Engine, case: &Case) -> Result<Decision, String> {
         mtls: r.mtls.unwrap_or(r.principal.is_some()),
         source_ip,
         remote_ip: r.remote_ip.or(source_ip),
-        destination_ip: r.destination_ip.or_else(|| parse_ip(DEFAULT_DESTINATION_IP)),
+        destination_ip: r
+            .destination_ip
+            .or_else(|| parse_ip(DEFAULT_DESTINATION_IP)),
         destination_port: Some(r.port.unwrap_or(DEFAULT_PORT)),
         sni: r.sni.as_deref(),
         dynamic_metadata: r.dynamic_metadata.as_ref(),

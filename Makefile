@@ -55,8 +55,8 @@ build: targets
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # ---- tests ----------------------------------------------------------------------------------
-.PHONY: test test-engine test-wasm test-filter e2e lint
-test: lint test-engine test-wasm test-filter e2e
+.PHONY: test test-engine test-wasm test-filter test-cli e2e lint
+test: lint test-engine test-wasm test-filter test-cli e2e
 
 lint:
 	cargo fmt --all -- --check
@@ -72,6 +72,9 @@ test-wasm: targets wasm-bindgen
 
 test-filter:
 	cargo test -p meshauthz-filter
+
+test-cli:
+	cargo test -p meshauthz-cli
 
 e2e: build envoy
 	cargo test -p meshauthz-e2e -- --test-threads=2
@@ -90,6 +93,26 @@ sandbox: build envoy
 
 sandbox-stop:
 	@true
+
+# ---- Istio attachments -----------------------------------------------------------------------
+RENDER_ARGS := --namespace foo --label app=echo --http-port 8080 --tcp-port 9000 $(sort $(wildcard envoy-config/policies/*.yaml))
+.PHONY: istio-manifests
+istio-manifests:
+	@mkdir -p envoy-config/istio
+	@for kind in wasmplugin envoyfilter; do \
+	  { echo "# Rendered by \`make istio-manifests\` (meshauthz render $$kind) from envoy-config/policies/."; \
+	    echo "# Validated against Istio's CRD schemas by \`make test\`. Edit the policies, not this file."; \
+	    cargo run -q -p meshauthz-cli -- render $$kind $(RENDER_ARGS); } > envoy-config/istio/$$kind.yaml || exit 1; \
+	done
+	@echo "rendered envoy-config/istio/{wasmplugin,envoyfilter}.yaml"
+
+OCI_IMAGE ?= meshauthz:$(shell awk -F'"' '/^version = /{print $$2; exit}' Cargo.toml)
+.PHONY: oci-image
+oci-image: build
+	@builder=$$(for b in docker podman buildah; do command -v $$b >/dev/null && $$b info >/dev/null 2>&1 && echo $$b && break; done); \
+	if [ -z "$$builder" ]; then echo "oci-image: no working docker/podman/buildah here; the Dockerfile is envoy-config/oci/Dockerfile"; exit 1; fi; \
+	ctx=$$(mktemp -d); cp $(MODULE) $$ctx/meshauthz.wasm; cp envoy-config/oci/Dockerfile $$ctx/; \
+	if [ "$$builder" = buildah ]; then buildah bud -t $(OCI_IMAGE) $$ctx; else $$builder build -t $(OCI_IMAGE) $$ctx; fi; rm -rf $$ctx
 
 .PHONY: clean
 clean:

@@ -1,13 +1,125 @@
-//! AuthorizationPolicy: which policies apply to a workload, compiled matchers, the decision.
+//! AuthorizationPolicy: which policies apply to a workload, their compiled rules, the decision.
+//!
+//! Where each field is matched: `source.*` in [`source`], `operation.*` in [`operation`], `when`
+//! keys in [`condition`]; the wildcard forms in [`string_match`], path templates in
+//! [`path_template`], the structure (rule, clause, field) in [`rule`], the index in [`index`].
+
+pub mod condition;
+pub mod index;
+pub mod operation;
+pub mod path_template;
+pub mod rule;
+pub mod source;
+pub mod string_match;
+pub mod trust_domain;
+pub mod values;
 
 use crate::attributes::{Attributes, Requirements};
-use crate::decision::{Cause, Decision, Protocol};
+use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 use crate::engine::{MeshConfig, PolicyInfo, Workload};
-use crate::error::Diagnostics;
-use crate::model::PolicySet;
+use crate::error::{Diagnostic, Diagnostics, ObjectRef};
+use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule};
+use index::RuleSet;
+use rule::{CompiledRule, Ctx};
+use trust_domain::TrustBundle;
+use values::{FieldCtx, RuleDropped};
+
+/// The rules of one action and enforcement mode, for one chain type.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    /// At least one policy of this bucket applies, even one with no usable rule: an ALLOW policy
+    /// that matches nothing still denies everything else.
+    has_policy: bool,
+    rules: RuleSet,
+}
+
+/// All buckets for one chain type (HTTP or TCP).
+#[derive(Debug, Default)]
+pub(crate) struct ChainRules {
+    audit: Bucket,
+    deny: Bucket,
+    allow: Bucket,
+    shadow_deny: Bucket,
+    shadow_allow: Bucket,
+}
 
 #[derive(Debug, Default)]
-pub struct CompiledAuthz {}
+pub struct CompiledAuthz {
+    http: ChainRules,
+    tcp: ChainRules,
+    need_path: bool,
+}
+
+fn object_ref(p: &AuthorizationPolicy) -> ObjectRef {
+    ObjectRef {
+        kind: "AuthorizationPolicy".into(),
+        namespace: p.meta.namespace.clone(),
+        name: p.meta.name.clone(),
+    }
+}
+
+/// Istio `WorkloadPolicyMatcher.ShouldAttachPolicy` for a sidecar workload.
+fn applies(
+    p: &AuthorizationPolicy,
+    workload: &Workload,
+    mesh: &MeshConfig,
+    warnings: &mut Diagnostics,
+) -> bool {
+    let ns = p.meta.namespace.as_str();
+    if ns != mesh.root_namespace && ns != workload.namespace {
+        return false;
+    }
+    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
+        warnings.push(Diagnostic::warning(
+            Some(object_ref(p)),
+            "spec.targetRefs",
+            "policies with targetRef/targetRefs attach to gateways and waypoints, not to sidecar workloads: not applied",
+        ));
+        return false;
+    }
+    match &p.spec.selector {
+        None => true,
+        Some(s) => s
+            .match_labels
+            .iter()
+            .all(|(k, v)| workload.labels.get(k) == Some(v)),
+    }
+}
+
+/// Compiles one rule for one chain type; `None` when Istio would drop it.
+fn compile_rule(ctx: &FieldCtx<'_>, id: RuleId, rule: &Rule) -> Result<CompiledRule, RuleDropped> {
+    let mut from = Vec::new();
+    for f in rule.from.iter().flatten().flatten() {
+        if let Some(s) = &f.source {
+            from.push(source::compile(ctx, s)?);
+        }
+    }
+    let mut to = Vec::new();
+    for t in rule.to.iter().flatten().flatten() {
+        if let Some(o) = &t.operation {
+            to.push(operation::compile(ctx, o)?);
+        }
+    }
+    let mut when = Vec::new();
+    for c in rule.when.iter().flatten().flatten() {
+        if let Some(field) = condition::compile(ctx, c)? {
+            when.push(field);
+        }
+    }
+    for clause in from.iter_mut().chain(to.iter_mut()) {
+        clause.sort_by_key(rule::Field::cost);
+    }
+    when.sort_by_key(rule::Field::cost);
+    // An entry whose fields were all dropped (DENY/AUDIT on TCP) matches anything, which makes
+    // the whole list match anything.
+    if from.iter().any(Vec::is_empty) {
+        from.clear();
+    }
+    if to.iter().any(Vec::is_empty) {
+        to.clear();
+    }
+    Ok(CompiledRule { id, from, to, when })
+}
 
 pub(crate) fn compile(
     set: &PolicySet,
@@ -15,25 +127,373 @@ pub(crate) fn compile(
     mesh: &MeshConfig,
     warnings: &mut Diagnostics,
 ) -> Result<(Vec<PolicyInfo>, CompiledAuthz), Diagnostics> {
-    let _ = (set, workload, mesh, warnings);
-    Ok((Vec::new(), CompiledAuthz {}))
+    let mut applicable: Vec<&AuthorizationPolicy> = set
+        .authorization_policies
+        .iter()
+        .filter(|p| applies(p, workload, mesh, warnings))
+        .collect();
+    // Istio's order: creationTimestamp, then name, then namespace. It decides which rule is
+    // reported as the one that matched.
+    applicable.sort_by(|a, b| {
+        (a.meta.creation_timestamp, &a.meta.name, &a.meta.namespace).cmp(&(
+            b.meta.creation_timestamp,
+            &b.meta.name,
+            &b.meta.namespace,
+        ))
+    });
+
+    let mut errors = Diagnostics::default();
+    let trust = TrustBundle::new(mesh);
+    let mut infos = Vec::new();
+    let mut compiled = CompiledAuthz::default();
+    let mut http_rules: [Vec<CompiledRule>; 5] = Default::default();
+    let mut tcp_rules: [Vec<CompiledRule>; 5] = Default::default();
+
+    for p in applicable {
+        let Ok(policy_id) = u32::try_from(infos.len()) else {
+            errors.push(Diagnostic::error(
+                Some(object_ref(p)),
+                "",
+                "too many policies",
+            ));
+            break;
+        };
+        let dry_run = p.dry_run();
+        let action = p.spec.action;
+        let slot = match (action, dry_run) {
+            (Action::Audit, _) => 0,
+            (Action::Deny, false) => 1,
+            (Action::Allow, false) => 2,
+            (Action::Deny, true) => 3,
+            (Action::Allow, true) => 4,
+            (Action::Custom, _) => {
+                // Never ignore a policy silently: ignoring it would widen access.
+                errors.push(Diagnostic::error(
+                    Some(object_ref(p)),
+                    "spec.action",
+                    "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it",
+                ));
+                continue;
+            }
+        };
+        infos.push(PolicyInfo {
+            namespace: p.meta.namespace.clone(),
+            name: p.meta.name.clone(),
+            action,
+            dry_run,
+        });
+        for chain in [&mut compiled.http, &mut compiled.tcp] {
+            let bucket = match slot {
+                0 => &mut chain.audit,
+                1 => &mut chain.deny,
+                2 => &mut chain.allow,
+                3 => &mut chain.shadow_deny,
+                _ => &mut chain.shadow_allow,
+            };
+            bucket.has_policy = true;
+        }
+        for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
+            let Some(rule) = rule else { continue };
+            let Ok(rule_index) = u32::try_from(i) else {
+                break;
+            };
+            let id = RuleId {
+                policy: policy_id,
+                rule: rule_index,
+            };
+            for (protocol, target) in [
+                (Protocol::Http, &mut http_rules),
+                (Protocol::Tcp, &mut tcp_rules),
+            ] {
+                let ctx = FieldCtx {
+                    protocol,
+                    action,
+                    policy_namespace: &p.meta.namespace,
+                    trust: &trust,
+                };
+                if let (Ok(r), Some(list)) = (compile_rule(&ctx, id, rule), target.get_mut(slot)) {
+                    list.push(r);
+                }
+            }
+        }
+    }
+    if errors.has_errors() {
+        errors.extend(std::mem::take(warnings));
+        return Err(errors);
+    }
+
+    for (chain, rules) in [
+        (&mut compiled.http, http_rules),
+        (&mut compiled.tcp, tcp_rules),
+    ] {
+        let [audit, deny, allow, shadow_deny, shadow_allow] = rules;
+        chain.audit.rules = RuleSet::new(audit);
+        chain.deny.rules = RuleSet::new(deny);
+        chain.allow.rules = RuleSet::new(allow);
+        chain.shadow_deny.rules = RuleSet::new(shadow_deny);
+        chain.shadow_allow.rules = RuleSet::new(shadow_allow);
+    }
+    compiled.need_path = compiled.requirements().path;
+    Ok((infos, compiled))
+}
+
+impl ChainRules {
+    fn buckets(&self) -> [&Bucket; 5] {
+        [
+            &self.audit,
+            &self.deny,
+            &self.allow,
+            &self.shadow_deny,
+            &self.shadow_allow,
+        ]
+    }
 }
 
 impl CompiledAuthz {
     pub(crate) fn requirements(&self) -> Requirements {
-        Requirements::default()
+        let mut req = Requirements::default();
+        for chain in [&self.http, &self.tcp] {
+            for bucket in chain.buckets() {
+                for rule in bucket.rules.rules() {
+                    rule.add_requirements(&mut req);
+                }
+            }
+        }
+        req
     }
 
+    /// AUDIT on its own, then DENY, then ALLOW (Istio's filter order), and the dry-run shadows.
     pub(crate) fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
-        let _ = (protocol, attrs);
+        let chain = match protocol {
+            Protocol::Http => &self.http,
+            Protocol::Tcp => &self.tcp,
+        };
+        let ctx = Ctx::new(attrs, self.need_path && protocol == Protocol::Http);
+        let first = |b: &Bucket| {
+            if b.rules.is_empty() {
+                None
+            } else {
+                b.rules.first_match(&ctx)
+            }
+        };
+
+        let audit_rule = first(&chain.audit);
+        let (allowed, cause) = if let Some(r) = first(&chain.deny) {
+            (false, Cause::DenyRule(r))
+        } else if !chain.allow.has_policy {
+            (true, Cause::NoAllowPolicy)
+        } else if let Some(r) = first(&chain.allow) {
+            (true, Cause::AllowRule(r))
+        } else {
+            (false, Cause::NoAllowRuleMatched)
+        };
+        let shadow_deny = chain.shadow_deny.has_policy.then(|| {
+            let rule = first(&chain.shadow_deny);
+            ShadowResult {
+                allowed: rule.is_none(),
+                rule,
+            }
+        });
+        let shadow_allow = chain.shadow_allow.has_policy.then(|| {
+            let rule = first(&chain.shadow_allow);
+            ShadowResult {
+                allowed: rule.is_some(),
+                rule,
+            }
+        });
         Decision {
-            allowed: false,
-            cause: Cause::NoAllowRuleMatched,
-            audit_policy_applies: false,
-            audit_rule: None,
-            shadow_allow: None,
-            shadow_deny: None,
-            cel_errors: 0,
+            allowed,
+            cause,
+            audit_policy_applies: chain.audit.has_policy,
+            audit_rule,
+            shadow_allow,
+            shadow_deny,
+            cel_errors: ctx.cel_errors.get(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::indexing_slicing)]
+    use super::*;
+    use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleFrom, RuleTo, Source};
+    use crate::{Engine, HttpAttributes};
+
+    fn policy(name: &str, action: Action, rules: Option<Vec<Option<Rule>>>) -> AuthorizationPolicy {
+        AuthorizationPolicy {
+            api_version: "security.istio.io/v1".into(),
+            meta: ObjectMeta {
+                name: name.into(),
+                namespace: "ns1".into(),
+                ..Default::default()
+            },
+            spec: AuthorizationPolicySpec {
+                action,
+                rules,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn to(op: Operation) -> Rule {
+        Rule {
+            to: Some(vec![Some(RuleTo {
+                operation: Some(op),
+            })]),
+            ..Default::default()
+        }
+    }
+
+    fn engine(ps: Vec<AuthorizationPolicy>) -> Engine {
+        let set = PolicySet {
+            authorization_policies: ps,
+            ..Default::default()
+        };
+        let wl = Workload {
+            namespace: "ns1".into(),
+            ..Default::default()
+        };
+        match Engine::compile(&set, &wl, &MeshConfig::default()) {
+            Ok((e, _)) => e,
+            Err(d) => panic!("{d}"),
+        }
+    }
+
+    fn get<'a>(path: &'a str, principal: Option<&'a str>) -> Attributes<'a> {
+        Attributes {
+            principal,
+            mtls: principal.is_some(),
+            destination_port: Some(8080),
+            http: Some(HttpAttributes {
+                method: Some("GET"),
+                path: Some(path),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deny_beats_allow_and_allow_nothing_denies() {
+        let deny = policy(
+            "deny-admin",
+            Action::Deny,
+            Some(vec![Some(to(Operation {
+                paths: vec!["/allow/admin".into()],
+                ..Default::default()
+            }))]),
+        );
+        let allow = policy(
+            "allow",
+            Action::Allow,
+            Some(vec![Some(to(Operation {
+                paths: vec!["/allow*".into()],
+                ..Default::default()
+            }))]),
+        );
+        let e = engine(vec![deny, allow]);
+        let d = e.check(Protocol::Http, &get("/allow/admin?param=value", None));
+        assert!(!d.allowed);
+        assert_eq!(
+            e.rule_name(d.deciding_rule().unwrap_or(RuleId { policy: 9, rule: 9 })),
+            "ns[ns1]-policy[deny-admin]-rule[0]"
+        );
+        assert!(
+            e.check(Protocol::Http, &get("/allow?param=value", None))
+                .allowed
+        );
+        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed);
+        // Path tricks normalize onto the denied path.
+        assert!(
+            !e.check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
+                .allowed
+        );
+        assert!(
+            !e.check(Protocol::Http, &get("//allow//admin", None))
+                .allowed
+        );
+
+        let nothing = engine(vec![policy("allow-nothing", Action::Allow, None)]);
+        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed);
+        assert!(
+            engine(vec![])
+                .check(Protocol::Http, &get("/", None))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn http_only_fields_on_tcp() {
+        let methods = || {
+            to(Operation {
+                methods: vec!["GET".into()],
+                ..Default::default()
+            })
+        };
+        let tcp = Attributes {
+            destination_port: Some(80),
+            ..Default::default()
+        };
+        // ALLOW: the rule is dropped, leaving an ALLOW policy that matches nothing.
+        assert!(
+            !engine(vec![policy(
+                "a",
+                Action::Allow,
+                Some(vec![Some(methods())])
+            )])
+            .check(Protocol::Tcp, &tcp)
+            .allowed
+        );
+        // DENY: the field is dropped and the rule denies every connection.
+        assert!(
+            !engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))])
+                .check(Protocol::Tcp, &tcp)
+                .allowed
+        );
+        // On HTTP, the same DENY only hits GET.
+        let e = engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))]);
+        let mut post = get("/", None);
+        if let Some(h) = post.http.as_mut() {
+            h.method = Some("POST");
+        }
+        assert!(e.check(Protocol::Http, &post).allowed);
+    }
+
+    #[test]
+    fn index_gives_same_answer_as_scan() {
+        let mut ps = Vec::new();
+        for i in 0..50 {
+            let src = Source {
+                principals: vec![format!("cluster.local/ns/ns{i}/sa/sa{i}")],
+                ..Default::default()
+            };
+            let rule = Rule {
+                from: Some(vec![Some(RuleFrom { source: Some(src) })]),
+                ..Default::default()
+            };
+            ps.push(policy(
+                &format!("p{i:03}"),
+                Action::Allow,
+                Some(vec![Some(rule)]),
+            ));
+        }
+        let e = engine(ps);
+        let p = "spiffe://cluster.local/ns/ns42/sa/sa42";
+        let d = e.check(Protocol::Http, &get("/", Some(p)));
+        assert!(d.allowed);
+        assert_eq!(
+            e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
+                .map(|p| p.name.as_str()),
+            Some("p042")
+        );
+        assert!(
+            !e.check(
+                Protocol::Http,
+                &get("/", Some("spiffe://cluster.local/ns/ns42/sa/other"))
+            )
+            .allowed
+        );
+        assert!(!e.check(Protocol::Http, &get("/", None)).allowed);
     }
 }

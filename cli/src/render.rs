@@ -1,0 +1,248 @@
+//! Istio attachments rendered from the policies a user keeps: `WasmPlugin`s (the module's HTTP
+//! stages in the AUTHZ and STATS phases, the network stages for TCP ports) or one `EnvoyFilter`
+//! that inserts the module and its companion RBAC LOG filter into `SIDECAR_INBOUND`.
+//!
+//! Filter order on the inbound HTTP chain, as the shipped Envoy configs have it:
+//! `meshauthz_http` (decides, sets filter state) -> `envoy.filters.http.rbac` in LOG mode keyed on
+//! `wasm.meshauthz_audit` (Envoy writes `envoy.common:access_log_hint`) -> `meshauthz_http_enforce`
+//! (answers 403 `RBAC: access denied`) -> router.
+
+use serde_json::{json, Value};
+
+/// What to render.
+pub struct Attachment<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub selector: &'a [(String, String)],
+    /// `oci://...`, `file://...`, `https://...`.
+    pub url: &'a str,
+    pub sha256: Option<&'a str>,
+    pub http_ports: &'a [u16],
+    pub tcp_ports: &'a [u16],
+    /// The filter's plugin configuration (policies and settings).
+    pub plugin_config: &'a Value,
+}
+
+fn labels(a: &Attachment<'_>) -> Value {
+    let labels: serde_json::Map<String, Value> = a
+        .selector
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    Value::Object(labels)
+}
+
+fn selector(a: &Attachment<'_>) -> Value {
+    json!({ "matchLabels": labels(a) })
+}
+
+fn ports(ports: &[u16]) -> Value {
+    json!([{ "mode": "SERVER", "ports": ports.iter().map(|p| json!({"number": p})).collect::<Vec<_>>() }])
+}
+
+/// The companion that turns the module's audit flag into `envoy.common:access_log_hint`.
+pub fn rbac_log_companion(network: bool) -> Value {
+    let (name, ty) = if network {
+        (
+            "envoy.filters.network.rbac",
+            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        )
+    } else {
+        (
+            "envoy.filters.http.rbac",
+            "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        )
+    };
+    let mut config = json!({
+        "@type": ty,
+        "rules": {
+            "action": "LOG",
+            "policies": {
+                "meshauthz-audit": {
+                    "permissions": [{"any": true}],
+                    "principals": [{"filter_state": {"key": "wasm.meshauthz_audit", "string_match": {"exact": "1"}}}]
+                }
+            }
+        }
+    });
+    if network {
+        if let Some(o) = config.as_object_mut() {
+            o.insert("stat_prefix".into(), json!("meshauthz_audit."));
+        }
+    }
+    json!({ "name": name, "typed_config": config })
+}
+
+/// `WasmPlugin`s: two HTTP stages and, when TCP ports are given, two network stages, plus the
+/// `EnvoyFilter` that places the RBAC LOG companion between the HTTP stages (a WasmPlugin cannot).
+pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
+    let mut docs = Vec::new();
+    let plugin = |suffix: &str, root_id: &str, phase: &str, ty: &str, match_ports: &[u16]| {
+        let mut spec = json!({
+            "selector": selector(a),
+            "url": a.url,
+            "pluginName": root_id,
+            "phase": phase,
+            "failStrategy": "FAIL_CLOSE",
+            "type": ty,
+            "match": ports(match_ports),
+            "pluginConfig": a.plugin_config,
+        });
+        if let (Some(sha), Some(o)) = (a.sha256, spec.as_object_mut()) {
+            o.insert("sha256".into(), json!(sha));
+        }
+        json!({
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": {"name": format!("{}-{suffix}", a.name), "namespace": a.namespace},
+            "spec": spec,
+        })
+    };
+    let all_ports: Vec<u16> = a.http_ports.iter().chain(a.tcp_ports).copied().collect();
+    // Decide after jwt_authn (AUTHZ phase), enforce after Istio's own RBAC (STATS phase).
+    docs.push(plugin(
+        "http",
+        "meshauthz_http",
+        "AUTHZ",
+        "HTTP",
+        a.http_ports,
+    ));
+    docs.push(plugin(
+        "http-enforce",
+        "meshauthz_http_enforce",
+        "STATS",
+        "HTTP",
+        a.http_ports,
+    ));
+    if !a.tcp_ports.is_empty() {
+        docs.push(plugin(
+            "net",
+            "meshauthz_net",
+            "AUTHN",
+            "NETWORK",
+            &all_ports,
+        ));
+        docs.push(plugin(
+            "net-enforce",
+            "meshauthz_net_enforce",
+            "AUTHZ",
+            "NETWORK",
+            &all_ports,
+        ));
+    }
+    // Istio names a WasmPlugin's filter `<namespace>.<name>`.
+    let decide_filter = format!("{}.{}-http", a.namespace, a.name);
+    docs.push(json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": format!("{}-audit-companion", a.name), "namespace": a.namespace},
+        "spec": {
+            "workloadSelector": {"labels": labels(a)},
+            "configPatches": [{
+                "applyTo": "HTTP_FILTER",
+                "match": {
+                    "context": "SIDECAR_INBOUND",
+                    "listener": {"filterChain": {"filter": {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "subFilter": {"name": decide_filter}
+                    }}}
+                },
+                "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
+            }]
+        }
+    }));
+    docs
+}
+
+fn wasm_filter(network: bool, root_id: &str, a: &Attachment<'_>, config: &Value) -> Value {
+    let (name, ty) = if network {
+        (
+            "envoy.filters.network.wasm",
+            "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+        )
+    } else {
+        (
+            "envoy.filters.http.wasm",
+            "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        )
+    };
+    let code = match a.url.strip_prefix("file://") {
+        Some(path) => json!({"local": {"filename": path}}),
+        None => json!({"remote": {
+            "http_uri": {"uri": a.url, "cluster": "meshauthz-module-source", "timeout": "10s"},
+            "sha256": a.sha256.unwrap_or_default(),
+            "retry_policy": {"num_retries": 3}
+        }}),
+    };
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": ty,
+            "config": {
+                "name": root_id,
+                "root_id": root_id,
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {"vm_id": "meshauthz", "runtime": "envoy.wasm.runtime.v8", "code": code},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()}
+            }
+        }
+    })
+}
+
+/// One `EnvoyFilter` with the module (a local file, or a remote URL with `sha256`), its RBAC LOG
+/// companions and the migration access-log format, inserted into `SIDECAR_INBOUND`.
+pub fn envoy_filter(a: &Attachment<'_>) -> Value {
+    let http_match = |sub: &str| {
+        json!({"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
+            "name": "envoy.filters.network.http_connection_manager", "subFilter": {"name": sub}}}}})
+    };
+    let insert_before_router = |value: Value| {
+        json!({"applyTo": "HTTP_FILTER", "match": http_match("envoy.filters.http.router"),
+               "patch": {"operation": "INSERT_BEFORE", "value": value}})
+    };
+    let empty = json!({});
+    let mut patches = vec![
+        insert_before_router(wasm_filter(false, "meshauthz_http", a, a.plugin_config)),
+        insert_before_router(rbac_log_companion(false)),
+        insert_before_router(wasm_filter(false, "meshauthz_http_enforce", a, &empty)),
+        json!({
+            "applyTo": "NETWORK_FILTER",
+            "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}}},
+            "patch": {"operation": "MERGE", "value": {"typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "access_log": [{
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": "/dev/stdout",
+                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}
+                    }
+                }]
+            }}}
+        }),
+    ];
+    if !a.tcp_ports.is_empty() {
+        for port in a.tcp_ports {
+            let m = json!({"context": "SIDECAR_INBOUND", "listener": {"portNumber": port, "filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}});
+            for value in [
+                wasm_filter(true, "meshauthz_net", a, a.plugin_config),
+                rbac_log_companion(true),
+                wasm_filter(true, "meshauthz_net_enforce", a, &empty),
+            ] {
+                patches.push(json!({"applyTo": "NETWORK_FILTER", "match": m, "patch": {"operation": "INSERT_BEFORE", "value": value}}));
+            }
+        }
+    }
+    json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": a.name, "namespace": a.namespace},
+        "spec": {"workloadSelector": {"labels": labels(a)}, "configPatches": patches}
+    })
+}
+
+/// The access-log line of the migration walkthrough: who called, what meshauthz decided, and
+/// whether an AUDIT rule matched (`hint=true` marks a caller to fix before STRICT).
+pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN% \
+hint=%DYNAMIC_METADATA(envoy.common:access_log_hint)% decision=%FILTER_STATE(wasm.meshauthz_decision:PLAIN)% \
+src=%DOWNSTREAM_REMOTE_ADDRESS% chain=%FILTER_CHAIN_NAME%\n";

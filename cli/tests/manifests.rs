@@ -1,0 +1,193 @@
+//! Every manifest the project ships or renders is valid against Istio's real CRD schemas
+//! (`../shared/istio-crds/`), with unknown fields rejected as `kubectl apply` (strict field
+//! validation) rejects them. The CRDs' CEL rules (`x-kubernetes-validations`) are not evaluated
+//! here; the engine's own validation covers the policy ones.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn crd_dir() -> PathBuf {
+    let dir = root().join("../shared/istio-crds");
+    assert!(
+        dir.is_dir(),
+        "the Istio CRDs are expected at {} (shared/ beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Structural schemas prune unknown fields; `kubectl apply` rejects them. Make the schema say so.
+fn strict(schema: &mut Value) {
+    match schema {
+        Value::Object(o) => {
+            let preserve = o.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+            if o.contains_key("properties") && !preserve && !o.contains_key("additionalProperties")
+            {
+                o.insert("additionalProperties".into(), json!(false));
+            }
+            o.values_mut().for_each(strict);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strict),
+        _ => {}
+    }
+}
+
+/// (apiVersion, kind) -> compiled schema of the whole object.
+fn schemas() -> Vec<(String, String, jsonschema::Validator)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(crd_dir()).expect("CRD dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        for crd in yaml_docs(&std::fs::read_to_string(&path).expect("read CRD")) {
+            let group = crd["spec"]["group"].as_str().expect("group").to_string();
+            let kind = crd["spec"]["names"]["kind"]
+                .as_str()
+                .expect("kind")
+                .to_string();
+            for version in crd["spec"]["versions"].as_array().expect("versions") {
+                let mut schema = version["schema"]["openAPIV3Schema"].clone();
+                let props = schema["properties"].as_object_mut().expect("properties");
+                props.insert("apiVersion".into(), json!({"type": "string"}));
+                props.insert("kind".into(), json!({"type": "string"}));
+                props.insert("metadata".into(), json!({"type": "object"}));
+                strict(&mut schema);
+                let api = format!(
+                    "{group}/{}",
+                    version["name"].as_str().expect("version name")
+                );
+                let validator = jsonschema::validator_for(&schema).expect("CRD schema compiles");
+                out.push((api, kind.clone(), validator));
+            }
+        }
+    }
+    out
+}
+
+fn validate(docs: &[Value], origin: &str) {
+    let schemas = schemas();
+    assert!(!docs.is_empty(), "{origin}: no manifests");
+    let mut problems = Vec::new();
+    for doc in docs {
+        let (api, kind) = (
+            doc["apiVersion"].as_str().unwrap_or(""),
+            doc["kind"].as_str().unwrap_or(""),
+        );
+        let name = doc["metadata"]["name"].as_str().unwrap_or("?");
+        let Some((_, _, validator)) = schemas.iter().find(|(a, k, _)| a == api && k == kind) else {
+            problems.push(format!("{origin}: {kind} {name}: no CRD for {api}"));
+            continue;
+        };
+        for error in validator.iter_errors(doc) {
+            problems.push(format!(
+                "{origin}: {kind} {name}: {} at {}",
+                error,
+                error.instance_path()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "invalid manifests:\n{}",
+        problems.join("\n")
+    );
+}
+
+fn policy_files() -> Vec<String> {
+    let dir = root().join("envoy-config/policies");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("policies dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+fn render(kind: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+        .args([
+            "render",
+            kind,
+            "--namespace",
+            "foo",
+            "--label",
+            "app=echo",
+            "--http-port",
+            "8080",
+            "--tcp-port",
+            "9000",
+        ])
+        .args(policy_files())
+        .output()
+        .expect("run meshauthz render");
+    assert!(
+        out.status.success(),
+        "render {kind} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn sample_policies_are_valid_istio_objects() {
+    let mut docs = Vec::new();
+    for f in policy_files() {
+        docs.extend(yaml_docs(&std::fs::read_to_string(&f).expect("read")));
+    }
+    validate(&docs, "envoy-config/policies");
+}
+
+#[test]
+fn rendered_attachments_are_valid_and_shipped_copies_are_current() {
+    for (kind, file) in [
+        ("wasmplugin", "wasmplugin.yaml"),
+        ("envoyfilter", "envoyfilter.yaml"),
+    ] {
+        let rendered = render(kind);
+        validate(&yaml_docs(&rendered), &format!("meshauthz render {kind}"));
+        let shipped_path = root().join("envoy-config/istio").join(file);
+        let shipped = std::fs::read_to_string(&shipped_path).unwrap_or_default();
+        // The shipped copy carries a comment header; the manifests must equal a fresh render.
+        assert_eq!(
+            yaml_docs(&shipped),
+            yaml_docs(&rendered),
+            "{} is stale: run `make istio-manifests`",
+            shipped_path.display()
+        );
+    }
+}
+
+#[test]
+fn an_invalid_manifest_is_caught() {
+    // The validator itself must be able to fail: a misspelled field and a bad enum value.
+    let bad = yaml_docs(
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: x}\nspec: {url: file:///x.wasm, phase: LATE, failStrategy: FAIL_CLOSE, pluginConfg: {}}\n",
+    );
+    let result = std::panic::catch_unwind(|| validate(&bad, "bad"));
+    let message = match result {
+        Ok(()) => String::new(),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(
+        message.contains("pluginConfg"),
+        "misspelled field not reported: {message}"
+    );
+    assert!(message.contains("LATE"), "bad enum not reported: {message}");
+}

@@ -1,0 +1,106 @@
+//! Trust-domain aliases (`meshConfig.trustDomain` + `trustDomainAliases`), as Istio's
+//! `pilot/pkg/security/trustdomain/bundle.go` applies them to `principals` and `trustDomains`.
+
+use crate::engine::MeshConfig;
+
+const CLUSTER_LOCAL: &str = "cluster.local";
+
+#[derive(Clone, Debug)]
+pub(crate) struct TrustBundle {
+    /// The mesh trust domain first, then its aliases.
+    domains: Vec<String>,
+}
+
+/// Istio's `stringMatch`: exact, `*`, `x*` prefix or `*x` suffix.
+fn domain_pattern_matches(a: &str, pattern: &str) -> bool {
+    a == pattern
+        || pattern == "*"
+        || pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))
+        || pattern.strip_prefix('*').is_some_and(|s| a.ends_with(s))
+}
+
+impl TrustBundle {
+    pub(crate) fn new(mesh: &MeshConfig) -> TrustBundle {
+        let mut domains = vec![mesh.trust_domain.clone()];
+        domains.extend(mesh.trust_domain_aliases.iter().cloned());
+        TrustBundle { domains }
+    }
+
+    /// `ReplaceTrustDomainAliases` for one principal: a SPIFFE-looking value
+    /// (`td/ns/x/sa/y`, exactly five `/`-separated parts, `td` not `*`) whose trust domain is
+    /// `cluster.local` or one of the bundle expands to one value per trust domain of the bundle.
+    pub(crate) fn expand_principal(&self, principal: &str) -> Vec<String> {
+        let parts: Vec<&str> = principal.split('/').collect();
+        let (Some(&td), 5) = (parts.first(), parts.len()) else {
+            return vec![principal.to_string()];
+        };
+        if td == "*" {
+            return vec![principal.to_string()];
+        }
+        if !(td == CLUSTER_LOCAL || self.domains.iter().any(|d| domain_pattern_matches(td, d))) {
+            return vec![principal.to_string()];
+        }
+        let rest = parts.get(1..).map(|r| r.join("/")).unwrap_or_default();
+        let mut out: Vec<String> = Vec::new();
+        for d in &self.domains {
+            // A principal whose trust domain is `*suffix` matching this domain is kept as written.
+            let candidate = if td.strip_prefix('*').is_some_and(|s| d.ends_with(s)) {
+                principal.to_string()
+            } else {
+                format!("{d}/{rest}")
+            };
+            if !out.contains(&candidate) {
+                out.push(candidate);
+            }
+        }
+        out
+    }
+
+    /// `ExpandTrustDomainAliases` for one `trustDomains` value.
+    pub(crate) fn expand_trust_domain(&self, v: &str) -> Vec<String> {
+        if self.domains.iter().any(|d| d == v) {
+            self.domains.clone()
+        } else {
+            vec![v.to_string()]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrustBundle;
+    use crate::engine::MeshConfig;
+
+    #[test]
+    fn default_bundle_keeps_principals() {
+        let b = TrustBundle::new(&MeshConfig::default());
+        assert_eq!(
+            b.expand_principal("cluster.local/ns/a/sa/b"),
+            vec!["cluster.local/ns/a/sa/b"]
+        );
+        assert_eq!(b.expand_principal("ns/a/sa/b"), vec!["ns/a/sa/b"]);
+    }
+
+    #[test]
+    fn aliases_expand() {
+        let mesh = MeshConfig {
+            trust_domain: "td2".into(),
+            trust_domain_aliases: vec!["td1".into()],
+            ..MeshConfig::default()
+        };
+        let b = TrustBundle::new(&mesh);
+        assert_eq!(
+            b.expand_principal("td1/ns/foo/sa/bar"),
+            vec!["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]
+        );
+        assert_eq!(
+            b.expand_principal("cluster.local/ns/foo/sa/bar"),
+            vec!["td2/ns/foo/sa/bar", "td1/ns/foo/sa/bar"]
+        );
+        assert_eq!(
+            b.expand_principal("other/ns/foo/sa/bar"),
+            vec!["other/ns/foo/sa/bar"]
+        );
+        assert_eq!(b.expand_trust_domain("td1"), vec!["td2", "td1"]);
+    }
+}

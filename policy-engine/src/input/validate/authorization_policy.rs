@@ -1,0 +1,333 @@
+//! `ValidateAuthorizationPolicy`, rule by rule, with Istio's messages; plus the CRD limits and
+//! meshauthz's refusal of CUSTOM.
+
+use super::{condition, metadata, selector, too_many, values, FieldPath, Findings};
+use crate::model::{Action, AuthorizationPolicy, Operation, Rule, Source};
+
+/// meshauthz has no external authorizer; ignoring a CUSTOM policy would widen access.
+pub(crate) const CUSTOM_UNSUPPORTED: &str = "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it";
+
+const DENY_HTTP_ONLY_WARNING: &str = "configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to the use of only HTTP attributes in a DENY rule; it is recommended to explicitly specify the port";
+
+pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
+    let spec = &policy.spec;
+    let spec_path = FieldPath::root().field("spec");
+    let rules_path = spec_path.field("rules");
+
+    metadata::validate(f, &policy.meta, Some(spec.action));
+    selector::target_refs(
+        f,
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
+    selector::workload_selector(f, spec.selector.as_ref());
+
+    if spec.action == Action::Custom {
+        f.error(&spec_path.field("action"), CUSTOM_UNSUPPORTED);
+        if spec.rules.is_none() {
+            f.error(
+                &spec_path,
+                "CUSTOM action without `rules` is meaningless as it will never be triggered, \
+                 add an empty rule `{}` if you want it be triggered for every request",
+            );
+        } else if spec.provider.as_deref().unwrap_or("").is_empty() {
+            f.error(
+                &spec_path.field("provider").field("name"),
+                "`provider.name` must not be empty",
+            );
+        }
+        custom_restrictions(f, policy, &rules_path);
+    }
+    if spec.provider.is_some() && spec.action != Action::Custom {
+        f.error(
+            &spec_path.field("provider"),
+            format!(
+                "`provider` must not be with non CUSTOM action, found {}",
+                spec.action.as_str()
+            ),
+        );
+    }
+    if spec.action == Action::Deny && spec.rules.is_none() {
+        f.error(
+            &spec_path,
+            "DENY action without `rules` is meaningless as it will never be triggered, \
+             add an empty rule `{}` if you want it be triggered for every request",
+        );
+    }
+
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    too_many(f, &rules_path, rules.len(), 512);
+    for (i, rule) in rules.iter().enumerate() {
+        let path = rules_path.index(i);
+        match rule {
+            None => f.error(&path, format!("`rule` must not be nil, found at rule {i}")),
+            Some(rule) => validate_rule(f, rule, i, &path, spec.action),
+        }
+    }
+}
+
+fn validate_rule(f: &mut Findings, rule: &Rule, i: usize, path: &FieldPath, action: Action) {
+    let mut tcp_in_from = false;
+    let mut tcp_in_to = false;
+    let mut from_exists = false;
+    let mut to_exists = false;
+
+    let from_path = path.field("from");
+    if let Some(from) = &rule.from {
+        if from.is_empty() {
+            f.error(
+                &from_path,
+                format!("`from` must not be empty, found at rule {i}"),
+            );
+        }
+        too_many(f, &from_path, from.len(), 512);
+        for (j, entry) in from.iter().enumerate() {
+            let at = from_path.index(j);
+            let Some(entry) = entry else {
+                f.error(&at, format!("`from` must not be nil, found at rule {i}"));
+                continue;
+            };
+            let Some(source) = &entry.source else {
+                f.error(
+                    &at.field("source"),
+                    format!("`from.source` must not be nil, found at rule {i}"),
+                );
+                continue;
+            };
+            from_exists = true;
+            tcp_in_from |= validate_source(f, source, i, &at.field("source"));
+        }
+    }
+
+    let to_path = path.field("to");
+    if let Some(to) = &rule.to {
+        if to.is_empty() {
+            f.error(
+                &to_path,
+                format!("`to` must not be empty, found at rule {i}"),
+            );
+        }
+        for (j, entry) in to.iter().enumerate() {
+            let at = to_path.index(j);
+            let Some(entry) = entry else {
+                f.error(&at, format!("`to` must not be nil, found at rule {i}"));
+                continue;
+            };
+            let Some(operation) = &entry.operation else {
+                f.error(
+                    &at.field("operation"),
+                    format!("`to.operation` must not be nil, found at rule {i}"),
+                );
+                continue;
+            };
+            to_exists = true;
+            tcp_in_to |= validate_operation(f, operation, i, &at.field("operation"));
+        }
+    }
+
+    let when_path = path.field("when");
+    for (j, condition) in rule.when.iter().flatten().enumerate() {
+        let at = when_path.index(j);
+        match condition {
+            // Go reads a nil condition's key as "".
+            None => f.error(&at, "`key` must not be empty"),
+            Some(c) => condition::validate(f, c, &at),
+        }
+    }
+
+    // Istio's quirk, kept: `trustDomains` does not count as a TCP field, `when` is not looked at.
+    if action == Action::Deny
+        && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to))
+    {
+        f.warning(path, DENY_HTTP_ONLY_WARNING);
+    }
+}
+
+/// Checks `from[j].source`; returns whether it uses a field that also works on TCP.
+fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> bool {
+    let sa_count = s.service_accounts.len() + s.not_service_accounts.len();
+    let principal_like =
+        s.principals.len() + s.not_principals.len() + s.namespaces.len() + s.not_namespaces.len();
+    if sa_count > 0 && principal_like > 0 {
+        f.error(
+            path,
+            format!("cannot set serviceAccounts with namespaces or principals, found at rule {i}"),
+        );
+    }
+    let lists: [(&str, &str, &Vec<String>); 14] = [
+        ("principals", "Principals", &s.principals),
+        ("notPrincipals", "NotPrincipals", &s.not_principals),
+        (
+            "requestPrincipals",
+            "RequestPrincipals",
+            &s.request_principals,
+        ),
+        (
+            "notRequestPrincipals",
+            "NotRequestPrincipals",
+            &s.not_request_principals,
+        ),
+        ("namespaces", "Namespaces", &s.namespaces),
+        ("notNamespaces", "NotNamespaces", &s.not_namespaces),
+        ("serviceAccounts", "ServiceAccounts", &s.service_accounts),
+        (
+            "notServiceAccounts",
+            "NotServiceAccounts",
+            &s.not_service_accounts,
+        ),
+        ("trustDomains", "TrustDomains", &s.trust_domains),
+        ("notTrustDomains", "NotTrustDomains", &s.not_trust_domains),
+        ("ipBlocks", "IpBlocks", &s.ip_blocks),
+        ("notIpBlocks", "NotIpBlocks", &s.not_ip_blocks),
+        ("remoteIpBlocks", "RemoteIpBlocks", &s.remote_ip_blocks),
+        (
+            "notRemoteIpBlocks",
+            "NotRemoteIpBlocks",
+            &s.not_remote_ip_blocks,
+        ),
+    ];
+    if lists.iter().all(|(_, _, l)| l.is_empty()) {
+        f.error(
+            path,
+            format!("`from.source` must not be empty, found at rule {i}"),
+        );
+    }
+    for (field, name, list) in lists {
+        let list_path = path.field(field);
+        let is_sa = field.ends_with("erviceAccounts");
+        if is_sa {
+            // Also the CRD's `maxItems: 16`; Istio's message says it.
+            if list.len() > 16 {
+                f.error(&list_path, "may not have more than 16 values");
+            }
+        }
+        for (k, value) in list.iter().enumerate() {
+            let result = if is_sa {
+                values::service_account(name, value)
+            } else if field.ends_with("rustDomains") {
+                values::trust_domain(name, value)
+            } else if field.ends_with("pBlocks") {
+                values::non_empty(name, value).and_then(|()| values::ip_or_cidr(value))
+            } else {
+                values::non_empty(name, value)
+            };
+            f.check(&list_path.index(k), result);
+        }
+    }
+    [
+        &s.principals,
+        &s.not_principals,
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &s.namespaces,
+        &s.not_namespaces,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        &s.service_accounts,
+        &s.not_service_accounts,
+    ]
+    .iter()
+    .any(|l| !l.is_empty())
+}
+
+/// Checks `to[j].operation`; returns whether it has `ports`/`notPorts` (the TCP fields).
+fn validate_operation(f: &mut Findings, op: &Operation, i: usize, path: &FieldPath) -> bool {
+    let lists: [(&str, &str, &Vec<String>); 8] = [
+        ("ports", "Ports", &op.ports),
+        ("notPorts", "NotPorts", &op.not_ports),
+        ("methods", "Methods", &op.methods),
+        ("notMethods", "NotMethods", &op.not_methods),
+        ("paths", "Paths", &op.paths),
+        ("notPaths", "NotPaths", &op.not_paths),
+        ("hosts", "Hosts", &op.hosts),
+        ("notHosts", "NotHosts", &op.not_hosts),
+    ];
+    if lists.iter().all(|(_, _, l)| l.is_empty()) {
+        f.error(
+            path,
+            format!("`to.operation` must not be empty, found at rule {i}"),
+        );
+    }
+    for (field, name, list) in lists {
+        let list_path = path.field(field);
+        for (k, value) in list.iter().enumerate() {
+            let result = values::non_empty(name, value).and_then(|()| {
+                if field.ends_with("orts") {
+                    values::port(value)
+                } else if field.ends_with("aths") {
+                    values::path_template(name, value)
+                } else {
+                    Ok(())
+                }
+            });
+            f.check(&list_path.index(k), result);
+        }
+    }
+    !op.ports.is_empty() || !op.not_ports.is_empty()
+}
+
+/// Fields CUSTOM cannot use (Istio: `<Field> is currently not supported with CUSTOM action`).
+fn custom_restrictions(f: &mut Findings, policy: &AuthorizationPolicy, rules_path: &FieldPath) {
+    let rules = policy.spec.rules.as_deref().unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let Some(rule) = rule else { continue };
+        let rule_path = rules_path.index(i);
+        for (j, from) in rule.from.iter().flatten().enumerate() {
+            let Some(s) = from.as_ref().and_then(|e| e.source.as_ref()) else {
+                continue;
+            };
+            let at = rule_path.field("from").index(j).field("source");
+            for (field, name, list) in [
+                ("namespaces", "From.Namespaces", &s.namespaces),
+                ("notNamespaces", "From.NotNamespaces", &s.not_namespaces),
+                (
+                    "serviceAccounts",
+                    "From.ServiceAccounts",
+                    &s.service_accounts,
+                ),
+                (
+                    "notServiceAccounts",
+                    "From.NotServiceAccounts",
+                    &s.not_service_accounts,
+                ),
+                ("principals", "From.Principals", &s.principals),
+                ("notPrincipals", "From.NotPrincipals", &s.not_principals),
+                (
+                    "requestPrincipals",
+                    "From.RequestPrincipals",
+                    &s.request_principals,
+                ),
+                (
+                    "notRequestPrincipals",
+                    "From.NotRequestPrincipals",
+                    &s.not_request_principals,
+                ),
+                ("trustDomains", "From.TrustDomains", &s.trust_domains),
+                (
+                    "notTrustDomains",
+                    "From.NotTrustDomains",
+                    &s.not_trust_domains,
+                ),
+            ] {
+                if !list.is_empty() {
+                    f.error(
+                        &at.field(field),
+                        format!("{name} is currently not supported with CUSTOM action"),
+                    );
+                }
+            }
+        }
+        for (j, when) in rule.when.iter().flatten().enumerate() {
+            let at = rule_path.field("when").index(j);
+            match when {
+                None => f.error(&at, "when field cannot be nil"),
+                Some(c) if condition::unsupported_with_custom(&c.key) => f.error(
+                    &at.field("key"),
+                    format!("{} is currently not supported with CUSTOM action", c.key),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}

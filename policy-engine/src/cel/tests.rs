@@ -73,6 +73,11 @@ fn syntax_error_has_position() {
     );
     let err = compile_err("source.principal.endsWith('x'");
     assert!(err.contains("syntax error"), "{err}");
+    // Well-formed but out of range: cel-parser's own message, with its position.
+    assert_eq!(
+        compile_err("destination.port == 9223372036854775808"),
+        "syntax error at line 1, column 21: invalid int literal"
+    );
 }
 
 /// Inputs on which cel-parser 0.10 itself panics (cel-rust issues #191, #194): a panic would trap

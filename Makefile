@@ -22,7 +22,7 @@ help:
 	@echo "make sandbox-stop  stop the sandbox"
 	@echo "make test          every test: engine (native and wasm32), filter, end to end"
 	@echo "make build         the proxy-wasm module ($(MODULE))"
-	@echo "make bench         benchmarks (see BENCHMARKS.md)"
+	@echo "make bench         benchmarks: engine (criterion) and Envoy throughput (see BENCHMARKS.md)"
 
 # ---- set-up ---------------------------------------------------------------------------------
 .PHONY: targets envoy wasm-bindgen
@@ -80,11 +80,26 @@ e2e: build envoy
 	cargo test -p meshauthz-e2e -- --test-threads=2
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine
-bench: bench-engine
+.PHONY: bench bench-engine bench-envoy oha
+bench: bench-engine bench-envoy
 
 bench-engine:
 	cargo bench -p meshauthz-policy-engine --bench engine
+
+# The load generator for bench-envoy, installed once into .tools/cargo.
+OHA := $(CARGO_TOOLS)/bin/oha
+oha: $(OHA)
+$(OHA):
+	cargo install --quiet --locked oha --root $(CARGO_TOOLS)
+
+# Envoy throughput with and without authz filters (BENCHMARKS.md, "Envoy throughput").
+# BENCH_ARGS: e.g. --rounds 3 --seconds 2 --max-policies 1000 --no-breakdown.
+BENCH_ARGS ?=
+bench-envoy: build envoy oha
+	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
+	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
+	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
+	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
 
 # ---- sandbox --------------------------------------------------------------------------------
 .PHONY: sandbox sandbox-stop

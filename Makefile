@@ -96,6 +96,7 @@ $(OHA):
 # BENCH_ARGS: e.g. --rounds 3 --seconds 2 --max-policies 1000 --no-breakdown.
 BENCH_ARGS ?=
 bench-envoy: build envoy oha
+	cargo build --quiet --release --target $(WASM_TARGET) -p meshauthz-bench-noop
 	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
 	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)

@@ -77,7 +77,7 @@ impl<'a> Reader<'a> {
 /// A map entry message `{1: key (string), 2: value (message)}`.
 fn map_entry(b: &[u8]) -> Option<(String, &[u8])> {
     let mut r = Reader::new(b);
-    let (mut key, mut value) = (String::new(), &b[..0]);
+    let (mut key, mut value): (String, &[u8]) = (String::new(), &[]);
     while !r.done() {
         match r.field()? {
             (1, Field::Bytes(k)) => key = std::str::from_utf8(k).ok()?.to_string(),

@@ -145,7 +145,7 @@ pub struct VmState {
     pub http_enforce: Cell<bool>,
     /// A `meshauthz_net_enforce` root was configured in this VM.
     pub net_enforce: Cell<bool>,
-    /// The last valid configuration of each decide root id. A configuration update (new plugin
+    /// The last valid configuration of each decide filter (plugin name and root id). An update (new plugin
     /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
     /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
     last_good: RefCell<Vec<(String, Rc<Compiled>)>>,
@@ -285,7 +285,7 @@ impl Plugin {
                         );
                         self.install(host, compiled);
                         if let Some(c) = self.compiled() {
-                            self.vm.remember(root_id, &c);
+                            self.vm.remember(&last_good_key(host, root_id), &c);
                         }
                     }
                     Err(errors) => {
@@ -297,7 +297,8 @@ impl Plugin {
                         }
                         bump(host, self.metrics.borrow().config_refused);
                         if self.compiled.borrow().is_none() {
-                            if let Some(previous) = self.vm.last_good(root_id) {
+                            if let Some(previous) = self.vm.last_good(&last_good_key(host, root_id))
+                            {
                                 self.metrics
                                     .borrow_mut()
                                     .define_ports(host, &previous.named_ports);
@@ -323,6 +324,17 @@ impl Plugin {
     pub fn is_network(&self) -> bool {
         self.stage.get().is_some_and(Stage::is_network)
     }
+}
+
+/// Which earlier configuration a refused one may fall back to: the same filter (Envoy plugin
+/// `name`; Istio: `<namespace>.<WasmPlugin name>`) and stage. Two differently named filters in one
+/// VM never inherit each other's policies.
+fn last_good_key(host: &dyn Host, root_id: &str) -> String {
+    let name = host
+        .property(&["plugin_name"])
+        .and_then(decode_str)
+        .unwrap_or_default();
+    format!("{name}\u{0}{root_id}")
 }
 
 fn node_workload(host: &dyn Host) -> NodeWorkload {

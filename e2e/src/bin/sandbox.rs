@@ -23,8 +23,8 @@ use meshauthz_e2e::access_log;
 use meshauthz_e2e::app::HttpEcho;
 use meshauthz_e2e::client::CURL_RECV_ERROR;
 use meshauthz_e2e::sandbox::{
-    default_cli, default_dir, policy_files, render_compose, shown, Mode, Ports, Sandbox,
-    CLIENT_NS, CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE, WORKLOAD_LABEL, WORKLOAD_NAMESPACE,
+    default_cli, default_dir, policy_files, render_compose, shown, Mode, Ports, Sandbox, CLIENT_NS,
+    CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE, WORKLOAD_LABEL, WORKLOAD_NAMESPACE,
 };
 use meshauthz_e2e::{workspace_root, Error, Result};
 use serde_json::Value;
@@ -51,10 +51,12 @@ fn port_arg(flag: &str, value: Option<&String>) -> Result<u16> {
 fn parse_args() -> Result<Args> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
-    let command = it
-        .next()
-        .cloned()
-        .ok_or_else(|| Error("usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose (see the source header)".into()))?;
+    let command = it.next().cloned().ok_or_else(|| {
+        Error(
+            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose (see the source header)"
+                .into(),
+        )
+    })?;
     let mut a = Args {
         command,
         rest: Vec::new(),
@@ -74,13 +76,22 @@ fn parse_args() -> Result<Args> {
             "--client-port" => a.ports.client = port_arg(flag, it.next())?,
             "--client-admin-port" => a.ports.client_admin = port_arg(flag, it.next())?,
             "--dir" => {
-                a.dir = PathBuf::from(it.next().ok_or_else(|| Error("--dir needs a path".into()))?)
+                a.dir = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| Error("--dir needs a path".into()))?,
+                )
             }
             "--cli" => {
-                a.cli = PathBuf::from(it.next().ok_or_else(|| Error("--cli needs a path".into()))?)
+                a.cli = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| Error("--cli needs a path".into()))?,
+                )
             }
             "--out" => {
-                a.out = PathBuf::from(it.next().ok_or_else(|| Error("--out needs a path".into()))?)
+                a.out = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| Error("--out needs a path".into()))?,
+                )
             }
             "--strict" => a.strict = true,
             "--hints" => a.hints = true,
@@ -122,7 +133,11 @@ fn run() -> Result<ExitCode> {
             if args.hints {
                 print_hints(&sb)?;
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         "ci" => {
             up(&sb, args.ports)?;
@@ -131,7 +146,11 @@ fn run() -> Result<ExitCode> {
             report_down(&stopped);
             let ok = result?;
             stopped?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         "mode" => {
             let mode = match args.rest.first().map(String::as_str) {
@@ -227,7 +246,10 @@ fn supervise() -> Result<ExitCode> {
     let status = child.wait()?;
     println!("supervise: {program} exited ({status})");
     Ok(ExitCode::from(
-        status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+        status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(1),
     ))
 }
 
@@ -422,15 +444,23 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         "  client sidecar        127.0.0.1:{} (admin {}), mTLS as {client_id}",
         p.client, p.client_admin
     );
-    println!("  legacy client         curl straight to 127.0.0.1:{} (plaintext)", p.inbound);
+    println!(
+        "  legacy client         curl straight to 127.0.0.1:{} (plaintext)",
+        p.inbound
+    );
     println!(
         "  policies              {}: PERMISSIVE mesh-wide, AUDIT callers outside istioinaction, DENY /admin on port 8080",
         shown(&sb.policies)
     );
-    println!("  plugin configuration  {}", cli_command(sb, Mode::Permissive)?);
+    println!(
+        "  plugin configuration  {}",
+        cli_command(sb, Mode::Permissive)?
+    );
 
     // 1. In-mesh call.
-    s.step("In-mesh call: sleep (istioinaction) -> client sidecar -> mTLS -> server sidecar -> echo");
+    s.step(
+        "In-mesh call: sleep (istioinaction) -> client sidecar -> mTLS -> server sidecar -> echo",
+    );
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/hello", p.client)])?;
     s.saw(&describe(&c));
@@ -443,7 +473,9 @@ fn demo(sb: &Sandbox) -> Result<bool> {
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    s.saw(&format!("the application saw x-forwarded-client-cert: {xfcc}"));
+    s.saw(&format!(
+        "the application saw x-forwarded-client-cert: {xfcc}"
+    ));
     s.check(
         c.exit == 0 && c.status == 200,
         "the in-mesh call succeeds (200)",
@@ -514,10 +546,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
             }
         ),
     );
-    s.run(&format!(
-        "grep '\"audit\":true' {}",
-        quote(&shown(&log))
-    ));
+    s.run(&format!("grep '\"audit\":true' {}", quote(&shown(&log))));
     let audited: Vec<String> = access_log::lines(&log)
         .into_iter()
         .filter(|l| {
@@ -528,10 +557,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         .collect();
     s.saw(&audited.join("\n"));
     s.check(
-        !audited.is_empty()
-            && audited
-                .iter()
-                .all(|l| !l.contains(&client_id)),
+        !audited.is_empty() && audited.iter().all(|l| !l.contains(&client_id)),
         "the audited lines are the callers outside istioinaction, never the in-mesh client",
     );
 
@@ -661,7 +687,10 @@ fn print_hints(sb: &Sandbox) -> Result<()> {
         p.client
     );
     println!("  # counters and the access log");
-    println!("  curl -s 'http://127.0.0.1:{}/stats?filter=meshauthz'", p.admin);
+    println!(
+        "  curl -s 'http://127.0.0.1:{}/stats?filter=meshauthz'",
+        p.admin
+    );
     println!("  tail -f {}", shown(&sb.access_log()));
     println!("  # switch the PeerAuthentication step (re-renders the config, restarts the server sidecar)");
     println!("  make sandbox-mode MODE=permissive     # or MODE=strict");

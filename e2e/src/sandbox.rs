@@ -205,18 +205,31 @@ pub fn shown(path: &Path) -> String {
         .unwrap_or_else(|_| path.display().to_string())
 }
 
-/// The plugin configuration the CLI renders for the sample workload (`foo`, `app=echo`) from
-/// `files` (it validates them first), plus `httpPorts` when the listener carries HTTP.
+/// The arguments of `meshauthz plugin-config` for the sample workload (`foo`, `app=echo`);
+/// `--http-port` when the listener carries HTTP (meshauthz_net then leaves authorization to
+/// meshauthz_http on it).
+pub fn plugin_config_args(files: &[PathBuf], http_port: Option<u16>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "plugin-config",
+        "--namespace",
+        WORKLOAD_NAMESPACE,
+        "--label",
+        WORKLOAD_LABEL,
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(port) = http_port {
+        args.push("--http-port".into());
+        args.push(port.to_string());
+    }
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args
+}
+
+/// The plugin configuration the CLI renders (it validates the policies first).
 pub fn plugin_config(cli: &Path, files: &[PathBuf], http_port: Option<u16>) -> Result<Value> {
     let out = Command::new(cli)
-        .args([
-            "plugin-config",
-            "--namespace",
-            WORKLOAD_NAMESPACE,
-            "--label",
-            WORKLOAD_LABEL,
-        ])
-        .args(files)
+        .args(plugin_config_args(files, http_port))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
@@ -233,10 +246,13 @@ pub fn plugin_config(cli: &Path, files: &[PathBuf], http_port: Option<u16>) -> R
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let mut config: Value = serde_json::from_slice(&out.stdout)?;
-    if let (Some(port), Some(o)) = (http_port, config.as_object_mut()) {
-        // The listener carries HTTP: meshauthz_net leaves authorization to meshauthz_http.
-        o.insert("httpPorts".into(), serde_json::json!([port]));
+    let config: Value = serde_json::from_slice(&out.stdout)?;
+    let want = serde_json::json!(http_port.into_iter().collect::<Vec<u16>>());
+    if config.get("httpPorts") != Some(&want) {
+        return err(format!(
+            "`meshauthz plugin-config` wrote httpPorts {:?}, expected {want} (CLI too old? rebuild it)",
+            config.get("httpPorts")
+        ));
     }
     Ok(config)
 }

@@ -27,9 +27,9 @@ spec:
 "#;
 
 fn client_sidecar(server: &Sidecar, upstream_id: &str) -> (Envoy, u16) {
-    let pki = server.pki().unwrap();
+    let pki = &server.pki;
     let cert = pki.client("istioinaction", "sleep").unwrap();
-    let work = server.work().unwrap().path().to_path_buf();
+    let work = server.work.path().to_path_buf();
     let mut outbound = 0;
     let envoy = Envoy::start_with_retry(&work, "client", || {
         let ports = Ports {
@@ -81,7 +81,10 @@ fn client_sidecar_originates_mtls_with_its_spiffe_identity() {
         entry["peer"], "spiffe://cluster.local/ns/istioinaction/sa/sleep",
         "{entry}"
     );
-    assert_eq!(entry["audit"], false, "an in-mesh caller was audited: {entry}");
+    assert_eq!(
+        entry["audit"], false,
+        "an in-mesh caller was audited: {entry}"
+    );
 }
 
 #[test]

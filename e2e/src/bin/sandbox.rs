@@ -23,8 +23,8 @@ use meshauthz_e2e::access_log;
 use meshauthz_e2e::app::HttpEcho;
 use meshauthz_e2e::client::CURL_RECV_ERROR;
 use meshauthz_e2e::sandbox::{
-    default_cli, default_dir, policy_files, render_compose, shown, Mode, Ports, Sandbox, CLIENT_NS,
-    CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE, WORKLOAD_LABEL, WORKLOAD_NAMESPACE,
+    default_cli, default_dir, plugin_config_args, policy_files, render_compose, shown, Mode, Ports,
+    Sandbox, CLIENT_NS, CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE,
 };
 use meshauthz_e2e::{workspace_root, Error, Result};
 use serde_json::Value;
@@ -406,12 +406,15 @@ fn sum_stats(stats: &[(String, u64)], prefix: &str, suffix: &str) -> u64 {
         .sum()
 }
 
-fn cli_command(sb: &Sandbox, mode: Mode) -> Result<String> {
-    let files = policy_files(&sb.policies, mode)?;
+fn cli_command(sb: &Sandbox, mode: Mode, http_port: u16) -> Result<String> {
+    let files: Vec<PathBuf> = policy_files(&sb.policies, mode)?
+        .iter()
+        .map(|f| PathBuf::from(shown(f)))
+        .collect();
     Ok(format!(
-        "{} plugin-config --namespace {WORKLOAD_NAMESPACE} --label {WORKLOAD_LABEL} {} > {}",
+        "{} {} > {}",
         shown(&sb.cli),
-        files.iter().map(|f| shown(f)).collect::<Vec<_>>().join(" "),
+        plugin_config_args(&files, Some(http_port)).join(" "),
         shown(&sb.dir.join("plugin-config.json"))
     ))
 }
@@ -454,7 +457,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
     );
     println!(
         "  plugin configuration  {}",
-        cli_command(sb, Mode::Permissive)?
+        cli_command(sb, Mode::Permissive, p.inbound)?
     );
 
     // 1. In-mesh call.
@@ -563,7 +566,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
 
     // 4. STRICT.
     s.step("Switch the namespace to STRICT (90-strict.yaml), restart the server sidecar");
-    s.run(&cli_command(sb, Mode::Strict)?);
+    s.run(&cli_command(sb, Mode::Strict, p.inbound)?);
     s.run(&format!(
         "render envoy-config/envoy/server-http.yaml into {} and restart the server sidecar (sandbox mode strict)",
         shown(&sb.config("server"))

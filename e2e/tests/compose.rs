@@ -358,3 +358,70 @@ fn compose_echo_application_echoes_headers_and_bytes() {
     t.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping-meshauthz");
 }
+
+/// The configurations `sandbox render-compose` writes, with the container paths pointed at real
+/// files, are accepted by Envoy 1.40 (`--mode validate`): the compose sandbox starts.
+#[test]
+fn compose_configs_rendered_for_the_containers_pass_envoy_validate() {
+    use meshauthz_e2e::certs::Pki;
+    use meshauthz_e2e::sandbox::{COMPOSE_CERT_DIR, COMPOSE_MODULE};
+    use meshauthz_e2e::{envoy_binary, module_path, policy, WorkDir};
+
+    let work = WorkDir::new("compose-validate").unwrap();
+    let certs = work.path().join("certs");
+    Pki::generate(&certs)
+        .unwrap()
+        .client("istioinaction", "sleep")
+        .unwrap();
+    let policies: String = [
+        "00-mesh-permissive.yaml",
+        "10-audit-callers-outside-mesh.yaml",
+        "20-deny-admin.yaml",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(workspace_root().join("envoy-config/policies").join(f)).unwrap()
+            + "\n---\n"
+    })
+    .collect();
+    let ports = Ports::default();
+    let mut http = policy::plugin_config_yaml(&policies).unwrap();
+    http["httpPorts"] = json!([ports.inbound]);
+    let tcp = policy::plugin_config_yaml(&policies).unwrap();
+    let paths = compose_paths();
+    let module = module_path().unwrap().display().to_string();
+    for (name, config) in [
+        (HTTP_TEMPLATE, render_server(&ports, &paths, &http).unwrap()),
+        (
+            TCP_TEMPLATE,
+            render_server_tcp(&ports, &paths, &tcp).unwrap(),
+        ),
+        (CLIENT_TEMPLATE, render_client(&ports, &paths).unwrap()),
+    ] {
+        assert!(config.contains(COMPOSE_CERT_DIR), "{name}");
+        let host = config
+            .replace(COMPOSE_CERT_DIR, &certs.display().to_string())
+            .replace(COMPOSE_MODULE, &module);
+        let file = work.path().join(name);
+        std::fs::write(&file, host).unwrap();
+        let out = Command::new(envoy_binary().unwrap())
+            .args([
+                "--mode",
+                "validate",
+                "--use-dynamic-base-id",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains(" OK"),
+            "envoy --mode validate refused {name} as rendered for the compose sandbox:\n{text}"
+        );
+    }
+}

@@ -52,6 +52,7 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 .PHONY: build
 build: targets
 	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo run --quiet --features tools -p meshauthz-filter --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # ---- tests ----------------------------------------------------------------------------------
@@ -70,7 +71,8 @@ test-wasm: targets wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
 	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown
 
-test-filter:
+# The module test (filter/tests/imports.rs) reads the built module.
+test-filter: build
 	cargo test -p meshauthz-filter
 
 test-cli:

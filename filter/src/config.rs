@@ -390,10 +390,70 @@ mod tests {
         );
     }
 
+    /// The full example of `filter/README.md` is accepted and means what the README says.
+    #[test]
+    fn readme_example_compiles() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```json\n").unwrap() + "```json\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let cfg = parse(&readme.as_bytes()[start..end]).unwrap();
+        let compiled = compile(&cfg, &NodeWorkload::default()).unwrap();
+        assert_eq!(compiled.http_ports, vec![8080]);
+        assert_eq!(
+            compiled.authz.mtls_mode(8080),
+            policy_engine::MtlsMode::Strict
+        );
+        assert_eq!(
+            compiled.authz.mtls_mode(9000),
+            policy_engine::MtlsMode::Permissive
+        );
+        assert!(compiled.named_ports.contains(&9000));
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_object_and_field() {
+        let cfg = parse(
+            br#"{"policies": [{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "bad", "namespace": "foo"},
+                 "spec": {"action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["GET"], "pathz": ["/"]}}]}]}}],
+                 "workload": {"namespace": "foo"}}"#,
+        )
+        .unwrap();
+        let errs = compile(&cfg, &NodeWorkload::default()).err().unwrap();
+        let all = errs.join("\n");
+        assert!(all.contains("foo/bad"), "{all}");
+        assert!(all.contains("spec.rules[0].to[0].operation"), "{all}");
+    }
+
     #[test]
     fn workload_comes_from_node_metadata_when_absent() {
         let cfg = parse(br#"{"policies": []}"#).unwrap();
         let err = compile(&cfg, &NodeWorkload::default()).err().unwrap();
         assert!(err[0].contains("node metadata has no NAMESPACE"), "{err:?}");
+        // With node metadata, the sidecar's namespace and labels select the policies.
+        let cfg = parse(
+            br#"{"policies": [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                 "metadata": {"name": "p", "namespace": "foo"},
+                 "spec": {"selector": {"matchLabels": {"app": "echo"}}, "mtls": {"mode": "STRICT"}}}]}"#,
+        )
+        .unwrap();
+        let node = NodeWorkload {
+            namespace: Some("foo".to_string()),
+            labels: Some([("app".to_string(), "echo".to_string())].into()),
+        };
+        let compiled = compile(&cfg, &node).unwrap();
+        assert_eq!(
+            compiled.authz.mtls_mode(80),
+            policy_engine::MtlsMode::Strict
+        );
+        let other = NodeWorkload {
+            namespace: Some("foo".to_string()),
+            labels: Some([("app".to_string(), "other".to_string())].into()),
+        };
+        let compiled = compile(&cfg, &other).unwrap();
+        assert_eq!(
+            compiled.authz.mtls_mode(80),
+            policy_engine::MtlsMode::Permissive
+        );
     }
 }

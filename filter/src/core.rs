@@ -46,6 +46,11 @@ pub const NET_SHADOW: &str = "meshauthz_net_shadow";
 /// The direct peer IP, written by `meshauthz_net` for `ipBlocks` / `source.ip` at L7.
 pub const PEER_IP: &str = "meshauthz_peer_ip";
 
+/// The same keys as Envoy names them (`filter_state` lookups).
+const FS_HTTP_DECISION: &str = "wasm.meshauthz_decision";
+const FS_NET_DECISION: &str = "wasm.meshauthz_net_decision";
+const FS_PEER_IP: &str = "wasm.meshauthz_peer_ip";
+
 /// Where Envoy's RBAC LOG filter writes its verdict.
 const ACCESS_LOG_HINT: [&str; 4] = [
     "metadata",
@@ -580,12 +585,12 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         return Verdict::deny("deny mtls-strict-plaintext", false);
     }
     let peer_ip = if authz.requirements().source_ip {
-        match prop_ip(host, &["filter_state", &format!("wasm.{PEER_IP}")]) {
+        match l7_peer_ip(host) {
             Some(ip) => Some(ip),
             None => {
                 plugin.log_error(
                     host,
-                    "meshauthz: a policy matches ipBlocks/source.ip but the direct peer address is unknown (meshauthz_net must run on the listener): request denied",
+                    "a policy matches ipBlocks/source.ip but the direct peer address is unknown (X-Forwarded-For present and meshauthz_net not on the listener): request denied",
                 );
                 return Verdict::deny("deny peer-address-unknown", true);
             }
@@ -597,14 +602,27 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     verdict_of(&d, authz, &plugin.metrics.borrow(), host)
 }
 
+/// The direct peer at L7. Preferred: what `meshauthz_net` recorded from the socket. Without it,
+/// `source.address` is the direct peer only when the request carries no `X-Forwarded-For`
+/// (otherwise the HTTP connection manager may have replaced it with an address the client
+/// chose); with one, the peer is unknown.
+fn l7_peer_ip(host: &dyn Host) -> Option<IpAddr> {
+    if let Some(ip) = prop_ip(host, &["filter_state", FS_PEER_IP]) {
+        return Some(ip);
+    }
+    if host.request_header("x-forwarded-for").is_some() {
+        return None;
+    }
+    prop_ip(host, &["source", "address"])
+}
+
 fn is_allow(label: &[u8]) -> bool {
     label == b"allow" || label.starts_with(b"allow ")
 }
 
 /// `meshauthz_http_enforce`, `on_http_request_headers`.
 pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
-    let key = format!("wasm.{HTTP_DECISION}");
-    let allowed = match host.property(&["filter_state", &key]) {
+    let allowed = match host.property(&["filter_state", FS_HTTP_DECISION]) {
         None => {
             plugin.log_error(
                 host,
@@ -613,7 +631,9 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
             bump(host, plugin.metrics.borrow().fail_closed);
             false
         }
-        Some(label) if is_allow(&label) => audit_companion_ran(host, plugin, HTTP_AUDIT),
+        Some(label) if is_allow(&label) => {
+            audit_companion_ran(host, plugin, "wasm.meshauthz_audit")
+        }
         Some(_) => false,
     };
     if allowed {
@@ -628,8 +648,7 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
 /// can set `access_log_hint`). If it did not, the request is denied: an audit trail that silently
 /// disappears is a security failure too.
 fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> bool {
-    let key = format!("wasm.{audit_key}");
-    if host.property(&["filter_state", &key]).is_none() {
+    if host.property(&["filter_state", audit_key]).is_none() {
         return true;
     }
     if host.property(&ACCESS_LOG_HINT).is_some() {
@@ -758,8 +777,7 @@ pub fn net_enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         return Flow::Continue;
     }
     conn.decided = true;
-    let key = format!("wasm.{NET_DECISION}");
-    let allowed = match host.property(&["filter_state", &key]) {
+    let allowed = match host.property(&["filter_state", FS_NET_DECISION]) {
         None => {
             plugin.log_error(
                 host,
@@ -768,7 +786,9 @@ pub fn net_enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
             bump(host, plugin.metrics.borrow().fail_closed);
             false
         }
-        Some(label) if is_allow(&label) => audit_companion_ran(host, plugin, NET_AUDIT),
+        Some(label) if is_allow(&label) => {
+            audit_companion_ran(host, plugin, "wasm.meshauthz_net_audit")
+        }
         Some(_) => false,
     };
     if allowed {
@@ -797,4 +817,18 @@ pub fn base_metric_names() -> [&'static str; 10] {
         metrics::CEL_ERRORS,
         metrics::FAIL_CLOSED,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_state_names_are_the_keys_prefixed() {
+        assert_eq!(FS_HTTP_DECISION, format!("wasm.{HTTP_DECISION}"));
+        assert_eq!(FS_NET_DECISION, format!("wasm.{NET_DECISION}"));
+        assert_eq!(FS_PEER_IP, format!("wasm.{PEER_IP}"));
+        assert_eq!("wasm.meshauthz_audit", format!("wasm.{HTTP_AUDIT}"));
+        assert_eq!("wasm.meshauthz_net_audit", format!("wasm.{NET_AUDIT}"));
+    }
 }

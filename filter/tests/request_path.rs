@@ -668,8 +668,25 @@ fn source_ip_is_the_direct_peer_handed_over_by_the_network_filter() {
 }
 
 #[test]
+fn without_the_network_filter_source_address_is_used_only_without_xff() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .with(&["source", "address"], b"10.9.8.7:1234");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.source_ip = true;
+    let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert_eq!(seen.borrow()[0].source_ip.as_deref(), Some("10.9.8.7"));
+}
+
+#[test]
 fn unknown_peer_address_is_denied_when_a_policy_needs_it() {
-    let host = FakeHost::default().mtls(true);
+    // X-Forwarded-For present, no handoff from the network filter: `source.address` may be the
+    // client's claim.
+    let host = FakeHost::default()
+        .mtls(true)
+        .with(&["source", "address"], b"10.9.8.7:1234")
+        .header("x-forwarded-for", "10.9.8.7");
     let mut s = Setup::new(allow(Cause::NoAllowPolicy));
     s.req.source_ip = true;
     let (decide, enforce, seen) = s.build(&host);

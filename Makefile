@@ -36,8 +36,16 @@ $(ENVOY):
 	@$(ENVOY) --version
 
 wasm-bindgen: $(WASM_BINDGEN_RUNNER)
+# The runner must be the exact wasm-bindgen version of Cargo.lock (the test ABI changes between
+# releases). wasm-bindgen-cli's own lock file may name dependency releases the registry does not
+# offer yet; then it is built from the newest compatible ones instead.
 $(WASM_BINDGEN_RUNNER): Cargo.lock
-	cargo install --quiet --locked --root $(CARGO_TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "wasm-bindgen is not in Cargo.lock"; exit 1; }
+	@if ! $@ --version 2>/dev/null | grep -qx "wasm-bindgen-test-runner $(WASM_BINDGEN_VERSION)"; then \
+	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) into $(CARGO_TOOLS)"; \
+	  cargo install --quiet --locked --root $(CARGO_TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) \
+	    || cargo install --quiet --force --root $(CARGO_TOOLS) wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
 	@touch $@
 
 # ---- build ----------------------------------------------------------------------------------
@@ -57,9 +65,10 @@ lint:
 test-engine:
 	cargo test -p meshauthz-policy-engine
 
+# The engine's table-driven cases (tests/cases/*.yaml, embedded at build time) in wasm32 under node.
 test-wasm: targets wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
-	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown --no-default-features --features yaml
+	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown
 
 test-filter:
 	cargo test -p meshauthz-filter

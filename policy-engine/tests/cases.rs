@@ -1,0 +1,65 @@
+//! Runs every table-driven case in `tests/cases/*.yaml` (format: `tests/cases/README.md`).
+//! Natively with `cargo test`, and in wasm32-unknown-unknown under node with wasm-bindgen-test
+//! (`make test-wasm`): the files are embedded at build time by `build.rs`, so both see the same
+//! cases. Every failing case is reported, then the test fails.
+#![allow(clippy::panic, reason = "a test reports failure by panicking")]
+
+mod support;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/case_files.rs"));
+}
+
+use embedded::CASE_FILES;
+use support::cases::{case_names, run_files};
+
+#[cfg(target_arch = "wasm32")]
+macro_rules! say {
+    ($($t:tt)*) => { wasm_bindgen_test::console_log!($($t)*) };
+}
+#[cfg(not(target_arch = "wasm32"))]
+macro_rules! say {
+    ($($t:tt)*) => { println!($($t)*) };
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn every_case_matches_the_engine() {
+    assert!(
+        !CASE_FILES.is_empty(),
+        "no case files embedded from tests/cases"
+    );
+    let report = run_files(CASE_FILES);
+    say!("{}", report.summary());
+    if !report.failures.is_empty() {
+        panic!("{}", report.details());
+    }
+}
+
+/// The rows of the "tricky cases" table of istio-semantics.md §13 that the case files must cover,
+/// each by a case whose name starts with the row label (`#5 ...`, `PA-1 ...`).
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn every_tricky_case_row_is_covered() {
+    let names = case_names(CASE_FILES);
+    let rows = (1..=44)
+        .map(|n| format!("#{n}"))
+        .chain((1..=6).map(|n| format!("PA-{n}")));
+    let missing: Vec<String> = rows
+        .filter(|row| {
+            !names.iter().any(|name| {
+                name.strip_prefix(row.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', 'a', 'b', 'c', 'd', 'e', 'f']))
+            })
+        })
+        .collect();
+    assert!(missing.is_empty(), "§13 rows without a case: {missing:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    let dups: Vec<&String> = names.iter().filter(|n| !seen.insert(n.as_str())).collect();
+    assert!(dups.is_empty(), "case names must be unique: {dups:?}");
+    assert!(
+        names.len() >= 150,
+        "expected at least 150 cases, found {}",
+        names.len()
+    );
+}

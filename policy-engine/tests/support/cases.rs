@@ -1,0 +1,670 @@
+//! The table-driven cases: the case-file format (`tests/cases/README.md`) and the runner that
+//! checks every case against the engine and reports all failures at once.
+//!
+//! Used by `tests/cases.rs` natively and in wasm32; it depends only on the engine's public API,
+//! serde and the file contents, so other test crates can include it with `#[path]`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use policy_engine::{
+    load_str, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes, LoadOptions,
+    MeshConfig, MtlsMode, Protocol, RuleId, ShadowResult, Workload,
+};
+use serde::Deserialize;
+
+/// One `tests/cases/*.yaml` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaseFile {
+    pub description: String,
+    #[serde(default)]
+    pub mesh: MeshSpec,
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    /// The Istio objects, as one (multi-document) YAML or JSON string.
+    #[serde(default)]
+    pub policies: String,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSpec {
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub trust_domain_aliases: Vec<String>,
+}
+
+fn default_root_namespace() -> String {
+    "istio-system".to_string()
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".to_string()
+}
+
+impl Default for MeshSpec {
+    fn default() -> Self {
+        MeshSpec {
+            root_namespace: default_root_namespace(),
+            trust_domain: default_trust_domain(),
+            trust_domain_aliases: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_labels")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_namespace() -> String {
+    "ns1".to_string()
+}
+
+fn default_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_string(), "b".to_string())])
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            namespace: default_namespace(),
+            labels: default_labels(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolSpec {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// One case: a request (or none) and what must happen.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Case {
+    pub name: String,
+    /// Replaces the file's `policies` for this case.
+    pub policies: Option<String>,
+    pub mesh: Option<MeshSpec>,
+    pub workload: Option<WorkloadSpec>,
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+    #[serde(default)]
+    pub request: RequestSpec,
+    pub expect: Option<Expect>,
+    /// Port (or `other`: a port no key names) to PeerAuthentication mode.
+    pub expect_mtls: Option<BTreeMap<String, String>>,
+    /// Loading or compiling fails with an error whose text contains this.
+    pub expect_load_error: Option<String>,
+    /// Loading and compiling succeed with a warning whose text contains this.
+    pub expect_warning: Option<String>,
+}
+
+/// A header value: one string, or a list (repeated header, joined with `,` as Envoy does).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestSpec {
+    /// The verified peer identity (URI SAN); absent on plaintext.
+    pub principal: Option<String>,
+    /// Defaults to whether `principal` is set.
+    pub mtls: Option<bool>,
+    pub source_ip: Option<IpAddr>,
+    pub remote_ip: Option<IpAddr>,
+    pub destination_ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub sni: Option<String>,
+    pub dynamic_metadata: Option<serde_json::Value>,
+    // HTTP only.
+    pub host: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValue>,
+    pub jwt: Option<serde_json::Value>,
+}
+
+pub const DEFAULT_SOURCE_IP: &str = "10.1.0.1";
+pub const DEFAULT_DESTINATION_IP: &str = "10.2.0.1";
+pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_HOST: &str = "b.ns1.svc.cluster.local";
+pub const DEFAULT_METHOD: &str = "GET";
+pub const DEFAULT_PATH: &str = "/";
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CauseSpec {
+    NoAllowPolicy,
+    AllowRule,
+    DenyRule,
+    NoAllowRuleMatched,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowSpec {
+    Allowed,
+    Denied,
+    /// No dry-run policy of that action applies.
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Expect {
+    pub allowed: bool,
+    pub cause: Option<CauseSpec>,
+    /// `namespace/name` of the policy whose rule decided (Cause::AllowRule / DenyRule).
+    pub policy: Option<String>,
+    /// Index of that rule in `spec.rules`.
+    pub rule: Option<u32>,
+    /// `access_log_hint`: an AUDIT rule matched.
+    pub audit: Option<bool>,
+    /// `namespace/name#i`: the AUDIT rule that matched.
+    pub audit_rule: Option<String>,
+    /// At least one AUDIT policy applies.
+    pub audit_applies: Option<bool>,
+    pub shadow_allow: Option<ShadowSpec>,
+    /// `namespace/name#i`.
+    pub shadow_allow_rule: Option<String>,
+    pub shadow_deny: Option<ShadowSpec>,
+    /// `namespace/name#i`.
+    pub shadow_deny_rule: Option<String>,
+    pub cel_errors: Option<u32>,
+}
+
+/// The outcome of running every case of every file.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files: usize,
+    pub cases: usize,
+    pub failures: Vec<String>,
+    /// Every case name, for coverage checks.
+    pub names: Vec<String>,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} case files, {} cases, {} passed, {} failed",
+            self.files,
+            self.cases,
+            self.cases.saturating_sub(self.failures.len()),
+            self.failures.len()
+        )
+    }
+
+    /// The summary and every failure, one per paragraph.
+    pub fn details(&self) -> String {
+        let mut out = self.summary();
+        for f in &self.failures {
+            out.push_str("\n\n");
+            out.push_str(f);
+        }
+        out
+    }
+}
+
+/// Runs every case of every `(file name, contents)`.
+pub fn run_files(files: &[(&str, &str)]) -> Report {
+    let mut report = Report::default();
+    for (file, text) in files {
+        report.files += 1;
+        let parsed: CaseFile = match serde_yaml_ng::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                report.cases += 1;
+                report
+                    .failures
+                    .push(format!("{file}: the case file does not parse: {e}"));
+                continue;
+            }
+        };
+        if parsed.cases.is_empty() || parsed.description.trim().is_empty() {
+            report.cases += 1;
+            report.failures.push(format!(
+                "{file}: a case file needs a description and at least one case"
+            ));
+        }
+        for case in &parsed.cases {
+            report.cases += 1;
+            report.names.push(case.name.clone());
+            let problems = run_case(&parsed, case);
+            if !problems.is_empty() {
+                let mut msg = format!("{file}: case {:?}:", case.name);
+                for p in problems {
+                    msg.push_str("\n    ");
+                    msg.push_str(&p);
+                }
+                report.failures.push(msg);
+            }
+        }
+    }
+    report
+}
+
+fn mesh_config(m: &MeshSpec) -> MeshConfig {
+    MeshConfig {
+        root_namespace: m.root_namespace.clone(),
+        trust_domain: m.trust_domain.clone(),
+        trust_domain_aliases: m.trust_domain_aliases.clone(),
+    }
+}
+
+fn workload(w: &WorkloadSpec) -> Workload {
+    Workload {
+        namespace: w.namespace.clone(),
+        labels: w.labels.clone(),
+    }
+}
+
+fn diagnostics_text(d: &Diagnostics) -> String {
+    if d.is_empty() {
+        return "(no diagnostics)".to_string();
+    }
+    d.0.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Loads and compiles what the case names: the engine and every warning, or every error.
+fn build(file: &CaseFile, case: &Case) -> Result<(Engine, Diagnostics), Diagnostics> {
+    let text = case.policies.as_deref().unwrap_or(&file.policies);
+    let (set, mut warnings) = load_str(text, &LoadOptions::default())?;
+    let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
+    let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
+    let (engine, more) = Engine::compile(&set, &wl, &mesh)?;
+    warnings.extend(more);
+    Ok((engine, warnings))
+}
+
+/// Runs one case; returns what did not match expectations (empty: passed).
+pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
+    let mut problems = Vec::new();
+    if case.expect.is_none()
+        && case.expect_mtls.is_none()
+        && case.expect_load_error.is_none()
+        && case.expect_warning.is_none()
+    {
+        problems.push(
+            "case file error: the case expects nothing (set expect, expectMtls, expectLoadError or expectWarning)"
+                .to_string(),
+        );
+        return problems;
+    }
+    let built = build(file, case);
+
+    if let Some(want) = &case.expect_load_error {
+        if case.expect.is_some() || case.expect_mtls.is_some() {
+            problems.push(
+                "case file error: expectLoadError cannot be combined with expect/expectMtls"
+                    .to_string(),
+            );
+        }
+        match built {
+            Ok((_, warnings)) => problems.push(format!(
+                "expected a load/compile error containing {want:?}, got success (warnings: {})",
+                diagnostics_text(&warnings)
+            )),
+            Err(errors) => {
+                let found = errors
+                    .errors()
+                    .any(|d| d.to_string().contains(want.as_str()));
+                if !found {
+                    problems.push(format!(
+                        "expected a load/compile error containing {want:?}, got: {}",
+                        diagnostics_text(&errors)
+                    ));
+                }
+            }
+        }
+        return problems;
+    }
+
+    let (engine, warnings) = match built {
+        Ok(b) => b,
+        Err(errors) => {
+            problems.push(format!(
+                "loading/compiling the policies failed: {}",
+                diagnostics_text(&errors)
+            ));
+            return problems;
+        }
+    };
+
+    if let Some(want) = &case.expect_warning {
+        if !warnings
+            .warnings()
+            .any(|d| d.to_string().contains(want.as_str()))
+        {
+            problems.push(format!(
+                "expected a warning containing {want:?}, got: [{}]",
+                diagnostics_text(&warnings)
+            ));
+        }
+    }
+
+    if let Some(ports) = &case.expect_mtls {
+        check_mtls(&engine, ports, &mut problems);
+    }
+
+    if let Some(expect) = &case.expect {
+        match check_request(&engine, case) {
+            Ok(decision) => check_decision(&engine, &decision, expect, &mut problems),
+            Err(e) => problems.push(format!("case file error: {e}")),
+        }
+    }
+    problems
+}
+
+fn parse_mode(s: &str) -> Option<MtlsMode> {
+    match s {
+        "DISABLE" => Some(MtlsMode::Disable),
+        "PERMISSIVE" => Some(MtlsMode::Permissive),
+        "STRICT" => Some(MtlsMode::Strict),
+        _ => None,
+    }
+}
+
+fn check_mtls(engine: &Engine, ports: &BTreeMap<String, String>, problems: &mut Vec<String>) {
+    let named: Vec<u16> = ports.keys().filter_map(|k| k.parse().ok()).collect();
+    for (key, want) in ports {
+        let port = if key == "other" {
+            // A port no key names.
+            match (1..=u16::MAX).rev().find(|p| !named.contains(p)) {
+                Some(p) => p,
+                None => continue,
+            }
+        } else {
+            match key.parse::<u16>() {
+                Ok(p) => p,
+                Err(_) => {
+                    problems.push(format!(
+                        "case file error: expectMtls key {key:?} is neither a port nor `other`"
+                    ));
+                    continue;
+                }
+            }
+        };
+        let Some(want_mode) = parse_mode(want) else {
+            problems.push(format!(
+                "case file error: expectMtls[{key}] = {want:?} is not DISABLE, PERMISSIVE or STRICT"
+            ));
+            continue;
+        };
+        let got = engine.mtls_mode(port);
+        if got != want_mode {
+            problems.push(format!(
+                "mTLS mode of port {key}: expected {}, got {}",
+                want_mode.as_str(),
+                got.as_str()
+            ));
+        }
+    }
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
+
+fn check_request(engine: &Engine, case: &Case) -> Result<Decision, String> {
+    let r = &case.request;
+    let protocol = match case.protocol {
+        ProtocolSpec::Http => Protocol::Http,
+        ProtocolSpec::Tcp => Protocol::Tcp,
+    };
+    if protocol == Protocol::Tcp
+        && (r.host.is_some()
+            || r.method.is_some()
+            || r.path.is_some()
+            || !r.headers.is_empty()
+            || r.jwt.is_some())
+    {
+        return Err(
+            "a tcp case has no host, method, path, headers or jwt (the TCP chain never sees them)"
+                .to_string(),
+        );
+    }
+    let headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                HeaderValue::One(v) => v.clone(),
+                HeaderValue::Many(vs) => vs.join(","),
+            };
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let source_ip = r.source_ip.or_else(|| parse_ip(DEFAULT_SOURCE_IP));
+    let attrs = Attributes {
+        principal: r.principal.as_deref(),
+        mtls: r.mtls.unwrap_or(r.principal.is_some()),
+        source_ip,
+        remote_ip: r.remote_ip.or(source_ip),
+        destination_ip: r
+            .destination_ip
+            .or_else(|| parse_ip(DEFAULT_DESTINATION_IP)),
+        destination_port: Some(r.port.unwrap_or(DEFAULT_PORT)),
+        sni: r.sni.as_deref(),
+        dynamic_metadata: r.dynamic_metadata.as_ref(),
+        http: match protocol {
+            Protocol::Tcp => None,
+            Protocol::Http => Some(HttpAttributes {
+                host: Some(r.host.as_deref().unwrap_or(DEFAULT_HOST)),
+                method: Some(r.method.as_deref().unwrap_or(DEFAULT_METHOD)),
+                path: Some(r.path.as_deref().unwrap_or(DEFAULT_PATH)),
+                headers: &header_refs,
+                jwt: r.jwt.as_ref(),
+            }),
+        },
+    };
+    Ok(engine.check(protocol, &attrs))
+}
+
+fn rule_name(engine: &Engine, id: RuleId) -> String {
+    match engine.policy(id) {
+        Some(p) => format!("{}#{}", p.qualified_name(), id.rule),
+        None => format!("<no policy {}>#{}", id.policy, id.rule),
+    }
+}
+
+fn cause_text(engine: &Engine, cause: Cause) -> String {
+    match cause {
+        Cause::NoAllowPolicy => "noAllowPolicy".to_string(),
+        Cause::NoAllowRuleMatched => "noAllowRuleMatched".to_string(),
+        Cause::AllowRule(id) => format!("allowRule {}", rule_name(engine, id)),
+        Cause::DenyRule(id) => format!("denyRule {}", rule_name(engine, id)),
+    }
+}
+
+fn shadow_text(engine: &Engine, s: Option<ShadowResult>) -> String {
+    match s {
+        None => "none".to_string(),
+        Some(ShadowResult { allowed, rule }) => {
+            let mut t = if allowed { "allowed" } else { "denied" }.to_string();
+            if let Some(id) = rule {
+                let _ = write!(t, " by {}", rule_name(engine, id));
+            }
+            t
+        }
+    }
+}
+
+fn check_shadow(
+    engine: &Engine,
+    what: &str,
+    got: Option<ShadowResult>,
+    want: Option<ShadowSpec>,
+    want_rule: Option<&String>,
+    problems: &mut Vec<String>,
+) {
+    if let Some(want) = want {
+        let ok = match (want, got) {
+            (ShadowSpec::None, None) => true,
+            (ShadowSpec::Allowed, Some(s)) => s.allowed,
+            (ShadowSpec::Denied, Some(s)) => !s.allowed,
+            _ => false,
+        };
+        if !ok {
+            problems.push(format!(
+                "{what}: expected {want:?}, got {}",
+                shadow_text(engine, got)
+            ));
+        }
+    }
+    if let Some(want_rule) = want_rule {
+        let got_rule = got.and_then(|s| s.rule).map(|id| rule_name(engine, id));
+        if got_rule.as_deref() != Some(want_rule.as_str()) {
+            problems.push(format!(
+                "{what} rule: expected {want_rule}, got {}",
+                shadow_text(engine, got)
+            ));
+        }
+    }
+}
+
+fn check_decision(engine: &Engine, d: &Decision, e: &Expect, problems: &mut Vec<String>) {
+    let got_cause = cause_text(engine, d.cause);
+    if d.allowed != e.allowed {
+        problems.push(format!(
+            "allowed: expected {}, got {} (cause: {got_cause})",
+            e.allowed, d.allowed
+        ));
+    }
+    // What every decision must satisfy, whatever the case says.
+    let consistent = match d.cause {
+        Cause::NoAllowPolicy | Cause::AllowRule(_) => d.allowed,
+        Cause::DenyRule(_) | Cause::NoAllowRuleMatched => !d.allowed,
+    };
+    if !consistent {
+        problems.push(format!(
+            "engine invariant: allowed = {} contradicts the cause {got_cause}",
+            d.allowed
+        ));
+    }
+    if d.audit_rule.is_some() && !d.audit_policy_applies {
+        problems.push(
+            "engine invariant: an AUDIT rule matched but no AUDIT policy applies".to_string(),
+        );
+    }
+    if let Some(want) = e.cause {
+        let ok = matches!(
+            (want, d.cause),
+            (CauseSpec::NoAllowPolicy, Cause::NoAllowPolicy)
+                | (CauseSpec::NoAllowRuleMatched, Cause::NoAllowRuleMatched)
+                | (CauseSpec::AllowRule, Cause::AllowRule(_))
+                | (CauseSpec::DenyRule, Cause::DenyRule(_))
+        );
+        if !ok {
+            problems.push(format!("cause: expected {want:?}, got {got_cause}"));
+        }
+    }
+    if e.policy.is_some() || e.rule.is_some() {
+        match d.deciding_rule() {
+            None => problems.push(format!(
+                "deciding rule: expected {}#{}, got none (cause: {got_cause})",
+                e.policy.as_deref().unwrap_or("*"),
+                e.rule.map_or("*".to_string(), |r| r.to_string())
+            )),
+            Some(id) => {
+                let name = engine.policy(id).map(|p| p.qualified_name());
+                let policy_ok = e.policy.as_ref().is_none_or(|p| name.as_ref() == Some(p));
+                let rule_ok = e.rule.is_none_or(|r| r == id.rule);
+                if !policy_ok || !rule_ok {
+                    problems.push(format!(
+                        "deciding rule: expected {}#{}, got {got_cause}",
+                        e.policy.as_deref().unwrap_or("*"),
+                        e.rule.map_or("*".to_string(), |r| r.to_string())
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(want) = e.audit {
+        if d.access_log_hint() != want {
+            problems.push(format!(
+                "audit (access_log_hint): expected {want}, got {} (audit rule: {})",
+                d.access_log_hint(),
+                d.audit_rule
+                    .map_or("none".to_string(), |id| rule_name(engine, id))
+            ));
+        }
+    }
+    if let Some(want) = &e.audit_rule {
+        let got = d.audit_rule.map(|id| rule_name(engine, id));
+        if got.as_deref() != Some(want.as_str()) {
+            problems.push(format!(
+                "audit rule: expected {want}, got {}",
+                got.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    if let Some(want) = e.audit_applies {
+        if d.audit_policy_applies != want {
+            problems.push(format!(
+                "an AUDIT policy applies: expected {want}, got {}",
+                d.audit_policy_applies
+            ));
+        }
+    }
+    check_shadow(
+        engine,
+        "shadow (dry-run) ALLOW",
+        d.shadow_allow,
+        e.shadow_allow,
+        e.shadow_allow_rule.as_ref(),
+        problems,
+    );
+    check_shadow(
+        engine,
+        "shadow (dry-run) DENY",
+        d.shadow_deny,
+        e.shadow_deny,
+        e.shadow_deny_rule.as_ref(),
+        problems,
+    );
+    if let Some(want) = e.cel_errors {
+        if d.cel_errors != want {
+            problems.push(format!(
+                "CEL runtime errors: expected {want}, got {}",
+                d.cel_errors
+            ));
+        }
+    }
+}
+
+/// The names of every case, without running them (unparsable files are skipped: the runner
+/// reports those).
+pub fn case_names(files: &[(&str, &str)]) -> Vec<String> {
+    files
+        .iter()
+        .filter_map(|(_, text)| serde_yaml_ng::from_str::<CaseFile>(text).ok())
+        .flat_map(|f| f.cases.into_iter().map(|c| c.name))
+        .collect()
+}

@@ -292,11 +292,13 @@ impl Plugin {
 }
 
 fn node_workload(host: &dyn Host) -> NodeWorkload {
-    let namespace = host
-        .property(&["node", "metadata", "NAMESPACE"])
-        .and_then(decode_str);
-    let labels = host
-        .property(&["node", "metadata", "LABELS"])
+    // Envoy 1.40 exposes the node as `xds.node` (verified); older releases as `node`.
+    let meta = |key: &str| {
+        host.property(&["xds", "node", "metadata", key])
+            .or_else(|| host.property(&["node", "metadata", key]))
+    };
+    let namespace = meta("NAMESPACE").and_then(decode_str);
+    let labels = meta("LABELS")
         .and_then(|b| decode_pairs(&b))
         .map(|pairs| pairs.into_iter().collect());
     NodeWorkload { namespace, labels }
@@ -656,7 +658,7 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> boo
     }
     plugin.log_error(
         host,
-        "meshauthz: AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
+        "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
     );
     bump(host, plugin.metrics.borrow().fail_closed);
     false

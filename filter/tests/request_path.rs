@@ -1026,3 +1026,99 @@ fn http_ports_are_left_to_the_http_filter() {
     );
     assert_eq!(host.closed(), 0);
 }
+
+fn pairs(p: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = (p.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in p {
+        out.extend((k.len() as u32).to_le_bytes());
+        out.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in p {
+        out.extend(k.as_bytes());
+        out.push(0);
+        out.extend(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[test]
+fn workload_defaults_to_the_node_metadata_istio_sets() {
+    // Envoy 1.40 answers `xds.node.metadata.*` (observed); labels come pairs-encoded.
+    let doc =
+        br#"{"policies": [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "echo", "namespace": "foo"},
+        "spec": {"selector": {"matchLabels": {"app": "echo"}}, "mtls": {"mode": "STRICT"}}}]}"#;
+    let mode_for = |labels: &[(&str, &str)]| {
+        let host = FakeHost::default()
+            .with(&["xds", "node", "metadata", "NAMESPACE"], b"foo")
+            .with(&["xds", "node", "metadata", "LABELS"], &pairs(labels));
+        let p = Plugin::new(Rc::new(VmState::default()));
+        assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+        assert!(host.errors().is_empty(), "{:?}", host.errors());
+        p.compiled().unwrap().authz.mtls_mode(8080)
+    };
+    assert_eq!(
+        mode_for(&[("app", "echo"), ("version", "v1")]),
+        MtlsMode::Strict
+    );
+    assert_eq!(mode_for(&[("app", "other")]), MtlsMode::Permissive);
+
+    // No workload in the document and none in the node metadata: refused, everything denied.
+    let host = FakeHost::default().mtls(true);
+    let p = Plugin::new(Rc::new(VmState::default()));
+    assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+    assert!(p.compiled().is_none());
+    assert!(host.errors().iter().any(|e| e.contains("NAMESPACE")));
+}
+
+#[test]
+fn a_valid_configuration_is_compiled_and_enforced_end_to_end() {
+    // Real engine: the document as users write it, through configure, decide and enforce.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "deny-admin", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "only-bar", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let run = |san: Option<&str>, path: &str| {
+        let mut host = FakeHost::default()
+            .mtls(san.is_some())
+            .header(":path", path);
+        if let Some(san) = san {
+            host = host.uri_san(san);
+        }
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, core::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        let flows = request(&host, &decide, &enforce);
+        (flows.1, host.state(core::HTTP_DECISION).unwrap_or_default())
+    };
+    let bar = Some("spiffe://cluster.local/ns/foo/sa/bar");
+    assert_eq!(
+        run(bar, "/hello"),
+        (
+            Flow::Continue,
+            "allow ns[foo]-policy[only-bar]-rule[0]".to_string()
+        )
+    );
+    assert_eq!(
+        run(bar, "/x/../admin/"),
+        (
+            Flow::Stop,
+            "deny ns[foo]-policy[deny-admin]-rule[0]".to_string()
+        )
+    );
+    assert_eq!(
+        run(Some("spiffe://cluster.local/ns/foo/sa/other"), "/hello"),
+        (Flow::Stop, "deny no-allow-rule-matched".to_string())
+    );
+    assert_eq!(
+        run(None, "/hello"),
+        (Flow::Stop, "deny no-allow-rule-matched".to_string())
+    );
+}

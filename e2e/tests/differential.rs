@@ -1,0 +1,101 @@
+//! Differential test: the policy engine against Envoy's own RBAC filters as istiod generates
+//! them, on Istio's builder goldens (`shared/istio-testdata/.../authz/builder/testdata`).
+//!
+//! Per golden, a real Envoy 1.40 runs the generated RBAC filters; requests built from the
+//! policies' own values go through it; the engine evaluates the same requests from the golden's
+//! input policies; every disagreement (allowed/denied, which filter denied, AUDIT hint, dry-run
+//! shadow results) is reported in one failure message. Needs the Envoy binary, not the module.
+//!
+//! Not exercised (absent on both sides, still compared): JWT-derived attributes (no jwt_authn),
+//! `experimental.envoy.filters.*` metadata, `source.ip`/`ipBlocks` and `destination.ip` other
+//! than 127.0.0.1, lower-case methods (Envoy's codec answers 400). `remote.ip`/`remoteIpBlocks`
+//! are exercised through `X-Forwarded-For`. See `meshauthz_e2e::differential`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use meshauthz_e2e::differential::golden::{self, Chain};
+use meshauthz_e2e::differential::{self as diff, Run};
+
+/// Disagreements that are documented and expected, with the reason and its evidence:
+/// (golden, a substring of the disagreement line, reason). Empty: none is expected today.
+const EXPECTED_DIFFERENCES: &[(&str, &str, &str)] = &[];
+
+/// Upper bound on requests per chain, so the test stays bounded as goldens are added.
+const MAX_PROBES: usize = 2500;
+
+fn run_chain(chain: Chain) -> Vec<Run> {
+    let (goldens, skipped) = golden::discover().unwrap();
+    for s in &skipped {
+        eprintln!("differential: skipped {}: {}", s.name, s.reason);
+    }
+    let goldens: Vec<_> = goldens.into_iter().filter(|g| g.chain == chain).collect();
+    let mut runs = Vec::new();
+    for g in &goldens {
+        let run = diff::run(g, None).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        let allowed = run
+            .records
+            .iter()
+            .filter(|r| r.observed.allowed == Some(true))
+            .count();
+        eprintln!(
+            "differential: {}: {} probes ({allowed} allowed by Envoy), {} listeners, {:?}",
+            run.golden,
+            run.records.len(),
+            run.listeners.len(),
+            run.elapsed
+        );
+        for s in &run.skipped {
+            eprintln!("differential:   not exercised: {s}");
+        }
+        runs.push(run);
+    }
+    runs
+}
+
+fn assert_agreement(runs: &[Run], min_goldens: usize) {
+    assert!(
+        runs.len() >= min_goldens,
+        "only {} goldens found, expected at least {min_goldens}",
+        runs.len()
+    );
+    let total: usize = runs.iter().map(|r| r.records.len()).sum();
+    assert!(total <= MAX_PROBES, "{total} probes: keep the test bounded");
+    let mut unexpected = Vec::new();
+    let mut expected = Vec::new();
+    for run in runs {
+        for line in run.disagreements() {
+            match EXPECTED_DIFFERENCES
+                .iter()
+                .find(|(g, needle, _)| *g == run.golden && line.contains(needle))
+            {
+                Some((_, _, why)) => expected.push(format!("{line}\n    expected: {why}")),
+                None => unexpected.push(line),
+            }
+        }
+    }
+    for e in &expected {
+        eprintln!("differential: documented difference: {e}");
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} disagreement(s) between the engine and Envoy RBAC over {total} probes:\n{}",
+        unexpected.len(),
+        unexpected.join("\n")
+    );
+}
+
+#[test]
+fn http_goldens_agree_with_envoy_rbac() {
+    let runs = run_chain(Chain::Http);
+    assert_agreement(&runs, 17);
+}
+
+#[test]
+fn tcp_goldens_agree_with_envoy_rbac() {
+    let runs = run_chain(Chain::Tcp);
+    assert_agreement(&runs, 5);
+}

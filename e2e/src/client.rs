@@ -51,6 +51,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     transport: Transport,
     follow: bool,
+    http1: bool,
 }
 
 /// What curl saw.
@@ -62,6 +63,8 @@ pub struct Response {
     pub status: u16,
     /// Response body.
     pub body: String,
+    /// The HTTP version curl used (`1.1`, `2`; `0` when no response).
+    pub http_version: String,
     /// Where a redirect (3xx) points, as an absolute URL (empty when none).
     pub redirect: String,
     /// curl's stderr (its error message, e.g. "Recv failure: Connection reset by peer").
@@ -96,6 +99,7 @@ impl Request {
             headers: Vec::new(),
             transport,
             follow: false,
+            http1: false,
         }
     }
 
@@ -117,9 +121,15 @@ impl Request {
         self
     }
 
-    /// Run curl (bounded: 10 s per request) and capture what it saw. The path is sent as is
-    /// (`--path-as-is`), so `/./admin` reaches Envoy unnormalized.
-    pub fn send(&self) -> Result<Response> {
+    /// Force HTTP/1.1 (over TLS curl otherwise negotiates HTTP/2 through ALPN).
+    pub fn http1(mut self) -> Request {
+        self.http1 = true;
+        self
+    }
+
+    /// curl with everything but the output options and the URL; returns the URL prefix
+    /// (`scheme://host:port`).
+    fn command(&self) -> (Command, String) {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
@@ -129,16 +139,18 @@ impl Request {
             "--connect-timeout",
             "5",
         ])
-        .args(["-X", &self.method])
-        .args(["-o", "-", "-w", "\n%{redirect_url}\n%{http_code}"]);
+        .args(["-X", &self.method]);
+        if self.http1 {
+            cmd.arg("--http1.1");
+        }
         if self.follow {
             cmd.args(["-L", "--max-redirs", "3"]);
         }
         for (k, v) in &self.headers {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
-        let url = match &self.transport {
-            Transport::Plaintext => format!("http://127.0.0.1:{}{}", self.port, self.path),
+        let base = match &self.transport {
+            Transport::Plaintext => format!("http://127.0.0.1:{}", self.port),
             Transport::Tls { ca, client } => {
                 cmd.arg("--resolve")
                     .arg(format!("localhost:{}:127.0.0.1", self.port))
@@ -147,20 +159,69 @@ impl Request {
                 if let Some(c) = client {
                     cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
                 }
-                format!("https://localhost:{}{}", self.port, self.path)
+                format!("https://localhost:{}", self.port)
             }
         };
-        cmd.arg(&url).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
+        (cmd, base)
+    }
+
+    /// This request's options for each of `paths` in turn, in ONE curl run: curl reuses its
+    /// connection (HTTP/1.1 keep-alive, or one HTTP/2 connection), so each request is decided
+    /// on a connection that already carried the previous ones. Returns, per path, the status and
+    /// how many new connections curl opened for it (0 = reused).
+    pub fn send_sequence(&self, paths: &[&str]) -> Result<Vec<(u16, u32)>> {
+        let (mut cmd, base) = self.command();
+        for p in paths {
+            cmd.args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n"])
+                .arg(format!("{base}{p}"));
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error(format!("cannot run curl: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let got: Vec<(u16, u32)> = stdout
+            .lines()
+            .filter_map(|l| {
+                let (c, n) = l.split_once(' ')?;
+                Some((c.parse().ok()?, n.parse().ok()?))
+            })
+            .collect();
+        if got.len() != paths.len() {
+            return Err(Error(format!(
+                "curl answered {} of {} requests: {stdout} {}",
+                got.len(),
+                paths.len(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(got)
+    }
+
+    /// Run curl (bounded: 10 s per request) and capture what it saw. The path is sent as is
+    /// (`--path-as-is`), so `/./admin` reaches Envoy unnormalized.
+    pub fn send(&self) -> Result<Response> {
+        let (mut cmd, base) = self.command();
+        cmd.args([
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version}\n%{redirect_url}\n%{http_code}",
+        ]);
+        let url = format!("{base}{}", self.path);
+        cmd.arg(&url);
         let out = cmd
             .output()
             .map_err(|e| Error(format!("cannot run curl: {e}")))?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let (rest, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        let (body, redirect) = rest.rsplit_once('\n').unwrap_or(("", rest));
+        let (rest, redirect) = rest.rsplit_once('\n').unwrap_or(("", rest));
+        let (body, version) = rest.rsplit_once('\n').unwrap_or(("", rest));
         Ok(Response {
             exit: out.status.code().unwrap_or(-1),
             status: code.trim().parse().unwrap_or(0),
             redirect: redirect.to_string(),
+            http_version: version.to_string(),
             body: body.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).to_string(),
         })

@@ -8,7 +8,7 @@
 //! documented text transformation ([`SidecarBuilder::transform`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -33,21 +33,22 @@ pub enum AppKind {
 }
 
 type PolicyFn = Box<dyn Fn(u16) -> String>;
-type TransformFn = Box<dyn Fn(&str) -> Result<String>>;
+type Transform = dyn Fn(&str) -> Result<String>;
+type TransformFn = Box<Transform>;
 
 /// Builds a [`Sidecar`].
-pub struct SidecarBuilder<'a> {
+pub struct SidecarBuilder {
     name: String,
     template: String,
     app: AppKind,
     policies: PolicyFn,
     config: Option<Value>,
     transform: Option<TransformFn>,
-    shared: Option<(&'a Pki, &'a WorkDir)>,
     fixed_port: Option<u16>,
+    dynamic_listener: bool,
 }
 
-impl<'a> SidecarBuilder<'a> {
+impl SidecarBuilder {
     /// Istio objects (YAML, `---`-separated) for the plugin configuration.
     pub fn policies(mut self, yaml: &str) -> Self {
         let yaml = yaml.to_string();
@@ -92,27 +93,17 @@ impl<'a> SidecarBuilder<'a> {
         self
     }
 
-    /// Share a PKI and work dir with another sidecar (one workload, two listener ports).
-    pub fn shared(mut self, pki: &'a Pki, work: &'a WorkDir) -> Self {
-        self.shared = Some((pki, work));
+    /// Serve the template's listeners through LDS from a file (see [`to_dynamic_listeners`]), so
+    /// that [`Sidecar::update_policies`] can change the configuration of the running Envoy.
+    pub fn dynamic_listener(mut self) -> Self {
+        self.dynamic_listener = true;
         self
     }
 
-    /// Generate certificates (unless shared), start the app and Envoy; wait until ready.
+    /// Generate certificates, start the app and Envoy; wait until ready.
     pub fn start(self) -> Result<Sidecar> {
-        let own = match self.shared {
-            Some(_) => None,
-            None => {
-                let work = WorkDir::new(&self.name)?;
-                let pki = Pki::generate(&work.path().join("certs"))?;
-                Some((pki, work))
-            }
-        };
-        let (pki, work): (&Pki, &WorkDir) = match (&own, self.shared) {
-            (Some((p, w)), _) => (p, w),
-            (None, Some((p, w))) => (p, w),
-            (None, None) => return Err(Error("no PKI".into())),
-        };
+        let work = WorkDir::new(&self.name)?;
+        let pki = Pki::generate(&work.path().join("certs"))?;
         let app = match self.app {
             AppKind::Http => App::Http(HttpEcho::start()?),
             AppKind::Tcp => App::Tcp(TcpEcho::start()?),
@@ -122,6 +113,10 @@ impl<'a> SidecarBuilder<'a> {
         let module = module_path()?;
         let mut inbound = 0;
         let mut plugin_config = Value::Null;
+        let mut vars_used = BTreeMap::new();
+        let lds_path = self
+            .dynamic_listener
+            .then(|| work.path().join(format!("{}-lds.yaml", self.name)));
         let envoy = Envoy::start_with_retry(work.path(), &self.name, || {
             let admin = free_port()?;
             inbound = match self.fixed_port {
@@ -130,14 +125,7 @@ impl<'a> SidecarBuilder<'a> {
             };
             plugin_config = match &self.config {
                 Some(c) => c.clone(),
-                None => {
-                    let mut c = policy::plugin_config_yaml(&(self.policies)(inbound))?;
-                    if self.app == AppKind::Http {
-                        // The listener's port carries HTTP: authorized per request at L7.
-                        c["httpPorts"] = serde_json::json!([inbound]);
-                    }
-                    c
-                }
+                None => build_plugin_config(&(self.policies)(inbound), self.app, inbound)?,
             };
             let vars = BTreeMap::from([
                 ("ADMIN_PORT", admin.to_string()),
@@ -151,23 +139,110 @@ impl<'a> SidecarBuilder<'a> {
                 ),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ]);
-            let mut config = render(&tmpl, &vars)?;
-            if let Some(t) = &self.transform {
-                config = t(&config)?;
-            }
+            let config = produce(&tmpl, &vars, self.transform.as_deref(), lds_path.as_deref())?;
+            vars_used = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             Ok((config, admin))
         })?;
-        let ca_cert = pki.ca_cert.clone();
         Ok(Sidecar {
             envoy,
             port: inbound,
             access_log,
             plugin_config,
             app,
-            ca_cert,
-            own,
+            rendering: Rendering {
+                template: tmpl,
+                vars: vars_used,
+                transform: self.transform,
+                lds_path,
+                app: self.app,
+            },
+            pki,
+            work,
         })
     }
+}
+
+fn build_plugin_config(yaml: &str, app: AppKind, inbound: u16) -> Result<Value> {
+    let mut c = policy::plugin_config_yaml(yaml)?;
+    if app == AppKind::Http {
+        // The listener's port carries HTTP: authorized per request at L7.
+        if let Some(o) = c.as_object_mut() {
+            o.insert("httpPorts".into(), serde_json::json!([inbound]));
+        }
+    }
+    Ok(c)
+}
+
+/// Render, transform, and (with LDS) write the listener file; returns the bootstrap.
+fn produce(
+    tmpl: &str,
+    vars: &BTreeMap<&str, String>,
+    transform: Option<&Transform>,
+    lds_path: Option<&Path>,
+) -> Result<String> {
+    let mut config = render(tmpl, vars)?;
+    if let Some(t) = transform {
+        config = t(&config)?;
+    }
+    match lds_path {
+        None => Ok(config),
+        Some(path) => {
+            let (bootstrap, lds) = to_dynamic_listeners(&config, path)?;
+            // Envoy watches the file's folder for a rename onto it: write aside, then rename.
+            let tmp = path.with_extension("yaml.tmp");
+            std::fs::write(&tmp, lds)?;
+            std::fs::rename(&tmp, path)?;
+            Ok(bootstrap)
+        }
+    }
+}
+
+/// The documented transformation behind [`SidecarBuilder::dynamic_listener`]: the rendered
+/// template's `static_resources.listeners` move, unchanged, into an LDS resource file at
+/// `lds_path`, and the bootstrap gets `dynamic_resources.lds_config.path_config_source` pointing
+/// at it (plus the `node` id/cluster Envoy requires for xDS). Returns (bootstrap, LDS file), both
+/// JSON (which is YAML too).
+pub fn to_dynamic_listeners(config: &str, lds_path: &Path) -> Result<(String, String)> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)?;
+    let mut boot: Value = serde_json::to_value(yaml)?;
+    let listeners = boot
+        .get_mut("static_resources")
+        .and_then(|s| s.as_object_mut())
+        .and_then(|s| s.remove("listeners"))
+        .ok_or_else(|| Error("the configuration has no static_resources.listeners".into()))?;
+    let Value::Array(listeners) = listeners else {
+        return Err(Error("static_resources.listeners is not a list".into()));
+    };
+    let resources: Vec<Value> = listeners
+        .into_iter()
+        .map(|mut l| {
+            if let Some(o) = l.as_object_mut() {
+                o.insert(
+                    "@type".into(),
+                    Value::String("type.googleapis.com/envoy.config.listener.v3.Listener".into()),
+                );
+            }
+            l
+        })
+        .collect();
+    let Some(obj) = boot.as_object_mut() else {
+        return Err(Error("the configuration is not a mapping".into()));
+    };
+    obj.insert(
+        "node".into(),
+        serde_json::json!({"id": "meshauthz-e2e", "cluster": "meshauthz-e2e"}),
+    );
+    obj.insert(
+        "dynamic_resources".into(),
+        serde_json::json!({"lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": lds_path.display().to_string()},
+        }}),
+    );
+    Ok((
+        serde_json::to_string_pretty(&boot)?,
+        serde_json::to_string_pretty(&serde_json::json!({ "resources": resources }))?,
+    ))
 }
 
 /// How the plugin configuration JSON is written into the template: a JSON string literal's
@@ -221,13 +296,25 @@ pub struct Sidecar {
     pub plugin_config: Value,
     /// The application behind it.
     pub app: App,
-    ca_cert: PathBuf,
-    own: Option<(Pki, WorkDir)>,
+    rendering: Rendering,
+    /// The certificates (`{{CERT_DIR}}`): CA, server, client leaves on demand.
+    pub pki: Pki,
+    /// The work dir (dropped last: removed if the test passed).
+    pub work: WorkDir,
+}
+
+/// What is needed to render the configuration again (for LDS updates).
+struct Rendering {
+    template: String,
+    vars: BTreeMap<String, String>,
+    transform: Option<TransformFn>,
+    lds_path: Option<PathBuf>,
+    app: AppKind,
 }
 
 impl Sidecar {
     /// Start describing a sidecar named `name` (used for its files), HTTP template, HTTP app, no policies.
-    pub fn builder<'a>(name: &str) -> SidecarBuilder<'a> {
+    pub fn builder(name: &str) -> SidecarBuilder {
         SidecarBuilder {
             name: name.to_string(),
             template: HTTP_TEMPLATE.to_string(),
@@ -235,39 +322,70 @@ impl Sidecar {
             policies: Box::new(|_| String::new()),
             config: None,
             transform: None,
-            shared: None,
             fixed_port: None,
+            dynamic_listener: false,
         }
-    }
-
-    /// The PKI (when this sidecar generated it).
-    pub fn pki(&self) -> Result<&Pki> {
-        self.own
-            .as_ref()
-            .map(|(p, _)| p)
-            .ok_or_else(|| Error("this sidecar shares another's PKI".into()))
-    }
-
-    /// The work dir (when this sidecar created it).
-    pub fn work(&self) -> Result<&WorkDir> {
-        self.own
-            .as_ref()
-            .map(|(_, w)| w)
-            .ok_or_else(|| Error("this sidecar shares another's work dir".into()))
     }
 
     /// A client certificate for `spiffe://cluster.local/ns/<ns>/sa/<sa>` from this sidecar's CA.
     pub fn client(&self, ns: &str, sa: &str) -> Result<CertFiles> {
-        self.pki()?.client(ns, sa)
+        self.pki.client(ns, sa)
     }
 
     /// mTLS as `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
     pub fn mtls(&self, ns: &str, sa: &str) -> Result<Transport> {
         let client = self.client(ns, sa)?;
-        Ok(Transport::Tls {
-            ca: self.ca_cert.clone(),
-            client: Some(client),
-        })
+        Ok(Transport::mtls(&self.pki, &client))
+    }
+
+    /// Replace the policies of a running sidecar started with
+    /// [`SidecarBuilder::dynamic_listener`]: the template is rendered again with the new plugin
+    /// configuration and Envoy picks up the listener file (LDS). Waits (bounded) until Envoy has
+    /// applied it and the new listener is serving.
+    pub fn update_policies(&mut self, yaml: &str) -> Result<()> {
+        let r = &self.rendering;
+        let Some(lds) = r.lds_path.as_deref() else {
+            return Err(Error(
+                "update_policies needs a sidecar built with dynamic_listener()".into(),
+            ));
+        };
+        let config = build_plugin_config(yaml, r.app, self.port)?;
+        let mut vars: BTreeMap<&str, String> = r
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        vars.insert("PLUGIN_CONFIG_JSON", plugin_config_placeholder(&config)?);
+        let before = self
+            .envoy
+            .stat_or_zero("listener_manager.lds.update_success")?;
+        produce(&r.template, &vars, r.transform.as_deref(), Some(lds))?;
+        let deadline = std::time::Instant::now() + crate::envoy::READY_TIMEOUT;
+        loop {
+            let stats = self.envoy.stats()?;
+            let get = |k: &str| stats.get(k).copied().unwrap_or(0);
+            let rejected = get("listener_manager.lds.update_rejected");
+            if rejected > 0 {
+                return Err(Error(format!(
+                    "Envoy rejected the listener update; log:\n{}",
+                    self.envoy.log()
+                )));
+            }
+            if get("listener_manager.lds.update_success") > before
+                && get("listener_manager.total_listeners_warming") == 0
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error(format!(
+                    "Envoy did not apply the listener update; log:\n{}",
+                    self.envoy.log()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.plugin_config = config;
+        Ok(())
     }
 
     /// `GET path` to this sidecar over `transport`.

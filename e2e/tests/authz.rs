@@ -46,24 +46,48 @@ spec:
         )
         .start()
         .unwrap();
-    assert_ok(
-        &s.get("/hello", s.mtls("foo", "bar").unwrap())
-            .send()
-            .unwrap(),
+    let bar = s.mtls("foo", "bar").unwrap();
+    let r = s.get("/hello", bar.clone()).send().unwrap();
+    assert_ok(&r);
+    assert_eq!(r.http_version, "2", "mTLS negotiates HTTP/2: {r:#?}");
+    assert_ok(&s.get("/hello", bar).http1().send().unwrap());
+    assert_eq!(s.app.hits(), 2);
+    for t in [
+        s.mtls("other", "x").unwrap(),
+        s.mtls("istioinaction", "sleep").unwrap(),
+        Transport::Plaintext,
+    ] {
+        assert_denied(&s.get("/hello", t.clone()).send().unwrap());
+        assert_denied(&s.get("/hello", t).http1().send().unwrap());
+    }
+    // The allowed identity from a CA the workload does not trust, or no client certificate:
+    // the TLS handshake fails, nothing is served.
+    let forged = s.pki.untrusted_client("foo", "bar").unwrap();
+    let no_cert = Transport::Tls {
+        ca: s.pki.ca_cert.clone(),
+        client: None,
+    };
+    for (t, stat) in [
+        (Transport::mtls(&s.pki, &forged), "ssl.fail_verify_error"),
+        (no_cert, "ssl.fail_verify_no_cert"),
+    ] {
+        let r = s.get("/hello", t).send().unwrap();
+        // With TLS 1.3 the client learns of the rejection after its side of the handshake,
+        // so curl reports it in several ways (exit 16, 35, 55, 56): no HTTP response at all.
+        assert_eq!(r.status, 0, "{r:#?}");
+        assert_ne!(r.exit, 0, "{r:#?}");
+        let name = format!("listener.127.0.0.1_{}.{stat}", s.port);
+        assert_eq!(s.envoy.stat(&name).unwrap(), Some(1), "{name}");
+    }
+    assert_eq!(s.app.hits(), 2, "a denied request reached the application");
+    assert_eq!(
+        s.envoy.stat("wasmcustom.meshauthz.rbac.allowed").unwrap(),
+        Some(2)
     );
-    assert_eq!(s.app.hits(), 1);
-    assert_denied(
-        &s.get("/hello", s.mtls("other", "x").unwrap())
-            .send()
-            .unwrap(),
+    assert_eq!(
+        s.envoy.stat("wasmcustom.meshauthz.rbac.denied").unwrap(),
+        Some(6)
     );
-    assert_denied(
-        &s.get("/hello", s.mtls("istioinaction", "sleep").unwrap())
-            .send()
-            .unwrap(),
-    );
-    assert_denied(&s.get("/hello", Transport::Plaintext).send().unwrap());
-    assert_eq!(s.app.hits(), 1, "a denied request reached the application");
 }
 
 /// Scenario 2: a DENY by namespace beside an ALLOW that would admit the same caller.
@@ -259,6 +283,24 @@ spec:
         "a request for /admin in disguise reached the application"
     );
 
+    // Each request is decided on its own, also on a connection that already carried others
+    // (HTTP/2 over mTLS, HTTP/1.1 keep-alive in plaintext).
+    let seq = [
+        "/public",
+        "/admin",
+        "/public",
+        "/%61dmin",
+        "/x/../admin",
+        "/public",
+    ];
+    for t in [mtls.clone(), Transport::Plaintext] {
+        let got = s.get("/", t).send_sequence(&seq).unwrap();
+        let statuses: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+        assert_eq!(statuses, [200, 403, 200, 403, 403, 200], "{got:?}");
+        let connects: u32 = got.iter().map(|(_, n)| *n).sum();
+        assert_eq!(connects, 1, "curl did not reuse its connection: {got:?}");
+    }
+
     // Istio matches paths case-sensitively: `/ADMIN` is another resource, not denied.
     assert_ok(&s.get("/ADMIN", mtls.clone()).send().unwrap());
 
@@ -338,4 +380,78 @@ spec:
             .unwrap(),
         3
     );
+    // The same counter as a Prometheus scrape sees it (Envoy drops the `wasmcustom.` prefix).
+    let samples = s.envoy.prometheus("meshauthz_audited").unwrap();
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(samples.first().map(|(_, v)| *v), Some(3.0), "{samples:?}");
+}
+
+/// Scenario 7, continued: the module does not rely on the listener normalizing paths. With the
+/// HCM's normalization removed from the template (documented transformation: delete the lines
+/// `normalize_path: true`, `merge_slashes: true` and `path_with_escaped_slashes_action: ...`),
+/// the same tricks are still denied by the module's own normalization.
+#[test]
+fn path_tricks_denied_without_listener_normalization() {
+    let s = Sidecar::builder("path-tricks-raw")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin", "/admin/*"]}
+"#,
+        )
+        .transform(|c| {
+            let mut removed = 0;
+            let out: Vec<&str> = c
+                .lines()
+                .filter(|l| {
+                    let t = l.trim();
+                    let drop = t == "normalize_path: true"
+                        || t == "merge_slashes: true"
+                        || t.starts_with("path_with_escaped_slashes_action:");
+                    removed += usize::from(drop);
+                    !drop
+                })
+                .collect();
+            assert_eq!(removed, 3, "the template's normalization settings changed");
+            Ok(out.join("\n"))
+        })
+        .start()
+        .unwrap();
+    let mtls = s.mtls("foo", "bar").unwrap();
+    assert_ok(&s.get("/public", mtls.clone()).send().unwrap());
+    // Without normalization the application receives the raw path: prove it.
+    let r = s.get("/x/../public", mtls.clone()).send().unwrap();
+    assert_ok(&r);
+    assert_eq!(
+        r.json().unwrap()["path"],
+        "/x/../public",
+        "the listener normalized anyway"
+    );
+    let before = s.app.hits();
+    for path in [
+        "/%61dmin",
+        "/./admin",
+        "//admin",
+        "/x/../admin",
+        "/x/%2e%2e/admin",
+        "/admin/./users",
+        "/x/..//admin",
+        "/x/./..//./admin/",
+    ] {
+        for t in [mtls.clone(), Transport::Plaintext] {
+            let r = s.get(path, t).send().unwrap();
+            assert_eq!(
+                (r.status, r.body.as_str()),
+                (403, DENIED_BODY),
+                "{path}: {r:#?}"
+            );
+        }
+    }
+    assert_eq!(s.app.hits(), before);
 }

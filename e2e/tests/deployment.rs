@@ -88,6 +88,68 @@ fn invalid_policy_from_start_denies_everything() {
     );
 }
 
+const ALLOW_BAR: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#;
+
+/// Scenario 6b: valid, then an invalid update through Envoy's LDS (the template's listener served
+/// from a file that the test rewrites; see `sidecar::to_dynamic_listeners`): the invalid update
+/// is refused and not enforced as allow-all; a later valid update restores service.
+#[test]
+fn invalid_policy_update_is_refused_not_allow_all() {
+    let mut s = Sidecar::builder("invalid-update")
+        .dynamic_listener()
+        .policies(ALLOW_BAR)
+        .start()
+        .unwrap();
+    let bar = s.mtls("foo", "bar").unwrap();
+    assert_eq!(s.get("/", bar.clone()).send().unwrap().status, 200);
+    assert_denied(&s.get("/", s.mtls("other", "x").unwrap()).send().unwrap());
+    let hits = s.app.hits();
+
+    // The invalid DENY alone: dropping it would leave no policy, i.e. allow-all.
+    s.update_policies(INVALID_DENY).unwrap();
+    s.envoy
+        .wait_log_contains("AuthorizationPolicy foo/bad-port", WAIT)
+        .unwrap();
+    for _ in 0..3 {
+        let x = assert_refused(&s.get("/", s.mtls("other", "x").unwrap()).send().unwrap());
+        let p = assert_refused(&s.get("/", Transport::Plaintext).send().unwrap());
+        let r = s.get("/", bar.clone()).send().unwrap();
+        // The previous valid configuration may stay in force for `foo/bar` (200) or
+        // everything is refused; never allow-all.
+        assert!(
+            r.status == 200 || r.status == 403 || r.status == 0,
+            "{r:#?}"
+        );
+        eprintln!(
+            "after the invalid update: other/x -> {x}, plaintext -> {p}, foo/bar -> {} (exit {})",
+            r.status, r.exit
+        );
+    }
+    assert!(
+        s.envoy
+            .wait_stat_at_least("wasmcustom.meshauthz.config_refused", 1, WAIT)
+            .unwrap()
+            >= 1
+    );
+    let served_bar = s.app.hits() - hits;
+
+    // A valid update restores service.
+    s.update_policies(ALLOW_BAR).unwrap();
+    let r = s.get("/", bar).send().unwrap();
+    assert_eq!(r.status, 200, "{r:#?}");
+    assert_eq!(s.app.hits(), hits + served_bar + 1);
+    assert_denied(&s.get("/", s.mtls("other", "x").unwrap()).send().unwrap());
+}
+
 /// An AUDIT policy (every GET is audited) beside an ALLOW for `foo/bar`.
 const AUDITED_ALLOW: &str = r#"
 apiVersion: security.istio.io/v1

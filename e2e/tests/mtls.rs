@@ -224,7 +224,7 @@ spec:
         )
         .start()
         .unwrap();
-    let pki = s.pki().unwrap();
+    let pki = &s.pki;
     let bar = pki.client("foo", "bar").unwrap();
     let (o, stderr) = client::tls_tcp_echo(s.port, pki, &bar, b"ping-bar\n", WAIT).unwrap();
     assert_eq!(
@@ -240,4 +240,97 @@ spec:
     );
     let o = client::tcp_echo(s.port, b"ping-plain\n", WAIT).unwrap();
     assert_eq!(o, TcpOutcome::Reset, "plaintext on a STRICT TCP port");
+}
+
+/// Scenario 8, continued: the STRICT reset is counted, the access log records each connection's
+/// decision, and on a PERMISSIVE TCP port a plaintext client is accepted by the transport but
+/// denied by the L4 ALLOW (closed, its bytes never echoed).
+#[test]
+fn tcp_port_counters_log_and_permissive_plaintext() {
+    let allow_bar = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#;
+    let strict = Sidecar::builder("tcp-strict-log")
+        .template(TCP_TEMPLATE)
+        .tcp_app()
+        .policies(&format!(
+            "{allow_bar}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: foo}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+        ))
+        .start()
+        .unwrap();
+    for _ in 0..2 {
+        let o = client::tcp_echo(strict.port, b"ping-plain\n", WAIT).unwrap();
+        assert_eq!(o, TcpOutcome::Reset);
+    }
+    assert_eq!(
+        strict
+            .envoy
+            .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+            .unwrap(),
+        2
+    );
+    let bar = strict.pki.client("foo", "bar").unwrap();
+    let (o, e) = client::tls_tcp_echo(strict.port, &strict.pki, &bar, b"ping\n", WAIT).unwrap();
+    assert_eq!(o, TcpOutcome::Echoed, "{e}");
+    let x = strict.pki.client("other", "x").unwrap();
+    let (o, e) = client::tls_tcp_echo(strict.port, &strict.pki, &x, b"ping\n", WAIT).unwrap();
+    assert_ne!(o, TcpOutcome::Echoed, "{e}");
+    // One access-log entry per connection that reached the TCP proxy, with the module's decision.
+    let deadline = std::time::Instant::now() + WAIT;
+    let entries = loop {
+        let e = meshauthz_e2e::access_log::json_lines(&strict.access_log);
+        let mtls: Vec<_> = e.into_iter().filter(|v| v["chain"] == "mtls").collect();
+        if mtls.len() >= 2 || std::time::Instant::now() > deadline {
+            break mtls;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let decision_of = |peer: &str| {
+        entries
+            .iter()
+            .find(|v| v["peer"] == peer)
+            .map(|v| v["decision"].as_str().unwrap_or("").to_string())
+    };
+    let allowed = decision_of("spiffe://cluster.local/ns/foo/sa/bar").unwrap_or_default();
+    assert!(allowed.starts_with("allow "), "{entries:#?}");
+    let denied = decision_of("spiffe://cluster.local/ns/other/sa/x").unwrap_or_default();
+    assert!(denied.starts_with("deny "), "{entries:#?}");
+
+    let permissive = Sidecar::builder("tcp-permissive")
+        .template(TCP_TEMPLATE)
+        .tcp_app()
+        .policies(allow_bar)
+        .start()
+        .unwrap();
+    let o = client::tcp_echo(permissive.port, b"ping-plain\n", WAIT).unwrap();
+    assert!(
+        matches!(o, TcpOutcome::Closed(ref got) if !got.contains("ping-plain"))
+            || o == TcpOutcome::Reset,
+        "plaintext denied by the L4 ALLOW: {o:?}"
+    );
+    assert_eq!(
+        permissive
+            .envoy
+            .wait_stat_at_least(&plaintext_stat("other", "accepted"), 1, WAIT)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        permissive
+            .envoy
+            .stat_or_zero(&plaintext_stat("other", "rejected"))
+            .unwrap(),
+        0
+    );
+    let bar = permissive.pki.client("foo", "bar").unwrap();
+    let (o, e) =
+        client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();
+    assert_eq!(o, TcpOutcome::Echoed, "{e}");
 }

@@ -59,6 +59,9 @@ const ACCESS_LOG_HINT: [&str; 4] = [
     "access_log_hint",
 ];
 
+/// The dynamic-metadata namespace Envoy's JWT filter writes (`payload_in_metadata: payload`).
+const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+
 /// The body Istio's (Envoy RBAC's) 403 carries.
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
 
@@ -503,6 +506,22 @@ fn evaluate(
     } else {
         None
     };
+    // Dynamic metadata: the JWT payload Envoy's jwt_authn filter verified, and
+    // `experimental.envoy.filters.*` conditions. Never a request header.
+    let metadata = if (http && req.jwt) || !req.dynamic_metadata.is_empty() {
+        host.property(&["metadata"])
+            .and_then(|b| crate::proto::decode_metadata(&b))
+    } else {
+        None
+    };
+    let jwt = if http && req.jwt {
+        metadata
+            .as_ref()
+            .and_then(|m| m.get(JWT_AUTHN))
+            .and_then(|f| f.get("payload"))
+    } else {
+        None
+    };
     let pairs: Vec<(&str, &str)> = f
         .headers
         .iter()
@@ -516,13 +535,13 @@ fn evaluate(
         destination_ip,
         destination_port: t.port,
         sni: f.sni.as_deref(),
-        dynamic_metadata: None,
+        dynamic_metadata: metadata.as_ref(),
         http: http.then(|| HttpAttributes {
             host: f.host.as_deref(),
             method: f.method.as_deref(),
             path: f.path.as_deref(),
             headers: &pairs,
-            jwt: None,
+            jwt,
         }),
     };
     authz.check(protocol, &attrs)

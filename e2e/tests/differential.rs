@@ -28,7 +28,8 @@ const EXPECTED_DIFFERENCES: &[(&str, &str, &str)] = &[];
 const MAX_PROBES: usize = 2500;
 
 fn run_chain(chain: Chain) -> Vec<Run> {
-    let (goldens, skipped) = golden::discover().unwrap();
+    let (mut goldens, skipped) = golden::discover().unwrap();
+    goldens.extend(diff::projection::projections().unwrap());
     for s in &skipped {
         eprintln!("differential: skipped {}: {}", s.name, s.reason);
     }
@@ -50,6 +51,17 @@ fn run_chain(chain: Chain) -> Vec<Run> {
         );
         for s in &run.skipped {
             eprintln!("differential:   not exercised: {s}");
+        }
+        if std::env::var_os("MESHAUTHZ_DIFF_VERBOSE").is_some() {
+            for r in &run.records {
+                eprintln!(
+                    "differential:   {} -> engine {} ({}), Envoy {}",
+                    r.describe(),
+                    if r.expected.allowed { "allow" } else { "deny" },
+                    r.expected.cause,
+                    r.observed.what
+                );
+            }
         }
         runs.push(run);
     }
@@ -91,11 +103,66 @@ fn assert_agreement(runs: &[Run], min_goldens: usize) {
 #[test]
 fn http_goldens_agree_with_envoy_rbac() {
     let runs = run_chain(Chain::Http);
-    assert_agreement(&runs, 17);
+    // 17 goldens and 18 projections of allow-full-rule.
+    assert_agreement(&runs, 17 + 18);
 }
 
 #[test]
 fn tcp_goldens_agree_with_envoy_rbac() {
     let runs = run_chain(Chain::Tcp);
     assert_agreement(&runs, 5);
+}
+
+/// The comparison can fail: a deliberately wrong expectation on one known request is reported
+/// (and only that one), and an engine fed other policies than Envoy's disagrees on every request.
+#[test]
+fn self_check_detects_wrong_expectations() {
+    let golden = golden::by_name("http/deny-and-allow").unwrap();
+    let mut run = diff::run(&golden, None).unwrap();
+    assert!(
+        run.disagreements().is_empty(),
+        "{}",
+        run.disagreements().join("\n")
+    );
+    // The request from spiffe://allow is the one the ALLOW policy admits on both sides.
+    let known = run
+        .records
+        .iter_mut()
+        .find(|r| {
+            matches!(&r.probe.peer, meshauthz_e2e::differential::probe::Peer::Mtls { identity, .. }
+                if identity == "spiffe://allow")
+                && r.probe
+                    .http
+                    .as_ref()
+                    .is_some_and(|h| h.path == "/diff-neutral")
+        })
+        .expect("a probe from spiffe://allow");
+    assert_eq!(known.observed.allowed, Some(true), "{known:?}");
+    assert!(known.expected.allowed, "{known:?}");
+    known.expected.allowed = false;
+    known.expected.cause = "deliberately wrong".into();
+    let lines = run.disagreements();
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].contains("spiffe://allow")
+            && lines[0].contains("engine DENIES (deliberately wrong), Envoy ALLOWS"),
+        "{}",
+        lines[0]
+    );
+
+    // Envoy denies everything (allow-nil-rule: an ALLOW policy without rules); the engine is
+    // given allow-empty-rule's policy (allow everything): every request must disagree.
+    let deny_all = golden::by_name("http/allow-nil-rule").unwrap();
+    let allow_all = golden::by_name("http/allow-empty-rule").unwrap();
+    let run = diff::run(&deny_all, Some(&allow_all.input)).unwrap();
+    assert!(!run.records.is_empty());
+    let lines = run.disagreements();
+    assert_eq!(lines.len(), run.records.len(), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("engine ALLOWS") && l.contains("Envoy DENIES")),
+        "{}",
+        lines.join("\n")
+    );
 }

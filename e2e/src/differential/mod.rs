@@ -16,6 +16,7 @@ pub mod compare;
 pub mod golden;
 pub mod ports;
 pub mod probe;
+pub mod projection;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};

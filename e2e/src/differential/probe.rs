@@ -578,7 +578,7 @@ fn path_variants(n: &Named, skipped: &mut BTreeSet<String>) -> Vec<Variant> {
                 "template: {*} empty (miss)",
                 false,
             ),
-            v(format!("{t1}x"), "template + x (miss)", false),
+            v(format!("{t1}x"), "template + x", false),
             v(format!("{t1}?q=1"), "template with a query", true),
         ];
     }

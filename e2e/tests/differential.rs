@@ -165,4 +165,39 @@ fn self_check_detects_wrong_expectations() {
         "{}",
         lines.join("\n")
     );
+
+    // The audit hint and the dry-run shadow result are compared too.
+    let mut run = diff::run(&golden::by_name("http/audit-full-rule").unwrap(), None).unwrap();
+    assert!(
+        run.disagreements().is_empty(),
+        "{}",
+        run.disagreements().join("\n")
+    );
+    let first = &mut run.records[0];
+    assert_eq!(first.observed.hint, Some(true), "{first:?}");
+    first.expected.hint = Some(false);
+    let lines = run.disagreements();
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].contains("access_log_hint: engine Some(false), Envoy Some(true)"),
+        "{}",
+        lines[0]
+    );
+
+    let mut run = diff::run(&golden::by_name("http/dry-run-mix").unwrap(), None).unwrap();
+    assert!(
+        run.disagreements().is_empty(),
+        "{}",
+        run.disagreements().join("\n")
+    );
+    let first = &mut run.records[0];
+    assert!(first.observed.shadow[0].is_some(), "{first:?}");
+    first.expected.shadow[0] = None;
+    let lines = run.disagreements();
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].contains("istio_dry_run_allow_shadow: engine None"),
+        "{}",
+        lines[0]
+    );
 }

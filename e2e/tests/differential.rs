@@ -103,15 +103,15 @@ fn assert_agreement(runs: &[Run], min_goldens: usize) {
 #[test]
 fn http_goldens_agree_with_envoy_rbac() {
     let runs = run_chain(Chain::Http);
-    // 17 goldens, 18 projections of allow-full-rule, 2 of the trust-domain goldens.
-    assert_agreement(&runs, 17 + 18 + 2);
+    // 17 goldens, 18 + 4 projections of allow-full-rule, 2 of the trust-domain goldens.
+    assert_agreement(&runs, 17 + 22 + 2);
 }
 
 #[test]
 fn tcp_goldens_agree_with_envoy_rbac() {
     let runs = run_chain(Chain::Tcp);
-    // 5 goldens, 9 + 2 projections on a network RBAC filter.
-    assert_agreement(&runs, 5 + 9 + 2);
+    // 5 goldens, 9 + 2 + 2 projections on a network RBAC filter.
+    assert_agreement(&runs, 5 + 13);
 }
 
 /// The comparison can fail: a deliberately wrong expectation on one known request is reported

@@ -44,6 +44,8 @@ struct Spec {
     entry: usize,
     /// Also run it on a TCP chain (network RBAC): the field is not HTTP-only.
     tcp: bool,
+    /// The policy's action: `ALLOW` (RBAC default), `DENY`, or `AUDIT` (RBAC `LOG`).
+    action: &'static str,
     /// Build the rule from the kept values.
     rule: fn(Vec<String>) -> Value,
     /// Where the values are in the input rule (JSON pointer from the rule).
@@ -64,6 +66,7 @@ fn other_specs() -> Vec<(&'static str, usize, Vec<Spec>)> {
                 index: None,
                 entry: 1,
                 tcp: true,
+                action: "ALLOW",
                 values: "/from/1/source/principals",
                 rule: |v| json!({"from": [{"source": {"principals": v}}]}),
             }],
@@ -79,6 +82,7 @@ fn other_specs() -> Vec<(&'static str, usize, Vec<Spec>)> {
                 index: Some(1),
                 entry: 0,
                 tcp: true,
+                action: "ALLOW",
                 values: "/when/0/values",
                 rule: |v| json!({"when": [{"key": "source.principal", "values": v}]}),
             }],
@@ -86,15 +90,57 @@ fn other_specs() -> Vec<(&'static str, usize, Vec<Spec>)> {
     ]
 }
 
-/// `allow-full-rule` rule[1], one field at a time.
+/// `allow-full-rule` rule[1], one field at a time; a few again as DENY and AUDIT policies, so the
+/// actions meet matchers that discriminate.
 fn full_rule_specs() -> Vec<Spec> {
     vec![
+        Spec {
+            name: "hosts-AUDIT",
+            side: Side::Permission,
+            index: Some(0),
+            entry: 0,
+            tcp: false,
+            action: "AUDIT",
+            values: "/to/0/operation/hosts",
+            rule: |v| json!({"to": [{"operation": {"hosts": v}}]}),
+        },
+        Spec {
+            name: "paths-DENY",
+            side: Side::Permission,
+            index: Some(4),
+            entry: 0,
+            tcp: false,
+            action: "DENY",
+            values: "/to/0/operation/paths",
+            rule: |v| json!({"to": [{"operation": {"paths": v}}]}),
+        },
+        Spec {
+            name: "principals-DENY",
+            side: Side::Principal,
+            index: Some(0),
+            entry: 0,
+            tcp: true,
+            action: "DENY",
+            values: "/from/0/source/principals",
+            rule: |v| json!({"from": [{"source": {"principals": v}}]}),
+        },
+        Spec {
+            name: "namespaces-AUDIT",
+            side: Side::Principal,
+            index: Some(4),
+            entry: 0,
+            tcp: true,
+            action: "AUDIT",
+            values: "/from/0/source/namespaces",
+            rule: |v| json!({"from": [{"source": {"namespaces": v}}]}),
+        },
         Spec {
             name: "hosts",
             side: Side::Permission,
             index: Some(0),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/to/0/operation/hosts",
             rule: |v| json!({"to": [{"operation": {"hosts": v}}]}),
         },
@@ -104,6 +150,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(1),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/to/0/operation/notHosts",
             rule: |v| json!({"to": [{"operation": {"notHosts": v}}]}),
         },
@@ -113,6 +160,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(4),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/to/0/operation/paths",
             rule: |v| json!({"to": [{"operation": {"paths": v}}]}),
         },
@@ -122,6 +170,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(5),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/to/0/operation/notPaths",
             rule: |v| json!({"to": [{"operation": {"notPaths": v}}]}),
         },
@@ -131,6 +180,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(12),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/when/12/values",
             rule: |v| json!({"when": [{"key": "connection.sni", "values": v}]}),
         },
@@ -140,6 +190,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(13),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/when/12/notValues",
             rule: |v| json!({"when": [{"key": "connection.sni", "notValues": v}]}),
         },
@@ -149,6 +200,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(0),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/from/0/source/principals",
             rule: |v| json!({"from": [{"source": {"principals": v}}]}),
         },
@@ -158,6 +210,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(1),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/from/0/source/notPrincipals",
             rule: |v| json!({"from": [{"source": {"notPrincipals": v}}]}),
         },
@@ -167,6 +220,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(4),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/from/0/source/namespaces",
             rule: |v| json!({"from": [{"source": {"namespaces": v}}]}),
         },
@@ -176,6 +230,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(5),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/from/0/source/notNamespaces",
             rule: |v| json!({"from": [{"source": {"notNamespaces": v}}]}),
         },
@@ -185,6 +240,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(6),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/from/0/source/remoteIpBlocks",
             rule: |v| json!({"from": [{"source": {"remoteIpBlocks": v}}]}),
         },
@@ -194,6 +250,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(7),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/from/0/source/notRemoteIpBlocks",
             rule: |v| json!({"from": [{"source": {"notRemoteIpBlocks": v}}]}),
         },
@@ -203,6 +260,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(10),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/when/0/values",
             rule: |v| json!({"when": [{"key": "request.headers[X-header]", "values": v}]}),
         },
@@ -212,6 +270,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(11),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/when/0/notValues",
             rule: |v| json!({"when": [{"key": "request.headers[X-header]", "notValues": v}]}),
         },
@@ -221,6 +280,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(14),
             entry: 0,
             tcp: false,
+            action: "ALLOW",
             values: "/when/2/values",
             rule: |v| json!({"when": [{"key": "remote.ip", "values": v}]}),
         },
@@ -230,6 +290,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(16),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/when/3/values",
             rule: |v| json!({"when": [{"key": "source.namespace", "values": v}]}),
         },
@@ -239,6 +300,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(18),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/when/4/values",
             rule: |v| json!({"when": [{"key": "source.principal", "values": v}]}),
         },
@@ -248,6 +310,7 @@ fn full_rule_specs() -> Vec<Spec> {
             index: Some(19),
             entry: 0,
             tcp: true,
+            action: "ALLOW",
             values: "/when/4/notValues",
             rule: |v| json!({"when": [{"key": "source.principal", "notValues": v}]}),
         },
@@ -287,15 +350,30 @@ fn alternatives(conjunct: &mut Value) -> Option<&mut Vec<Value>> {
     }
 }
 
-fn rbac_filter(chain: Chain, policy_name: &str, side: Side, conjuncts: Vec<Value>) -> Value {
+fn rbac_filter(
+    chain: Chain,
+    action: &str,
+    policy_name: &str,
+    side: Side,
+    conjuncts: Vec<Value>,
+) -> Value {
     let any_perm = json!([{"andRules": {"rules": [{"any": true}]}}]);
     let any_id = json!([{"andIds": {"ids": [{"any": true}]}}]);
     let (permissions, principals) = match side {
         Side::Permission => (json!([{"andRules": {"rules": conjuncts}}]), any_id),
         Side::Principal => (any_perm, json!([{"andIds": {"ids": conjuncts}}])),
     };
-    let rules =
+    let mut rules =
         json!({"policies": {policy_name: {"permissions": permissions, "principals": principals}}});
+    // istiod: `action: DENY` / `action: LOG` (AUDIT); ALLOW is the default and left out.
+    let rbac_action = match action {
+        "DENY" => Some("DENY"),
+        "AUDIT" => Some("LOG"),
+        _ => None,
+    };
+    if let (Some(a), Some(obj)) = (rbac_action, rules.as_object_mut()) {
+        obj.insert("action".into(), json!(a));
+    }
     match chain {
         Chain::Http => json!({
             "name": "envoy.filters.http.rbac",
@@ -424,6 +502,7 @@ fn project(base: &str, rule_index: usize, specs: Vec<Spec>) -> Result<Vec<Golden
             "metadata": {"name": policy_name, "namespace": ns},
             "spec": {
                 "selector": {"matchLabels": {"app": "httpbin", "version": "v1"}},
+                "action": spec.action,
                 "rules": [(spec.rule)(kept)]
             }
         });
@@ -439,6 +518,7 @@ fn project(base: &str, rule_index: usize, specs: Vec<Spec>) -> Result<Vec<Golden
                 input: input.to_string(),
                 filters: vec![rbac_filter(
                     *chain,
+                    spec.action,
                     &format!("ns[{ns}]-policy[{policy_name}]-rule[0]"),
                     spec.side,
                     conjuncts.clone(),

@@ -139,12 +139,32 @@ impl Stage {
 }
 
 /// State shared by every root context of one VM (one per worker thread).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VmState {
     /// A `meshauthz_http_enforce` root was configured in this VM.
     pub http_enforce: Cell<bool>,
     /// A `meshauthz_net_enforce` root was configured in this VM.
     pub net_enforce: Cell<bool>,
+    /// The last valid configuration of each decide filter (plugin name and root id). An update (new plugin
+    /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
+    /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
+    last_good: RefCell<Vec<(String, Rc<Compiled>)>>,
+}
+
+impl VmState {
+    fn last_good(&self, root_id: &str) -> Option<Rc<Compiled>> {
+        self.last_good
+            .borrow()
+            .iter()
+            .find(|(id, _)| id == root_id)
+            .map(|(_, c)| Rc::clone(c))
+    }
+
+    fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
+        let mut all = self.last_good.borrow_mut();
+        all.retain(|(id, _)| id != root_id);
+        all.push((root_id.to_string(), Rc::clone(compiled)));
+    }
 }
 
 /// What a filter callback tells the host to do next.
@@ -264,6 +284,9 @@ impl Plugin {
                             &format!("{root_id}: configuration accepted (fetches: {n:?})"),
                         );
                         self.install(host, compiled);
+                        if let Some(c) = self.compiled() {
+                            self.vm.remember(&last_good_key(host, root_id), &c);
+                        }
                     }
                     Err(errors) => {
                         for e in &errors {
@@ -273,6 +296,15 @@ impl Plugin {
                             );
                         }
                         bump(host, self.metrics.borrow().config_refused);
+                        if self.compiled.borrow().is_none() {
+                            if let Some(previous) = self.vm.last_good(&last_good_key(host, root_id))
+                            {
+                                self.metrics
+                                    .borrow_mut()
+                                    .define_ports(host, &previous.named_ports);
+                                *self.compiled.borrow_mut() = Some(previous);
+                            }
+                        }
                         let what = if self.compiled.borrow().is_some() {
                             "the previous valid configuration stays in force"
                         } else {
@@ -292,6 +324,17 @@ impl Plugin {
     pub fn is_network(&self) -> bool {
         self.stage.get().is_some_and(Stage::is_network)
     }
+}
+
+/// Which earlier configuration a refused one may fall back to: the same filter (Envoy plugin
+/// `name`; Istio: `<namespace>.<WasmPlugin name>`) and stage. Two differently named filters in one
+/// VM never inherit each other's policies.
+fn last_good_key(host: &dyn Host, root_id: &str) -> String {
+    let name = host
+        .property(&["plugin_name"])
+        .and_then(decode_str)
+        .unwrap_or_default();
+    format!("{name}\u{0}{root_id}")
 }
 
 fn node_workload(host: &dyn Host) -> NodeWorkload {
@@ -669,16 +712,17 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
 /// can set `access_log_hint`). If it did not, the request is denied: an audit trail that silently
 /// disappears is a security failure too.
 fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> bool {
-    if host.property(&["filter_state", audit_key]).is_none() {
+    let Some(audit) = host.property(&["filter_state", audit_key]) else {
         return true;
-    }
-    if host.property(&ACCESS_LOG_HINT).is_some() {
-        return true;
-    }
-    plugin.log_error(
-        host,
-        "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
-    );
+    };
+    let problem = match host.property(&ACCESS_LOG_HINT).map(|b| decode_bool(&b)) {
+        None => "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
+        // An AUDIT rule matched, yet the companion did not see the flag: it ran before the
+        // decide stage (or matches another key).
+        Some(Some(false)) if audit == b"1" => "an AUDIT rule matched but envoy.common.access_log_hint is false: the RBAC LOG companion runs before meshauthz's decide stage or matches another key: denied",
+        Some(_) => return true,
+    };
+    plugin.log_error(host, problem);
     bump(host, plugin.metrics.borrow().fail_closed);
     false
 }

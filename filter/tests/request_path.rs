@@ -1217,3 +1217,70 @@ fn request_principal_comes_from_verified_jwt_metadata_only() {
         Flow::Stop
     );
 }
+
+#[test]
+fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
+    // Envoy gives a changed plugin configuration a new root context in the same VM.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "deny-admin", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let vm = Rc::new(VmState::default());
+    let host = FakeHost::default().mtls(true).header(":path", "/admin");
+    let old = Plugin::new(Rc::clone(&vm));
+    old.configure(&host, core::ROOT_HTTP, Some(doc));
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+
+    let updated = Plugin::new(Rc::clone(&vm));
+    updated.configure(
+        &host,
+        core::ROOT_HTTP,
+        Some(br#"{"policies": [{"kind": "AuthorizationPolicy", "spec": {"action": "NOPE"}}]}"#),
+    );
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("previous valid configuration stays in force")));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &updated, &enforce).1, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny ns[foo]-policy[deny-admin]-rule[0]")
+    );
+
+    // Another root id does not inherit it.
+    let net = Plugin::new(Rc::clone(&vm));
+    net.configure(&host, core::ROOT_NET, Some(b"{}"));
+    assert!(net.compiled().is_none());
+
+    // Nor does another filter (plugin name) with the same root id.
+    let other_host = FakeHost::default().with(&["plugin_name"], b"bar.other-plugin");
+    let other = Plugin::new(Rc::clone(&vm));
+    other.configure(&other_host, core::ROOT_HTTP, Some(b"{}"));
+    assert!(other.compiled().is_none());
+}
+
+#[test]
+fn a_log_companion_placed_before_the_decide_stage_is_caught() {
+    // The RBAC LOG filter ran first: it saw no flag and wrote `false`, although a rule matched.
+    let host = FakeHost::default().mtls(true).with(
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.common",
+            "access_log_hint",
+        ],
+        &[0],
+    );
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("runs before meshauthz's decide stage")));
+}

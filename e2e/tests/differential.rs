@@ -43,9 +43,14 @@ fn run_chain(chain: Chain) -> Vec<Run> {
             .filter(|r| r.observed.allowed == Some(true))
             .count();
         eprintln!(
-            "differential: {}: {} probes ({allowed} allowed by Envoy), {} listeners, {:?}",
+            "differential: {}: {} probes{} ({allowed} allowed by Envoy), {} listeners, {:?}",
             run.golden,
             run.records.len(),
+            if run.generated > run.records.len() {
+                format!(" (sampled from {})", run.generated)
+            } else {
+                String::new()
+            },
             run.listeners.len(),
             run.elapsed
         );

@@ -107,6 +107,8 @@ pub struct Run {
     pub skipped: BTreeSet<String>,
     pub listeners: Vec<Listener>,
     pub elapsed: Duration,
+    /// Probes generated before sampling (see [`probe::MAX_PROBES_PER_GOLDEN`]).
+    pub generated: usize,
 }
 
 impl Run {
@@ -305,6 +307,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
         skipped: values.skipped,
         listeners,
         elapsed: started.elapsed(),
+        generated: plan.generated,
     })
 }
 

@@ -729,6 +729,31 @@ pub struct Plan {
     pub probes: Vec<Probe>,
     /// Unique URI SANs of the client certificates the probes need.
     pub identities: Vec<String>,
+    /// How many probes were generated before sampling down to [`MAX_PROBES_PER_GOLDEN`].
+    pub generated: usize,
+}
+
+/// A golden with more probes than this is sampled evenly (the neutral request always kept): the
+/// big goldens (`allow-full-rule`, `single-policy`) are the ones whose rules can never match on the
+/// wire, and their fields are exercised one by one by the projections instead.
+pub const MAX_PROBES_PER_GOLDEN: usize = 150;
+
+/// Keep `max` probes spread evenly over `probes` (ids stay unique; the first is kept).
+fn sample(probes: Vec<Probe>, max: usize) -> Vec<Probe> {
+    let n = probes.len();
+    if n <= max || max == 0 {
+        return probes;
+    }
+    probes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            // Index i is kept when it starts a new bucket of n/max probes.
+            (i * max) / n != ((i + 1) * max) / n || *i == 0
+        })
+        .map(|(_, p)| p)
+        .take(max)
+        .collect()
 }
 
 struct Builder {
@@ -1048,8 +1073,10 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
         }
     }
 
+    let generated = b.probes.len();
+    let probes = sample(b.probes, MAX_PROBES_PER_GOLDEN);
     let mut identities: Vec<String> = Vec::new();
-    for p in &b.probes {
+    for p in &probes {
         if let Peer::Mtls { identity, .. } = &p.peer {
             if !identities.contains(identity) {
                 identities.push(identity.clone());
@@ -1057,8 +1084,9 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
         }
     }
     Plan {
-        probes: b.probes,
+        probes,
         identities,
+        generated,
     }
 }
 
@@ -1096,6 +1124,25 @@ mod tests {
             ]
         );
         assert_eq!(values(&affix_variants("*", "any")), vec![("any", true)]);
+    }
+
+    #[test]
+    fn sampling_spreads_and_bounds() {
+        let probes: Vec<Probe> = (0..10)
+            .map(|id| Probe {
+                id,
+                listener: 0,
+                peer: Peer::Plaintext,
+                http: None,
+                why: String::new(),
+            })
+            .collect();
+        let ids = |v: Vec<Probe>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(sample(probes.clone(), 20)).len(), 10);
+        let kept = ids(sample(probes.clone(), 4));
+        assert_eq!(kept.len(), 4, "{kept:?}");
+        assert_eq!(kept[0], 0);
+        assert!(kept.windows(2).all(|w| w[1] > w[0] + 1), "{kept:?}");
     }
 
     #[test]

@@ -66,7 +66,10 @@ pub fn remote_ip(probe: &Probe) -> IpAddr {
 pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expected, Decision) {
     let (principal, sni) = match &probe.peer {
         Peer::Plaintext => (None, None),
-        Peer::Mtls { identity, sni } => (Some(identity.as_str()), Some(sni.as_str())),
+        Peer::Mtls { identity, sni } => (
+            Some(identity.as_str()),
+            Some(sni.as_str()).filter(|s| !s.is_empty()),
+        ),
     };
     // Request headers as a wasm host sees them: pseudo-headers, then the sent ones, lower-case
     // names, repeated headers joined with ','.

@@ -60,6 +60,9 @@ impl Record {
         };
         let peer = match &self.probe.peer {
             Peer::Plaintext => "plaintext".to_string(),
+            Peer::Mtls { identity, sni } if sni.is_empty() => {
+                format!("mTLS as {identity} (no SNI)")
+            }
             Peer::Mtls { identity, sni } => format!("mTLS as {identity} (SNI {sni})"),
         };
         match &self.probe.http {
@@ -330,7 +333,7 @@ fn tcp_entry_matches(e: &Value, p: &Probe, port: u16, local: Option<u16>) -> boo
         }
         Peer::Mtls { identity, sni } => {
             log_str(e, "peer").as_deref() == Some(identity.as_str())
-                && log_str(e, "sni").as_deref() == Some(sni.as_str())
+                && log_str(e, "sni") == Some(sni.clone()).filter(|s| !s.is_empty())
         }
     }
 }
@@ -359,7 +362,7 @@ fn check_model(p: &Probe, port: u16, log: Option<&Value>, http: bool) -> Vec<Str
         Peer::Mtls { identity, sni } => {
             want("chain", Some("mtls".into()));
             want("peer", Some(identity.clone()));
-            want("sni", Some(sni.clone()));
+            want("sni", Some(sni.clone()).filter(|s| !s.is_empty()));
         }
     }
     if http {

@@ -27,7 +27,8 @@ pub struct Listener {
 pub enum Peer {
     /// No TLS: no principal, no SNI.
     Plaintext,
-    /// mTLS with a client certificate whose only URI SAN is `identity`, requesting `sni`.
+    /// mTLS with a client certificate whose only URI SAN is `identity`, requesting `sni` (none
+    /// when empty).
     Mtls { identity: String, sni: String },
 }
 
@@ -619,6 +620,11 @@ fn path_variants(n: &Named, skipped: &mut BTreeSet<String>) -> Vec<Variant> {
             true,
         ),
         v(format!("/{val}"), "double slash merges to exact", true),
+        v(
+            percent_encode_first_letter(val),
+            "a letter percent-encoded (decoded by normalization)",
+            true,
+        ),
     ];
     if val.contains('*') {
         out.push(v(
@@ -630,10 +636,35 @@ fn path_variants(n: &Named, skipped: &mut BTreeSet<String>) -> Vec<Variant> {
     out
 }
 
+/// `/exact` -> `/%65xact`: the first ASCII letter as `%XX` (an unreserved character, which
+/// `normalize_path` decodes).
+fn percent_encode_first_letter(path: &str) -> String {
+    let mut done = false;
+    path.chars()
+        .map(|c| {
+            if !done && c.is_ascii_alphabetic() {
+                done = true;
+                format!("%{:02X}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn header_variants(n: &Named) -> Vec<Variant> {
     let mut out = with_case_variants(affix_variants(&n.value, "anything"), false);
     if n.value == "*" {
         out.push(v("", "empty value for '*' (present)", true));
+    }
+    // The header twice: Envoy matches the values joined with ',' (the engine is handed them
+    // joined the same way, as a wasm host reads them).
+    if let Some(first) = out.iter().find(|x| x.matching).cloned() {
+        out.push(v(
+            format!("{}\u{1}other", first.value),
+            format!("{}, sent twice (second value 'other')", first.label),
+            false,
+        ));
     }
     out
 }
@@ -941,6 +972,18 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
                 .map(move |x| (format!("{} {:?}", n.field, n.value), x))
         })
         .collect();
+    if !snis.is_empty() {
+        // TLS without SNI: `connection.sni` is absent (positive matchers fail, negations hold).
+        b.push(
+            unnamed,
+            Peer::Mtls {
+                identity: NEUTRAL_IDENTITY.to_string(),
+                sni: String::new(),
+            },
+            base_http.clone(),
+            "connection.sni: TLS without SNI".to_string(),
+        );
+    }
     for (what, x) in &snis {
         let peer = Peer::Mtls {
             identity: NEUTRAL_IDENTITY.to_string(),
@@ -995,9 +1038,11 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
                 .map(|x| v(format!("{name}\u{0}{}", x.value), x.label, x.matching))
                 .collect();
             dims.push((format!("{} {:?}", n.field, n.value), vs, |r, _, x| {
-                if let Some((h, val)) = x.split_once('\u{0}') {
+                if let Some((h, vals)) = x.split_once('\u{0}') {
                     r.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(h));
-                    r.headers.push((h.to_string(), val.to_string()));
+                    for val in vals.split('\u{1}') {
+                        r.headers.push((h.to_string(), val.to_string()));
+                    }
                 }
             }));
         }
@@ -1019,7 +1064,7 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
             for x in variants {
                 let mut req = neutral.clone();
                 apply(&mut req, what, &x.value);
-                let shown = x.value.replace('\u{0}', ": ");
+                let shown = x.value.replace('\u{0}', ": ").replace('\u{1}', " + ");
                 b.push(
                     unnamed,
                     Peer::Plaintext,

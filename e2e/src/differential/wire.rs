@@ -90,10 +90,14 @@ pub fn send_http(
                         .arg("--cert")
                         .arg(&cert.cert)
                         .arg("--key")
-                        .arg(&cert.key)
-                        .arg("--resolve")
-                        .arg(format!("{sni}:{port}:127.0.0.1"));
-                    format!("https://{sni}:{port}{}", req.path)
+                        .arg(&cert.key);
+                    if sni.is_empty() {
+                        // An IP address in the URL: curl sends no SNI.
+                        format!("https://127.0.0.1:{port}{}", req.path)
+                    } else {
+                        cmd.arg("--resolve").arg(format!("{sni}:{port}:127.0.0.1"));
+                        format!("https://{sni}:{port}{}", req.path)
+                    }
                 }
             };
             cmd.arg(url);
@@ -171,11 +175,17 @@ pub fn send_tcp(
     }
 }
 
-/// mTLS echo through `openssl s_client` with the given SNI; the server certificate is not
+/// mTLS echo through `openssl s_client` with the given SNI (none when empty); the server certificate is not
 /// verified (what matters is the client certificate Envoy verifies).
 fn tls_echo(port: u16, sni: &str, cert: &CertFiles, payload: &[u8]) -> Result<TcpSeen> {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet", "-servername", sni])
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-quiet"]);
+    if sni.is_empty() {
+        cmd.arg("-noservername");
+    } else {
+        cmd.args(["-servername", sni]);
+    }
+    let mut child = cmd
         .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
         .arg("-cert")

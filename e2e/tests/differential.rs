@@ -4,12 +4,18 @@
 //! Per golden, a real Envoy 1.40 runs the generated RBAC filters; requests built from the
 //! policies' own values go through it; the engine evaluates the same requests from the golden's
 //! input policies; every disagreement (allowed/denied, which filter denied, AUDIT hint, dry-run
-//! shadow results) is reported in one failure message. Needs the Envoy binary, not the module.
+//! shadow results) is reported in one failure message per chain (HTTP, TCP). Needs the Envoy
+//! binary, not the module.
+//!
+//! Besides the goldens as written, projections (`differential::projection`) keep one field of a
+//! rule on both sides, because most golden rules can never match on the wire and would hide how
+//! each wildcard form is matched.
 //!
 //! Not exercised (absent on both sides, still compared): JWT-derived attributes (no jwt_authn),
 //! `experimental.envoy.filters.*` metadata, `source.ip`/`ipBlocks` and `destination.ip` other
-//! than 127.0.0.1, lower-case methods (Envoy's codec answers 400). `remote.ip`/`remoteIpBlocks`
-//! are exercised through `X-Forwarded-For`. See `meshauthz_e2e::differential`.
+//! than 127.0.0.1, methods Envoy's HTTP/1 codec refuses (lower-case or unknown: 400 before any
+//! filter). `remote.ip`/`remoteIpBlocks` are exercised through `X-Forwarded-For`. Ports the
+//! goldens name are rewritten to free loopback ports on both sides (`differential::ports`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,7 +27,9 @@ use meshauthz_e2e::differential::golden::{self, Chain};
 use meshauthz_e2e::differential::{self as diff, Run};
 
 /// Disagreements that are documented and expected, with the reason and its evidence:
-/// (golden, a substring of the disagreement line, reason). Empty: none is expected today.
+/// (golden, a substring of the disagreement line, reason). Empty: the goldens come from an Istio
+/// snapshot after the regex-quoting fix (istio-semantics.md §5), which the engine follows, so no
+/// quoting difference is expected; anything else found is a finding, not an expected difference.
 const EXPECTED_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
 /// Upper bound on requests per chain, so the test stays bounded as goldens are added.
@@ -99,7 +107,8 @@ fn assert_agreement(runs: &[Run], min_goldens: usize) {
     }
     assert!(
         unexpected.is_empty(),
-        "{} disagreement(s) between the engine and Envoy RBAC over {total} probes:\n{}",
+        "{} disagreement(s) between the engine and Envoy RBAC over {total} probes \
+         (MESHAUTHZ_DIFF_VERBOSE=1 lists every probe with both answers):\n{}",
         unexpected.len(),
         unexpected.join("\n")
     );

@@ -344,10 +344,16 @@ fn node_workload(host: &dyn Host) -> NodeWorkload {
             .or_else(|| host.property(&["node", "metadata", key]))
     };
     let namespace = meta("NAMESPACE").and_then(decode_str);
-    let labels = meta("LABELS")
-        .and_then(|b| decode_pairs(&b))
+    let raw_labels = meta("LABELS");
+    let labels = raw_labels
+        .as_deref()
+        .and_then(decode_pairs)
         .map(|pairs| pairs.into_iter().collect());
-    NodeWorkload { namespace, labels }
+    NodeWorkload {
+        namespace,
+        labels_unreadable: raw_labels.is_some() && labels.is_none(),
+        labels,
+    }
 }
 
 /// The outcome of a decide stage.

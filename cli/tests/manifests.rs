@@ -3,6 +3,13 @@
 //! validation) rejects them. The CRDs' CEL rules (`x-kubernetes-validations`) are not evaluated
 //! here; the engine's own validation covers the policy ones.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -12,6 +12,8 @@ use crate::error::{Diagnostic, ObjectRef};
 pub(crate) struct Decoder {
     pub(crate) object: Option<ObjectRef>,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Where a value could not be decoded and a placeholder (absent, default) stands for it.
+    bad_paths: Vec<FieldPath>,
 }
 
 impl Decoder {
@@ -19,10 +21,19 @@ impl Decoder {
         Decoder {
             object,
             diagnostics: Vec::new(),
+            bad_paths: Vec::new(),
         }
     }
 
+    /// A value at `path` could not be decoded; a placeholder stands for it.
     pub(crate) fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.bad_paths.push(path.clone());
+        self.report(path, message);
+    }
+
+    /// A problem that leaves the decoded value as the input meant it (an unknown field is
+    /// ignored; what remains is what Istio would see).
+    fn report(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic::error(
             self.object.clone(),
             path.as_str(),
@@ -30,14 +41,9 @@ impl Decoder {
         ));
     }
 
-    /// Paths that had a decoding error: validation findings at or below them are noise (the
-    /// value there is a placeholder) and are dropped.
-    pub(crate) fn error_paths(&self) -> Vec<FieldPath> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.is_error())
-            .map(|d| FieldPath::root().field(&d.path))
-            .collect()
+    /// Paths where a placeholder stands for a value: validation findings about them are noise.
+    pub(crate) fn bad_paths(&self) -> &[FieldPath] {
+        &self.bad_paths
     }
 
     /// `value` as an object whose fields are all in `known`; unknown fields are errors with the
@@ -52,7 +58,7 @@ impl Decoder {
         for name in map.keys() {
             if !known.contains(&name.as_str()) {
                 let message = unknown_field_message(name, known);
-                self.error(&path.field(name), message);
+                self.report(&path.field(name), message);
             }
         }
         Some(map)
@@ -110,10 +116,12 @@ impl Decoder {
     pub(crate) fn string_list(&mut self, value: Option<&Value>, path: &FieldPath) -> Vec<String> {
         match value {
             None | Some(Value::Null) => Vec::new(),
+            // A bad item keeps its place (as an empty placeholder, its error stands for it) so
+            // that later findings name the right index.
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, item)| self.string(item, &path.index(i)))
+                .map(|(i, item)| self.string(item, &path.index(i)).unwrap_or_default())
                 .collect(),
             Some(Value::String(s)) => {
                 self.error(
@@ -250,25 +258,35 @@ pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
-/// Levenshtein distance.
+/// Edit distance counting insertions, deletions, substitutions and swaps of two adjacent
+/// characters (`form` is one edit from `from`): optimal string alignment.
 fn edit_distance(a: &[char], b: &[char]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.iter().enumerate() {
-        if let Some(first) = cur.first_mut() {
-            *first = i + 1;
-        }
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = prev.get(j).copied().unwrap_or(0) + usize::from(ca != cb);
-            let delete = prev.get(j + 1).copied().unwrap_or(0) + 1;
-            let insert = cur.get(j).copied().unwrap_or(0) + 1;
-            if let Some(slot) = cur.get_mut(j + 1) {
-                *slot = substitute.min(delete).min(insert);
+    let width = b.len() + 1;
+    // d[i * width + j]: distance between a[..i] and b[..j].
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    let at = |i: usize, j: usize| i * width + j;
+    let get = |d: &[usize], i: usize, j: usize| d.get(at(i, j)).copied().unwrap_or(usize::MAX / 2);
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            let value = if i == 0 || j == 0 {
+                i.max(j)
+            } else {
+                let (ca, cb) = (a.get(i - 1), b.get(j - 1));
+                let cost = usize::from(ca != cb);
+                let mut best = (get(&d, i - 1, j) + 1)
+                    .min(get(&d, i, j - 1) + 1)
+                    .min(get(&d, i - 1, j - 1) + cost);
+                if i > 1 && j > 1 && ca == b.get(j - 2) && a.get(i - 2) == cb {
+                    best = best.min(get(&d, i - 2, j - 2) + 1);
+                }
+                best
+            };
+            if let Some(slot) = d.get_mut(at(i, j)) {
+                *slot = value;
             }
         }
-        std::mem::swap(&mut prev, &mut cur);
     }
-    prev.last().copied().unwrap_or(0)
+    get(&d, a.len(), b.len())
 }
 
 #[cfg(test)]
@@ -294,5 +312,6 @@ mod tests {
         assert_eq!(edit_distance(&c("kitten"), &c("sitting")), 3);
         assert_eq!(edit_distance(&c(""), &c("abc")), 3);
         assert_eq!(edit_distance(&c("abc"), &c("abc")), 0);
+        assert_eq!(edit_distance(&c("form"), &c("from")), 1);
     }
 }

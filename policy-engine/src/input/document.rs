@@ -204,26 +204,35 @@ mod yaml {
 
     pub(super) fn parse(text: &str, diagnostics: &mut Vec<Diagnostic>) -> Vec<(usize, Value)> {
         let mut out = Vec::new();
+        let mut last_error: Option<String> = None;
         for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let n = i + 1;
             let path = format!("document {n}");
             let mut value = match Yaml::deserialize(document) {
                 Ok(v) => v,
                 Err(e) => {
-                    let at = e
-                        .location()
-                        .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                        .unwrap_or_default();
-                    let message = format!("cannot parse YAML: {e}{at}");
-                    diagnostics.push(Diagnostic::error(None, path, message));
-                    // After a syntax error the parser cannot find the next document reliably
-                    // (and keeps returning the same error).
-                    if e.location().is_some() {
+                    let text = e.to_string();
+                    // After a syntax error the parser cannot resynchronise: every later
+                    // "document" repeats the same error. (A duplicate key is not like that.)
+                    if last_error.as_deref() == Some(text.as_str()) {
                         break;
                     }
+                    let at = match e.location() {
+                        Some(l) if !text.contains(" line ") => {
+                            format!(" (line {}, column {})", l.line(), l.column())
+                        }
+                        _ => String::new(),
+                    };
+                    diagnostics.push(Diagnostic::error(
+                        None,
+                        path,
+                        format!("cannot parse YAML: {text}{at}"),
+                    ));
+                    last_error = Some(text);
                     continue;
                 }
             };
+            last_error = None;
             if let Err(e) = value.apply_merge() {
                 diagnostics.push(Diagnostic::error(
                     None,

@@ -53,13 +53,17 @@ pub(crate) fn decode(
         return meta;
     };
 
-    match dec.opt_string(map.get("name"), &path.field("name")) {
-        Some(name) if !name.is_empty() => meta.name = name,
-        Some(_) | None if map.get("name").is_some_and(|v| !v.is_string()) => {}
-        _ => dec.error(
-            &path.field("name"),
+    let name_path = path.field("name");
+    match map.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => meta.name = name.clone(),
+        None | Some(Value::Null) | Some(Value::String(_)) => dec.error(
+            &name_path,
             format!("Required value: name is required (object in {origin})"),
         ),
+        Some(other) => {
+            // Reports the type error.
+            dec.string(other, &name_path);
+        }
     }
     if let Some(ns) = dec.opt_string(map.get("namespace"), &path.field("namespace")) {
         if !ns.is_empty() {

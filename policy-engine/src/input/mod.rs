@@ -19,6 +19,9 @@ mod peer_authentication;
 mod timestamp;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 
 use serde_json::Value;
@@ -158,13 +161,9 @@ fn load_object(
         set.peer_authentications.push(policy);
     }
 
-    // A value that failed to decode was replaced by a placeholder: findings about it are noise.
-    let bad_paths = dec.error_paths();
+    let findings = findings.into_diagnostics(dec.bad_paths());
     diagnostics.append(&mut dec.diagnostics);
-    diagnostics.extend(findings.diagnostics.into_iter().filter(|d| {
-        let at = FieldPath::root().field(&d.path);
-        !bad_paths.iter().any(|bad| at.is_within(bad))
-    }));
+    diagnostics.extend(findings);
 
     if !object.name.is_empty() {
         if let Some(first) = seen.get(&object) {

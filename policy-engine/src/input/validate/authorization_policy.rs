@@ -14,6 +14,10 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
     let spec_path = FieldPath::root().field("spec");
     let rules_path = spec_path.field("rules");
 
+    // `rules: []` reaches Istio as a nil list (protobuf has no empty-vs-absent for repeated
+    // fields), so it is "without rules" too.
+    let no_rules = spec.rules.as_ref().is_none_or(Vec::is_empty);
+
     metadata::validate(f, &policy.meta, Some(spec.action));
     selector::target_refs(
         f,
@@ -25,14 +29,14 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
 
     if spec.action == Action::Custom {
         f.error(&spec_path.field("action"), CUSTOM_UNSUPPORTED);
-        if spec.rules.is_none() {
-            f.error(
+        if no_rules {
+            f.absent(
                 &spec_path,
                 "CUSTOM action without `rules` is meaningless as it will never be triggered, \
                  add an empty rule `{}` if you want it be triggered for every request",
             );
         } else if spec.provider.as_deref().unwrap_or("").is_empty() {
-            f.error(
+            f.absent(
                 &spec_path.field("provider").field("name"),
                 "`provider.name` must not be empty",
             );
@@ -48,8 +52,8 @@ pub(crate) fn validate(f: &mut Findings, policy: &AuthorizationPolicy) {
             ),
         );
     }
-    if spec.action == Action::Deny && spec.rules.is_none() {
-        f.error(
+    if spec.action == Action::Deny && no_rules {
+        f.absent(
             &spec_path,
             "DENY action without `rules` is meaningless as it will never be triggered, \
              add an empty rule `{}` if you want it be triggered for every request",
@@ -140,7 +144,61 @@ fn validate_rule(f: &mut Findings, rule: &Rule, i: usize, path: &FieldPath, acti
     if action == Action::Deny
         && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to))
     {
-        f.warning(path, DENY_HTTP_ONLY_WARNING);
+        f.absent_warning(path, DENY_HTTP_ONLY_WARNING);
+    }
+}
+
+/// What each value of a `source`/`operation` list must be.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Any non-empty string.
+    NonEmpty,
+    IpOrCidr,
+    ServiceAccount,
+    TrustDomain,
+    Port,
+    PathTemplate,
+}
+
+/// One list field: its name in the input, its name in Istio's messages (the Go field name), its
+/// values and what they must be.
+struct ListField<'a> {
+    field: &'static str,
+    go_name: &'static str,
+    values: &'a [String],
+    check: Check,
+}
+
+impl<'a> ListField<'a> {
+    fn new(field: &'static str, go_name: &'static str, values: &'a [String], check: Check) -> Self {
+        ListField {
+            field,
+            go_name,
+            values,
+            check,
+        }
+    }
+}
+
+fn check_lists(f: &mut Findings, lists: &[ListField<'_>], path: &FieldPath) {
+    for list in lists {
+        let list_path = path.field(list.field);
+        let name = list.go_name;
+        if matches!(list.check, Check::ServiceAccount) && list.values.len() > 16 {
+            // Also the CRD's `maxItems: 16`; Istio's message says the same.
+            f.error(&list_path, "may not have more than 16 values");
+        }
+        for (k, value) in list.values.iter().enumerate() {
+            let result = values::non_empty(name, value).and_then(|()| match list.check {
+                Check::NonEmpty => Ok(()),
+                Check::IpOrCidr => values::ip_or_cidr(value),
+                Check::ServiceAccount => values::service_account(name, value),
+                Check::TrustDomain => values::trust_domain(name, value),
+                Check::Port => values::port(value),
+                Check::PathTemplate => values::path_template(name, value),
+            });
+            f.check(&list_path.index(k), result);
+        }
     }
 }
 
@@ -155,66 +213,81 @@ fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> 
             format!("cannot set serviceAccounts with namespaces or principals, found at rule {i}"),
         );
     }
-    let lists: [(&str, &str, &Vec<String>); 14] = [
-        ("principals", "Principals", &s.principals),
-        ("notPrincipals", "NotPrincipals", &s.not_principals),
-        (
+    use Check::*;
+    let lists = [
+        ListField::new("principals", "Principals", &s.principals, NonEmpty),
+        ListField::new(
+            "notPrincipals",
+            "NotPrincipals",
+            &s.not_principals,
+            NonEmpty,
+        ),
+        ListField::new(
             "requestPrincipals",
             "RequestPrincipals",
             &s.request_principals,
+            NonEmpty,
         ),
-        (
+        ListField::new(
             "notRequestPrincipals",
             "NotRequestPrincipals",
             &s.not_request_principals,
+            NonEmpty,
         ),
-        ("namespaces", "Namespaces", &s.namespaces),
-        ("notNamespaces", "NotNamespaces", &s.not_namespaces),
-        ("serviceAccounts", "ServiceAccounts", &s.service_accounts),
-        (
+        ListField::new("namespaces", "Namespaces", &s.namespaces, NonEmpty),
+        ListField::new(
+            "notNamespaces",
+            "NotNamespaces",
+            &s.not_namespaces,
+            NonEmpty,
+        ),
+        ListField::new(
+            "serviceAccounts",
+            "ServiceAccounts",
+            &s.service_accounts,
+            ServiceAccount,
+        ),
+        ListField::new(
             "notServiceAccounts",
             "NotServiceAccounts",
             &s.not_service_accounts,
+            ServiceAccount,
         ),
-        ("trustDomains", "TrustDomains", &s.trust_domains),
-        ("notTrustDomains", "NotTrustDomains", &s.not_trust_domains),
-        ("ipBlocks", "IpBlocks", &s.ip_blocks),
-        ("notIpBlocks", "NotIpBlocks", &s.not_ip_blocks),
-        ("remoteIpBlocks", "RemoteIpBlocks", &s.remote_ip_blocks),
-        (
+        ListField::new(
+            "trustDomains",
+            "TrustDomains",
+            &s.trust_domains,
+            TrustDomain,
+        ),
+        ListField::new(
+            "notTrustDomains",
+            "NotTrustDomains",
+            &s.not_trust_domains,
+            TrustDomain,
+        ),
+        ListField::new("ipBlocks", "IpBlocks", &s.ip_blocks, IpOrCidr),
+        ListField::new("notIpBlocks", "NotIpBlocks", &s.not_ip_blocks, IpOrCidr),
+        ListField::new(
+            "remoteIpBlocks",
+            "RemoteIpBlocks",
+            &s.remote_ip_blocks,
+            IpOrCidr,
+        ),
+        ListField::new(
             "notRemoteIpBlocks",
             "NotRemoteIpBlocks",
             &s.not_remote_ip_blocks,
+            IpOrCidr,
         ),
     ];
-    if lists.iter().all(|(_, _, l)| l.is_empty()) {
-        f.error(
+    if lists.iter().all(|l| l.values.is_empty()) {
+        f.absent(
             path,
             format!("`from.source` must not be empty, found at rule {i}"),
         );
     }
-    for (field, name, list) in lists {
-        let list_path = path.field(field);
-        let is_sa = field.ends_with("erviceAccounts");
-        if is_sa {
-            // Also the CRD's `maxItems: 16`; Istio's message says it.
-            if list.len() > 16 {
-                f.error(&list_path, "may not have more than 16 values");
-            }
-        }
-        for (k, value) in list.iter().enumerate() {
-            let result = if is_sa {
-                values::service_account(name, value)
-            } else if field.ends_with("rustDomains") {
-                values::trust_domain(name, value)
-            } else if field.ends_with("pBlocks") {
-                values::non_empty(name, value).and_then(|()| values::ip_or_cidr(value))
-            } else {
-                values::non_empty(name, value)
-            };
-            f.check(&list_path.index(k), result);
-        }
-    }
+    check_lists(f, &lists, path);
+    // Istio's `tcpRulesInFrom` (without trustDomains, as in Istio).
     [
         &s.principals,
         &s.not_principals,
@@ -233,37 +306,24 @@ fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> 
 
 /// Checks `to[j].operation`; returns whether it has `ports`/`notPorts` (the TCP fields).
 fn validate_operation(f: &mut Findings, op: &Operation, i: usize, path: &FieldPath) -> bool {
-    let lists: [(&str, &str, &Vec<String>); 8] = [
-        ("ports", "Ports", &op.ports),
-        ("notPorts", "NotPorts", &op.not_ports),
-        ("methods", "Methods", &op.methods),
-        ("notMethods", "NotMethods", &op.not_methods),
-        ("paths", "Paths", &op.paths),
-        ("notPaths", "NotPaths", &op.not_paths),
-        ("hosts", "Hosts", &op.hosts),
-        ("notHosts", "NotHosts", &op.not_hosts),
+    use Check::*;
+    let lists = [
+        ListField::new("ports", "Ports", &op.ports, Port),
+        ListField::new("notPorts", "NotPorts", &op.not_ports, Port),
+        ListField::new("methods", "Methods", &op.methods, NonEmpty),
+        ListField::new("notMethods", "NotMethods", &op.not_methods, NonEmpty),
+        ListField::new("paths", "Paths", &op.paths, PathTemplate),
+        ListField::new("notPaths", "NotPaths", &op.not_paths, PathTemplate),
+        ListField::new("hosts", "Hosts", &op.hosts, NonEmpty),
+        ListField::new("notHosts", "NotHosts", &op.not_hosts, NonEmpty),
     ];
-    if lists.iter().all(|(_, _, l)| l.is_empty()) {
-        f.error(
+    if lists.iter().all(|l| l.values.is_empty()) {
+        f.absent(
             path,
             format!("`to.operation` must not be empty, found at rule {i}"),
         );
     }
-    for (field, name, list) in lists {
-        let list_path = path.field(field);
-        for (k, value) in list.iter().enumerate() {
-            let result = values::non_empty(name, value).and_then(|()| {
-                if field.ends_with("orts") {
-                    values::port(value)
-                } else if field.ends_with("aths") {
-                    values::path_template(name, value)
-                } else {
-                    Ok(())
-                }
-            });
-            f.check(&list_path.index(k), result);
-        }
-    }
+    check_lists(f, &lists, path);
     !op.ports.is_empty() || !op.not_ports.is_empty()
 }
 

@@ -112,11 +112,11 @@ fn map_key(key: &str, prefix: &str, nested: bool) -> Result<(), String> {
 pub(super) fn validate(f: &mut Findings, condition: &Condition, path: &FieldPath) {
     let key = condition.key.as_str();
     if key.is_empty() {
-        f.error(&path.field("key"), "`key` must not be empty");
+        f.absent(&path.field("key"), "`key` must not be empty");
         return;
     }
     if condition.values.is_empty() && condition.not_values.is_empty() {
-        f.error(
+        f.absent(
             path,
             format!("at least one of `values` or `notValues` must be set for key {key}"),
         );

@@ -26,31 +26,63 @@ use crate::error::{Diagnostic, ObjectRef};
 /// The findings about one object.
 pub(crate) struct Findings {
     object: ObjectRef,
-    pub(crate) diagnostics: Vec<Diagnostic>,
+    findings: Vec<Finding>,
+}
+
+struct Finding {
+    diagnostic: Diagnostic,
+    /// The finding is about something missing (`must not be empty`, `without rules`): when a
+    /// value inside `path` failed to decode, it is missing only because of that, and the
+    /// finding is noise.
+    about_absence: bool,
 }
 
 impl Findings {
     pub(crate) fn new(object: ObjectRef) -> Self {
         Findings {
             object,
-            diagnostics: Vec::new(),
+            findings: Vec::new(),
         }
     }
 
-    fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::error(
-            Some(self.object.clone()),
-            path.as_str(),
-            message,
-        ));
+    fn push(&mut self, diagnostic: Diagnostic, about_absence: bool) {
+        self.findings.push(Finding {
+            diagnostic,
+            about_absence,
+        });
     }
 
-    fn warning(&mut self, path: &FieldPath, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::warning(
-            Some(self.object.clone()),
-            path.as_str(),
-            message,
-        ));
+    fn error(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let d = Diagnostic::error(Some(self.object.clone()), path.as_str(), message);
+        self.push(d, false);
+    }
+
+    /// An error about something missing at `path` (see [`Finding::about_absence`]).
+    fn absent(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let d = Diagnostic::error(Some(self.object.clone()), path.as_str(), message);
+        self.push(d, true);
+    }
+
+    /// A warning about something missing at `path`.
+    fn absent_warning(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let d = Diagnostic::warning(Some(self.object.clone()), path.as_str(), message);
+        self.push(d, true);
+    }
+
+    /// The diagnostics, without those that only restate a decoding error at `bad_paths`: a
+    /// finding at or inside a value that failed to decode, or a finding about absence whose
+    /// path contains one.
+    pub(crate) fn into_diagnostics(self, bad_paths: &[FieldPath]) -> Vec<Diagnostic> {
+        self.findings
+            .into_iter()
+            .filter(|f| {
+                let at = FieldPath::root().field(&f.diagnostic.path);
+                !bad_paths
+                    .iter()
+                    .any(|bad| at.is_within(bad) || (f.about_absence && bad.is_within(&at)))
+            })
+            .map(|f| f.diagnostic)
+            .collect()
     }
 
     /// Reports `result`'s error at `path`.

@@ -20,7 +20,7 @@ pub(crate) fn validate(f: &mut Findings, policy: &PeerAuthentication) {
             );
         }
         if ports.is_empty() {
-            f.error(
+            f.absent(
                 &path,
                 "port level mTLS, if defined, must have at least one element",
             );

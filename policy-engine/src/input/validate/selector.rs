@@ -50,7 +50,7 @@ pub(super) fn workload_selector(f: &mut Findings, selector: Option<&WorkloadSele
         );
     }
     if selector.match_labels.is_empty() {
-        f.warning(&path, "workload selector specified without labels");
+        f.absent_warning(&path, "workload selector specified without labels");
     }
 }
 

@@ -1,0 +1,161 @@
+//! CEL conditions: the meshauthz extension for what Istio cannot express.
+//!
+//! A `when` condition with key [`CEL_CONDITION_KEY`] holds CEL expressions in `values` (the
+//! condition matches when any of them is true) or `notValues` (it matches when none is). They are
+//! compiled when the policies load and evaluated with Envoy's attribute names (see `CEL.md` for
+//! the user documentation).
+//!
+//! Compile once ([`compile`]): the expression is parsed, every identifier is checked against the
+//! attribute vocabulary ([`vars`]) and every call against the function list, known types are
+//! checked (a non-bool result is refused), and the tree is rewritten so that each attribute path
+//! is one flat variable. Evaluate many: only those variables are built from [`Attributes`], on a
+//! scope layered over a function registry built once per expression.
+
+mod compile;
+mod functions;
+mod syntax;
+mod vars;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+
+use cel_interpreter::extractors::This;
+use cel_interpreter::{Context, ExecutionError, Value};
+use cel_parser::ast::IdedExpr;
+
+use crate::attributes::{Attributes, Requirements};
+use compile::Special;
+use vars::VarKind;
+
+/// The `when.key` that marks a CEL condition.
+pub const CEL_CONDITION_KEY: &str = "meshauthz.io/cel";
+
+/// A compiled CEL expression.
+pub struct CelExpression {
+    source: String,
+    expr: IdedExpr,
+    vars: Vec<(String, VarKind)>,
+    requirements: Requirements,
+    http_only: bool,
+    /// Standard functions, ours, and this expression's compiled constants (regexes, CIDRs).
+    functions: Context<'static>,
+}
+
+impl fmt::Debug for CelExpression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CelExpression")
+            .field("source", &self.source)
+            .field(
+                "reads",
+                &self.vars.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("http_only", &self.http_only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an expression failed at run time.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("CEL evaluation failed: {0}")]
+pub struct CelError(pub String);
+
+impl CelExpression {
+    /// Compiles `source`; the error says what is wrong (syntax, unknown attribute, ...).
+    pub fn compile(source: &str) -> Result<CelExpression, String> {
+        let compiled = compile::compile(source)?;
+        let mut functions = functions::root_context();
+        for (i, special) in compiled.specials.into_iter().enumerate() {
+            let name = compile::special_name(i);
+            match special {
+                Special::Regex(re) => functions
+                    .add_function(&name, move |This(s): This<Arc<String>>| -> bool {
+                        re.is_match(&s)
+                    }),
+                Special::Cidr(net) => functions.add_function(
+                    &name,
+                    move |This(ip): This<Arc<String>>| -> Result<bool, ExecutionError> {
+                        functions::contains(&net, &ip)
+                    },
+                ),
+            }
+        }
+        Ok(CelExpression {
+            source: source.to_string(),
+            expr: compiled.expr,
+            vars: compiled.vars,
+            requirements: compiled.requirements,
+            http_only: compiled.http_only,
+            functions,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The expression reads request-level attributes (`request.*`), so on a TCP chain it behaves
+    /// like an HTTP-only field.
+    pub fn is_http_only(&self) -> bool {
+        self.http_only
+    }
+
+    /// Adds the attributes the expression reads.
+    pub fn add_requirements(&self, req: &mut Requirements) {
+        let mine = &self.requirements;
+        req.principal |= mine.principal;
+        req.mtls |= mine.mtls;
+        req.source_ip |= mine.source_ip;
+        req.remote_ip |= mine.remote_ip;
+        req.destination_ip |= mine.destination_ip;
+        req.destination_port |= mine.destination_port;
+        req.sni |= mine.sni;
+        req.host |= mine.host;
+        req.method |= mine.method;
+        req.path |= mine.path;
+        req.jwt |= mine.jwt;
+        req.all_headers |= mine.all_headers;
+        for header in &mine.headers {
+            req.add_header(header);
+        }
+    }
+
+    /// Evaluates to a boolean; a non-boolean result is an error.
+    pub fn evaluate(&self, attrs: &Attributes<'_>) -> Result<bool, CelError> {
+        let mut scope = self.functions.new_inner_scope();
+        for (name, kind) in &self.vars {
+            if let Some(value) = kind.value(attrs) {
+                scope.add_variable_from_value(name.as_str(), value);
+            }
+        }
+        match scope.resolve(&self.expr) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(CelError(format!(
+                "`{}` evaluated to a {}, not a bool",
+                self.source,
+                other.type_of()
+            ))),
+            Err(err) => Err(CelError(format!(
+                "`{}`: {}",
+                self.source,
+                self.describe(&err)
+            ))),
+        }
+    }
+
+    fn describe(&self, err: &ExecutionError) -> String {
+        if let ExecutionError::UndeclaredReference(name) = err {
+            if let Some((_, kind)) = self.vars.iter().find(|(n, _)| n == name.as_str()) {
+                return match kind {
+                    VarKind::Has(inner) => {
+                        format!("cannot test `{}`: its parent is absent", inner.display())
+                    }
+                    other => format!("attribute `{}` is absent", other.display()),
+                };
+            }
+        }
+        err.to_string()
+    }
+}

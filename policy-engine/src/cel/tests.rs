@@ -1,0 +1,831 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use super::*;
+use crate::attributes::HttpAttributes;
+
+const ADMIN: &str = "spiffe://cluster.local/ns/tenant-a/sa/admin";
+
+fn compile(src: &str) -> CelExpression {
+    CelExpression::compile(src).unwrap_or_else(|e| panic!("`{src}` should compile: {e}"))
+}
+
+fn compile_err(src: &str) -> String {
+    match CelExpression::compile(src) {
+        Ok(e) => panic!("`{src}` should not compile, got {e:?}"),
+        Err(e) => e,
+    }
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+/// An mTLS connection from `principal` at 10.1.2.3 to port 8443.
+fn mtls_conn(principal: &'static str) -> Attributes<'static> {
+    Attributes {
+        principal: Some(principal),
+        mtls: true,
+        source_ip: ip("10.1.2.3"),
+        remote_ip: ip("192.0.2.7"),
+        destination_ip: ip("10.9.9.9"),
+        destination_port: Some(8443),
+        sni: Some("api.example.com"),
+        dynamic_metadata: None,
+        http: None,
+    }
+}
+
+fn plaintext_conn() -> Attributes<'static> {
+    Attributes {
+        principal: None,
+        mtls: false,
+        ..mtls_conn(ADMIN)
+    }
+}
+
+fn with_http<'a>(conn: Attributes<'a>, http: HttpAttributes<'a>) -> Attributes<'a> {
+    Attributes {
+        http: Some(http),
+        ..conn
+    }
+}
+
+fn eval(src: &str, attrs: &Attributes<'_>) -> Result<bool, CelError> {
+    compile(src).evaluate(attrs)
+}
+
+// ---- compile errors ----
+
+#[test]
+fn syntax_error_has_position() {
+    assert_eq!(
+        compile_err("destination.port == "),
+        "syntax error at line 1, column 21: expected a value, found the end of the expression"
+    );
+    let err = compile_err("source.principal.endsWith('x'");
+    assert!(err.contains("syntax error"), "{err}");
+}
+
+/// Inputs on which cel-parser 0.10 itself panics (cel-rust issues #191, #194): a panic would trap
+/// the Wasm VM, so they must come back as errors.
+#[test]
+fn malformed_input_is_an_error_not_a_panic() {
+    for src in [
+        "1 +",
+        "(",
+        ")",
+        ".",
+        "/",
+        "a.",
+        "a[",
+        "[1,",
+        "{'a'",
+        "f(",
+        "a ? b",
+        "!",
+        "-",
+        "1 2",
+        "'unterminated",
+        "\"\\q\"",
+        "a..b",
+        "[,]",
+        "{:}",
+        "0x",
+        "1e",
+        "a || ",
+        "&& a",
+    ] {
+        let err = compile_err(src);
+        assert!(
+            err.starts_with("syntax error at line 1, column "),
+            "{src}: {err}"
+        );
+    }
+    assert_eq!(
+        compile_err("destination.port ==\n  && true"),
+        "syntax error at line 2, column 3: expected a value, found `&&`"
+    );
+}
+
+/// Random token soup: whatever the syntax check lets through must not make cel-parser panic.
+#[test]
+fn syntax_check_guards_the_parser() {
+    const PIECES: &[&str] = &[
+        "a",
+        "b.c",
+        "1",
+        "1u",
+        "2.5",
+        "'s'",
+        "r'x'",
+        "b'y'",
+        "true",
+        "null",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        "?",
+        ".",
+        ".x",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "!",
+        "==",
+        "<",
+        "&&",
+        "||",
+        " in ",
+        "f(",
+        "has(",
+        ".exists(x,",
+        ".?",
+        "[?",
+        "\\",
+        "\"",
+        " ",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let len = 1 + (next() % 8) as usize;
+        let src: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        if super::syntax::check(&src).is_ok() {
+            accepted += 1;
+            let parsed = std::panic::catch_unwind(|| cel_parser::Parser::new().parse(&src).is_ok());
+            assert_eq!(parsed.ok(), Some(true), "cel-parser on {src:?}");
+        }
+    }
+    assert!(
+        accepted > 100,
+        "only {accepted} random inputs were well-formed"
+    );
+}
+
+#[test]
+fn unknown_attribute_is_named_with_the_known_ones() {
+    let err = compile_err(r#"request.hedaers["x-tenant"] == "a""#);
+    assert!(
+        err.starts_with("unknown attribute `request.hedaers`; known: source.address,"),
+        "{err}"
+    );
+    assert!(err.contains("request.auth.claims"), "{err}");
+    let err = compile_err("sourc.principal == 'x'");
+    assert!(err.starts_with("unknown attribute `sourc`;"), "{err}");
+    let err = compile_err("request.auth == 'x'");
+    assert!(
+        err.starts_with("unknown attribute `request.auth`;"),
+        "{err}"
+    );
+    let err = compile_err("source.principal.name == 'x'");
+    assert_eq!(
+        err,
+        "`source.principal` is a string: it has no field `name`"
+    );
+    let err = compile_err("[1].exists(x, y > 0)");
+    assert!(err.starts_with("unknown attribute `y`;"), "{err}");
+}
+
+#[test]
+fn non_bool_result_is_refused() {
+    for (src, ty) in [
+        (r#""abc""#, "string"),
+        ("1 + 2", "int"),
+        ("source.principal", "string"),
+        ("destination.port", "int"),
+        ("request.headers", "map"),
+        ("null", "null"),
+        ("[true]", "list"),
+    ] {
+        assert_eq!(
+            compile_err(src),
+            format!("expression must evaluate to a bool, but it evaluates to {ty}"),
+            "{src}"
+        );
+    }
+}
+
+#[test]
+fn type_errors_the_compiler_can_see() {
+    assert_eq!(
+        compile_err("source.principal && true"),
+        "`&&` needs bool operands, got string"
+    );
+    assert_eq!(
+        compile_err("!destination.port"),
+        "`!` needs bool operands, got int"
+    );
+    assert_eq!(
+        compile_err("destination.port + 'x' == 1"),
+        "`+` is not defined for int and string"
+    );
+    assert!(compile_err("'abc'.all(c, true)").contains("cannot iterate over a string"));
+}
+
+#[test]
+fn unknown_function_and_bad_constants_are_refused() {
+    let err = compile_err("source.principal.endswith('/sa/admin')");
+    assert!(
+        err.starts_with("unknown function `endswith`; known: size,"),
+        "{err}"
+    );
+    let err = compile_err("ip_in_cidr(source.address, '10.0.0.0/33')");
+    assert!(err.contains("`10.0.0.0/33` is not a CIDR"), "{err}");
+    let err = compile_err("request.path.matches('[a-')");
+    assert!(err.starts_with("invalid regular expression `[a-`"), "{err}");
+    let err = compile_err("ip_in_cidr(source.address)");
+    assert!(err.contains("`ip_in_cidr` takes 2 argument(s)"), "{err}");
+    assert!(
+        compile_err("timestamp('2024-01-01T00:00:00Z') > timestamp('2023-01-01T00:00:00Z')")
+            .starts_with("unknown function `timestamp`")
+    );
+}
+
+#[test]
+fn limits_and_unsupported_syntax() {
+    assert_eq!(compile_err("  "), "empty expression");
+    let nested = |n: usize| format!("{}true{}", "(".repeat(n), ")".repeat(n));
+    assert!(compile_err(&nested(17)).contains("nests deeper than 16 levels"));
+    let chain = |n: usize| format!("{} == 1", vec!["1"; n].join(" + "));
+    assert!(compile_err(&chain(17)).contains("nests deeper than 16 levels"));
+    // At the limit it compiles. cel-parser's frames are many times larger in a debug build than
+    // in a release one (where 16 levels fit in 256 KiB), hence the thread with a large stack.
+    let at_limit = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || {
+            CelExpression::compile(&nested(15)).is_ok()
+                && CelExpression::compile(&chain(15)).is_ok()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(at_limit);
+    let long = vec!["destination.port == 1"; 300].join(" || ");
+    assert!(compile_err(&long).contains("the limit is 4096"));
+    assert_eq!(
+        compile_err("google.protobuf.Value{} == 1"),
+        "syntax error at line 1, column 22: expected an operator or the end of the expression, found `{`"
+    );
+    assert!(compile_err("source.?principal == 'a'").starts_with("syntax error"));
+}
+
+// ---- what is read ----
+
+#[test]
+fn requirements_list_only_what_is_read() {
+    let mut req = Requirements::default();
+    compile("destination.port == 8443 && source.principal.endsWith('/sa/admin')")
+        .add_requirements(&mut req);
+    assert_eq!(
+        req,
+        Requirements {
+            destination_port: true,
+            principal: true,
+            ..Requirements::default()
+        }
+    );
+
+    let mut req = Requirements::default();
+    compile(r#"request.headers["X-Tenant"] == source.namespace && has(request.headers.x_debug) && "x-b3" in request.headers && ip_in_cidr(source.remote_address, "10.0.0.0/8") && connection.mtls && connection.requested_server_name == "a" && destination.address == "::1""#)
+        .add_requirements(&mut req);
+    assert_eq!(req.headers, vec!["x-tenant", "x_debug", "x-b3"]);
+    assert!(!req.all_headers);
+    assert!(req.principal && req.remote_ip && req.mtls && req.sni && req.destination_ip);
+    assert!(!req.source_ip && !req.path && !req.jwt);
+
+    let mut req = Requirements::default();
+    compile("request.auth.claims.groups.exists(g, g == 'admins') && request.method == 'GET' && request.url_path.startsWith('/api') && request.host == 'a'")
+        .add_requirements(&mut req);
+    assert!(req.jwt && req.method && req.path && req.host);
+    assert!(req.headers.is_empty() && !req.all_headers);
+}
+
+#[test]
+fn non_constant_header_access_needs_all_headers() {
+    for src in [
+        "request.headers[source.namespace] == 'x'",
+        "size(request.headers) > 3",
+        "request.headers.exists(h, h.startsWith('x-'))",
+        "source.namespace in request.headers",
+    ] {
+        let mut req = Requirements::default();
+        compile(src).add_requirements(&mut req);
+        assert!(req.all_headers, "{src}");
+        assert!(req.headers.is_empty(), "{src}");
+    }
+}
+
+#[test]
+fn http_only_iff_request_attributes_are_read() {
+    assert!(!compile("destination.port == 8443 && connection.mtls").is_http_only());
+    assert!(!compile("has(source.principal)").is_http_only());
+    assert!(compile("destination.port == 8443 || request.method == 'GET'").is_http_only());
+    assert!(compile("has(request.auth.claims.sub)").is_http_only());
+    assert!(compile("'x-a' in request.headers").is_http_only());
+    // A macro variable named like an attribute root is not an attribute.
+    let e = compile("[1, 2].exists(request, request == 2)");
+    assert!(!e.is_http_only());
+    assert_eq!(e.evaluate(&plaintext_conn()), Ok(true));
+}
+
+// ---- evaluation ----
+
+#[test]
+fn tenant_header_must_equal_caller_namespace() {
+    let expr = compile(r#"request.headers["x-tenant"] == source.namespace"#);
+    let headers = [("x-tenant", "tenant-a")];
+    let ok = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            headers: &headers,
+            ..Default::default()
+        },
+    );
+    assert_eq!(expr.evaluate(&ok), Ok(true));
+
+    let other = [("x-tenant", "tenant-b")];
+    let wrong = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            headers: &other,
+            ..Default::default()
+        },
+    );
+    assert_eq!(expr.evaluate(&wrong), Ok(false));
+
+    // No header: an error (CEL's "no such key"), not a silent false or null.
+    let none = with_http(mtls_conn(ADMIN), HttpAttributes::default());
+    let err = expr.evaluate(&none).unwrap_err();
+    assert!(
+        err.0
+            .contains(r#"attribute `request.headers["x-tenant"]` is absent"#),
+        "{err}"
+    );
+
+    // Plaintext: no principal, so no namespace.
+    let plain = with_http(
+        plaintext_conn(),
+        HttpAttributes {
+            headers: &headers,
+            ..Default::default()
+        },
+    );
+    let err = expr.evaluate(&plain).unwrap_err();
+    assert!(
+        err.0.contains("attribute `source.namespace` is absent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn header_names_are_case_insensitive() {
+    let headers = [("x-tenant", "a")];
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            headers: &headers,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        eval(r#"request.headers["X-Tenant"] == "a""#, &attrs),
+        Ok(true)
+    );
+    assert_eq!(eval(r#""X-TENANT" in request.headers"#, &attrs), Ok(true));
+    assert_eq!(eval(r#"has(request.headers.x_other)"#, &attrs), Ok(false));
+    assert_eq!(
+        eval(r#"request.headers.exists(h, h == "x-tenant")"#, &attrs),
+        Ok(true)
+    );
+    assert_eq!(
+        eval(
+            r#"request.headers[source.namespace.startsWith("t") ? "x-tenant" : "y"] == "a""#,
+            &attrs
+        ),
+        Ok(true)
+    );
+}
+
+#[test]
+fn admin_on_8443_from_a_cidr() {
+    let expr = compile(
+        r#"destination.port == 8443 && source.principal.endsWith("/sa/admin") && ip_in_cidr(source.address, "10.0.0.0/8")"#,
+    );
+    assert_eq!(expr.evaluate(&mtls_conn(ADMIN)), Ok(true));
+    assert_eq!(
+        expr.evaluate(&mtls_conn("spiffe://cluster.local/ns/tenant-a/sa/web")),
+        Ok(false)
+    );
+    let other_port = Attributes {
+        destination_port: Some(443),
+        ..mtls_conn(ADMIN)
+    };
+    assert_eq!(expr.evaluate(&other_port), Ok(false));
+    let outside = Attributes {
+        source_ip: ip("172.16.0.1"),
+        ..mtls_conn(ADMIN)
+    };
+    assert_eq!(expr.evaluate(&outside), Ok(false));
+    // Plaintext on 8443: reading the principal fails.
+    assert!(expr.evaluate(&plaintext_conn()).is_err());
+    // Guarded with has(): false, no error.
+    let guarded = compile(
+        r#"destination.port == 8443 && has(source.principal) && source.principal.endsWith("/sa/admin")"#,
+    );
+    assert_eq!(guarded.evaluate(&plaintext_conn()), Ok(false));
+    assert_eq!(guarded.evaluate(&mtls_conn(ADMIN)), Ok(true));
+}
+
+#[test]
+fn ip_in_cidr_forms() {
+    let conn = mtls_conn(ADMIN);
+    assert_eq!(
+        eval("ip_in_cidr(source.address, '10.1.2.3')", &conn),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("ip_in_cidr(source.remote_address, '192.0.2.0/24')", &conn),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("ip_in_cidr(source.address, 'fd00::/8')", &conn),
+        Ok(false)
+    );
+    // The CIDR from an expression is parsed at run time.
+    assert_eq!(
+        eval("ip_in_cidr(source.address, '10.0.0.' + '0/8')", &conn),
+        Ok(true)
+    );
+    assert!(eval("ip_in_cidr(source.address, 'nope' + '')", &conn).is_err());
+    assert!(eval("ip_in_cidr(source.principal, '10.0.0.0/8')", &conn).is_err());
+    let mapped = Attributes {
+        source_ip: ip("::ffff:10.1.2.3"),
+        ..mtls_conn(ADMIN)
+    };
+    assert_eq!(
+        eval("ip_in_cidr(source.address, '10.0.0.0/8')", &mapped),
+        Ok(true)
+    );
+}
+
+#[test]
+fn source_identity_parts() {
+    let conn = mtls_conn(ADMIN);
+    assert_eq!(
+        eval(
+            "source.trust_domain == 'cluster.local' && source.namespace == 'tenant-a' && source.service_account == 'admin' && source.principal == 'spiffe://cluster.local/ns/tenant-a/sa/admin'",
+            &conn
+        ),
+        Ok(true)
+    );
+    // A principal that is not a SPIFFE workload identity has no namespace.
+    let dns = mtls_conn("client.example.com");
+    assert_eq!(
+        eval("has(source.principal) && !has(source.namespace)", &dns),
+        Ok(true)
+    );
+    assert!(eval("source.namespace == 'x'", &dns).is_err());
+}
+
+#[test]
+fn plaintext_has_no_principal() {
+    let plain = plaintext_conn();
+    assert_eq!(eval("has(source.principal)", &plain), Ok(false));
+    assert_eq!(eval("connection.mtls", &plain), Ok(false));
+    assert_eq!(
+        eval("!connection.mtls && destination.port == 8443", &plain),
+        Ok(true)
+    );
+    let err = eval("source.principal == ''", &plain).unwrap_err();
+    assert!(
+        err.0.contains("attribute `source.principal` is absent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn connection_and_destination_attributes() {
+    let conn = mtls_conn(ADMIN);
+    assert_eq!(
+        eval(
+            "destination.address == '10.9.9.9' && connection.requested_server_name == 'api.example.com' && source.address == '10.1.2.3'",
+            &conn
+        ),
+        Ok(true)
+    );
+    let no_sni = Attributes {
+        sni: None,
+        ..mtls_conn(ADMIN)
+    };
+    assert_eq!(
+        eval("has(connection.requested_server_name)", &no_sni),
+        Ok(false)
+    );
+}
+
+#[test]
+fn request_attributes() {
+    let headers = [("user-agent", "curl/8"), ("x-tenant", "a")];
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            host: Some("api.example.com:8443"),
+            method: Some("POST"),
+            path: Some("/api/%2e%2e/admin//users?x=1"),
+            headers: &headers,
+            jwt: None,
+        },
+    );
+    assert_eq!(eval("request.method == 'POST'", &attrs), Ok(true));
+    assert_eq!(eval("request.path == '/admin/users'", &attrs), Ok(true));
+    assert_eq!(eval("request.url_path == '/admin/users'", &attrs), Ok(true));
+    assert_eq!(eval("request.path.matches('^/admin/')", &attrs), Ok(true));
+    assert_eq!(eval("request.path.matches('^/api/')", &attrs), Ok(false));
+    assert_eq!(
+        eval("request.host == 'api.example.com:8443'", &attrs),
+        Ok(true)
+    );
+    assert_eq!(eval("size(request.headers) == 2", &attrs), Ok(true));
+    // No JWT: no claims.
+    assert_eq!(eval("has(request.auth.claims)", &attrs), Ok(false));
+    assert!(eval("request.auth.claims.sub == 'x'", &attrs).is_err());
+    assert!(eval("request.auth.principal == 'x'", &attrs).is_err());
+}
+
+#[test]
+fn request_attributes_on_tcp_are_errors() {
+    let conn = mtls_conn(ADMIN);
+    assert!(eval("request.method == 'GET'", &conn).is_err());
+    assert!(eval("has(request.headers)", &conn).is_err());
+    assert!(eval("has(request.headers.x_a)", &conn).is_err());
+}
+
+#[test]
+fn jwt_claims() {
+    let jwt = json!({
+        "iss": "https://idp.example.com",
+        "sub": "alice",
+        "groups": ["dev", "admins"],
+        "tier": 3,
+        "admin": "false",
+        "org": {"id": "acme", "plan": "gold"},
+    });
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            jwt: Some(&jwt),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        eval(
+            "request.auth.principal == 'https://idp.example.com/alice'",
+            &attrs
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("'admins' in request.auth.claims.groups", &attrs),
+        Ok(true)
+    );
+    assert_eq!(
+        eval(
+            "request.auth.claims.groups.exists(g, g == 'admins')",
+            &attrs
+        ),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("request.auth.claims.groups[0] == 'dev'", &attrs),
+        Ok(true)
+    );
+    assert!(eval("request.auth.claims.groups[5] == 'dev'", &attrs).is_err());
+    assert_eq!(eval("request.auth.claims.tier >= 3", &attrs), Ok(true));
+    assert_eq!(
+        eval(r#"request.auth.claims["org"]["plan"] == "gold""#, &attrs),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("request.auth.claims.org.id == 'acme'", &attrs),
+        Ok(true)
+    );
+    assert_eq!(eval("has(request.auth.claims.org.id)", &attrs), Ok(true));
+    assert_eq!(eval("has(request.auth.claims.email)", &attrs), Ok(false));
+    assert_eq!(eval("'email' in request.auth.claims", &attrs), Ok(false));
+    // has() below a claim that is missing (or not an object) is an error, as in CEL.
+    assert!(eval("has(request.auth.claims.missing.id)", &attrs).is_err());
+    let err = eval("request.auth.claims.email == 'a'", &attrs).unwrap_err();
+    assert!(
+        err.0
+            .contains(r#"attribute `request.auth.claims["email"]` is absent"#),
+        "{err}"
+    );
+    // A string claim is not a bool: an error, not "truthy".
+    let err = eval("request.auth.claims.admin", &attrs).unwrap_err();
+    assert!(err.0.contains("not a bool"), "{err}");
+    assert!(eval("request.auth.claims.admin || false", &attrs).is_err());
+    assert!(eval("!request.auth.claims.admin", &attrs).is_err());
+    // A macro over a claim that is not a list or map is an error, not a crash.
+    assert!(eval("request.auth.claims.sub.exists(c, c == 'a')", &attrs).is_err());
+    // A non-constant key reads the whole claim map.
+    assert_eq!(
+        eval(
+            "request.auth.claims[source.service_account == 'admin' ? 'sub' : 'iss'] == 'alice'",
+            &attrs
+        ),
+        Ok(true)
+    );
+}
+
+#[test]
+fn missing_map_key_and_bad_index_are_errors() {
+    let conn = mtls_conn(ADMIN);
+    assert!(eval("{'a': true}['b']", &conn).is_err());
+    assert_eq!(eval("{'a': true}['a']", &conn), Ok(true));
+    assert!(eval("[true][1]", &conn).is_err());
+    assert!(eval("[true][-1]", &conn).is_err());
+}
+
+#[test]
+fn standard_functions_and_macros() {
+    let conn = mtls_conn(ADMIN);
+    for src in [
+        "source.principal.startsWith('spiffe://') && source.principal.contains('/ns/')",
+        "size(source.service_account) == 5 && source.service_account.size() == 5",
+        "[8443, 9443].exists(p, p == destination.port)",
+        "[1, 2, 3].all(x, x > 0) && [1, 2, 3].exists_one(x, x == 2)",
+        "[1, 2, 3].map(x, x * 2) == [2, 4, 6] && [1, 2, 3].filter(x, x > 1) == [2, 3]",
+        "destination.port in [8443, 9443]",
+        "string(destination.port) == '8443' && int('8443') == destination.port",
+        "max(1, 5, 3) == 5 && min([4, 2]) == 2",
+        "source.namespace.matches('^tenant-[a-z]$')",
+        "source.namespace.matches('^tenant-' + '[a-z]$')",
+        "destination.port > 8000 ? true : false",
+    ] {
+        assert_eq!(eval(src, &conn), Ok(true), "{src}");
+    }
+}
+
+#[test]
+fn runtime_errors_are_errors() {
+    let conn = mtls_conn(ADMIN);
+    assert!(eval("destination.port / 0 == 1", &conn).is_err());
+    assert!(eval("source.namespace.matches('(' + '')", &conn).is_err());
+    assert!(eval("int(source.namespace) == 1", &conn).is_err());
+    let jwt = json!({"min": i64::MIN, "n": 5, "f": 1.5});
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            jwt: Some(&jwt),
+            ..Default::default()
+        },
+    );
+    assert!(eval("-request.auth.claims.min < 0", &attrs).is_err());
+    assert_eq!(eval("-request.auth.claims.n == -5", &attrs), Ok(true));
+    assert_eq!(eval("-request.auth.claims.f == -1.5", &attrs), Ok(true));
+    assert_eq!(eval("-destination.port == -8443", &attrs), Ok(true));
+    assert!(eval("-request.auth.claims.g == 1", &attrs).is_err());
+}
+
+#[test]
+fn compiled_expression_is_shareable_and_reusable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<CelExpression>();
+    let expr = compile("source.namespace == 'tenant-a'");
+    assert_eq!(expr.source(), "source.namespace == 'tenant-a'");
+    for _ in 0..3 {
+        assert_eq!(expr.evaluate(&mtls_conn(ADMIN)), Ok(true));
+        assert!(expr.evaluate(&plaintext_conn()).is_err());
+    }
+}
+
+/// Random expressions over the vocabulary: whatever compiles must evaluate without panicking (a
+/// panic traps the Wasm VM), to a bool or an error.
+#[test]
+fn compiled_expressions_never_panic() {
+    const PIECES: &[&str] = &[
+        "source.principal",
+        "source.namespace",
+        "destination.port",
+        "connection.mtls",
+        "request.headers",
+        "request.headers['x-a']",
+        "request.auth.claims",
+        "request.auth.claims.g",
+        "request.path",
+        "has(source.principal)",
+        "x",
+        "1",
+        "-1",
+        "0u",
+        "2.5",
+        "'s'",
+        "b'y'",
+        "true",
+        "null",
+        "[1, 'a']",
+        "{'k': 1}",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "+",
+        "-",
+        "*",
+        "/",
+        "%",
+        "!",
+        "==",
+        "<",
+        "&&",
+        "||",
+        " in ",
+        " ? ",
+        " : ",
+        "size(",
+        "int(",
+        "string(",
+        "max(",
+        ".size()",
+        ".exists(x, ",
+        ".all(x, ",
+        ".map(x, ",
+        ".filter(x, ",
+        ".exists_one(x, ",
+        ".startsWith(",
+        ".matches(",
+        "ip_in_cidr(",
+        "[0]",
+        "['k']",
+        ".k",
+    ];
+    let jwt = json!({"g": ["a", 1, {"k": true}], "n": 3, "s": "str", "o": {"k": [1]}});
+    let headers = [("x-a", "1"), ("x-b", "two")];
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            host: Some("h"),
+            method: Some("GET"),
+            path: Some("/p"),
+            headers: &headers,
+            jwt: Some(&jwt),
+        },
+    );
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut compiled, mut evaluated_ok) = (0, 0);
+    for _ in 0..30_000 {
+        let len = 1 + (next() % 7) as usize;
+        let src: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        let Ok(expr) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            CelExpression::compile(&src)
+        })) else {
+            panic!("compile panicked on {src:?}");
+        };
+        let Ok(expr) = expr else { continue };
+        compiled += 1;
+        for a in [&attrs, &plaintext_conn()] {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| expr.evaluate(a))) {
+                Ok(Ok(_)) => evaluated_ok += 1,
+                Ok(Err(_)) => {}
+                Err(_) => panic!("evaluation panicked on {src:?}"),
+            }
+        }
+    }
+    assert!(
+        compiled > 200 && evaluated_ok > 100,
+        "{compiled} compiled, {evaluated_ok} evaluated"
+    );
+}

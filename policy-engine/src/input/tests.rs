@@ -1,0 +1,491 @@
+//! Decoding tests: every field reaches the model, and the input shapes users have (multi-document
+//! YAML, `kind: List`, JSON text, JSON arrays). The validation messages are tested as data in
+//! `tests/validation/*.yaml`.
+
+// Most cases are YAML text; without the `yaml` feature only the JSON ones run.
+#![cfg_attr(not(feature = "yaml"), allow(unused_imports, dead_code))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::*;
+use crate::model::{
+    Action, Condition, MtlsMode, Operation, PolicyTargetReference, Rule, RuleFrom, RuleTo, Source,
+    Timestamp, WorkloadSelector,
+};
+
+fn load_ok(text: &str) -> PolicySet {
+    match load_str(text, &LoadOptions::default()) {
+        Ok((set, warnings)) => {
+            assert!(warnings.is_empty(), "unexpected warnings: {warnings}");
+            set
+        }
+        Err(d) => panic!("expected to load:\n{d}"),
+    }
+}
+
+fn load_err(text: &str) -> Diagnostics {
+    match load_str(text, &LoadOptions::default()) {
+        Ok((set, w)) => panic!("expected errors, loaded {set:?} {w}"),
+        Err(d) => d,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn every_authorization_policy_field_is_decoded() {
+    let set = load_ok(
+        r#"
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: full
+  namespace: foo
+  annotations: {istio.io/dry-run: "true", note: "x"}
+  creationTimestamp: "2024-05-01T12:00:00.25Z"
+spec:
+  selector: {matchLabels: {app: httpbin, version: v1}}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [p]
+        notPrincipals: [np]
+        requestPrincipals: [rp]
+        notRequestPrincipals: [nrp]
+        namespaces: [ns]
+        notNamespaces: [nns]
+        trustDomains: [td]
+        notTrustDomains: [ntd]
+        ipBlocks: [1.2.3.4]
+        notIpBlocks: [5.6.7.8]
+        remoteIpBlocks: [10.0.0.0/8]
+        notRemoteIpBlocks: [10.1.0.0/16]
+    - source:
+        serviceAccounts: [ns/sa]
+        notServiceAccounts: [other]
+    to:
+    - operation:
+        hosts: [h]
+        notHosts: [nh]
+        ports: ["80"]
+        notPorts: ["81"]
+        methods: [GET]
+        notMethods: [PUT]
+        paths: [/a]
+        notPaths: [/b]
+    when:
+    - key: request.headers[x-foo]
+      values: [v]
+      notValues: [nv]
+"#,
+    );
+    assert!(set.peer_authentications.is_empty());
+    let [ap] = set.authorization_policies.as_slice() else {
+        panic!("one policy expected")
+    };
+    assert_eq!(ap.api_version, "security.istio.io/v1beta1");
+    assert_eq!(ap.meta.name, "full");
+    assert_eq!(ap.meta.namespace, "foo");
+    assert_eq!(
+        ap.meta.annotations,
+        BTreeMap::from([
+            ("istio.io/dry-run".to_string(), "true".to_string()),
+            ("note".to_string(), "x".to_string())
+        ])
+    );
+    assert_eq!(
+        ap.meta.creation_timestamp,
+        Some(Timestamp {
+            seconds: 1_714_564_800,
+            nanos: 250_000_000
+        })
+    );
+    assert!(ap.dry_run());
+    assert_eq!(
+        ap.spec.selector,
+        Some(WorkloadSelector {
+            match_labels: BTreeMap::from([
+                ("app".to_string(), "httpbin".to_string()),
+                ("version".to_string(), "v1".to_string())
+            ])
+        })
+    );
+    assert_eq!(ap.spec.action, Action::Deny);
+    assert_eq!(ap.spec.provider, None);
+    let expected_rule = Rule {
+        from: Some(vec![
+            Some(RuleFrom {
+                source: Some(Source {
+                    principals: strings(&["p"]),
+                    not_principals: strings(&["np"]),
+                    request_principals: strings(&["rp"]),
+                    not_request_principals: strings(&["nrp"]),
+                    namespaces: strings(&["ns"]),
+                    not_namespaces: strings(&["nns"]),
+                    trust_domains: strings(&["td"]),
+                    not_trust_domains: strings(&["ntd"]),
+                    ip_blocks: strings(&["1.2.3.4"]),
+                    not_ip_blocks: strings(&["5.6.7.8"]),
+                    remote_ip_blocks: strings(&["10.0.0.0/8"]),
+                    not_remote_ip_blocks: strings(&["10.1.0.0/16"]),
+                    ..Source::default()
+                }),
+            }),
+            Some(RuleFrom {
+                source: Some(Source {
+                    service_accounts: strings(&["ns/sa"]),
+                    not_service_accounts: strings(&["other"]),
+                    ..Source::default()
+                }),
+            }),
+        ]),
+        to: Some(vec![Some(RuleTo {
+            operation: Some(Operation {
+                hosts: strings(&["h"]),
+                not_hosts: strings(&["nh"]),
+                ports: strings(&["80"]),
+                not_ports: strings(&["81"]),
+                methods: strings(&["GET"]),
+                not_methods: strings(&["PUT"]),
+                paths: strings(&["/a"]),
+                not_paths: strings(&["/b"]),
+            }),
+        })]),
+        when: Some(vec![Some(Condition {
+            key: "request.headers[x-foo]".to_string(),
+            values: strings(&["v"]),
+            not_values: strings(&["nv"]),
+        })]),
+    };
+    assert_eq!(ap.spec.rules, Some(vec![Some(expected_rule)]));
+}
+
+#[test]
+fn target_refs_and_provider_are_decoded() {
+    let (set, _) = load_value(
+        &json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "gw"},
+            "spec": {
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "g"}],
+                "rules": [{}]
+            }
+        }),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let ap = &set.authorization_policies[0];
+    assert_eq!(
+        ap.spec.target_refs,
+        vec![PolicyTargetReference {
+            group: "gateway.networking.k8s.io".to_string(),
+            kind: "Gateway".to_string(),
+            name: "g".to_string(),
+            namespace: String::new(),
+        }]
+    );
+    assert_eq!(ap.spec.target_ref, None);
+    assert_eq!(ap.spec.rules, Some(vec![Some(Rule::default())]));
+
+    // provider is kept for CUSTOM (which is then refused, but decoded first).
+    let mut dec = decode::Decoder::new(None);
+    let spec = authorization_policy::decode_spec(
+        &mut dec,
+        Some(
+            &json!({"action": "CUSTOM", "provider": {"name": "ext"}, "targetRef": {"kind": "Service", "name": "s"}}),
+        ),
+    );
+    assert!(dec.diagnostics.is_empty());
+    assert_eq!(spec.action, Action::Custom);
+    assert_eq!(spec.provider.as_deref(), Some("ext"));
+    assert_eq!(
+        spec.target_ref,
+        Some(PolicyTargetReference {
+            kind: "Service".to_string(),
+            name: "s".to_string(),
+            ..PolicyTargetReference::default()
+        })
+    );
+}
+
+#[test]
+fn nulls_and_empty_lists_are_kept_apart_from_absence() {
+    let mut dec = decode::Decoder::new(None);
+    let spec = authorization_policy::decode_spec(
+        &mut dec,
+        Some(&json!({"rules": [null, {"from": [], "to": [null, {}], "when": null}]})),
+    );
+    assert!(dec.diagnostics.is_empty());
+    assert_eq!(
+        spec.rules,
+        Some(vec![
+            None,
+            Some(Rule {
+                from: Some(vec![]),
+                to: Some(vec![None, Some(RuleTo { operation: None })]),
+                when: None,
+            })
+        ])
+    );
+    let spec = authorization_policy::decode_spec(&mut dec, Some(&json!({"rules": []})));
+    assert_eq!(spec.rules, Some(vec![]));
+    let spec = authorization_policy::decode_spec(&mut dec, Some(&json!({"rules": null})));
+    assert_eq!(spec.rules, None);
+    let spec = authorization_policy::decode_spec(&mut dec, Some(&json!({"selector": {}})));
+    assert_eq!(spec.selector, Some(WorkloadSelector::default()));
+    assert_eq!(spec.action, Action::Allow);
+    assert!(dec.diagnostics.is_empty());
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn peer_authentication_fields_and_integer_port_keys() {
+    let set = load_ok(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p, namespace: foo}
+spec:
+  selector: {matchLabels: {app: a}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    8080: {mode: STRICT}
+    "9090": {mode: DISABLE}
+    9091: {}
+    9092: null
+"#,
+    );
+    let pa = &set.peer_authentications[0];
+    assert_eq!(pa.meta.namespace, "foo");
+    assert_eq!(pa.spec.mtls, Some(MtlsMode::Permissive));
+    assert_eq!(
+        pa.spec.port_level_mtls,
+        Some(BTreeMap::from([
+            (8080, MtlsMode::Strict),
+            (9090, MtlsMode::Disable),
+            (9091, MtlsMode::Unset),
+            (9092, MtlsMode::Unset),
+        ]))
+    );
+
+    let mut dec = decode::Decoder::new(None);
+    let spec = peer_authentication::decode_spec(&mut dec, Some(&json!({"mtls": {}})));
+    assert_eq!(spec.mtls, Some(MtlsMode::Unset));
+    let spec = peer_authentication::decode_spec(&mut dec, None);
+    assert_eq!(spec, crate::model::PeerAuthenticationSpec::default());
+    assert!(dec.diagnostics.is_empty());
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn multi_document_yaml_keeps_input_order_and_default_namespace() {
+    let text = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: first}
+---
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: mesh, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: second, namespace: other}
+spec: {rules: [{}]}
+"#;
+    let opts = LoadOptions {
+        default_namespace: "team-a".to_string(),
+    };
+    let (set, warnings) = load_str(text, &opts).unwrap();
+    assert!(warnings.is_empty());
+    let names: Vec<_> = set
+        .authorization_policies
+        .iter()
+        .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
+        .collect();
+    assert_eq!(names, ["team-a/first", "other/second"]);
+    assert_eq!(set.peer_authentications[0].meta.namespace, "istio-system");
+}
+
+#[test]
+fn json_text_array_and_list() {
+    let policy = json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "a"},
+        "spec": {"rules": [{"to": [{"operation": {"ports": ["80"]}}]}]}
+    });
+    let pa = json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "p"},
+        "spec": {"mtls": {"mode": "STRICT"}}
+    });
+    // JSON text works with and without the `yaml` feature.
+    let set = load_ok(&serde_json::to_string_pretty(&policy).unwrap());
+    assert_eq!(set.authorization_policies.len(), 1);
+    let set = load_ok(&json!([policy, pa]).to_string());
+    assert_eq!(
+        (
+            set.authorization_policies.len(),
+            set.peer_authentications.len()
+        ),
+        (1, 1)
+    );
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [pa, policy]});
+    let set = load_ok(&list.to_string());
+    assert_eq!(
+        (
+            set.authorization_policies.len(),
+            set.peer_authentications.len()
+        ),
+        (1, 1)
+    );
+    let (set, _) = load_value(&list, &LoadOptions::default()).unwrap();
+    assert_eq!(set.peer_authentications[0].meta.name, "p");
+    // An API list kind (`AuthorizationPolicyList`) too.
+    let api_list = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicyList", "items": [policy]});
+    let (set, _) = load_value(&api_list, &LoadOptions::default()).unwrap();
+    assert_eq!(set.authorization_policies.len(), 1);
+    // Empty inputs load nothing.
+    assert_eq!(load_ok(""), PolicySet::default());
+    assert_eq!(load_ok("[]"), PolicySet::default());
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn all_errors_are_reported_at_once_with_paths() {
+    let d = load_err(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: ns}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: ["ok", 80, ""]
+        notNamespace: [x]
+      source2: {}
+    when:
+    - key: source.ip
+      values: ["1.2.3.4", "10.0.0.0/40"]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: p, namespace: ns}
+spec:
+  mtls: {mode: BLAH}
+"#,
+    );
+    let got: Vec<(String, String)> = d
+        .errors()
+        .map(|e| (e.object.as_ref().unwrap().to_string(), e.path.clone()))
+        .collect();
+    let want = [
+        (
+            "AuthorizationPolicy ns/a",
+            "spec.rules[0].from[0].source.principals[1]",
+        ),
+        (
+            "AuthorizationPolicy ns/a",
+            "spec.rules[0].from[0].source.notNamespace",
+        ),
+        ("AuthorizationPolicy ns/a", "spec.rules[0].from[0].source2"),
+        (
+            "AuthorizationPolicy ns/a",
+            "spec.rules[0].from[0].source.principals[2]",
+        ),
+        (
+            "AuthorizationPolicy ns/a",
+            "spec.rules[0].when[0].values[1]",
+        ),
+        ("PeerAuthentication ns/p", "spec.mtls.mode"),
+    ];
+    for (object, path) in want {
+        assert!(
+            got.contains(&(object.to_string(), path.to_string())),
+            "missing {object} {path} in:\n{d}"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{d}");
+    let text = d.to_string();
+    assert!(text.contains(
+        r#"error: AuthorizationPolicy ns/a: spec.rules[0].from[0].source.notNamespace: unknown field "notNamespace"; did you mean "notNamespaces"?"#
+    ), "{text}");
+    assert!(text.contains(
+        r#"spec.rules[0].from[0].source.principals[1]: expected a string, found number 80; quote it"#
+    ), "{text}");
+}
+
+#[test]
+fn input_with_any_error_is_refused_with_its_warnings() {
+    let input = json!([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "a"}, "spec": {"action": "DENY"}}
+    ]);
+    let d = load_value(&input, &LoadOptions::default()).unwrap_err();
+    assert_eq!(d.errors().count(), 1, "{d}");
+    assert_eq!(d.warnings().count(), 1, "{d}");
+    assert!(d
+        .warnings()
+        .all(|w| w.message.contains("skipping ConfigMap default/c")));
+}
+
+#[test]
+fn cel_conditions_are_compiled() {
+    // On this branch the compiler accepts everything; what matters here is that the values are
+    // handed to it and an empty one is refused at its exact path.
+    let input = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "a"},
+        "spec": {"rules": [{"when": [{"key": crate::cel::CEL_CONDITION_KEY, "values": ["true", ""]}]}]}});
+    let d = load_value(&input, &LoadOptions::default()).unwrap_err();
+    let e = d.errors().next().unwrap();
+    assert_eq!(e.path, "spec.rules[0].when[0].values[1]");
+    assert!(e
+        .message
+        .starts_with("invalid `value` for `key` meshauthz.io/cel: "));
+}
+
+#[test]
+fn cel_compile_errors_are_reported_at_the_value() {
+    // Whatever the CEL compiler says about a broken expression, the loader reports it verbatim
+    // at the value's path (on a branch where the compiler accepts everything, it must load).
+    let broken = "request.method == ";
+    let input = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "a"},
+        "spec": {"rules": [{"when": [{"key": crate::cel::CEL_CONDITION_KEY,
+                                        "values": ["true"], "notValues": [broken]}]}]}});
+    let result = load_value(&input, &LoadOptions::default());
+    match crate::cel::CelExpression::compile(broken) {
+        Ok(_) => assert!(result.is_ok(), "{:?}", result.err()),
+        Err(message) => {
+            let d = result.unwrap_err();
+            let [e] = d.0.as_slice() else {
+                panic!("one error expected: {d}")
+            };
+            assert_eq!(e.path, "spec.rules[0].when[0].notValues[0]");
+            assert_eq!(
+                e.message,
+                format!("invalid `notValue` for `key` meshauthz.io/cel: {message}")
+            );
+        }
+    }
+}

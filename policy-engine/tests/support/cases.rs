@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use policy_engine::{
-    load_str, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes, LoadOptions,
-    MeshConfig, MtlsMode, Protocol, RuleId, ShadowResult, Workload,
+    load_str, load_value, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes,
+    LoadOptions, MeshConfig, MtlsMode, Protocol, RuleId, ShadowResult, Workload,
 };
 use serde::Deserialize;
 
@@ -288,10 +288,71 @@ fn diagnostics_text(d: &Diagnostics) -> String {
         .join(" | ")
 }
 
+/// How the policies reach the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrontEnd {
+    /// `load_str` on the YAML/JSON text, as the CLI and users load files.
+    Text,
+    /// `load_value` on the documents as JSON values, as the proxy-wasm filter loads its
+    /// configuration.
+    Json,
+}
+
+/// The policy documents of `text` as one JSON array (YAML integer keys such as the ports of
+/// `portLevelMtls` become strings, as in JSON). `None` if the text is not YAML at all.
+fn documents_as_json(text: &str) -> Option<serde_json::Value> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(doc).ok()?;
+        if !value.is_null() {
+            docs.push(yaml_to_json(value));
+        }
+    }
+    Some(serde_json::Value::Array(docs))
+}
+
+fn yaml_to_json(v: serde_yaml_ng::Value) -> serde_json::Value {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => serde_json::Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(&n).unwrap_or(serde_json::Value::Null),
+        Y::String(s) => serde_json::Value::String(s),
+        Y::Sequence(items) => {
+            serde_json::Value::Array(items.into_iter().map(yaml_to_json).collect())
+        }
+        Y::Mapping(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s,
+                        other => serde_yaml_ng::to_string(&other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => yaml_to_json(t.value),
+    }
+}
+
 /// Loads and compiles what the case names: the engine and every warning, or every error.
-fn build(file: &CaseFile, case: &Case) -> Result<(Engine, Diagnostics), Diagnostics> {
+fn build(
+    file: &CaseFile,
+    case: &Case,
+    front_end: FrontEnd,
+) -> Result<(Engine, Diagnostics), Diagnostics> {
     let text = case.policies.as_deref().unwrap_or(&file.policies);
-    let (set, mut warnings) = load_str(text, &LoadOptions::default())?;
+    let (set, mut warnings) = match front_end {
+        FrontEnd::Text => load_str(text, &LoadOptions::default())?,
+        FrontEnd::Json => match documents_as_json(text) {
+            Some(docs) => load_value(&docs, &LoadOptions::default())?,
+            None => load_str(text, &LoadOptions::default())?,
+        },
+    };
     let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
     let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (engine, more) = Engine::compile(&set, &wl, &mesh)?;
@@ -299,8 +360,20 @@ fn build(file: &CaseFile, case: &Case) -> Result<(Engine, Diagnostics), Diagnost
     Ok((engine, warnings))
 }
 
-/// Runs one case; returns what did not match expectations (empty: passed).
+/// Runs one case twice, with the policies loaded from text (`load_str`) and as JSON values
+/// (`load_value`, the filter's path); returns what did not match expectations (empty: passed).
 pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
+    let mut problems = run_case_with(file, case, FrontEnd::Text);
+    for p in run_case_with(file, case, FrontEnd::Json) {
+        let p = format!("[policies as JSON values, load_value] {p}");
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    problems
+}
+
+fn run_case_with(file: &CaseFile, case: &Case, front_end: FrontEnd) -> Vec<String> {
     let mut problems = Vec::new();
     if case.expect.is_none()
         && case.expect_mtls.is_none()
@@ -313,7 +386,7 @@ pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
         );
         return problems;
     }
-    let built = build(file, case);
+    let built = build(file, case, front_end);
 
     if let Some(want) = &case.expect_load_error {
         if case.expect.is_some() || case.expect_mtls.is_some() {

@@ -345,7 +345,12 @@ fn plugin_config_value(
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
-    let config = plugin_config_value(&args.workload, &[], &args.files, false)?;
+    let mut config = plugin_config_value(&args.workload, &[], &args.files, false)?;
+    // meshauthz_net runs on the HTTP ports too (STRICT re-check, direct peer for ipBlocks); it
+    // must leave their authorization to meshauthz_http.
+    if let Some(o) = config.as_object_mut() {
+        o.insert("httpPorts".into(), serde_json::json!(args.http_ports));
+    }
     let attachment = render::Attachment {
         name: &args.name,
         namespace: &args.workload.namespace,

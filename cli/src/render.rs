@@ -53,6 +53,13 @@ pub fn rbac_log_companion(network: bool) -> Value {
             "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
         )
     };
+    // The network stage writes its own key: connection filter state is visible from the
+    // requests of that connection, so L4 and L7 flags must not share a name.
+    let key = if network {
+        "wasm.meshauthz_net_audit"
+    } else {
+        "wasm.meshauthz_audit"
+    };
     let mut config = json!({
         "@type": ty,
         "rules": {
@@ -60,7 +67,7 @@ pub fn rbac_log_companion(network: bool) -> Value {
             "policies": {
                 "meshauthz-audit": {
                     "permissions": [{"any": true}],
-                    "principals": [{"filter_state": {"key": "wasm.meshauthz_audit", "string_match": {"exact": "1"}}}]
+                    "principals": [{"filter_state": {"key": key, "string_match": {"exact": "1"}}}]
                 }
             }
         }

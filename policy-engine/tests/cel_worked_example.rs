@@ -171,3 +171,32 @@ fn bad_expression_is_refused_at_load_with_its_field() {
     assert!(err.contains("spec.rules[0].when[0].notValues[0]"), "{err}");
     assert!(err.contains("unknown attribute `request.hedaers`"), "{err}");
 }
+
+#[test]
+fn on_tcp_an_http_only_deny_condition_is_ignored_so_the_deny_applies() {
+    let e = engine(POLICIES);
+    let conn = Attributes {
+        http: None,
+        ..request(Some(ADMIN), &[])
+    };
+    let d = e.check(Protocol::Tcp, &conn);
+    assert!(!d.allowed);
+    assert_eq!(
+        denied_by(&e, d.cause).as_deref(),
+        Some("shop/tenant-isolation")
+    );
+    assert_eq!(d.cel_errors, 0);
+}
+
+#[test]
+fn on_tcp_a_connection_level_expression_still_decides() {
+    let allow_only = POLICIES.split("---").nth(1).unwrap();
+    let e = engine(allow_only);
+    let tcp = |principal| Attributes {
+        http: None,
+        ..request(principal, &[])
+    };
+    assert!(e.check(Protocol::Tcp, &tcp(Some(ADMIN))).allowed);
+    let web = "spiffe://cluster.local/ns/tenant-a/sa/web";
+    assert!(!e.check(Protocol::Tcp, &tcp(Some(web))).allowed);
+}

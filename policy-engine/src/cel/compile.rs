@@ -195,6 +195,10 @@ fn resolve_path(path: &[String]) -> Result<(VarKind, Ty), String> {
     }
 }
 
+fn bad_cidr(cidr: &str) -> String {
+    format!("`{cidr}` is not a CIDR (`10.0.0.0/8`) or an IP address")
+}
+
 /// The type of a macro variable, `None` when `name` is not one.
 fn lookup(scope: &[(String, Ty)], name: &str) -> Option<Ty> {
     scope
@@ -416,6 +420,28 @@ impl Compiler {
             }
         }
 
+        // `ip_in_cidr(<address attribute>, "<constant>")` is answered from the address itself, as
+        // one bool variable: no formatting of the address and parsing it back at each request.
+        if name == IP_IN_CIDR {
+            let operands = match (&call.target, call.args.as_slice()) {
+                (Some(ip), [cidr]) => Some((&**ip, cidr)),
+                (None, [ip, cidr]) => Some((ip, cidr)),
+                _ => None,
+            };
+            if let Some((ip, cidr)) = operands {
+                if let (Some(path), Expr::Literal(Val::String(cidr))) = (path_of(ip), &cidr.expr) {
+                    let free = path.first().is_some_and(|r| lookup(scope, r).is_none());
+                    if let (true, Ok((VarKind::Attr(attr), _))) = (free, resolve_path(&path)) {
+                        if attr.is_address() {
+                            let net = functions::parse_cidr(cidr).ok_or_else(|| bad_cidr(cidr))?;
+                            e.expr = Expr::Ident(self.var(VarKind::InCidr(attr, net)));
+                            return Ok(Ty::Bool);
+                        }
+                    }
+                }
+            }
+        }
+
         let is_operator = name.starts_with('_')
             || name.starts_with('@')
             || name == operators::LOGICAL_NOT
@@ -551,9 +577,7 @@ impl Compiler {
                 self.constant_special(call, |cidr| {
                     functions::parse_cidr(cidr)
                         .map(Special::Cidr)
-                        .ok_or_else(|| {
-                            format!("`{cidr}` is not a CIDR (`10.0.0.0/8`) or an IP address")
-                        })
+                        .ok_or_else(|| bad_cidr(cidr))
                 })?;
                 Ok(Ty::Bool)
             }

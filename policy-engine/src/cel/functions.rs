@@ -63,13 +63,17 @@ pub(super) fn contains(net: &IpNet, ip: &str) -> Result<bool, ExecutionError> {
     let addr: IpAddr = ip.parse().map_err(|_| {
         ExecutionError::function_error(IP_IN_CIDR, format!("`{ip}` is not an IP address"))
     })?;
+    Ok(contains_addr(net, addr))
+}
+
+pub(super) fn contains_addr(net: &IpNet, addr: IpAddr) -> bool {
     let addr = match addr {
         IpAddr::V6(v6) if net.network().is_ipv4() => {
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
         }
         other => other,
     };
-    Ok(net.contains(&addr))
+    net.contains(&addr)
 }
 
 fn ip_in_cidr(This(ip): This<Arc<String>>, cidr: Arc<String>) -> Result<bool, ExecutionError> {

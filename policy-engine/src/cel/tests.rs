@@ -73,6 +73,11 @@ fn syntax_error_has_position() {
     );
     let err = compile_err("source.principal.endsWith('x'");
     assert!(err.contains("syntax error"), "{err}");
+    // Well-formed but out of range: cel-parser's own message, with its position.
+    assert_eq!(
+        compile_err("destination.port == 9223372036854775808"),
+        "syntax error at line 1, column 21: invalid int literal"
+    );
 }
 
 /// Inputs on which cel-parser 0.10 itself panics (cel-rust issues #191, #194): a panic would trap
@@ -828,4 +833,36 @@ fn compiled_expressions_never_panic() {
         compiled > 200 && evaluated_ok > 100,
         "{compiled} compiled, {evaluated_ok} evaluated"
     );
+}
+
+#[test]
+fn ip_in_cidr_on_an_address_attribute_reads_only_that_address() {
+    let expr = compile("ip_in_cidr(source.address, '10.0.0.0/8') && !destination.address.ip_in_cidr('10.9.0.0/16')");
+    let mut req = Requirements::default();
+    expr.add_requirements(&mut req);
+    assert_eq!(
+        req,
+        Requirements {
+            source_ip: true,
+            destination_ip: true,
+            ..Requirements::default()
+        }
+    );
+    assert!(!expr.is_http_only());
+    assert_eq!(expr.evaluate(&mtls_conn(ADMIN)), Ok(false));
+    let elsewhere = Attributes {
+        destination_ip: ip("10.8.0.1"),
+        ..mtls_conn(ADMIN)
+    };
+    assert_eq!(expr.evaluate(&elsewhere), Ok(true));
+    let no_source = Attributes {
+        source_ip: None,
+        ..mtls_conn(ADMIN)
+    };
+    let err = expr.evaluate(&no_source).unwrap_err();
+    assert!(
+        err.0.contains("attribute `source.address` is absent"),
+        "{err}"
+    );
+    assert!(compile_err("ip_in_cidr(source.address, '300.0.0.0/8')").contains("is not a CIDR"));
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::Value;
+use ipnet::IpNet;
 
 use super::compile::Ty;
 use crate::attributes::{Attributes, Requirements};
@@ -81,6 +82,24 @@ impl Attr {
             Attr::ConnectionMtls => Ty::Bool,
             Attr::RequestHeaders | Attr::RequestAuthClaims => Ty::Map,
             _ => Ty::String,
+        }
+    }
+
+    /// `source.address`, `source.remote_address`, `destination.address`.
+    pub(super) fn is_address(self) -> bool {
+        matches!(
+            self,
+            Attr::SourceAddress | Attr::SourceRemoteAddress | Attr::DestinationAddress
+        )
+    }
+
+    /// The IP of an address attribute.
+    fn address(self, attrs: &Attributes<'_>) -> Option<IpAddr> {
+        match self {
+            Attr::SourceAddress => attrs.source_ip,
+            Attr::SourceRemoteAddress => attrs.remote_ip,
+            Attr::DestinationAddress => attrs.destination_ip,
+            _ => None,
         }
     }
 
@@ -166,6 +185,8 @@ pub(super) enum VarKind {
     Claim(Vec<String>),
     /// `has(<path>)`: defined (as a bool) when the path's parent exists.
     Has(Box<VarKind>),
+    /// `ip_in_cidr(<address attribute>, "<constant>")`: defined when the address is present.
+    InCidr(Attr, IpNet),
 }
 
 impl VarKind {
@@ -182,12 +203,16 @@ impl VarKind {
                 name
             }
             VarKind::Has(inner) => format!("has({})", inner.name()),
+            VarKind::InCidr(attr, net) => format!("ip_in_cidr({}, \"{net}\")", attr.name()),
         }
     }
 
-    /// The name a user would recognize in an error message (same as [`VarKind::name`] today).
+    /// The name a user would recognize in an error message.
     pub(super) fn display(&self) -> String {
-        self.name()
+        match self {
+            VarKind::InCidr(attr, _) => attr.name().to_string(),
+            other => other.name(),
+        }
     }
 
     pub(super) fn is_http(&self) -> bool {
@@ -195,6 +220,7 @@ impl VarKind {
             VarKind::Attr(a) => a.is_http(),
             VarKind::Header(_) | VarKind::Claim(_) => true,
             VarKind::Has(inner) => inner.is_http(),
+            VarKind::InCidr(attr, _) => attr.is_http(),
         }
     }
 
@@ -206,6 +232,7 @@ impl VarKind {
             // Whether the request has headers at all needs no header.
             VarKind::Has(inner) if **inner == VarKind::Attr(Attr::RequestHeaders) => {}
             VarKind::Has(inner) => inner.require(req),
+            VarKind::InCidr(attr, _) => attr.require(req),
         }
     }
 
@@ -216,6 +243,9 @@ impl VarKind {
             VarKind::Header(h) => attrs.http.as_ref()?.header(h).map(str_value),
             VarKind::Claim(path) => claim(attrs.http.as_ref()?.jwt?, path).map(json_value),
             VarKind::Has(inner) => inner.present(attrs).map(Value::Bool),
+            VarKind::InCidr(attr, net) => attr
+                .address(attrs)
+                .map(|ip| Value::Bool(super::functions::contains_addr(net, ip))),
         }
     }
 
@@ -233,7 +263,7 @@ impl VarKind {
                 let object = claim(attrs.http.as_ref()?.jwt?, parent)?.as_object()?;
                 Some(object.contains_key(last))
             }
-            VarKind::Has(_) => None,
+            VarKind::Has(_) | VarKind::InCidr(..) => None,
         }
     }
 }

@@ -1,0 +1,336 @@
+//! PeerAuthentication end to end: STRICT resets plaintext like Istio (curl exit 56), PERMISSIVE
+//! accepts both, port-level overrides and mesh/namespace precedence, and TCP ports.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use meshauthz_e2e::client::{self, Response, TcpOutcome, Transport, CURL_RECV_ERROR};
+use meshauthz_e2e::envoy::free_port;
+use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[track_caller]
+fn assert_ok(r: &Response) {
+    assert_eq!((r.exit, r.status), (0, 200), "expected 200, got {r:#?}");
+}
+
+#[track_caller]
+fn assert_reset(r: &Response) {
+    assert_eq!(
+        r.exit, CURL_RECV_ERROR,
+        "expected curl exit 56 (connection reset), got {r:#?}"
+    );
+    assert!(
+        r.stderr.contains("Connection reset by peer"),
+        "expected 'Connection reset by peer', got {r:#?}"
+    );
+}
+
+fn plaintext_stat(port: &str, outcome: &str) -> String {
+    format!("wasmcustom.meshauthz.plaintext.{port}.{outcome}")
+}
+
+/// Scenario 4a: STRICT resets plaintext while mTLS works.
+#[test]
+fn strict_resets_plaintext_and_accepts_mtls() {
+    let s = Sidecar::builder("strict")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec:
+  mtls: {mode: STRICT}
+"#,
+        )
+        .start()
+        .unwrap();
+    assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
+    assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
+    assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
+    assert_eq!(s.app.hits(), 1, "plaintext reached the application");
+    let rejected = s
+        .envoy
+        .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+        .unwrap();
+    assert_eq!(rejected, 2);
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat("other", "accepted"))
+            .unwrap(),
+        0
+    );
+}
+
+/// Scenario 4b: PERMISSIVE accepts both.
+#[test]
+fn permissive_accepts_both() {
+    let s = Sidecar::builder("permissive")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec:
+  mtls: {mode: PERMISSIVE}
+"#,
+        )
+        .start()
+        .unwrap();
+    assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
+    assert_ok(&s.get("/", Transport::Plaintext).send().unwrap());
+    assert_eq!(s.app.hits(), 2);
+    let accepted = s
+        .envoy
+        .wait_stat_at_least(&plaintext_stat("other", "accepted"), 1, WAIT)
+        .unwrap();
+    assert_eq!(accepted, 1);
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat("other", "rejected"))
+            .unwrap(),
+        0
+    );
+}
+
+/// Scenario 4c: `portLevelMtls` on one workload: the "8080" port PERMISSIVE, the "8000" port
+/// STRICT. The workload's two ports are two Envoy listeners from the same template and the same
+/// policies, each on its own allocated port (the policy names the real ports).
+#[test]
+fn port_level_mtls() {
+    let (p_permissive, p_strict) = (free_port().unwrap(), free_port().unwrap());
+    let policies = format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: echo-ports, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls:
+    {p_permissive}: {{mode: PERMISSIVE}}
+    {p_strict}: {{mode: STRICT}}
+"#
+    );
+    let a = Sidecar::builder("port-level-permissive")
+        .policies(&policies)
+        .inbound_port(p_permissive)
+        .start()
+        .unwrap();
+    let b = Sidecar::builder("port-level-strict")
+        .policies(&policies)
+        .inbound_port(p_strict)
+        .start()
+        .unwrap();
+    for s in [&a, &b] {
+        assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
+    }
+    assert_ok(&a.get("/", Transport::Plaintext).send().unwrap());
+    assert_reset(&b.get("/", Transport::Plaintext).send().unwrap());
+    let (ps, pp) = (p_strict.to_string(), p_permissive.to_string());
+    assert_eq!(
+        a.envoy
+            .wait_stat_at_least(&plaintext_stat(&pp, "accepted"), 1, WAIT)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        a.envoy
+            .stat_or_zero(&plaintext_stat(&pp, "rejected"))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        b.envoy
+            .wait_stat_at_least(&plaintext_stat(&ps, "rejected"), 1, WAIT)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        b.envoy
+            .stat_or_zero(&plaintext_stat(&ps, "accepted"))
+            .unwrap(),
+        0
+    );
+}
+
+/// Scenario 4d: a mesh-wide STRICT policy (root namespace) is overridden by the namespace's PERMISSIVE one.
+#[test]
+fn namespace_permissive_overrides_mesh_strict() {
+    let mesh_strict = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+"#;
+    let mesh_only = Sidecar::builder("mesh-strict")
+        .policies(mesh_strict)
+        .start()
+        .unwrap();
+    assert_reset(&mesh_only.get("/", Transport::Plaintext).send().unwrap());
+
+    let both = Sidecar::builder("mesh-strict-ns-permissive")
+        .policies(&format!(
+            r#"{mesh_strict}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: foo}}
+spec:
+  mtls: {{mode: PERMISSIVE}}
+"#
+        ))
+        .start()
+        .unwrap();
+    assert_ok(&both.get("/", Transport::Plaintext).send().unwrap());
+    assert_ok(
+        &both
+            .get("/", both.mtls("foo", "bar").unwrap())
+            .send()
+            .unwrap(),
+    );
+}
+
+/// Scenario 8: a TCP port: L4 ALLOW by principal over mTLS; plaintext on a STRICT TCP port is reset.
+#[test]
+fn tcp_port_allow_by_principal_and_strict() {
+    let s = Sidecar::builder("tcp")
+        .template(TCP_TEMPLATE)
+        .tcp_app()
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#,
+        )
+        .start()
+        .unwrap();
+    let pki = &s.pki;
+    let bar = pki.client("foo", "bar").unwrap();
+    let (o, stderr) = client::tls_tcp_echo(s.port, pki, &bar, b"ping-bar\n", WAIT).unwrap();
+    assert_eq!(
+        o,
+        TcpOutcome::Echoed,
+        "allowed principal over mTLS: {stderr}"
+    );
+    let x = pki.client("other", "x").unwrap();
+    let (o, stderr) = client::tls_tcp_echo(s.port, pki, &x, b"ping-x\n", WAIT).unwrap();
+    assert!(
+        matches!(o, TcpOutcome::Closed(ref got) if !got.contains("ping-x")),
+        "denied principal over mTLS: {o:?} {stderr}"
+    );
+    let o = client::tcp_echo(s.port, b"ping-plain\n", WAIT).unwrap();
+    assert_eq!(o, TcpOutcome::Reset, "plaintext on a STRICT TCP port");
+}
+
+/// Scenario 8, continued: the STRICT reset is counted, the access log records each connection's
+/// decision, and on a PERMISSIVE TCP port a plaintext client is accepted by the transport but
+/// denied by the L4 ALLOW (closed, its bytes never echoed).
+#[test]
+fn tcp_port_counters_log_and_permissive_plaintext() {
+    let allow_bar = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
+"#;
+    let strict = Sidecar::builder("tcp-strict-log")
+        .template(TCP_TEMPLATE)
+        .tcp_app()
+        .policies(&format!(
+            "{allow_bar}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: foo}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+        ))
+        .start()
+        .unwrap();
+    for _ in 0..2 {
+        let o = client::tcp_echo(strict.port, b"ping-plain\n", WAIT).unwrap();
+        assert_eq!(o, TcpOutcome::Reset);
+    }
+    assert_eq!(
+        strict
+            .envoy
+            .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+            .unwrap(),
+        2
+    );
+    let bar = strict.pki.client("foo", "bar").unwrap();
+    let (o, e) = client::tls_tcp_echo(strict.port, &strict.pki, &bar, b"ping\n", WAIT).unwrap();
+    assert_eq!(o, TcpOutcome::Echoed, "{e}");
+    let x = strict.pki.client("other", "x").unwrap();
+    let (o, e) = client::tls_tcp_echo(strict.port, &strict.pki, &x, b"ping\n", WAIT).unwrap();
+    assert_ne!(o, TcpOutcome::Echoed, "{e}");
+    // One access-log entry per connection that reached the TCP proxy, with the module's decision.
+    let deadline = std::time::Instant::now() + WAIT;
+    let entries = loop {
+        let e = meshauthz_e2e::access_log::json_lines(&strict.access_log);
+        let mtls: Vec<_> = e.into_iter().filter(|v| v["chain"] == "mtls").collect();
+        if mtls.len() >= 2 || std::time::Instant::now() > deadline {
+            break mtls;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let decision_of = |peer: &str| {
+        entries
+            .iter()
+            .find(|v| v["peer"] == peer)
+            .map(|v| v["decision"].as_str().unwrap_or("").to_string())
+    };
+    let allowed = decision_of("spiffe://cluster.local/ns/foo/sa/bar").unwrap_or_default();
+    assert!(allowed.starts_with("allow "), "{entries:#?}");
+    let denied = decision_of("spiffe://cluster.local/ns/other/sa/x").unwrap_or_default();
+    assert!(denied.starts_with("deny "), "{entries:#?}");
+
+    let permissive = Sidecar::builder("tcp-permissive")
+        .template(TCP_TEMPLATE)
+        .tcp_app()
+        .policies(allow_bar)
+        .start()
+        .unwrap();
+    let o = client::tcp_echo(permissive.port, b"ping-plain\n", WAIT).unwrap();
+    assert!(
+        matches!(o, TcpOutcome::Closed(ref got) if !got.contains("ping-plain"))
+            || o == TcpOutcome::Reset,
+        "plaintext denied by the L4 ALLOW: {o:?}"
+    );
+    assert_eq!(
+        permissive
+            .envoy
+            .wait_stat_at_least(&plaintext_stat("other", "accepted"), 1, WAIT)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        permissive
+            .envoy
+            .stat_or_zero(&plaintext_stat("other", "rejected"))
+            .unwrap(),
+        0
+    );
+    let bar = permissive.pki.client("foo", "bar").unwrap();
+    let (o, e) =
+        client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();
+    assert_eq!(o, TcpOutcome::Echoed, "{e}");
+}

@@ -1,0 +1,101 @@
+//! Counters (proxy-wasm metrics). Envoy shows them as `wasmcustom.<name>` in `/stats`. Names follow
+//! Envoy RBAC's where they mean the same thing.
+
+use crate::core::Host;
+
+pub const ALLOWED: &str = "meshauthz.rbac.allowed";
+pub const DENIED: &str = "meshauthz.rbac.denied";
+pub const SHADOW_ALLOW_ALLOWED: &str = "meshauthz.rbac.istio_dry_run_allow_shadow_allowed";
+pub const SHADOW_ALLOW_DENIED: &str = "meshauthz.rbac.istio_dry_run_allow_shadow_denied";
+pub const SHADOW_DENY_ALLOWED: &str = "meshauthz.rbac.istio_dry_run_deny_shadow_allowed";
+pub const SHADOW_DENY_DENIED: &str = "meshauthz.rbac.istio_dry_run_deny_shadow_denied";
+pub const AUDITED: &str = "meshauthz.audited";
+pub const CONFIG_REFUSED: &str = "meshauthz.config_refused";
+pub const CEL_ERRORS: &str = "meshauthz.cel_errors";
+/// Requests/connections denied because something the decision depends on was missing (no valid
+/// configuration yet, no decision from the decide stage, no LOG companion, no peer address).
+pub const FAIL_CLOSED: &str = "meshauthz.fail_closed";
+
+/// `meshauthz.plaintext.<port>.accepted|rejected`; `<port>` is `other` for ports that no policy
+/// names.
+pub fn plaintext_name(port: Option<u16>, accepted: bool) -> String {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    match port {
+        Some(p) => format!("meshauthz.plaintext.{p}.{outcome}"),
+        None => format!("meshauthz.plaintext.other.{outcome}"),
+    }
+}
+
+/// Metric ids of one root context. `None` where the host refused the definition: counting is
+/// then skipped, never a reason to fail a request.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub allowed: Option<u32>,
+    pub denied: Option<u32>,
+    pub shadow_allow_allowed: Option<u32>,
+    pub shadow_allow_denied: Option<u32>,
+    pub shadow_deny_allowed: Option<u32>,
+    pub shadow_deny_denied: Option<u32>,
+    pub audited: Option<u32>,
+    pub config_refused: Option<u32>,
+    pub cel_errors: Option<u32>,
+    pub fail_closed: Option<u32>,
+    /// Per named port: (port, accepted, rejected).
+    pub plaintext: Vec<(u16, Option<u32>, Option<u32>)>,
+    pub plaintext_other: (Option<u32>, Option<u32>),
+}
+
+impl Metrics {
+    pub fn define(host: &dyn Host) -> Metrics {
+        Metrics {
+            allowed: host.define_counter(ALLOWED),
+            denied: host.define_counter(DENIED),
+            shadow_allow_allowed: host.define_counter(SHADOW_ALLOW_ALLOWED),
+            shadow_allow_denied: host.define_counter(SHADOW_ALLOW_DENIED),
+            shadow_deny_allowed: host.define_counter(SHADOW_DENY_ALLOWED),
+            shadow_deny_denied: host.define_counter(SHADOW_DENY_DENIED),
+            audited: host.define_counter(AUDITED),
+            config_refused: host.define_counter(CONFIG_REFUSED),
+            cel_errors: host.define_counter(CEL_ERRORS),
+            fail_closed: host.define_counter(FAIL_CLOSED),
+            plaintext: Vec::new(),
+            plaintext_other: (
+                host.define_counter(&plaintext_name(None, true)),
+                host.define_counter(&plaintext_name(None, false)),
+            ),
+        }
+    }
+
+    /// Defines the per-port plaintext counters of the ports a configuration names.
+    pub fn define_ports(&mut self, host: &dyn Host, ports: &[u16]) {
+        for &port in ports {
+            if self.plaintext.iter().any(|(p, _, _)| *p == port) {
+                continue;
+            }
+            self.plaintext.push((
+                port,
+                host.define_counter(&plaintext_name(Some(port), true)),
+                host.define_counter(&plaintext_name(Some(port), false)),
+            ));
+        }
+    }
+
+    pub fn plaintext_id(&self, port: Option<u16>, accepted: bool) -> Option<u32> {
+        let (a, r) = port
+            .and_then(|port| self.plaintext.iter().find(|(p, _, _)| *p == port))
+            .map(|(_, a, r)| (*a, *r))
+            .unwrap_or(self.plaintext_other);
+        if accepted {
+            a
+        } else {
+            r
+        }
+    }
+}
+
+/// Increments a counter if it is defined.
+pub fn bump(host: &dyn Host, id: Option<u32>) {
+    if let Some(id) = id {
+        host.increment(id, 1);
+    }
+}

@@ -1,0 +1,228 @@
+//! The built module (`make build`) imports only functions Envoy's proxy-wasm host provides, and
+//! exports what Envoy calls. Reads `target/wasm32-wasip1/release/meshauthz.wasm`; without it the
+//! test is skipped with a message, unless `CI` is set, where a missing module is a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::PathBuf;
+
+/// proxy-wasm-cpp-host `FOR_ALL_HOST_FUNCTIONS` plus the ABI 0.2.1 specific ones
+/// (`continue_stream`, `close_stream`, `get_log_level`), registered under `env` as `proxy_<name>`.
+const PROXY_FUNCTIONS: &[&str] = &[
+    "log",
+    "get_status",
+    "set_property",
+    "get_property",
+    "send_local_response",
+    "get_shared_data",
+    "set_shared_data",
+    "register_shared_queue",
+    "resolve_shared_queue",
+    "dequeue_shared_queue",
+    "enqueue_shared_queue",
+    "get_header_map_value",
+    "add_header_map_value",
+    "replace_header_map_value",
+    "remove_header_map_value",
+    "get_header_map_pairs",
+    "set_header_map_pairs",
+    "get_header_map_size",
+    "get_buffer_status",
+    "get_buffer_bytes",
+    "set_buffer_bytes",
+    "http_call",
+    "grpc_call",
+    "grpc_stream",
+    "grpc_close",
+    "grpc_cancel",
+    "grpc_send",
+    "set_tick_period_milliseconds",
+    "get_current_time_nanoseconds",
+    "define_metric",
+    "increment_metric",
+    "record_metric",
+    "get_metric",
+    "set_effective_context",
+    "done",
+    "call_foreign_function",
+    "continue_stream",
+    "close_stream",
+    "get_log_level",
+];
+
+/// The WASI functions the cpp host implements that a Rust wasip1 module may import.
+const WASI_FUNCTIONS: &[&str] = &[
+    "random_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_time_get",
+    "fd_write",
+    "proc_exit",
+    "sched_yield",
+    "poll_oneoff",
+    "args_get",
+    "args_sizes_get",
+    "fd_close",
+    "fd_seek",
+    "fd_fdstat_get",
+];
+
+fn module_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target/wasm32-wasip1/release/meshauthz.wasm")
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> u8 {
+        let v = self.b[self.pos];
+        self.pos += 1;
+        v
+    }
+    fn leb(&mut self) -> u64 {
+        let (mut result, mut shift) = (0u64, 0);
+        loop {
+            let byte = self.byte();
+            result |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return result;
+            }
+            shift += 7;
+        }
+    }
+    fn name(&mut self) -> &'a str {
+        let len = self.leb() as usize;
+        let s = std::str::from_utf8(&self.b[self.pos..self.pos + len]).unwrap();
+        self.pos += len;
+        s
+    }
+    fn limits(&mut self) {
+        let flags = self.byte();
+        self.leb();
+        if flags & 1 != 0 {
+            self.leb();
+        }
+    }
+}
+
+/// (module, name, kind) of every import, and the names of every export.
+fn parse(wasm: &[u8]) -> (Vec<(String, String, u8)>, Vec<String>) {
+    assert_eq!(&wasm[0..4], b"\0asm", "not a wasm module");
+    let mut r = Reader { b: wasm, pos: 8 };
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    while r.pos < wasm.len() {
+        let id = r.byte();
+        let size = r.leb() as usize;
+        let end = r.pos + size;
+        match id {
+            2 => {
+                for _ in 0..r.leb() {
+                    let module = r.name().to_string();
+                    let name = r.name().to_string();
+                    let kind = r.byte();
+                    match kind {
+                        0 => {
+                            r.leb();
+                        }
+                        1 => {
+                            r.byte();
+                            r.limits();
+                        }
+                        2 => r.limits(),
+                        3 => {
+                            r.byte();
+                            r.byte();
+                        }
+                        _ => panic!("unknown import kind {kind}"),
+                    }
+                    imports.push((module, name, kind));
+                }
+            }
+            7 => {
+                for _ in 0..r.leb() {
+                    exports.push(r.name().to_string());
+                    r.byte();
+                    r.leb();
+                }
+            }
+            _ => {}
+        }
+        r.pos = end;
+    }
+    (imports, exports)
+}
+
+#[test]
+fn module_imports_only_what_envoy_provides() {
+    let path = module_path();
+    let Ok(wasm) = std::fs::read(&path) else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "{} is missing (CI is set): run `make build` first",
+                path.display()
+            );
+        }
+        eprintln!(
+            "SKIPPED: {} not built (run `make build`); set CI=1 to make this a failure",
+            path.display()
+        );
+        return;
+    };
+    let (imports, exports) = parse(&wasm);
+    eprintln!(
+        "module: {} bytes ({:.0} KiB), {} imports, {} exports",
+        wasm.len(),
+        wasm.len() as f64 / 1024.0,
+        imports.len(),
+        exports.len()
+    );
+    let mut bad = Vec::new();
+    for (module, name, kind) in &imports {
+        let ok = *kind == 0
+            && match module.as_str() {
+                "env" => name
+                    .strip_prefix("proxy_")
+                    .is_some_and(|n| PROXY_FUNCTIONS.contains(&n)),
+                "wasi_snapshot_preview1" => WASI_FUNCTIONS.contains(&name.as_str()),
+                _ => false,
+            };
+        if !ok {
+            bad.push(format!("{module}.{name} (kind {kind})"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "imports Envoy does not provide: {bad:?}\nall: {imports:?}"
+    );
+    // What Envoy needs to find: the ABI marker, the allocator, the entry points used.
+    for needed in [
+        "proxy_abi_version_0_2_1",
+        "proxy_on_memory_allocate",
+        "_initialize",
+        "proxy_on_context_create",
+        "proxy_on_configure",
+        "proxy_on_request_headers",
+        "proxy_on_new_connection",
+        "proxy_on_downstream_data",
+    ] {
+        assert!(
+            exports.iter().any(|e| e == needed),
+            "export {needed} missing: {exports:?}"
+        );
+    }
+    // A size budget: the module is loaded into every worker's VM.
+    assert!(
+        wasm.len() < 4 * 1024 * 1024,
+        "module grew to {} bytes",
+        wasm.len()
+    );
+}

@@ -1,0 +1,1124 @@
+//! The request path with a fake host: every action the module can take (continue, 403, close),
+//! what it writes for the companions and the access log, and what it counts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use log::Level;
+use meshauthz::config::Compiled;
+use meshauthz::core::{self, Authorizer, Conn, Flow, Host, Plugin, VmState};
+use policy_engine::{
+    Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
+};
+
+// ---- fake host ------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct FakeHost {
+    props: HashMap<Vec<String>, Vec<u8>>,
+    headers: Vec<(String, String)>,
+    state: RefCell<BTreeMap<String, Vec<u8>>>,
+    fetched: RefCell<Vec<String>>,
+    forbidden: RefCell<u32>,
+    closed: RefCell<u32>,
+    metric_names: RefCell<Vec<String>>,
+    counts: RefCell<HashMap<u32, i64>>,
+    logs: RefCell<Vec<(Level, String)>>,
+}
+
+impl FakeHost {
+    fn with(mut self, path: &[&str], value: &[u8]) -> Self {
+        self.props
+            .insert(path.iter().map(|s| s.to_string()).collect(), value.to_vec());
+        self
+    }
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    fn mtls(self, on: bool) -> Self {
+        self.with(&["connection", "mtls"], &[u8::from(on)])
+    }
+    fn port(self, port: i64) -> Self {
+        self.with(&["destination", "port"], &port.to_le_bytes())
+    }
+    fn chain(self, name: &str) -> Self {
+        self.with(&["xds", "filter_chain_name"], name.as_bytes())
+    }
+    fn uri_san(self, san: &str) -> Self {
+        self.with(&["connection", "uri_san_peer_certificate"], san.as_bytes())
+    }
+    fn state(&self, key: &str) -> Option<String> {
+        self.state
+            .borrow()
+            .get(key)
+            .map(|v| String::from_utf8(v.clone()).unwrap())
+    }
+    fn count(&self, name: &str) -> i64 {
+        let names = self.metric_names.borrow();
+        let Some(id) = names.iter().position(|n| n == name) else {
+            return 0;
+        };
+        *self.counts.borrow().get(&(id as u32)).unwrap_or(&0)
+    }
+    fn errors(&self) -> Vec<String> {
+        self.logs
+            .borrow()
+            .iter()
+            .filter(|(l, _)| *l == Level::Error)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+    fn forbidden(&self) -> u32 {
+        *self.forbidden.borrow()
+    }
+    fn closed(&self) -> u32 {
+        *self.closed.borrow()
+    }
+    /// The properties and headers read so far, in order.
+    fn fetched(&self) -> Vec<String> {
+        self.fetched.borrow().clone()
+    }
+}
+
+impl Host for FakeHost {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.fetched.borrow_mut().push(path.join("."));
+        if let ["filter_state", key] = path {
+            let key = key.strip_prefix("wasm.")?;
+            return self.state.borrow().get(key).cloned();
+        }
+        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        self.props.get(&key).cloned()
+    }
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.fetched.borrow_mut().push(format!("header:{name}"));
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes().to_vec())
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.fetched.borrow_mut().push("headers".to_string());
+        self.headers.clone()
+    }
+    fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        self.state
+            .borrow_mut()
+            .insert(key.to_string(), value.to_vec());
+        true
+    }
+    fn send_forbidden(&self) -> bool {
+        *self.forbidden.borrow_mut() += 1;
+        true
+    }
+    fn close_downstream(&self) -> bool {
+        *self.closed.borrow_mut() += 1;
+        true
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut names = self.metric_names.borrow_mut();
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return Some(i as u32);
+        }
+        names.push(name.to_string());
+        Some(names.len() as u32 - 1)
+    }
+    fn increment(&self, id: u32, by: i64) {
+        *self.counts.borrow_mut().entry(id).or_default() += by;
+    }
+    fn log(&self, level: Level, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
+}
+
+// ---- scripted authorizer --------------------------------------------------------------------
+
+/// What the authorizer saw of one check.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Seen {
+    protocol: Option<Protocol>,
+    principal: Option<String>,
+    mtls: bool,
+    source_ip: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    method: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+struct Scripted {
+    decision: Decision,
+    default_mode: MtlsMode,
+    ports: Vec<(u16, MtlsMode)>,
+    req: Requirements,
+    seen: Rc<RefCell<Vec<Seen>>>,
+}
+
+impl Authorizer for Scripted {
+    fn check(&self, protocol: Protocol, a: &Attributes<'_>) -> Decision {
+        self.seen.borrow_mut().push(Seen {
+            protocol: Some(protocol),
+            principal: a.principal.map(str::to_string),
+            mtls: a.mtls,
+            source_ip: a.source_ip.map(|ip| ip.to_string()),
+            port: a.destination_port,
+            path: a.http.as_ref().and_then(|h| h.path).map(str::to_string),
+            method: a.http.as_ref().and_then(|h| h.method).map(str::to_string),
+            headers: a
+                .http
+                .as_ref()
+                .map(|h| {
+                    h.headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+        self.decision
+    }
+    fn mtls_mode(&self, port: u16) -> MtlsMode {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, m)| *m)
+            .unwrap_or(self.default_mode)
+    }
+    fn port_specific_mtls(&self) -> bool {
+        !self.ports.is_empty()
+    }
+    fn requirements(&self) -> &Requirements {
+        &self.req
+    }
+    fn rule_name(&self, id: RuleId) -> String {
+        format!("ns[foo]-policy[p{}]-rule[{}]", id.policy, id.rule)
+    }
+}
+
+const R0: RuleId = RuleId { policy: 0, rule: 0 };
+const R1: RuleId = RuleId { policy: 1, rule: 2 };
+
+fn allow(cause: Cause) -> Decision {
+    Decision {
+        allowed: true,
+        cause,
+        audit_policy_applies: false,
+        audit_rule: None,
+        shadow_allow: None,
+        shadow_deny: None,
+        cel_errors: 0,
+    }
+}
+
+fn deny(cause: Cause) -> Decision {
+    Decision {
+        allowed: false,
+        ..allow(cause)
+    }
+}
+
+struct Setup {
+    decision: Decision,
+    default_mode: MtlsMode,
+    ports: Vec<(u16, MtlsMode)>,
+    req: Requirements,
+    http_ports: Vec<u16>,
+    enforce: bool,
+}
+
+impl Setup {
+    fn new(decision: Decision) -> Self {
+        Setup {
+            decision,
+            default_mode: MtlsMode::Permissive,
+            ports: Vec::new(),
+            req: Requirements {
+                mtls: true,
+                ..Requirements::default()
+            },
+            http_ports: Vec::new(),
+            enforce: true,
+        }
+    }
+
+    /// A decide plugin with this authorizer installed, an enforce plugin (if `enforce`) in the
+    /// same VM, the host, and the record of checks.
+    fn build(self, host: &FakeHost) -> (Plugin, Plugin, Rc<RefCell<Vec<Seen>>>) {
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        // Installed as a valid configuration would be.
+        decide.install(
+            host,
+            Compiled {
+                authz: Box::new(Scripted {
+                    decision: self.decision,
+                    default_mode: self.default_mode,
+                    ports: self.ports,
+                    req: self.req,
+                    seen: Rc::clone(&seen),
+                }),
+                plaintext_filter_chains: vec!["plaintext".to_string()],
+                http_ports: self.http_ports,
+                named_ports: vec![8080],
+                warnings: Vec::new(),
+            },
+        );
+        if self.enforce {
+            enforce.configure(host, core::ROOT_HTTP_ENFORCE, None);
+            enforce.configure(host, core::ROOT_NET_ENFORCE, None);
+        }
+        (decide, enforce, seen)
+    }
+}
+
+/// Runs decide -> (RBAC LOG, simulated by `hint`) -> enforce for one request.
+fn request(host: &FakeHost, decide: &Plugin, enforce: &Plugin) -> (Flow, Flow) {
+    let d = core::http_decide(host, decide);
+    if d == Flow::Stop {
+        return (d, Flow::Stop);
+    }
+    (d, core::http_enforce(host, enforce))
+}
+
+// ---- HTTP -----------------------------------------------------------------------------------
+
+#[test]
+fn allowed_request_continues_and_is_labelled() {
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, seen) = Setup::new(allow(Cause::AllowRule(R0))).build(&host);
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(host.forbidden(), 0);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[p0]-rule[0]")
+    );
+    assert_eq!(
+        host.state(core::HTTP_AUDIT),
+        None,
+        "no AUDIT policy applies"
+    );
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
+    assert_eq!(host.count("meshauthz.rbac.denied"), 0);
+    assert_eq!(seen.borrow()[0].protocol, Some(Protocol::Http));
+}
+
+#[test]
+fn no_allow_policy_is_allowed_and_labelled() {
+    let host = FakeHost::default().mtls(false);
+    let (decide, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow no-allow-policy")
+    );
+}
+
+#[test]
+fn denied_request_gets_403_from_the_enforce_stage() {
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(deny(Cause::DenyRule(R1))).build(&host);
+    let (d, e) = request(&host, &decide, &enforce);
+    // The decide stage lets the RBAC LOG companion run; the enforce stage answers.
+    assert_eq!(d, Flow::Continue);
+    assert_eq!(e, Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny ns[foo]-policy[p1]-rule[2]")
+    );
+    assert_eq!(host.count("meshauthz.rbac.denied"), 1);
+    assert_eq!(core::DENY_BODY, b"RBAC: access denied");
+}
+
+#[test]
+fn no_allow_rule_matched_is_denied() {
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(deny(Cause::NoAllowRuleMatched)).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny no-allow-rule-matched")
+    );
+}
+
+#[test]
+fn audit_flag_is_written_for_the_log_companion() {
+    // An AUDIT rule matched: "1" (the RBAC LOG principal matches exactly "1").
+    let host = FakeHost::default().mtls(true).with(
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.common",
+            "access_log_hint",
+        ],
+        &[1],
+    );
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("1"));
+    assert_eq!(host.count("meshauthz.audited"), 1);
+
+    // AUDIT policies apply, none matched: "0".
+    let host = FakeHost::default().mtls(true).with(
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.common",
+            "access_log_hint",
+        ],
+        &[0],
+    );
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("0"));
+    assert_eq!(host.count("meshauthz.audited"), 0);
+}
+
+#[test]
+fn missing_log_companion_is_denied_when_audit_policies_apply() {
+    let host = FakeHost::default().mtls(true); // no access_log_hint: RBAC LOG did not run
+    let mut d = allow(Cause::AllowRule(R0));
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Stop)
+    );
+    assert_eq!(host.forbidden(), 1);
+    assert!(
+        host.errors()
+            .iter()
+            .any(|e| e.contains("access_log_hint is absent")),
+        "{:?}",
+        host.errors()
+    );
+    assert_eq!(host.count("meshauthz.fail_closed"), 1);
+}
+
+#[test]
+fn missing_log_companion_does_not_matter_without_audit_policies() {
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(allow(Cause::AllowRule(R0))).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert!(
+        !host.fetched().iter().any(|p| p.contains("access_log_hint")),
+        "the hint is read only when AUDIT policies apply"
+    );
+}
+
+#[test]
+fn missing_decision_is_denied_by_the_enforce_stage() {
+    // meshauthz_http absent, or placed after the enforce stage.
+    let host = FakeHost::default().mtls(true);
+    let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("no decision in filter state")));
+}
+
+#[test]
+fn an_unparsable_decision_is_a_deny() {
+    let host = FakeHost::default();
+    let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    for label in ["allowed", "ALLOW x", "", "deny x", "allowx"] {
+        host.set_filter_state(core::HTTP_DECISION, label.as_bytes());
+        assert_eq!(core::http_enforce(&host, &enforce), Flow::Stop, "{label:?}");
+    }
+    host.set_filter_state(core::HTTP_DECISION, b"allow");
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+}
+
+#[test]
+fn decide_stage_denies_by_itself_without_an_enforce_root() {
+    let host = FakeHost::default().mtls(true);
+    let mut s = Setup::new(deny(Cause::DenyRule(R0)));
+    s.enforce = false;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(core::http_decide(&host, &decide), Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+
+    // Allowed requests still pass.
+    let host = FakeHost::default().mtls(true);
+    let mut s = Setup::new(allow(Cause::AllowRule(R0)));
+    s.enforce = false;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(host.forbidden(), 0);
+}
+
+#[test]
+fn strict_port_without_mtls_is_never_forwarded() {
+    let host = FakeHost::default().mtls(false).port(8080);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny mtls-strict-plaintext")
+    );
+    assert!(seen.borrow().is_empty(), "policies are not even evaluated");
+
+    // The same request over mTLS is evaluated and allowed.
+    let host = FakeHost::default().mtls(true).port(8080);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    let (decide, enforce, _) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+}
+
+#[test]
+fn port_level_strict_applies_to_that_port_only() {
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.ports = vec![(9000, MtlsMode::Strict)];
+    let host = FakeHost::default().mtls(false).port(8080);
+    let (decide, enforce, _) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.ports = vec![(9000, MtlsMode::Strict)];
+    let host = FakeHost::default().mtls(false).port(9000);
+    let (decide, enforce, _) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+}
+
+fn principal_req() -> Requirements {
+    Requirements {
+        mtls: true,
+        principal: true,
+        ..Requirements::default()
+    }
+}
+
+#[test]
+fn identity_comes_only_from_the_verified_certificate() {
+    // Plaintext caller sending a forged XFCC: no identity.
+    let host = FakeHost::default()
+        .mtls(false)
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://cluster.local/ns/foo/sa/server;URI=spiffe://cluster.local/ns/foo/sa/admin",
+        )
+        // Even if the host reported a SAN, without mTLS it is not used.
+        .uri_san("spiffe://cluster.local/ns/foo/sa/admin");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    s.req.add_header("x-forwarded-client-cert");
+    let (decide, _, seen) = s.build(&host);
+    core::http_decide(&host, &decide);
+    let seen = seen.borrow();
+    assert_eq!(seen[0].principal, None);
+    assert!(!seen[0].mtls);
+    // The header is visible as a header (a `when` condition may name it), never as identity.
+    assert_eq!(seen[0].headers.len(), 1);
+
+    // mTLS: the URI SAN.
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    let (decide, _, seen) = s.build(&host);
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        seen.borrow()[0].principal.as_deref(),
+        Some("spiffe://cluster.local/ns/foo/sa/bar")
+    );
+    assert!(seen.borrow()[0].mtls);
+}
+
+#[test]
+fn identity_falls_back_to_dns_san_then_subject() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .with(
+            &["connection", "dns_san_peer_certificate"],
+            b"client.foo.svc",
+        )
+        .with(
+            &["connection", "subject_peer_certificate"],
+            b"CN=client,O=acme",
+        );
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    let (decide, _, seen) = s.build(&host);
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        seen.borrow()[0].principal.as_deref(),
+        Some("client.foo.svc")
+    );
+
+    let host = FakeHost::default().mtls(true).with(
+        &["connection", "subject_peer_certificate"],
+        b"CN=client,O=acme",
+    );
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    let (decide, _, seen) = s.build(&host);
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        seen.borrow()[0].principal.as_deref(),
+        Some("CN=client,O=acme")
+    );
+}
+
+#[test]
+fn disable_port_grants_no_identity() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    s.default_mode = MtlsMode::Disable;
+    let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert_eq!(seen.borrow()[0].principal, None);
+    assert!(!seen.borrow()[0].mtls);
+}
+
+#[test]
+fn only_required_attributes_are_fetched() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar")
+        .header(":path", "/a")
+        .header(":method", "GET");
+    let (decide, _, seen) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    host.fetched.borrow_mut().clear();
+    core::http_decide(&host, &decide);
+    assert_eq!(host.fetched(), vec!["connection.mtls"]);
+    assert_eq!(seen.borrow()[0].path, None);
+
+    let host = FakeHost::default()
+        .mtls(true)
+        .header(":path", "/a/../b%2F?x=1")
+        .header(":method", "GET");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.path = true;
+    s.req.method = true;
+    let (decide, _, seen) = s.build(&host);
+    host.fetched.borrow_mut().clear();
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        host.fetched(),
+        vec!["connection.mtls", "header::method", "header::path"]
+    );
+    // The path is passed raw; the engine normalizes.
+    assert_eq!(seen.borrow()[0].path.as_deref(), Some("/a/../b%2F?x=1"));
+    assert_eq!(seen.borrow()[0].method.as_deref(), Some("GET"));
+}
+
+#[test]
+fn source_ip_is_the_direct_peer_handed_over_by_the_network_filter() {
+    // L4: the network filter records the socket peer on the connection.
+    let host = FakeHost::default()
+        .with(&["source", "address"], b"10.1.2.3:45000")
+        .chain("mtls");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.source_ip = true;
+    let (decide, enforce, seen) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(&host, &decide, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(host.state(core::PEER_IP).as_deref(), Some("10.1.2.3"));
+
+    // L7 (same connection): `source.address` now says what X-Forwarded-For claimed; the policy
+    // sees the direct peer.
+    let host7 = FakeHost::default()
+        .mtls(true)
+        .with(&["source", "address"], b"192.168.0.1:1")
+        .header("x-forwarded-for", "192.168.0.1");
+    host7.set_filter_state(core::PEER_IP, b"10.1.2.3");
+    assert_eq!(
+        request(&host7, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(seen.borrow()[0].source_ip.as_deref(), Some("10.1.2.3"));
+}
+
+#[test]
+fn without_the_network_filter_source_address_is_used_only_without_xff() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .with(&["source", "address"], b"10.9.8.7:1234");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.source_ip = true;
+    let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert_eq!(seen.borrow()[0].source_ip.as_deref(), Some("10.9.8.7"));
+}
+
+#[test]
+fn unknown_peer_address_is_denied_when_a_policy_needs_it() {
+    // X-Forwarded-For present, no handoff from the network filter: `source.address` may be the
+    // client's claim.
+    let host = FakeHost::default()
+        .mtls(true)
+        .with(&["source", "address"], b"10.9.8.7:1234")
+        .header("x-forwarded-for", "10.9.8.7");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.source_ip = true;
+    let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny peer-address-unknown")
+    );
+    assert!(seen.borrow().is_empty());
+    assert!(!host.errors().is_empty());
+}
+
+#[test]
+fn dry_run_results_are_labelled_and_counted() {
+    let host = FakeHost::default().mtls(true);
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.shadow_allow = Some(ShadowResult {
+        allowed: false,
+        rule: None,
+    });
+    d.shadow_deny = Some(ShadowResult {
+        allowed: false,
+        rule: Some(R1),
+    });
+    d.cel_errors = 2;
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    assert_eq!(
+        host.state(core::HTTP_SHADOW).as_deref(),
+        Some("dry-run-allow=denied dry-run-deny=denied(ns[foo]-policy[p1]-rule[2])")
+    );
+    assert_eq!(
+        host.count("meshauthz.rbac.istio_dry_run_allow_shadow_denied"),
+        1
+    );
+    assert_eq!(
+        host.count("meshauthz.rbac.istio_dry_run_deny_shadow_denied"),
+        1
+    );
+    assert_eq!(
+        host.count("meshauthz.rbac.istio_dry_run_allow_shadow_allowed"),
+        0
+    );
+    assert_eq!(host.count("meshauthz.cel_errors"), 2);
+}
+
+// ---- configuration --------------------------------------------------------------------------
+
+#[test]
+fn no_configuration_ever_denies_everything() {
+    let host = FakeHost::default().mtls(true);
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    assert!(decide.configure(&host, core::ROOT_HTTP, Some(b"not json")));
+    assert!(enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None));
+    assert_eq!(host.count("meshauthz.config_refused"), 1);
+    assert!(host.errors().iter().any(|e| e.contains("not valid JSON")));
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("every request and connection is denied")));
+
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Stop)
+    );
+    assert_eq!(host.forbidden(), 1);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny no-valid-configuration")
+    );
+
+    // Network: the connection is closed at once.
+    let net = Plugin::new(Rc::clone(&vm));
+    assert!(net.configure(&host, core::ROOT_NET, None));
+    let mut conn = Conn::default();
+    assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1, "closed once");
+}
+
+#[test]
+fn refused_update_keeps_the_last_good_configuration() {
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(allow(Cause::AllowRule(R0))).build(&host);
+    let refused_before = host.count("meshauthz.config_refused");
+    assert!(decide.configure(
+        &host,
+        core::ROOT_HTTP,
+        Some(br#"{"policies": [], "bogus": 1}"#)
+    ));
+    assert_eq!(host.count("meshauthz.config_refused"), refused_before + 1);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("bogus: unknown field")));
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("previous valid configuration stays in force")));
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[p0]-rule[0]")
+    );
+}
+
+#[test]
+fn unknown_root_id_denies() {
+    let host = FakeHost::default();
+    let p = Plugin::new(Rc::new(VmState::default()));
+    assert!(p.configure(&host, "meshauthz_htp", Some(br#"{"policies": []}"#)));
+    assert!(host.errors().iter().any(|e| e.contains("unknown root_id")));
+    assert!(!p.is_network());
+    assert_eq!(core::http_unknown_root(&host), Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+}
+
+#[test]
+fn enforce_roots_mark_the_vm() {
+    let host = FakeHost::default();
+    let vm = Rc::new(VmState::default());
+    let p = Plugin::new(Rc::clone(&vm));
+    assert!(!vm.http_enforce.get() && !vm.net_enforce.get());
+    p.configure(&host, core::ROOT_NET_ENFORCE, None);
+    assert!(vm.net_enforce.get() && !vm.http_enforce.get());
+    assert!(p.is_network());
+    let q = Plugin::new(Rc::clone(&vm));
+    q.configure(&host, core::ROOT_HTTP_ENFORCE, Some(b"  "));
+    assert!(vm.http_enforce.get());
+}
+
+#[test]
+fn metrics_are_defined_with_envoy_rbac_names() {
+    let host = FakeHost::default();
+    let (_, _, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    let names = host.metric_names.borrow();
+    for n in core::base_metric_names() {
+        assert!(names.iter().any(|m| m == n), "{n} missing from {names:?}");
+    }
+    for n in [
+        "meshauthz.plaintext.8080.accepted",
+        "meshauthz.plaintext.8080.rejected",
+        "meshauthz.plaintext.other.accepted",
+        "meshauthz.plaintext.other.rejected",
+    ] {
+        assert!(names.iter().any(|m| m == n), "{n} missing from {names:?}");
+    }
+}
+
+// ---- network --------------------------------------------------------------------------------
+
+#[test]
+fn strict_plaintext_chain_is_reset_on_new_connection() {
+    let host = FakeHost::default().chain("plaintext").port(8080);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    let (net, _, seen) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert_eq!(host.count("meshauthz.plaintext.8080.rejected"), 1);
+    // Later callbacks of the closed connection do nothing more.
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert!(seen.borrow().is_empty());
+    // `connection.mtls` is not ready in on_new_connection and must not be what decided.
+    assert!(!host.fetched().iter().any(|p| p == "connection.mtls"));
+}
+
+#[test]
+fn permissive_plaintext_is_accepted_and_counted() {
+    let host = FakeHost::default()
+        .chain("plaintext")
+        .port(9999)
+        .mtls(false);
+    let (net, _, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(&host, &net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(host.closed(), 0);
+    assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 1);
+}
+
+#[test]
+fn mtls_chain_on_strict_port_passes_new_connection() {
+    // connection.mtls reads false in on_new_connection even on the mTLS chain (TLS handshake not
+    // done); the decision there uses the chain name only.
+    let host = FakeHost::default().chain("mtls").port(8080).mtls(false);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    let (net, _, _) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(&host, &net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(host.closed(), 0);
+}
+
+#[test]
+fn strict_is_rechecked_on_first_data() {
+    // A plaintext connection on a chain not listed as plaintext.
+    let host = FakeHost::default().chain("odd").port(8080).mtls(false);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    let (net, _, seen) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(&host, &net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert!(seen.borrow().is_empty());
+}
+
+#[test]
+fn tcp_port_is_authorized_with_tcp_semantics_and_closed_on_deny() {
+    let host = FakeHost::default()
+        .chain("mtls")
+        .port(5432)
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/other/sa/evil");
+    let mut s = Setup::new(deny(Cause::DenyRule(R0)));
+    s.req = principal_req();
+    let (net, enforce, seen) = s.build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(&host, &net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(
+        host.state(core::NET_DECISION).as_deref(),
+        Some("deny ns[foo]-policy[p0]-rule[0]")
+    );
+    assert_eq!(
+        host.state(core::HTTP_DECISION),
+        None,
+        "L4 never writes the L7 key"
+    );
+    assert_eq!(core::net_enforce(&host, &enforce, &mut econn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    let seen = seen.borrow();
+    assert_eq!(seen[0].protocol, Some(Protocol::Tcp));
+    assert_eq!(
+        seen[0].principal.as_deref(),
+        Some("spiffe://cluster.local/ns/other/sa/evil")
+    );
+    assert_eq!(seen[0].port, Some(5432));
+    // Decided once per connection.
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(seen.len(), 1);
+}
+
+#[test]
+fn tcp_allow_passes_the_enforce_stage() {
+    let host = FakeHost::default().chain("mtls").port(5432).mtls(true);
+    let (net, enforce, _) = Setup::new(allow(Cause::AllowRule(R0))).build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    core::net_new_connection(&host, &net, &mut conn);
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(
+        core::net_enforce(&host, &enforce, &mut econn),
+        Flow::Continue
+    );
+    assert_eq!(host.closed(), 0);
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
+}
+
+#[test]
+fn tcp_deny_without_enforce_root_closes_in_the_decide_stage() {
+    let host = FakeHost::default().chain("mtls").port(5432).mtls(true);
+    let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
+    s.enforce = false;
+    let (net, _, _) = s.build(&host);
+    let mut conn = Conn::default();
+    core::net_new_connection(&host, &net, &mut conn);
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+}
+
+#[test]
+fn net_enforce_without_decision_closes() {
+    let host = FakeHost::default();
+    let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(core::net_enforce(&host, &enforce, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("no decision in filter state")));
+}
+
+#[test]
+fn net_enforce_requires_the_log_companion_when_audit_applies() {
+    let host = FakeHost::default().chain("mtls").port(5432).mtls(true);
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    let (net, enforce, _) = Setup::new(d).build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    core::net_decide(&host, &net, &mut conn);
+    assert_eq!(host.state(core::NET_AUDIT).as_deref(), Some("0"));
+    assert_eq!(core::net_enforce(&host, &enforce, &mut econn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+}
+
+#[test]
+fn http_ports_are_left_to_the_http_filter() {
+    let host = FakeHost::default().chain("mtls").port(8080).mtls(true);
+    let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
+    s.http_ports = vec![8080];
+    let (net, enforce, seen) = s.build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    core::net_new_connection(&host, &net, &mut conn);
+    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    assert!(
+        seen.borrow().is_empty(),
+        "no L4 authorization on HTTP ports"
+    );
+    assert_eq!(
+        core::net_enforce(&host, &enforce, &mut econn),
+        Flow::Continue
+    );
+    assert_eq!(host.closed(), 0);
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = (p.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in p {
+        out.extend((k.len() as u32).to_le_bytes());
+        out.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in p {
+        out.extend(k.as_bytes());
+        out.push(0);
+        out.extend(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+#[test]
+fn workload_defaults_to_the_node_metadata_istio_sets() {
+    // Envoy 1.40 answers `xds.node.metadata.*` (observed); labels come pairs-encoded.
+    let doc =
+        br#"{"policies": [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "echo", "namespace": "foo"},
+        "spec": {"selector": {"matchLabels": {"app": "echo"}}, "mtls": {"mode": "STRICT"}}}]}"#;
+    let mode_for = |labels: &[(&str, &str)]| {
+        let host = FakeHost::default()
+            .with(&["xds", "node", "metadata", "NAMESPACE"], b"foo")
+            .with(&["xds", "node", "metadata", "LABELS"], &pairs(labels));
+        let p = Plugin::new(Rc::new(VmState::default()));
+        assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+        assert!(host.errors().is_empty(), "{:?}", host.errors());
+        p.compiled().unwrap().authz.mtls_mode(8080)
+    };
+    assert_eq!(
+        mode_for(&[("app", "echo"), ("version", "v1")]),
+        MtlsMode::Strict
+    );
+    assert_eq!(mode_for(&[("app", "other")]), MtlsMode::Permissive);
+
+    // No workload in the document and none in the node metadata: refused, everything denied.
+    let host = FakeHost::default().mtls(true);
+    let p = Plugin::new(Rc::new(VmState::default()));
+    assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+    assert!(p.compiled().is_none());
+    assert!(host.errors().iter().any(|e| e.contains("NAMESPACE")));
+}
+
+#[test]
+fn a_valid_configuration_is_compiled_and_enforced_end_to_end() {
+    // Real engine: the document as users write it, through configure, decide and enforce.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "deny-admin", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "only-bar", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let run = |san: Option<&str>, path: &str| {
+        let mut host = FakeHost::default()
+            .mtls(san.is_some())
+            .header(":path", path);
+        if let Some(san) = san {
+            host = host.uri_san(san);
+        }
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, core::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        let flows = request(&host, &decide, &enforce);
+        (flows.1, host.state(core::HTTP_DECISION).unwrap_or_default())
+    };
+    let bar = Some("spiffe://cluster.local/ns/foo/sa/bar");
+    assert_eq!(
+        run(bar, "/hello"),
+        (
+            Flow::Continue,
+            "allow ns[foo]-policy[only-bar]-rule[0]".to_string()
+        )
+    );
+    assert_eq!(
+        run(bar, "/x/../admin/"),
+        (
+            Flow::Stop,
+            "deny ns[foo]-policy[deny-admin]-rule[0]".to_string()
+        )
+    );
+    assert_eq!(
+        run(Some("spiffe://cluster.local/ns/foo/sa/other"), "/hello"),
+        (Flow::Stop, "deny no-allow-rule-matched".to_string())
+    );
+    assert_eq!(
+        run(None, "/hello"),
+        (Flow::Stop, "deny no-allow-rule-matched".to_string())
+    );
+}

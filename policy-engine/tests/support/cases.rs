@@ -225,8 +225,9 @@ impl Report {
     }
 }
 
-/// Runs every case of every `(file name, contents)`.
-pub fn run_files(files: &[(&str, &str)]) -> Report {
+/// Runs the cases of every `(file name, contents)` whose file name or case name contains `filter`
+/// (every case if it is empty).
+pub fn run_matching(files: &[(&str, &str)], filter: &str) -> Report {
     let mut report = Report::default();
     for (file, text) in files {
         report.files += 1;
@@ -247,6 +248,9 @@ pub fn run_files(files: &[(&str, &str)]) -> Report {
             ));
         }
         for case in &parsed.cases {
+            if !filter.is_empty() && !file.contains(filter) && !case.name.contains(filter) {
+                continue;
+            }
             report.cases += 1;
             report.names.push(case.name.clone());
             let problems = run_case(&parsed, case);

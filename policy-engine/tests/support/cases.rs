@@ -302,8 +302,9 @@ enum FrontEnd {
     Json,
 }
 
-/// The policy documents of `text` as one JSON array (YAML integer keys such as the ports of
-/// `portLevelMtls` become strings, as in JSON). `None` if the text is not YAML at all.
+/// The policy documents of `text` as JSON: one document as itself, several as an array (YAML
+/// integer keys such as the ports of `portLevelMtls` become strings, as in JSON). `None` if the
+/// text is not YAML at all.
 fn documents_as_json(text: &str) -> Option<serde_json::Value> {
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
@@ -312,7 +313,11 @@ fn documents_as_json(text: &str) -> Option<serde_json::Value> {
             docs.push(yaml_to_json(value));
         }
     }
-    Some(serde_json::Value::Array(docs))
+    if docs.len() == 1 {
+        docs.pop()
+    } else {
+        Some(serde_json::Value::Array(docs))
+    }
 }
 
 fn yaml_to_json(v: serde_yaml_ng::Value) -> serde_json::Value {

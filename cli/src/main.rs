@@ -59,6 +59,10 @@ enum Command {
         /// Filter chains that carry plaintext (checked against STRICT ports).
         #[arg(long = "plaintext-chain", default_value = "plaintext")]
         plaintext_chains: Vec<String>,
+        /// Ports whose traffic is HTTP (authorized per request); every other port is authorized
+        /// at L4 with Istio's TCP semantics.
+        #[arg(long = "http-port")]
+        http_ports: Vec<u16>,
         #[arg(required = true)]
         files: Vec<String>,
     },
@@ -320,6 +324,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
 fn plugin_config_value(
     workload: &WorkloadArgs,
     plaintext_chains: &[String],
+    http_ports: &[u16],
     files: &[String],
     with_workload: bool,
 ) -> Result<serde_json::Value, ExitCode> {
@@ -336,6 +341,9 @@ fn plugin_config_value(
         "trustDomain": workload.trust_domain,
         "trustDomainAliases": workload.trust_domain_aliases,
         "plaintextFilterChains": plaintext_chains,
+        // meshauthz_net runs on HTTP ports too (STRICT, direct peer for ipBlocks) and must leave
+        // their authorization to meshauthz_http.
+        "httpPorts": http_ports,
     });
     if let (true, Some(o)) = (with_workload, config.as_object_mut()) {
         o.insert("workload".into(), serde_json::json!({"namespace": workload.namespace, "labels": workload.workload().labels}));
@@ -345,12 +353,7 @@ fn plugin_config_value(
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
-    let mut config = plugin_config_value(&args.workload, &[], &args.files, false)?;
-    // meshauthz_net runs on the HTTP ports too (STRICT re-check, direct peer for ipBlocks); it
-    // must leave their authorization to meshauthz_http.
-    if let Some(o) = config.as_object_mut() {
-        o.insert("httpPorts".into(), serde_json::json!(args.http_ports));
-    }
+    let config = plugin_config_value(&args.workload, &[], &args.http_ports, &args.files, false)?;
     let attachment = render::Attachment {
         name: &args.name,
         namespace: &args.workload.namespace,
@@ -430,8 +433,9 @@ fn main() -> ExitCode {
         Command::PluginConfig {
             workload,
             plaintext_chains,
+            http_ports,
             files,
-        } => plugin_config_value(workload, plaintext_chains, files, true).map(|c| {
+        } => plugin_config_value(workload, plaintext_chains, http_ports, files, true).map(|c| {
             println!("{c}");
             ExitCode::SUCCESS
         }),

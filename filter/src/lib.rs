@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod host;
 pub mod metrics;
+pub mod proto;
 
 proxy_wasm::main! {{
     host::start();

@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod app;
 pub mod certs;
 pub mod client;
+pub mod differential;
 pub mod envoy;
 pub mod policy;
 pub mod sandbox;

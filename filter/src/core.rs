@@ -344,10 +344,16 @@ fn node_workload(host: &dyn Host) -> NodeWorkload {
             .or_else(|| host.property(&["node", "metadata", key]))
     };
     let namespace = meta("NAMESPACE").and_then(decode_str);
-    let labels = meta("LABELS")
-        .and_then(|b| decode_pairs(&b))
+    let raw_labels = meta("LABELS");
+    let labels = raw_labels
+        .as_deref()
+        .and_then(decode_pairs)
         .map(|pairs| pairs.into_iter().collect());
-    NodeWorkload { namespace, labels }
+    NodeWorkload {
+        namespace,
+        labels_unreadable: raw_labels.is_some() && labels.is_none(),
+        labels,
+    }
 }
 
 /// The outcome of a decide stage.
@@ -712,16 +718,17 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
 /// can set `access_log_hint`). If it did not, the request is denied: an audit trail that silently
 /// disappears is a security failure too.
 fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> bool {
-    if host.property(&["filter_state", audit_key]).is_none() {
+    let Some(audit) = host.property(&["filter_state", audit_key]) else {
         return true;
-    }
-    if host.property(&ACCESS_LOG_HINT).is_some() {
-        return true;
-    }
-    plugin.log_error(
-        host,
-        "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
-    );
+    };
+    let problem = match host.property(&ACCESS_LOG_HINT).map(|b| decode_bool(&b)) {
+        None => "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
+        // An AUDIT rule matched, yet the companion did not see the flag: it ran before the
+        // decide stage (or matches another key).
+        Some(Some(false)) if audit == b"1" => "an AUDIT rule matched but envoy.common.access_log_hint is false: the RBAC LOG companion runs before meshauthz's decide stage or matches another key: denied",
+        Some(_) => return true,
+    };
+    plugin.log_error(host, problem);
     bump(host, plugin.metrics.borrow().fail_closed);
     false
 }

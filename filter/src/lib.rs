@@ -7,6 +7,7 @@
 pub mod attrs;
 pub mod config;
 pub mod core;
+pub mod exports;
 pub mod host;
 pub mod metrics;
 pub mod proto;

@@ -1261,3 +1261,26 @@ fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
     other.configure(&other_host, core::ROOT_HTTP, Some(b"{}"));
     assert!(other.compiled().is_none());
 }
+
+#[test]
+fn a_log_companion_placed_before_the_decide_stage_is_caught() {
+    // The RBAC LOG filter ran first: it saw no flag and wrote `false`, although a rule matched.
+    let host = FakeHost::default().mtls(true).with(
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.common",
+            "access_log_hint",
+        ],
+        &[0],
+    );
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("runs before meshauthz's decide stage")));
+}

@@ -114,7 +114,7 @@ pub struct Case {
     pub expect_warning: Option<String>,
 }
 
-/// A header value: one string, or a list (repeated header, joined with `,` as Envoy does).
+/// A header value: one string, or a list (the header sent several times).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum HeaderValue {
@@ -553,15 +553,18 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
                 .to_string(),
         );
     }
+    // A repeated header is several pairs: Envoy RBAC matches when any one value matches.
     let headers: Vec<(String, String)> = r
         .headers
         .iter()
-        .map(|(name, value)| {
-            let value = match value {
-                HeaderValue::One(v) => v.clone(),
-                HeaderValue::Many(vs) => vs.join(","),
+        .flat_map(|(name, value)| {
+            let values = match value {
+                HeaderValue::One(v) => vec![v.clone()],
+                HeaderValue::Many(vs) => vs.clone(),
             };
-            (name.to_ascii_lowercase(), value)
+            values
+                .into_iter()
+                .map(move |v| (name.to_ascii_lowercase(), v))
         })
         .collect();
     let header_refs: Vec<(&str, &str)> = headers

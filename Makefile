@@ -69,7 +69,7 @@ test-engine:
 # The engine's table-driven cases (tests/cases/*.yaml, embedded at build time) in wasm32 under node.
 test-wasm: targets wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
-	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown
+	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown -- --nocapture
 
 # The module test (filter/tests/imports.rs) reads the built module.
 test-filter: build

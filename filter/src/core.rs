@@ -537,10 +537,14 @@ fn evaluate(
         }
         if req.all_headers {
             f.headers = host.request_headers();
-        } else {
-            for name in &req.headers {
-                if let Some(v) = header(host, name) {
-                    f.headers.push((name.clone(), v));
+        } else if !req.headers.is_empty() {
+            // Envoy RBAC matches a header sent several times when any one of its values matches.
+            // The host's single-header read returns the first value only, so a second copy could
+            // hide the value a DENY names: read the whole list once (one host call) and hand the
+            // engine every value of the headers the policies name.
+            for (n, value) in host.request_headers() {
+                if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                    f.headers.push((name.clone(), value));
                 }
             }
         }

@@ -71,8 +71,8 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
             Some(sni.as_str()).filter(|s| !s.is_empty()),
         ),
     };
-    // Request headers as a wasm host sees them: pseudo-headers, then the sent ones, lower-case
-    // names, repeated headers joined with ','.
+    // Request headers as the engine takes them: pseudo-headers, then the sent ones, lower-case
+    // names, a repeated header as several pairs (Envoy RBAC matches any one of its values).
     let mut headers: Vec<(String, String)> = Vec::new();
     if let Some(h) = &probe.http {
         let scheme = if principal.is_some() { "https" } else { "http" };
@@ -82,14 +82,7 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
         headers.push((":scheme".into(), scheme.into()));
         headers.push(("x-diff-id".into(), probe.id.to_string()));
         for (k, v) in &h.headers {
-            let k = k.to_ascii_lowercase();
-            match headers.iter_mut().find(|(n, _)| *n == k) {
-                Some((_, existing)) => {
-                    existing.push(',');
-                    existing.push_str(v);
-                }
-                None => headers.push((k, v.clone())),
-            }
+            headers.push((k.to_ascii_lowercase(), v.clone()));
         }
     }
     let refs: Vec<(&str, &str)> = headers

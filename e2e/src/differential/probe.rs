@@ -657,8 +657,8 @@ fn header_variants(n: &Named) -> Vec<Variant> {
     if n.value == "*" {
         out.push(v("", "empty value for '*' (present)", true));
     }
-    // The header twice: Envoy matches the values joined with ',' (the engine is handed them
-    // joined the same way, as a wasm host reads them).
+    // The header twice: Envoy 1.40 RBAC matches when any one value matches; a second value
+    // must not hide the first from a DENY (or from notValues).
     if let Some(first) = out.iter().find(|x| x.matching).cloned() {
         out.push(v(
             format!("{}\u{1}other", first.value),

@@ -1284,3 +1284,32 @@ fn a_log_companion_placed_before_the_decide_stage_is_caught() {
         .iter()
         .any(|e| e.contains("runs before meshauthz's decide stage")));
 }
+
+#[test]
+fn every_value_of_a_repeated_header_is_checked() {
+    // Envoy RBAC denies when any value of a repeated header matches a DENY rule (observed on
+    // Envoy 1.40); the host's single-header read would only see the first value.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "no-debug", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"when": [{"key": "request.headers[x-debug]", "values": ["on"]}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let run = |values: &[&str]| {
+        let mut host = FakeHost::default().mtls(true).header(":path", "/");
+        for v in values {
+            host = host.header("x-debug", v);
+        }
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, core::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        request(&host, &decide, &enforce).1
+    };
+    assert_eq!(run(&["off"]), Flow::Continue);
+    assert_eq!(run(&["on"]), Flow::Stop);
+    assert_eq!(run(&["off", "on"]), Flow::Stop);
+    assert_eq!(run(&["on", "off"]), Flow::Stop);
+    // One value that merely contains the word, as Envoy: not split on commas.
+    assert_eq!(run(&["off,on"]), Flow::Continue);
+}

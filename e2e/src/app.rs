@@ -29,7 +29,10 @@ struct Server {
 
 impl Server {
     fn start(handler: fn(TcpStream, &AtomicU64)) -> Result<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Server::serve(TcpListener::bind("127.0.0.1:0")?, handler)
+    }
+
+    fn serve(listener: TcpListener, handler: fn(TcpStream, &AtomicU64)) -> Result<Server> {
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicU64::new(0));
@@ -82,6 +85,14 @@ impl HttpEcho {
     /// Listen on 127.0.0.1:<ephemeral>.
     pub fn start() -> Result<HttpEcho> {
         Ok(HttpEcho(Server::start(serve_http)?))
+    }
+
+    /// Listen on 127.0.0.1:`port` (the sandbox's fixed application port).
+    pub fn start_on(port: u16) -> Result<HttpEcho> {
+        Ok(HttpEcho(Server::serve(
+            TcpListener::bind(("127.0.0.1", port))?,
+            serve_http,
+        )?))
     }
 
     /// The port it listens on (Envoy's `{{APP_PORT}}`).

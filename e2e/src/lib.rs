@@ -11,13 +11,16 @@
 //! - [`client`]: `curl` for HTTP(S), raw TCP and `openssl s_client` for TCP ports.
 //! - [`access_log`]: waiting for access-log lines.
 //! - [`policy`]: Istio YAML to the module's plugin configuration JSON.
+//! - [`sandbox`]: the detached loopback mesh of `make sandbox` and the compose inputs.
 
 pub mod access_log;
 pub mod app;
 pub mod certs;
 pub mod client;
+pub mod differential;
 pub mod envoy;
 pub mod policy;
+pub mod sandbox;
 pub mod sidecar;
 
 use std::fmt;

@@ -455,3 +455,59 @@ spec:
     }
     assert_eq!(s.app.hits(), before);
 }
+
+/// A header sent twice: Envoy's RBAC matches when any one value matches, and so does meshauthz,
+/// so a second copy of a header cannot hide a value a DENY rule names (nor one an ALLOW rule's
+/// `notValues` excludes).
+#[test]
+fn repeated_header_cannot_hide_a_denied_value() {
+    let s = Sidecar::builder("repeated-header")
+        .policies(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-debug, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-debug]
+      values: ["on"]
+"#,
+        )
+        .start()
+        .unwrap();
+    let t = s.mtls("foo", "bar").unwrap();
+    assert_ok(
+        &s.get("/a", t.clone())
+            .header("x-debug", "off")
+            .send()
+            .unwrap(),
+    );
+    assert_denied(
+        &s.get("/a", t.clone())
+            .header("x-debug", "on")
+            .send()
+            .unwrap(),
+    );
+    for (first, second) in [("off", "on"), ("on", "off")] {
+        for http1 in [false, true] {
+            let mut r = s
+                .get("/a", t.clone())
+                .header("x-debug", first)
+                .header("x-debug", second);
+            if http1 {
+                r = r.http1();
+            }
+            assert_denied(&r.send().unwrap());
+        }
+    }
+    // A single value that merely contains a comma is one value, as Envoy sees it.
+    assert_ok(
+        &s.get("/a", t)
+            .header("x-debug", "off,onward")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(s.app.hits(), 2);
+}

@@ -234,6 +234,9 @@ pub fn parse(bytes: &[u8]) -> Result<PluginConfig, Vec<String>> {
 pub struct NodeWorkload {
     pub namespace: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// `LABELS` is present but could not be read as a map of strings. Refused: guessing "no
+    /// labels" would silently drop every policy with a selector.
+    pub labels_unreadable: bool,
 }
 
 /// A compiled configuration: what the request path uses.
@@ -271,6 +274,11 @@ fn named_ports(set: &policy_engine::PolicySet, engine: &Engine) -> Vec<u16> {
 pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<String>> {
     let workload = match &cfg.workload {
         Some(w) => w.clone(),
+        None if node.labels_unreadable => {
+            return Err(vec![
+                "workload: not set, and Envoy node metadata LABELS is not a map of strings: set `workload.labels`".to_string(),
+            ])
+        }
         None => match &node.namespace {
             Some(ns) if !ns.is_empty() => Workload {
                 namespace: ns.clone(),
@@ -440,6 +448,7 @@ mod tests {
         let node = NodeWorkload {
             namespace: Some("foo".to_string()),
             labels: Some([("app".to_string(), "echo".to_string())].into()),
+            labels_unreadable: false,
         };
         let compiled = compile(&cfg, &node).unwrap();
         assert_eq!(
@@ -449,11 +458,20 @@ mod tests {
         let other = NodeWorkload {
             namespace: Some("foo".to_string()),
             labels: Some([("app".to_string(), "other".to_string())].into()),
+            labels_unreadable: false,
         };
         let compiled = compile(&cfg, &other).unwrap();
         assert_eq!(
             compiled.authz.mtls_mode(80),
             policy_engine::MtlsMode::Permissive
         );
+        // Labels present but unreadable: refused rather than read as "no labels".
+        let broken = NodeWorkload {
+            namespace: Some("foo".to_string()),
+            labels: None,
+            labels_unreadable: true,
+        };
+        let err = compile(&cfg, &broken).err().unwrap();
+        assert!(err[0].contains("LABELS is not a map of strings"), "{err:?}");
     }
 }

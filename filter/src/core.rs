@@ -59,6 +59,9 @@ const ACCESS_LOG_HINT: [&str; 4] = [
     "access_log_hint",
 ];
 
+/// The dynamic-metadata namespace Envoy's JWT filter writes (`payload_in_metadata: payload`).
+const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+
 /// The body Istio's (Envoy RBAC's) 403 carries.
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
 
@@ -136,12 +139,32 @@ impl Stage {
 }
 
 /// State shared by every root context of one VM (one per worker thread).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VmState {
     /// A `meshauthz_http_enforce` root was configured in this VM.
     pub http_enforce: Cell<bool>,
     /// A `meshauthz_net_enforce` root was configured in this VM.
     pub net_enforce: Cell<bool>,
+    /// The last valid configuration of each decide filter (plugin name and root id). An update (new plugin
+    /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
+    /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
+    last_good: RefCell<Vec<(String, Rc<Compiled>)>>,
+}
+
+impl VmState {
+    fn last_good(&self, root_id: &str) -> Option<Rc<Compiled>> {
+        self.last_good
+            .borrow()
+            .iter()
+            .find(|(id, _)| id == root_id)
+            .map(|(_, c)| Rc::clone(c))
+    }
+
+    fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
+        let mut all = self.last_good.borrow_mut();
+        all.retain(|(id, _)| id != root_id);
+        all.push((root_id.to_string(), Rc::clone(compiled)));
+    }
 }
 
 /// What a filter callback tells the host to do next.
@@ -261,6 +284,9 @@ impl Plugin {
                             &format!("{root_id}: configuration accepted (fetches: {n:?})"),
                         );
                         self.install(host, compiled);
+                        if let Some(c) = self.compiled() {
+                            self.vm.remember(&last_good_key(host, root_id), &c);
+                        }
                     }
                     Err(errors) => {
                         for e in &errors {
@@ -270,6 +296,15 @@ impl Plugin {
                             );
                         }
                         bump(host, self.metrics.borrow().config_refused);
+                        if self.compiled.borrow().is_none() {
+                            if let Some(previous) = self.vm.last_good(&last_good_key(host, root_id))
+                            {
+                                self.metrics
+                                    .borrow_mut()
+                                    .define_ports(host, &previous.named_ports);
+                                *self.compiled.borrow_mut() = Some(previous);
+                            }
+                        }
                         let what = if self.compiled.borrow().is_some() {
                             "the previous valid configuration stays in force"
                         } else {
@@ -291,6 +326,17 @@ impl Plugin {
     }
 }
 
+/// Which earlier configuration a refused one may fall back to: the same filter (Envoy plugin
+/// `name`; Istio: `<namespace>.<WasmPlugin name>`) and stage. Two differently named filters in one
+/// VM never inherit each other's policies.
+fn last_good_key(host: &dyn Host, root_id: &str) -> String {
+    let name = host
+        .property(&["plugin_name"])
+        .and_then(decode_str)
+        .unwrap_or_default();
+    format!("{name}\u{0}{root_id}")
+}
+
 fn node_workload(host: &dyn Host) -> NodeWorkload {
     // Envoy 1.40 exposes the node as `xds.node` (verified); older releases as `node`.
     let meta = |key: &str| {
@@ -298,10 +344,16 @@ fn node_workload(host: &dyn Host) -> NodeWorkload {
             .or_else(|| host.property(&["node", "metadata", key]))
     };
     let namespace = meta("NAMESPACE").and_then(decode_str);
-    let labels = meta("LABELS")
-        .and_then(|b| decode_pairs(&b))
+    let raw_labels = meta("LABELS");
+    let labels = raw_labels
+        .as_deref()
+        .and_then(decode_pairs)
         .map(|pairs| pairs.into_iter().collect());
-    NodeWorkload { namespace, labels }
+    NodeWorkload {
+        namespace,
+        labels_unreadable: raw_labels.is_some() && labels.is_none(),
+        labels,
+    }
 }
 
 /// The outcome of a decide stage.
@@ -485,10 +537,14 @@ fn evaluate(
         }
         if req.all_headers {
             f.headers = host.request_headers();
-        } else {
-            for name in &req.headers {
-                if let Some(v) = header(host, name) {
-                    f.headers.push((name.clone(), v));
+        } else if !req.headers.is_empty() {
+            // Envoy RBAC matches a header sent several times when any one of its values matches.
+            // The host's single-header read returns the first value only, so a second copy could
+            // hide the value a DENY names: read the whole list once (one host call) and hand the
+            // engine every value of the headers the policies name.
+            for (n, value) in host.request_headers() {
+                if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                    f.headers.push((name.clone(), value));
                 }
             }
         }
@@ -500,6 +556,22 @@ fn evaluate(
     };
     let destination_ip = if req.destination_ip {
         prop_ip(host, &["destination", "address"])
+    } else {
+        None
+    };
+    // Dynamic metadata: the JWT payload Envoy's jwt_authn filter verified, and
+    // `experimental.envoy.filters.*` conditions. Never a request header.
+    let metadata = if (http && req.jwt) || !req.dynamic_metadata.is_empty() {
+        host.property(&["metadata"])
+            .and_then(|b| crate::proto::decode_metadata(&b))
+    } else {
+        None
+    };
+    let jwt = if http && req.jwt {
+        metadata
+            .as_ref()
+            .and_then(|m| m.get(JWT_AUTHN))
+            .and_then(|f| f.get("payload"))
     } else {
         None
     };
@@ -516,13 +588,13 @@ fn evaluate(
         destination_ip,
         destination_port: t.port,
         sni: f.sni.as_deref(),
-        dynamic_metadata: None,
+        dynamic_metadata: metadata.as_ref(),
         http: http.then(|| HttpAttributes {
             host: f.host.as_deref(),
             method: f.method.as_deref(),
             path: f.path.as_deref(),
             headers: &pairs,
-            jwt: None,
+            jwt,
         }),
     };
     authz.check(protocol, &attrs)
@@ -650,16 +722,17 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
 /// can set `access_log_hint`). If it did not, the request is denied: an audit trail that silently
 /// disappears is a security failure too.
 fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> bool {
-    if host.property(&["filter_state", audit_key]).is_none() {
+    let Some(audit) = host.property(&["filter_state", audit_key]) else {
         return true;
-    }
-    if host.property(&ACCESS_LOG_HINT).is_some() {
-        return true;
-    }
-    plugin.log_error(
-        host,
-        "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
-    );
+    };
+    let problem = match host.property(&ACCESS_LOG_HINT).map(|b| decode_bool(&b)) {
+        None => "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
+        // An AUDIT rule matched, yet the companion did not see the flag: it ran before the
+        // decide stage (or matches another key).
+        Some(Some(false)) if audit == b"1" => "an AUDIT rule matched but envoy.common.access_log_hint is false: the RBAC LOG companion runs before meshauthz's decide stage or matches another key: denied",
+        Some(_) => return true,
+    };
+    plugin.log_error(host, problem);
     bump(host, plugin.metrics.borrow().fail_closed);
     false
 }

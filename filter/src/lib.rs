@@ -7,8 +7,10 @@
 pub mod attrs;
 pub mod config;
 pub mod core;
+pub mod exports;
 pub mod host;
 pub mod metrics;
+pub mod proto;
 
 proxy_wasm::main! {{
     host::start();

@@ -219,6 +219,26 @@ fn module_imports_only_what_envoy_provides() {
             "export {needed} missing: {exports:?}"
         );
     }
+    // `make build` removes the callback exports meshauthz does not implement: Envoy calls every
+    // exported callback per request / body chunk / upstream chunk, per filter.
+    let unused: Vec<&String> = exports
+        .iter()
+        .filter(|e| {
+            [
+                "proxy_on_request_body",
+                "proxy_on_response_headers",
+                "proxy_on_response_body",
+                "proxy_on_log",
+                "proxy_on_upstream_data",
+                "proxy_on_downstream_connection_close",
+            ]
+            .contains(&e.as_str())
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the module exports callbacks it does not implement: {unused:?}; build it with `make build` (it runs meshauthz-strip-exports)"
+    );
     // A size budget: the module is loaded into every worker's VM.
     assert!(
         wasm.len() < 4 * 1024 * 1024,

@@ -1122,3 +1122,194 @@ fn a_valid_configuration_is_compiled_and_enforced_end_to_end() {
         (Flow::Stop, "deny no-allow-rule-matched".to_string())
     );
 }
+
+/// Protobuf `envoy.config.core.v3.Metadata` with one filter namespace holding a Struct of strings
+/// and nested Structs (what Envoy returns for `get_property(["metadata"])`).
+fn metadata_bytes(filter: &str, fields: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
+    fn varint(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn field(n: usize, b: &[u8], out: &mut Vec<u8>) {
+        varint(n << 3 | 2, out);
+        varint(b.len(), out);
+        out.extend(b);
+    }
+    fn entry(k: &str, v: &[u8]) -> Vec<u8> {
+        let mut e = Vec::new();
+        field(1, k.as_bytes(), &mut e);
+        field(2, v, &mut e);
+        e
+    }
+    let mut outer = Vec::new(); // Struct of the filter
+    for (name, strings) in fields {
+        let mut inner = Vec::new(); // Struct
+        for (k, v) in *strings {
+            let mut val = Vec::new();
+            field(3, v.as_bytes(), &mut val); // string_value
+            field(1, &entry(k, &val), &mut inner);
+        }
+        let mut val = Vec::new();
+        field(5, &inner, &mut val); // struct_value
+        field(1, &entry(name, &val), &mut outer);
+    }
+    let mut md = Vec::new();
+    field(1, &entry(filter, &outer), &mut md);
+    md
+}
+
+#[test]
+fn request_principal_comes_from_verified_jwt_metadata_only() {
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "alice-only", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"requestPrincipals": ["https://issuer.example/alice"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let run = |host: FakeHost| {
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, core::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        request(&host, &decide, &enforce).1
+    };
+    let verified = |sub: &str| {
+        metadata_bytes(
+            "envoy.filters.http.jwt_authn",
+            &[(
+                "payload",
+                &[("iss", "https://issuer.example"), ("sub", sub)],
+            )],
+        )
+    };
+    assert_eq!(
+        run(FakeHost::default().with(&["metadata"], &verified("alice"))),
+        Flow::Continue
+    );
+    assert_eq!(
+        run(FakeHost::default().with(&["metadata"], &verified("bob"))),
+        Flow::Stop
+    );
+    // An unverified token in a header, or a payload under another filter's name: nothing.
+    assert_eq!(
+        run(FakeHost::default().header(
+            "authorization",
+            "Bearer eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UifQ."
+        )),
+        Flow::Stop
+    );
+    let forged = metadata_bytes(
+        "some.other.filter",
+        &[(
+            "payload",
+            &[("iss", "https://issuer.example"), ("sub", "alice")],
+        )],
+    );
+    assert_eq!(
+        run(FakeHost::default().with(&["metadata"], &forged)),
+        Flow::Stop
+    );
+}
+
+#[test]
+fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
+    // Envoy gives a changed plugin configuration a new root context in the same VM.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "deny-admin", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let vm = Rc::new(VmState::default());
+    let host = FakeHost::default().mtls(true).header(":path", "/admin");
+    let old = Plugin::new(Rc::clone(&vm));
+    old.configure(&host, core::ROOT_HTTP, Some(doc));
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+
+    let updated = Plugin::new(Rc::clone(&vm));
+    updated.configure(
+        &host,
+        core::ROOT_HTTP,
+        Some(br#"{"policies": [{"kind": "AuthorizationPolicy", "spec": {"action": "NOPE"}}]}"#),
+    );
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("previous valid configuration stays in force")));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &updated, &enforce).1, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny ns[foo]-policy[deny-admin]-rule[0]")
+    );
+
+    // Another root id does not inherit it.
+    let net = Plugin::new(Rc::clone(&vm));
+    net.configure(&host, core::ROOT_NET, Some(b"{}"));
+    assert!(net.compiled().is_none());
+
+    // Nor does another filter (plugin name) with the same root id.
+    let other_host = FakeHost::default().with(&["plugin_name"], b"bar.other-plugin");
+    let other = Plugin::new(Rc::clone(&vm));
+    other.configure(&other_host, core::ROOT_HTTP, Some(b"{}"));
+    assert!(other.compiled().is_none());
+}
+
+#[test]
+fn a_log_companion_placed_before_the_decide_stage_is_caught() {
+    // The RBAC LOG filter ran first: it saw no flag and wrote `false`, although a rule matched.
+    let host = FakeHost::default().mtls(true).with(
+        &[
+            "metadata",
+            "filter_metadata",
+            "envoy.common",
+            "access_log_hint",
+        ],
+        &[0],
+    );
+    let mut d = allow(Cause::NoAllowPolicy);
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let (decide, enforce, _) = Setup::new(d).build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("runs before meshauthz's decide stage")));
+}
+
+#[test]
+fn every_value_of_a_repeated_header_is_checked() {
+    // Envoy RBAC denies when any value of a repeated header matches a DENY rule (observed on
+    // Envoy 1.40); the host's single-header read would only see the first value.
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "no-debug", "namespace": "foo"},
+         "spec": {"action": "DENY", "rules": [{"when": [{"key": "request.headers[x-debug]", "values": ["on"]}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let run = |values: &[&str]| {
+        let mut host = FakeHost::default().mtls(true).header(":path", "/");
+        for v in values {
+            host = host.header("x-debug", v);
+        }
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, core::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        request(&host, &decide, &enforce).1
+    };
+    assert_eq!(run(&["off"]), Flow::Continue);
+    assert_eq!(run(&["on"]), Flow::Stop);
+    assert_eq!(run(&["off", "on"]), Flow::Stop);
+    assert_eq!(run(&["on", "off"]), Flow::Stop);
+    // One value that merely contains the word, as Envoy: not split on commas.
+    assert_eq!(run(&["off,on"]), Flow::Continue);
+}

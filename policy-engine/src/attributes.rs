@@ -42,20 +42,48 @@ pub struct HttpAttributes<'a> {
     /// `:path` as received, query string included: the engine strips the query and fragment and
     /// normalizes the path (see [`crate::path`]) before matching.
     pub path: Option<&'a str>,
-    /// Request headers the policies need, names in lower case, repeated headers joined with `,`.
+    /// Request headers the policies need, names in lower case. A header sent several times is
+    /// given as several pairs: Envoy RBAC matches a header matcher when ANY one of its values
+    /// matches (Envoy 1.40, checked by the differential test), and the engine does the same.
+    /// CEL's `request.headers` joins them with `,`, as Envoy's `request.headers` attribute does.
     pub headers: &'a [(&'a str, &'a str)],
     /// The verified JWT payload (`envoy.filters.http.jwt_authn` metadata, key `payload`). Never
     /// parsed from a request header by the engine.
     pub jwt: Option<&'a serde_json::Value>,
 }
 
-impl HttpAttributes<'_> {
-    /// The value of a request header (`name` in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+impl<'a> HttpAttributes<'a> {
+    /// The first value of a request header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| *v)
+    }
+
+    /// Every value of a request header (`name` in lower case), in order.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// The values of a request header joined with `,` (Envoy's `request.headers` attribute).
+    pub fn header_joined(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        let mut values = self.header_values(name);
+        let first = values.next()?;
+        match values.next() {
+            None => Some(std::borrow::Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = format!("{first},{second}");
+                for v in values {
+                    joined.push(',');
+                    joined.push_str(v);
+                }
+                Some(std::borrow::Cow::Owned(joined))
+            }
+        }
     }
 }
 

@@ -299,9 +299,10 @@ impl Matcher {
             Matcher::Method(m) => http.and_then(|h| h.method).is_some_and(|v| m.matches(v)),
             Matcher::Path(m) => ctx.path.as_deref().is_some_and(|p| m.matches(p)),
             Matcher::PathTemplate(t) => ctx.path.as_deref().is_some_and(|p| t.matches(p)),
-            Matcher::Header { name, value } => http
-                .and_then(|h| h.header(name))
-                .is_some_and(|v| value.matches(v)),
+            // Envoy RBAC: a header sent several times matches when any one of its values does.
+            Matcher::Header { name, value } => {
+                http.is_some_and(|h| h.header_values(name).any(|v| value.matches(v)))
+            }
             Matcher::Metadata {
                 filter,
                 key,

@@ -11,12 +11,18 @@ pub(crate) struct TrustBundle {
     domains: Vec<String>,
 }
 
-/// Istio's `stringMatch`: exact, `*`, `x*` prefix or `*x` suffix.
-fn domain_pattern_matches(a: &str, pattern: &str) -> bool {
-    a == pattern
-        || pattern == "*"
+/// `pattern` is `*`, or `x*` / `*x` matching `a` by prefix / suffix.
+fn wildcard_matches(a: &str, pattern: &str) -> bool {
+    pattern == "*"
         || pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))
         || pattern.strip_prefix('*').is_some_and(|s| a.ends_with(s))
+}
+
+/// Istio's `trustdomain.stringMatch`: exact, or a wildcard on EITHER side ("the pattern can be in
+/// the string or the list"), so a policy's `*bar` matches the alias `foobar` and the alias
+/// `*-td` would match a policy's `old-td`.
+fn domain_pattern_matches(a: &str, pattern: &str) -> bool {
+    a == pattern || wildcard_matches(a, pattern) || wildcard_matches(pattern, a)
 }
 
 impl TrustBundle {
@@ -79,6 +85,31 @@ mod tests {
             vec!["cluster.local/ns/a/sa/b"]
         );
         assert_eq!(b.expand_principal("ns/a/sa/b"), vec!["ns/a/sa/b"]);
+    }
+
+    #[test]
+    fn wildcard_trust_domain_in_the_policy_expands_to_matching_aliases() {
+        // Istio golden `simple-policy-td-aliases`: `*bar/ns/foo/sa/x` with td1 + alias foobar.
+        let mesh = MeshConfig {
+            trust_domain: "td1".into(),
+            trust_domain_aliases: vec!["foobar".into()],
+            ..MeshConfig::default()
+        };
+        let b = TrustBundle::new(&mesh);
+        assert_eq!(
+            b.expand_principal("*bar/ns/foo/sa/x"),
+            vec!["td1/ns/foo/sa/x", "*bar/ns/foo/sa/x"]
+        );
+        let mesh = MeshConfig {
+            trust_domain: "new-td".into(),
+            trust_domain_aliases: vec!["old-td".into(), "some-trustdomain".into()],
+            ..MeshConfig::default()
+        };
+        let b = TrustBundle::new(&mesh);
+        assert_eq!(
+            b.expand_principal("*-td/ns/foo/sa/p"),
+            vec!["*-td/ns/foo/sa/p", "some-trustdomain/ns/foo/sa/p"]
+        );
     }
 
     #[test]

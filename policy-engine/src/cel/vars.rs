@@ -157,9 +157,21 @@ impl Attr {
             Attr::RequestHost => http()?.host.map(str_value),
             Attr::RequestHeaders => {
                 let headers = http()?.headers;
-                let map = headers
-                    .iter()
-                    .map(|(n, v)| (Key::from(n.to_ascii_lowercase()), str_value(v)))
+                // A repeated header is one entry, its values joined with `,` (Envoy's attribute).
+                let mut joined: Vec<(String, String)> = Vec::with_capacity(headers.len());
+                for (n, v) in headers {
+                    let name = n.to_ascii_lowercase();
+                    match joined.iter_mut().find(|(k, _)| *k == name) {
+                        Some((_, existing)) => {
+                            existing.push(',');
+                            existing.push_str(v);
+                        }
+                        None => joined.push((name, (*v).to_string())),
+                    }
+                }
+                let map = joined
+                    .into_iter()
+                    .map(|(n, v)| (Key::from(n), str_value(&v)))
                     .collect();
                 Some(Value::Map(Map { map: Arc::new(map) }))
             }
@@ -240,7 +252,7 @@ impl VarKind {
     pub(super) fn value(&self, attrs: &Attributes<'_>) -> Option<Value> {
         match self {
             VarKind::Attr(a) => a.value(attrs),
-            VarKind::Header(h) => attrs.http.as_ref()?.header(h).map(str_value),
+            VarKind::Header(h) => attrs.http.as_ref()?.header_joined(h).map(|v| str_value(&v)),
             VarKind::Claim(path) => claim(attrs.http.as_ref()?.jwt?, path).map(json_value),
             VarKind::Has(inner) => inner.present(attrs).map(Value::Bool),
             VarKind::InCidr(attr, net) => attr

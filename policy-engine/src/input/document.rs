@@ -49,19 +49,48 @@ pub(crate) fn parse_documents(
     }
 }
 
-/// Splits one document into objects. `null` (an empty document) gives none.
+/// Splits one document into objects. `null` (an empty document) gives none. Arrays and Lists
+/// nest (`[{kind: List, items: [...]}]`): every object inside is read, since skipping one could
+/// drop a DENY policy.
 pub(crate) fn objects_of_document(
     doc: usize,
     value: Value,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Vec<RawObject> {
-    let origin = format!("document {doc}");
     let mut out = Vec::new();
+    collect(format!("document {doc}"), value, 0, &mut out, diagnostics);
+    out
+}
+
+/// How deep arrays and Lists may nest (kubectl output nests one level).
+const MAX_NESTING: usize = 8;
+
+fn collect(
+    origin: String,
+    value: Value,
+    depth: usize,
+    out: &mut Vec<RawObject>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if depth > MAX_NESTING {
+        diagnostics.push(Diagnostic::error(
+            None,
+            origin,
+            format!("lists nested more than {MAX_NESTING} levels deep"),
+        ));
+        return;
+    }
     match value {
         Value::Null => {}
         Value::Array(items) => {
             for (i, item) in items.into_iter().enumerate() {
-                push_object(format!("{origin}, [{i}]"), item, &mut out, diagnostics);
+                collect(
+                    format!("{origin}, [{i}]"),
+                    item,
+                    depth + 1,
+                    out,
+                    diagnostics,
+                );
             }
         }
         Value::Object(map) if is_list(&map) => {
@@ -70,7 +99,8 @@ pub(crate) fn objects_of_document(
                 None | Some(Value::Null) => {}
                 Some(Value::Array(items)) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        push_object(format!("{origin}, items[{i}]"), item, &mut out, diagnostics);
+                        let o = format!("{origin}, items[{i}]");
+                        collect(o, item, depth + 1, out, diagnostics);
                     }
                 }
                 Some(_) => diagnostics.push(Diagnostic::error(
@@ -80,9 +110,8 @@ pub(crate) fn objects_of_document(
                 )),
             }
         }
-        other => push_object(origin, other, &mut out, diagnostics),
+        other => push_object(origin, other, out, diagnostics),
     }
-    out
 }
 
 fn push_object(

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use policy_engine::{
-    load_str, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes, LoadOptions,
-    MeshConfig, MtlsMode, Protocol, RuleId, ShadowResult, Workload,
+    load_str, load_value, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes,
+    LoadOptions, MeshConfig, MtlsMode, Protocol, Requirements, RuleId, ShadowResult, Workload,
 };
 use serde::Deserialize;
 
@@ -114,7 +114,7 @@ pub struct Case {
     pub expect_warning: Option<String>,
 }
 
-/// A header value: one string, or a list (repeated header, joined with `,` as Envoy does).
+/// A header value: one string, or a list (the header sent several times).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum HeaderValue {
@@ -225,8 +225,9 @@ impl Report {
     }
 }
 
-/// Runs every case of every `(file name, contents)`.
-pub fn run_files(files: &[(&str, &str)]) -> Report {
+/// Runs the cases of every `(file name, contents)` whose file name or case name contains `filter`
+/// (every case if it is empty).
+pub fn run_matching(files: &[(&str, &str)], filter: &str) -> Report {
     let mut report = Report::default();
     for (file, text) in files {
         report.files += 1;
@@ -247,6 +248,9 @@ pub fn run_files(files: &[(&str, &str)]) -> Report {
             ));
         }
         for case in &parsed.cases {
+            if !filter.is_empty() && !file.contains(filter) && !case.name.contains(filter) {
+                continue;
+            }
             report.cases += 1;
             report.names.push(case.name.clone());
             let problems = run_case(&parsed, case);
@@ -288,10 +292,76 @@ fn diagnostics_text(d: &Diagnostics) -> String {
         .join(" | ")
 }
 
+/// How the policies reach the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrontEnd {
+    /// `load_str` on the YAML/JSON text, as the CLI and users load files.
+    Text,
+    /// `load_value` on the documents as JSON values, as the proxy-wasm filter loads its
+    /// configuration.
+    Json,
+}
+
+/// The policy documents of `text` as JSON: one document as itself, several as an array (YAML
+/// integer keys such as the ports of `portLevelMtls` become strings, as in JSON). `None` if the
+/// text is not YAML at all.
+fn documents_as_json(text: &str) -> Option<serde_json::Value> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = serde_yaml_ng::Value::deserialize(doc).ok()?;
+        if !value.is_null() {
+            docs.push(yaml_to_json(value));
+        }
+    }
+    if docs.len() == 1 {
+        docs.pop()
+    } else {
+        Some(serde_json::Value::Array(docs))
+    }
+}
+
+fn yaml_to_json(v: serde_yaml_ng::Value) -> serde_json::Value {
+    use serde_yaml_ng::Value as Y;
+    match v {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => serde_json::Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(&n).unwrap_or(serde_json::Value::Null),
+        Y::String(s) => serde_json::Value::String(s),
+        Y::Sequence(items) => {
+            serde_json::Value::Array(items.into_iter().map(yaml_to_json).collect())
+        }
+        Y::Mapping(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s,
+                        other => serde_yaml_ng::to_string(&other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(t) => yaml_to_json(t.value),
+    }
+}
+
 /// Loads and compiles what the case names: the engine and every warning, or every error.
-fn build(file: &CaseFile, case: &Case) -> Result<(Engine, Diagnostics), Diagnostics> {
+fn build(
+    file: &CaseFile,
+    case: &Case,
+    front_end: FrontEnd,
+) -> Result<(Engine, Diagnostics), Diagnostics> {
     let text = case.policies.as_deref().unwrap_or(&file.policies);
-    let (set, mut warnings) = load_str(text, &LoadOptions::default())?;
+    let (set, mut warnings) = match front_end {
+        FrontEnd::Text => load_str(text, &LoadOptions::default())?,
+        FrontEnd::Json => match documents_as_json(text) {
+            Some(docs) => load_value(&docs, &LoadOptions::default())?,
+            None => load_str(text, &LoadOptions::default())?,
+        },
+    };
     let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
     let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (engine, more) = Engine::compile(&set, &wl, &mesh)?;
@@ -299,8 +369,22 @@ fn build(file: &CaseFile, case: &Case) -> Result<(Engine, Diagnostics), Diagnost
     Ok((engine, warnings))
 }
 
-/// Runs one case; returns what did not match expectations (empty: passed).
+/// Runs one case twice, with the policies loaded from text (`load_str`) and as JSON values
+/// (`load_value`, the filter's path); returns what did not match expectations (empty: passed).
 pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
+    let mut problems = run_case_with(file, case, FrontEnd::Text);
+    for p in run_case_with(file, case, FrontEnd::Json) {
+        let p = format!(
+            "[filter path: policies as JSON values (load_value), only the attributes Engine::requirements() names] {p}"
+        );
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    problems
+}
+
+fn run_case_with(file: &CaseFile, case: &Case, front_end: FrontEnd) -> Vec<String> {
     let mut problems = Vec::new();
     if case.expect.is_none()
         && case.expect_mtls.is_none()
@@ -313,7 +397,7 @@ pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
         );
         return problems;
     }
-    let built = build(file, case);
+    let built = build(file, case, front_end);
 
     if let Some(want) = &case.expect_load_error {
         if case.expect.is_some() || case.expect_mtls.is_some() {
@@ -370,7 +454,7 @@ pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
     }
 
     if let Some(expect) = &case.expect {
-        match check_request(&engine, case) {
+        match check_request(&engine, case, front_end) {
             Ok(decision) => check_decision(&engine, &decision, expect, &mut problems),
             Err(e) => problems.push(format!("case file error: {e}")),
         }
@@ -428,8 +512,31 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
 }
 
-fn check_request(engine: &Engine, case: &Case) -> Result<Decision, String> {
+/// Checks the case's request. On the filter's path (`FrontEnd::Json`) the engine gets only the
+/// attributes its `requirements()` name, as the proxy-wasm filter fetches them; so a requirement
+/// the engine forgets to declare shows up as a wrong decision.
+fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<Decision, String> {
     let r = &case.request;
+    let all = Requirements {
+        principal: true,
+        mtls: true,
+        source_ip: true,
+        remote_ip: true,
+        destination_ip: true,
+        destination_port: true,
+        sni: true,
+        host: true,
+        method: true,
+        path: true,
+        jwt: true,
+        headers: Vec::new(),
+        all_headers: true,
+        dynamic_metadata: Vec::new(),
+    };
+    let (need, all_metadata) = match front_end {
+        FrontEnd::Text => (&all, true),
+        FrontEnd::Json => (engine.requirements(), false),
+    };
     let protocol = match case.protocol {
         ProtocolSpec::Http => Protocol::Http,
         ProtocolSpec::Tcp => Protocol::Tcp,
@@ -446,45 +553,74 @@ fn check_request(engine: &Engine, case: &Case) -> Result<Decision, String> {
                 .to_string(),
         );
     }
+    // A repeated header is several pairs: Envoy RBAC matches when any one value matches.
     let headers: Vec<(String, String)> = r
         .headers
         .iter()
-        .map(|(name, value)| {
-            let value = match value {
-                HeaderValue::One(v) => v.clone(),
-                HeaderValue::Many(vs) => vs.join(","),
+        .flat_map(|(name, value)| {
+            let values = match value {
+                HeaderValue::One(v) => vec![v.clone()],
+                HeaderValue::Many(vs) => vs.clone(),
             };
-            (name.to_ascii_lowercase(), value)
+            values
+                .into_iter()
+                .map(move |v| (name.to_ascii_lowercase(), v))
         })
         .collect();
     let header_refs: Vec<(&str, &str)> = headers
         .iter()
+        .filter(|(n, _)| need.all_headers || need.headers.iter().any(|h| h == n))
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
+    // Only the filters whose metadata is named, as the filter would fetch them one by one.
+    let metadata = r.dynamic_metadata.as_ref().map(|md| match md {
+        serde_json::Value::Object(filters) if !all_metadata => serde_json::Value::Object(
+            filters
+                .iter()
+                .filter(|(f, _)| need.dynamic_metadata.iter().any(|n| n == *f))
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    });
     let source_ip = r.source_ip.or_else(|| parse_ip(DEFAULT_SOURCE_IP));
     let attrs = Attributes {
-        principal: r.principal.as_deref(),
-        mtls: r.mtls.unwrap_or(r.principal.is_some()),
-        source_ip,
-        remote_ip: r.remote_ip.or(source_ip),
-        destination_ip: r
-            .destination_ip
-            .or_else(|| parse_ip(DEFAULT_DESTINATION_IP)),
-        destination_port: Some(r.port.unwrap_or(DEFAULT_PORT)),
-        sni: r.sni.as_deref(),
-        dynamic_metadata: r.dynamic_metadata.as_ref(),
+        principal: given(need.principal, r.principal.as_deref()),
+        mtls: need.mtls && r.mtls.unwrap_or(r.principal.is_some()),
+        source_ip: given(need.source_ip, source_ip),
+        remote_ip: given(need.remote_ip, r.remote_ip.or(source_ip)),
+        destination_ip: given(
+            need.destination_ip,
+            r.destination_ip
+                .or_else(|| parse_ip(DEFAULT_DESTINATION_IP)),
+        ),
+        destination_port: given(need.destination_port, Some(r.port.unwrap_or(DEFAULT_PORT))),
+        sni: given(need.sni, r.sni.as_deref()),
+        dynamic_metadata: metadata.as_ref(),
         http: match protocol {
             Protocol::Tcp => None,
             Protocol::Http => Some(HttpAttributes {
-                host: Some(r.host.as_deref().unwrap_or(DEFAULT_HOST)),
-                method: Some(r.method.as_deref().unwrap_or(DEFAULT_METHOD)),
-                path: Some(r.path.as_deref().unwrap_or(DEFAULT_PATH)),
+                host: given(need.host, Some(r.host.as_deref().unwrap_or(DEFAULT_HOST))),
+                method: given(
+                    need.method,
+                    Some(r.method.as_deref().unwrap_or(DEFAULT_METHOD)),
+                ),
+                path: given(need.path, Some(r.path.as_deref().unwrap_or(DEFAULT_PATH))),
                 headers: &header_refs,
-                jwt: r.jwt.as_ref(),
+                jwt: given(need.jwt, r.jwt.as_ref()),
             }),
         },
     };
     Ok(engine.check(protocol, &attrs))
+}
+
+/// `v` if the engine asked for the attribute, else absent.
+fn given<T>(needed: bool, v: Option<T>) -> Option<T> {
+    if needed {
+        v
+    } else {
+        None
+    }
 }
 
 fn rule_name(engine: &Engine, id: RuleId) -> String {

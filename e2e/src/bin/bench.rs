@@ -108,8 +108,14 @@ enum Chain {
         enforce: bool,
     },
     /// `filters` copies of the no-op proxy-wasm filter (`bench/noop-filter`, one VM), each making
-    /// `calls` host calls per request: the floor of any proxy-wasm filter in this Envoy.
-    Noop { filters: usize, calls: u32 },
+    /// `calls` host calls per request: the floor of any proxy-wasm filter in this Envoy. With
+    /// `stripped`, the module as `meshauthz-strip-exports` leaves it (as `make build` leaves
+    /// meshauthz's), else with every callback the SDK exports.
+    Noop {
+        filters: usize,
+        calls: u32,
+        stripped: bool,
+    },
 }
 
 const FULL: Chain = Chain::Meshauthz {
@@ -125,9 +131,6 @@ struct Variant {
     chain: Chain,
     policies: usize,
     audit: bool,
-    /// Load the modules with the callbacks they do not implement removed from their exports
-    /// (see [`trim_exports`]).
-    trim: bool,
 }
 
 fn variants(o: &Opts) -> Vec<Variant> {
@@ -137,7 +140,6 @@ fn variants(o: &Opts) -> Vec<Variant> {
         chain,
         policies,
         audit,
-        trim: false,
     };
     let mut out = vec![
         v("a", "no authz filter", Chain::NoFilter, 0, false),
@@ -194,38 +196,35 @@ fn variants(o: &Opts) -> Vec<Variant> {
         ] {
             out.push(v(key, what, chain, 10, false));
         }
-        let noop = |filters, calls| Chain::Noop { filters, calls };
+        let noop = |filters, calls, stripped| Chain::Noop {
+            filters,
+            calls,
+            stripped,
+        };
         for (key, what, chain) in [
-            ("w-noop", "1 no-op proxy-wasm filter", noop(1, 0)),
-            ("w-noop2", "2 no-op proxy-wasm filters", noop(2, 0)),
+            (
+                "w-noop-sdk",
+                "1 no-op proxy-wasm filter, all SDK exports",
+                noop(1, 0, false),
+            ),
+            (
+                "w-noop",
+                "1 no-op proxy-wasm filter, stripped exports",
+                noop(1, 0, true),
+            ),
+            (
+                "w-noop2",
+                "2 no-op filters (one VM), stripped",
+                noop(2, 0, true),
+            ),
             (
                 "w-calls8",
-                "1 no-op filter making 8 get_property calls",
-                noop(1, 8),
+                "1 no-op filter making 8 get_property calls, stripped",
+                noop(1, 8, true),
             ),
         ] {
             out.push(v(key, what, chain, 0, false));
         }
-        out.push(Variant {
-            trim: true,
-            ..v(
-                "w-noop-trim",
-                "1 no-op filter, unused callbacks not exported",
-                noop(1, 0),
-                0,
-                false,
-            )
-        });
-        out.push(Variant {
-            trim: true,
-            ..v(
-                "c-10-trim",
-                "meshauthz, full chain, unused callbacks not exported",
-                FULL,
-                10,
-                false,
-            )
-        });
     }
     if !o.only.is_empty() {
         out.retain(|v| v.chain == Chain::NoFilter || o.only.contains(&v.key));
@@ -328,103 +327,6 @@ fn noop_filter(module: &Path, calls: u32) -> Value {
     })
 }
 
-/// The proxy-wasm callbacks the Rust SDK exports although neither module implements them (the
-/// SDK's defaults just continue). The host skips a callback a module does not export
-/// (proxy-wasm-cpp-host `ContextBase::onResponseHeaders` etc.), saving a VM entry each; the
-/// request path here would otherwise enter the VM for response headers, response body, log and
-/// done of every HTTP filter on every request.
-const UNUSED_CALLBACKS: [&str; 18] = [
-    "proxy_on_request_body",
-    "proxy_on_request_trailers",
-    "proxy_on_response_headers",
-    "proxy_on_response_body",
-    "proxy_on_response_trailers",
-    "proxy_on_log",
-    "proxy_on_done",
-    "proxy_on_upstream_data",
-    "proxy_on_downstream_connection_close",
-    "proxy_on_upstream_connection_close",
-    "proxy_on_http_call_response",
-    "proxy_on_grpc_receive_initial_metadata",
-    "proxy_on_grpc_receive_trailing_metadata",
-    "proxy_on_grpc_receive",
-    "proxy_on_grpc_close",
-    "proxy_on_queue_ready",
-    "proxy_on_tick",
-    "proxy_on_foreign_function",
-];
-
-fn leb128(b: &[u8], at: &mut usize) -> Result<u32> {
-    let mut value: u64 = 0;
-    for shift in (0..35).step_by(7) {
-        let byte = *b
-            .get(*at)
-            .ok_or_else(|| Error("truncated wasm module".into()))?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return u32::try_from(value).map_err(|_| Error("bad LEB128 in wasm module".into()));
-        }
-    }
-    Err(Error("bad LEB128 in wasm module".into()))
-}
-
-fn put_leb128(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// The module with [`UNUSED_CALLBACKS`] removed from its export section (code unchanged).
-fn trim_exports(wasm: &[u8]) -> Result<Vec<u8>> {
-    let bad = || Error("not a wasm module".into());
-    let mut out = wasm.get(..8).ok_or_else(bad)?.to_vec();
-    let mut at = 8;
-    while at < wasm.len() {
-        let id = *wasm.get(at).ok_or_else(bad)?;
-        at += 1;
-        let size = leb128(wasm, &mut at)? as usize;
-        let body = wasm.get(at..at + size).ok_or_else(bad)?;
-        at += size;
-        let body = if id == 7 {
-            let mut p = 0;
-            let count = leb128(body, &mut p)?;
-            let mut kept = Vec::new();
-            let mut n = 0;
-            for _ in 0..count {
-                let start = p;
-                let len = leb128(body, &mut p)? as usize;
-                let name = body.get(p..p + len).ok_or_else(bad)?;
-                p += len + 1; // name, then the export kind byte
-                leb128(body, &mut p)?; // index
-                if !UNUSED_CALLBACKS.iter().any(|c| c.as_bytes() == name) {
-                    kept.extend_from_slice(body.get(start..p).ok_or_else(bad)?);
-                    n += 1;
-                }
-            }
-            let mut section = Vec::new();
-            put_leb128(&mut section, n);
-            section.extend_from_slice(&kept);
-            section
-        } else {
-            body.to_vec()
-        };
-        out.push(id);
-        put_leb128(
-            &mut out,
-            u32::try_from(body.len()).map_err(|_| Error("wasm section too large".into()))?,
-        );
-        out.extend_from_slice(&body);
-    }
-    Ok(out)
-}
-
 fn at<'a>(v: &'a mut Value, pointer: &str) -> Result<&'a mut Value> {
     v.pointer_mut(pointer)
         .ok_or_else(|| Error(format!("the server template has no {pointer}")))
@@ -486,7 +388,7 @@ fn shape(config: &str, chain: Chain, policies: usize, noop_module: &Path) -> Res
         if let Some(r) = &rbac {
             http.insert(0, r.clone());
         }
-        if let Chain::Noop { filters, calls } = chain {
+        if let Chain::Noop { filters, calls, .. } = chain {
             for _ in 0..filters {
                 http.insert(0, noop_filter(noop_module, calls));
             }
@@ -530,16 +432,11 @@ struct Sample {
 
 fn start(v: Variant, dir: &Path, pki: &Pki, o: &Opts) -> Result<Server> {
     let tmpl = template(HTTP_TEMPLATE)?;
-    let mut module = module_path()?;
-    let mut noop = module.with_file_name("bench_noop.wasm");
-    if v.trim {
-        for m in [&mut module, &mut noop] {
-            let name = m.file_name().unwrap_or_default().to_string_lossy();
-            let trimmed = dir.join(format!("trimmed-{name}"));
-            std::fs::write(&trimmed, trim_exports(&std::fs::read(&*m)?)?)?;
-            *m = trimmed;
-        }
-    }
+    let module = module_path()?;
+    let noop = module.with_file_name(match v.chain {
+        Chain::Noop { stripped: true, .. } => "bench_noop_stripped.wasm",
+        _ => "bench_noop.wasm",
+    });
     let policy_file = dir.join(format!("{}-policies.yaml", v.key));
     std::fs::write(&policy_file, istio_policies(v.policies, v.audit))?;
     let mut port = 0;
@@ -977,73 +874,6 @@ mod tests {
             "cluster.local/ns/ns00002/sa/sa00002"
         );
         assert_eq!(docs[3]["spec"]["action"], "AUDIT");
-    }
-
-    /// Export names of a module, read back with the same section walk.
-    fn exports(wasm: &[u8]) -> Vec<String> {
-        let mut at = 8;
-        while at < wasm.len() {
-            let id = wasm[at];
-            at += 1;
-            let size = leb128(wasm, &mut at).unwrap() as usize;
-            if id == 7 {
-                let body = &wasm[at..at + size];
-                let mut p = 0;
-                let count = leb128(body, &mut p).unwrap();
-                return (0..count)
-                    .map(|_| {
-                        let len = leb128(body, &mut p).unwrap() as usize;
-                        let name = String::from_utf8(body[p..p + len].to_vec()).unwrap();
-                        p += len + 1;
-                        leb128(body, &mut p).unwrap();
-                        name
-                    })
-                    .collect();
-            }
-            at += size;
-        }
-        Vec::new()
-    }
-
-    #[test]
-    fn trimming_drops_only_the_unused_callbacks() {
-        // A module exporting three functions and the memory: (func) x3, exports
-        // "proxy_on_log" (func 0), "proxy_on_request_headers" (func 1), "proxy_on_done" (func 2),
-        // "memory" (memory 0).
-        let mut m = b"\0asm\x01\0\0\0".to_vec();
-        m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0]); // type section: () -> ()
-        m.extend_from_slice(&[3, 4, 3, 0, 0, 0]); // function section
-        m.extend_from_slice(&[5, 3, 1, 0, 1]); // memory section: min 1 page
-        let mut ex = vec![4u8];
-        for (name, kind, idx) in [
-            ("proxy_on_log", 0u8, 0u8),
-            ("proxy_on_request_headers", 0, 1),
-            ("proxy_on_done", 0, 2),
-            ("memory", 2, 0),
-        ] {
-            ex.push(name.len() as u8);
-            ex.extend_from_slice(name.as_bytes());
-            ex.extend_from_slice(&[kind, idx]);
-        }
-        m.push(7);
-        m.push(ex.len() as u8);
-        m.extend_from_slice(&ex);
-        m.extend_from_slice(&[10, 10, 3, 2, 0, 0x0b, 2, 0, 0x0b, 2, 0, 0x0b]); // code section
-        let t = trim_exports(&m).unwrap();
-        assert_eq!(exports(&t), ["proxy_on_request_headers", "memory"]);
-        assert!(t.ends_with(&[10, 10, 3, 2, 0, 0x0b, 2, 0, 0x0b, 2, 0, 0x0b]));
-        let built = meshauthz_e2e::module_path();
-        if let Ok(path) = built {
-            let names = exports(&trim_exports(&std::fs::read(path).unwrap()).unwrap());
-            assert!(
-                names.iter().any(|n| n == "proxy_on_request_headers"),
-                "{names:?}"
-            );
-            assert!(
-                !names.iter().any(|n| n == "proxy_on_response_headers"),
-                "{names:?}"
-            );
-        }
     }
 
     #[test]

@@ -1,30 +1,63 @@
 //! The floor `make bench-envoy` measures meshauthz against: a proxy-wasm HTTP filter (same SDK,
-//! same V8 runtime) that only makes K `get_property(["connection", "mtls"])` host calls per
-//! request, K being its plugin configuration (a decimal number, 0 when absent or unreadable),
-//! and continues. Never loaded outside the benchmark.
+//! same V8 runtime) whose only work is K host calls of one kind per request, then continue.
+//! Plugin configuration: `K` or `K KIND`, KIND one of
+//! - `get` (default): `get_property(["connection", "mtls"])` (a value comes back),
+//! - `header`: `get_http_request_header(":path")` (a value comes back),
+//! - `headers`: `get_http_request_headers()` (all of them, serialized, come back),
+//! - `set`: `set_property(["bench_noop"], "allow")` (filter state, nothing comes back),
+//! - `count`: `increment_metric` of a counter defined at configuration (nothing comes back).
+//!
+//! An unreadable configuration means no calls. Never loaded outside the benchmark.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+
+#[derive(Clone, Copy, Default)]
+enum Kind {
+    #[default]
+    Get,
+    Header,
+    Headers,
+    Set,
+    Count(u32),
+}
+
+#[derive(Clone, Copy, Default)]
+struct Work {
+    calls: u32,
+    kind: Kind,
+}
 
 struct Root {
-    calls: Rc<Cell<u32>>,
+    work: Rc<Cell<Work>>,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let k = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+        let text = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
             .ok()
             .flatten()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(0);
-        self.calls.set(k);
+            .unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let calls = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let kind = match words.next() {
+            Some("header") => Kind::Header,
+            Some("headers") => Kind::Headers,
+            Some("set") => Kind::Set,
+            Some("count") => match hostcalls::define_metric(MetricType::Counter, "bench_noop") {
+                Ok(id) => Kind::Count(id),
+                Err(_) => return false,
+            },
+            _ => Kind::Get,
+        };
+        self.work.set(Work { calls, kind });
         true
     }
 
@@ -34,21 +67,37 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Noop {
-            calls: self.calls.get(),
+            work: self.work.get(),
         }))
     }
 }
 
 struct Noop {
-    calls: u32,
+    work: Work,
 }
 
 impl Context for Noop {}
 
 impl HttpContext for Noop {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for _ in 0..self.calls {
-            let _ = hostcalls::get_property(vec!["connection", "mtls"]);
+        for _ in 0..self.work.calls {
+            match self.work.kind {
+                Kind::Get => {
+                    let _ = hostcalls::get_property(vec!["connection", "mtls"]);
+                }
+                Kind::Header => {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+                }
+                Kind::Headers => {
+                    let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+                }
+                Kind::Set => {
+                    let _ = hostcalls::set_property(vec!["bench_noop"], Some(b"allow"));
+                }
+                Kind::Count(id) => {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
+            }
         }
         Action::Continue
     }
@@ -58,7 +107,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(Root {
-            calls: Rc::new(Cell::new(0)),
+            work: Rc::new(Cell::new(Work::default())),
         })
     });
 }}

@@ -108,12 +108,14 @@ enum Chain {
         enforce: bool,
     },
     /// `filters` copies of the no-op proxy-wasm filter (`bench/noop-filter`, one VM), each making
-    /// `calls` host calls per request: the floor of any proxy-wasm filter in this Envoy. With
+    /// `calls` host calls of kind `call` (see the module) per request: the floor of any proxy-wasm
+    /// filter in this Envoy, and what a host call costs. With
     /// `stripped`, the module as `meshauthz-strip-exports` leaves it (as `make build` leaves
     /// meshauthz's), else with every callback the SDK exports.
     Noop {
         filters: usize,
         calls: u32,
+        call: &'static str,
         stripped: bool,
     },
 }
@@ -196,31 +198,52 @@ fn variants(o: &Opts) -> Vec<Variant> {
         ] {
             out.push(v(key, what, chain, 10, false));
         }
-        let noop = |filters, calls, stripped| Chain::Noop {
+        let noop = |filters, calls, call, stripped| Chain::Noop {
             filters,
             calls,
+            call,
             stripped,
         };
         for (key, what, chain) in [
             (
                 "w-noop-sdk",
                 "1 no-op proxy-wasm filter, all SDK exports",
-                noop(1, 0, false),
+                noop(1, 0, "get", false),
             ),
             (
                 "w-noop",
                 "1 no-op proxy-wasm filter, stripped exports",
-                noop(1, 0, true),
+                noop(1, 0, "get", true),
             ),
             (
                 "w-noop2",
                 "2 no-op filters (one VM), stripped",
-                noop(2, 0, true),
+                noop(2, 0, "get", true),
             ),
             (
-                "w-calls8",
-                "1 no-op filter making 8 get_property calls, stripped",
-                noop(1, 8, true),
+                "w-get8",
+                "w-noop + 8 get_property(connection.mtls)",
+                noop(1, 8, "get", true),
+            ),
+            (
+                "w-header8",
+                "w-noop + 8 get_http_request_header(:path)",
+                noop(1, 8, "header", true),
+            ),
+            (
+                "w-headers8",
+                "w-noop + 8 get_http_request_headers (all)",
+                noop(1, 8, "headers", true),
+            ),
+            (
+                "w-set8",
+                "w-noop + 8 set_property (filter state)",
+                noop(1, 8, "set", true),
+            ),
+            (
+                "w-count8",
+                "w-noop + 8 increment_metric",
+                noop(1, 8, "count", true),
             ),
         ] {
             out.push(v(key, what, chain, 0, false));
@@ -305,7 +328,7 @@ fn rbac_filter(n: usize) -> Value {
 }
 
 /// The no-op filter (see [`Chain::Noop`]).
-fn noop_filter(module: &Path, calls: u32) -> Value {
+fn noop_filter(module: &Path, work: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -320,7 +343,7 @@ fn noop_filter(module: &Path, calls: u32) -> Value {
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": calls.to_string(),
+                    "value": work,
                 },
             },
         },
@@ -388,9 +411,15 @@ fn shape(config: &str, chain: Chain, policies: usize, noop_module: &Path) -> Res
         if let Some(r) = &rbac {
             http.insert(0, r.clone());
         }
-        if let Chain::Noop { filters, calls, .. } = chain {
+        if let Chain::Noop {
+            filters,
+            calls,
+            call,
+            ..
+        } = chain
+        {
             for _ in 0..filters {
-                http.insert(0, noop_filter(noop_module, calls));
+                http.insert(0, noop_filter(noop_module, &format!("{calls} {call}")));
             }
         }
     }

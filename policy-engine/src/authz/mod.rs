@@ -146,8 +146,9 @@ pub(crate) fn compile(
     let trust = TrustBundle::new(mesh);
     let mut infos = Vec::new();
     let mut compiled = CompiledAuthz::default();
-    let mut http_rules: [Vec<CompiledRule>; 5] = Default::default();
-    let mut tcp_rules: [Vec<CompiledRule>; 5] = Default::default();
+    // Rules in policy order, with the bucket each goes to, per chain type.
+    let mut http_rules: Vec<(BucketKind, CompiledRule)> = Vec::new();
+    let mut tcp_rules: Vec<(BucketKind, CompiledRule)> = Vec::new();
 
     for p in applicable {
         let Ok(policy_id) = u32::try_from(infos.len()) else {
@@ -160,12 +161,12 @@ pub(crate) fn compile(
         };
         let dry_run = p.dry_run();
         let action = p.spec.action;
-        let slot = match (action, dry_run) {
-            (Action::Audit, _) => 0,
-            (Action::Deny, false) => 1,
-            (Action::Allow, false) => 2,
-            (Action::Deny, true) => 3,
-            (Action::Allow, true) => 4,
+        let kind = match (action, dry_run) {
+            (Action::Audit, _) => BucketKind::Audit,
+            (Action::Deny, false) => BucketKind::Deny,
+            (Action::Allow, false) => BucketKind::Allow,
+            (Action::Deny, true) => BucketKind::ShadowDeny,
+            (Action::Allow, true) => BucketKind::ShadowAllow,
             (Action::Custom, _) => {
                 // Never ignore a policy silently: ignoring it would widen access.
                 errors.push(Diagnostic::error(
@@ -183,14 +184,7 @@ pub(crate) fn compile(
             dry_run,
         });
         for chain in [&mut compiled.http, &mut compiled.tcp] {
-            let bucket = match slot {
-                0 => &mut chain.audit,
-                1 => &mut chain.deny,
-                2 => &mut chain.allow,
-                3 => &mut chain.shadow_deny,
-                _ => &mut chain.shadow_allow,
-            };
-            bucket.has_policy = true;
+            chain.bucket_mut(kind).has_policy = true;
         }
         for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
             let Some(rule) = rule else { continue };
@@ -211,8 +205,8 @@ pub(crate) fn compile(
                     policy_namespace: &p.meta.namespace,
                     trust: &trust,
                 };
-                if let (Ok(r), Some(list)) = (compile_rule(&ctx, id, rule), target.get_mut(slot)) {
-                    list.push(r);
+                if let Ok(r) = compile_rule(&ctx, id, rule) {
+                    target.push((kind, r));
                 }
             }
         }
@@ -226,18 +220,51 @@ pub(crate) fn compile(
         (&mut compiled.http, http_rules),
         (&mut compiled.tcp, tcp_rules),
     ] {
-        let [audit, deny, allow, shadow_deny, shadow_allow] = rules;
-        chain.audit.rules = RuleSet::new(audit);
-        chain.deny.rules = RuleSet::new(deny);
-        chain.allow.rules = RuleSet::new(allow);
-        chain.shadow_deny.rules = RuleSet::new(shadow_deny);
-        chain.shadow_allow.rules = RuleSet::new(shadow_allow);
+        let mut by_kind: [Vec<CompiledRule>; 5] = Default::default();
+        for (kind, rule) in rules {
+            if let Some(list) = by_kind.get_mut(kind as usize) {
+                list.push(rule);
+            }
+        }
+        for (kind, list) in BucketKind::ALL.into_iter().zip(by_kind) {
+            chain.bucket_mut(kind).rules = RuleSet::new(list);
+        }
     }
     compiled.need_path = compiled.requirements().path;
     Ok((infos, compiled))
 }
 
+/// Which bucket a policy's rules go to: AUDIT, or DENY / ALLOW enforced or dry-run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BucketKind {
+    Audit = 0,
+    Deny = 1,
+    Allow = 2,
+    ShadowDeny = 3,
+    ShadowAllow = 4,
+}
+
+impl BucketKind {
+    const ALL: [BucketKind; 5] = [
+        BucketKind::Audit,
+        BucketKind::Deny,
+        BucketKind::Allow,
+        BucketKind::ShadowDeny,
+        BucketKind::ShadowAllow,
+    ];
+}
+
 impl ChainRules {
+    fn bucket_mut(&mut self, kind: BucketKind) -> &mut Bucket {
+        match kind {
+            BucketKind::Audit => &mut self.audit,
+            BucketKind::Deny => &mut self.deny,
+            BucketKind::Allow => &mut self.allow,
+            BucketKind::ShadowDeny => &mut self.shadow_deny,
+            BucketKind::ShadowAllow => &mut self.shadow_allow,
+        }
+    }
+
     fn buckets(&self) -> [&Bucket; 5] {
         [
             &self.audit,

@@ -196,6 +196,13 @@ fn variants(o: &Opts) -> Vec<Variant> {
         ] {
             out.push(v(key, what, chain, 10, false));
         }
+        out.push(v(
+            "m-decide0",
+            "meshauthz_http (decide) only, no policy",
+            m(false, true, false, false),
+            0,
+            false,
+        ));
         let noop = |filters, calls, call, stripped| Chain::Noop {
             filters,
             calls,
@@ -624,10 +631,11 @@ fn check_and_warm(o: &Opts, pki: &Pki, s: &Server) -> Result<()> {
             s.envoy.log()
         )));
     }
-    let authorizes = matches!(
-        s.variant.chain,
-        Chain::Rbac | Chain::Meshauthz { decide: true, .. }
-    );
+    let authorizes = s.variant.policies > 0
+        && matches!(
+            s.variant.chain,
+            Chain::Rbac | Chain::Meshauthz { decide: true, .. }
+        );
     if authorizes {
         let out = oha(o, pki, s.port, &s.outsider, OhaLoad::Requests(2))?;
         if out.statuses.keys().ne(["403"].iter()) {

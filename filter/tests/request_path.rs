@@ -31,6 +31,9 @@ struct FakeHost {
     metric_names: RefCell<Vec<String>>,
     counts: RefCell<HashMap<u32, i64>>,
     logs: RefCell<Vec<(Level, String)>>,
+    /// Every host call, in order: `get <path>`, `header <name>`, `headers`, `set <key>`,
+    /// `forbid`, `close`, `define <name>`, `metric <name>`, `log`.
+    calls: RefCell<Vec<String>>,
 }
 
 impl FakeHost {
@@ -82,6 +85,13 @@ impl FakeHost {
     fn closed(&self) -> u32 {
         *self.closed.borrow()
     }
+    /// The host calls made so far, in order; and forget them.
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+    fn call(&self, what: String) {
+        self.calls.borrow_mut().push(what);
+    }
     /// The properties and headers read so far, in order.
     fn fetched(&self) -> Vec<String> {
         self.fetched.borrow().clone()
@@ -90,6 +100,7 @@ impl FakeHost {
 
 impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.call(format!("get {}", path.join(".")));
         self.fetched.borrow_mut().push(path.join("."));
         if let ["filter_state", key] = path {
             let key = key.strip_prefix("wasm.")?;
@@ -99,6 +110,7 @@ impl Host for FakeHost {
         self.props.get(&key).cloned()
     }
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.call(format!("header {name}"));
         self.fetched.borrow_mut().push(format!("header:{name}"));
         self.headers
             .iter()
@@ -106,24 +118,29 @@ impl Host for FakeHost {
             .map(|(_, v)| v.as_bytes().to_vec())
     }
     fn request_headers(&self) -> Vec<(String, String)> {
+        self.call("headers".to_string());
         self.fetched.borrow_mut().push("headers".to_string());
         self.headers.clone()
     }
     fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        self.call(format!("set {key}"));
         self.state
             .borrow_mut()
             .insert(key.to_string(), value.to_vec());
         true
     }
     fn send_forbidden(&self) -> bool {
+        self.call("forbid".to_string());
         *self.forbidden.borrow_mut() += 1;
         true
     }
     fn close_downstream(&self) -> bool {
+        self.call("close".to_string());
         *self.closed.borrow_mut() += 1;
         true
     }
     fn define_counter(&self, name: &str) -> Option<u32> {
+        self.call(format!("define {name}"));
         let mut names = self.metric_names.borrow_mut();
         if let Some(i) = names.iter().position(|n| n == name) {
             return Some(i as u32);
@@ -132,9 +149,12 @@ impl Host for FakeHost {
         Some(names.len() as u32 - 1)
     }
     fn increment(&self, id: u32, by: i64) {
+        let name = self.metric_names.borrow().get(id as usize).cloned();
+        self.call(format!("metric {}", name.unwrap_or_default()));
         *self.counts.borrow_mut().entry(id).or_default() += by;
     }
     fn log(&self, level: Level, message: &str) {
+        self.call("log".to_string());
         self.logs.borrow_mut().push((level, message.to_string()));
     }
 }
@@ -1312,4 +1332,52 @@ fn every_value_of_a_repeated_header_is_checked() {
     assert_eq!(run(&["on", "off"]), Flow::Stop);
     // One value that merely contains the word, as Envoy: not split on commas.
     assert_eq!(run(&["off,on"]), Flow::Continue);
+}
+
+// ---- host-call budget -----------------------------------------------------------------------
+
+/// One ALLOW policy on principals, as users write it.
+const PRINCIPAL_ALLOW: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "only-bar", "namespace": "foo"},
+     "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+    "workload": {"namespace": "foo"}}"#;
+
+/// Each host call costs about 1 µs of Envoy CPU (BENCHMARKS.md), ten times the policy evaluation:
+/// this is the budget of a typical allowed request, and fails when a change adds a call.
+#[test]
+fn host_call_budget_of_an_allowed_request() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar")
+        .header(":path", "/hello");
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    host.take_calls();
+
+    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "get connection.uri_san_peer_certificate",
+            "set meshauthz_decision",
+            "metric meshauthz.rbac.allowed",
+        ]
+    );
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get filter_state.wasm.meshauthz_decision",
+            "get filter_state.wasm.meshauthz_audit",
+        ]
+    );
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[only-bar]-rule[0]")
+    );
 }

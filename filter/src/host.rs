@@ -173,6 +173,14 @@ struct Net {
 
 impl Context for Net {}
 
+impl Drop for Net {
+    /// The SDK drops a context on `proxy_on_delete` (Envoy deletes a network filter's context
+    /// when its connection is gone).
+    fn drop(&mut self) {
+        core::net_done(&self.plugin, &mut self.conn);
+    }
+}
+
 impl StreamContext for Net {
     fn on_new_connection(&mut self) -> Action {
         let host = ProxyHost;

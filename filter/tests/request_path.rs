@@ -1381,3 +1381,165 @@ fn host_call_budget_of_an_allowed_request() {
         Some("allow ns[foo]-policy[only-bar]-rule[0]")
     );
 }
+
+// ---- connection facts recorded by meshauthz_net -----------------------------------------------
+
+/// [`PRINCIPAL_ALLOW`] for the network stage: port 8080 is HTTP.
+const PRINCIPAL_ALLOW_NET: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "only-bar", "namespace": "foo"},
+     "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+    "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+
+/// `meshauthz_net`, `meshauthz_http` and `meshauthz_http_enforce` in one VM.
+fn net_chain(host: &FakeHost) -> (Plugin, Plugin, Plugin) {
+    let vm = Rc::new(VmState::default());
+    let net = Plugin::new(Rc::clone(&vm));
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    net.configure(host, core::ROOT_NET, Some(PRINCIPAL_ALLOW_NET));
+    decide.configure(host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(host, core::ROOT_HTTP_ENFORCE, None);
+    (net, decide, enforce)
+}
+
+/// The host as the network stage of connection `id` sees it on port 8080.
+fn conn_host(id: u64, san: Option<&str>) -> FakeHost {
+    let host = FakeHost::default()
+        .chain("mtls")
+        .port(8080)
+        .mtls(san.is_some())
+        .with(&["source", "address"], b"10.1.2.3:40000")
+        .with(&["connection", "id"], &id.to_le_bytes());
+    match san {
+        Some(san) => host.uri_san(san),
+        None => host,
+    }
+}
+
+/// Opens connection `id` through the network stage; returns its per-connection state.
+fn open(net: &Plugin, host: &FakeHost) -> Conn {
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(host, net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(core::net_decide(host, net, &mut conn), Flow::Continue);
+    conn
+}
+
+/// A request whose host knows only the connection id (and `extra` facts): whatever else the
+/// decision uses must come from the record.
+fn request_on(id: u64) -> FakeHost {
+    FakeHost::default()
+        .with(&["connection", "id"], &id.to_le_bytes())
+        .header(":path", "/hello")
+}
+
+const BAR: &str = "spiffe://cluster.local/ns/foo/sa/bar";
+
+#[test]
+fn recorded_connection_facts_replace_the_per_request_reads() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _conn = open(&net, &conn_host(7, Some(BAR)));
+
+    let host = request_on(7);
+    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    // One host call for all the connection's facts. (The counters were defined on `setup`.)
+    let calls = host.take_calls();
+    assert_eq!(calls[..2], ["get connection.id", "set meshauthz_decision"]);
+    assert!(calls[2].starts_with("metric"), "{calls:?}");
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[only-bar]-rule[0]")
+    );
+}
+
+#[test]
+fn another_connections_facts_are_never_used() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _bar = open(&net, &conn_host(7, Some(BAR)));
+
+    // Connection 8 is plaintext by the host's word; connection 7's identity must not leak into it.
+    let host = request_on(8).mtls(false);
+    let (_, e) = request(&host, &decide, &enforce);
+    assert_eq!(e, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny no-allow-rule-matched")
+    );
+    assert!(host.fetched().contains(&"connection.mtls".to_string()));
+
+    // Connection 9 says nothing about mTLS at all (no record, no property): not mTLS.
+    let host = request_on(9).uri_san(BAR);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(
+        !host.fetched().iter().any(|f| f.contains("uri_san")),
+        "no identity read without mTLS: {:?}",
+        host.fetched()
+    );
+}
+
+#[test]
+fn without_a_record_the_host_is_asked_as_before() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _other = open(
+        &net,
+        &conn_host(7, Some("spiffe://cluster.local/ns/foo/sa/other")),
+    );
+
+    // No connection id from the host: the facts are read per request.
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san(BAR)
+        .header(":path", "/hello");
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(
+        host.take_calls()[..3],
+        [
+            "get connection.id",
+            "get connection.mtls",
+            "get connection.uri_san_peer_certificate",
+        ]
+    );
+
+    // A plaintext connection is recorded as such: its identity is never read, even where the
+    // host would report one.
+    let plain = conn_host(10, None).uri_san(BAR);
+    let _plain = open(&net, &plain);
+    assert!(!plain.fetched().iter().any(|f| f.contains("uri_san")));
+    let host = request_on(10);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(host.take_calls()[0], "get connection.id");
+    assert!(!host.fetched().contains(&"connection.mtls".to_string()));
+}
+
+#[test]
+fn a_closed_connection_is_forgotten() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let mut conn = open(&net, &conn_host(7, Some(BAR)));
+    let mut tcp = Conn::default();
+    // TCP ports are decided at L4: nothing recorded for them.
+    let tcp_host = conn_host(11, Some(BAR)).port(5432);
+    core::net_new_connection(&tcp_host, &net, &mut tcp);
+    core::net_decide(&tcp_host, &net, &mut tcp);
+    assert_eq!(decide.vm.open_conns(), 1);
+
+    core::net_done(&net, &mut conn);
+    core::net_done(&net, &mut tcp);
+    assert_eq!(decide.vm.open_conns(), 0);
+
+    // A late request on that id finds nothing and asks the host (here: no mTLS).
+    let host = request_on(7);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host.fetched().contains(&"connection.mtls".to_string()));
+}

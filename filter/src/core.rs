@@ -63,6 +63,9 @@ const ACCESS_LOG_HINT: [&str; 4] = [
 /// The dynamic-metadata namespace Envoy's JWT filter writes (`payload_in_metadata: payload`).
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 
+/// How often each root context hands its counts to Envoy (`on_tick`): `/stats` lags by up to this.
+pub const METRICS_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The body Istio's (Envoy RBAC's) 403 carries.
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
 
@@ -260,6 +263,17 @@ impl Plugin {
         *self.compiled.borrow_mut() = Some(Rc::new(compiled));
     }
 
+    /// Counts one of `which` (see [`Metrics::add`]).
+    fn count(&self, which: impl FnOnce(&Metrics) -> Option<u32>) {
+        let m = self.metrics.borrow();
+        m.add(which(&m), 1);
+    }
+
+    /// `on_tick`: hands the counts of this root's streams to the host.
+    pub fn flush_metrics(&self, host: &dyn Host) {
+        self.metrics.borrow().flush(host);
+    }
+
     /// Request-path errors that mean a broken deployment are logged at error level, but not for
     /// every request: the first 16, then one in 1024.
     fn log_error(&self, host: &dyn Host, message: &str) {
@@ -445,7 +459,7 @@ fn shadow_label(kind: &str, s: &ShadowResult, authz: &dyn Authorizer, out: &mut 
     }
 }
 
-fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics, host: &dyn Host) -> Verdict {
+fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics) -> Verdict {
     let verb = if d.allowed { "allow " } else { "deny " };
     let label = match d.cause {
         Cause::AllowRule(r) | Cause::DenyRule(r) => format!("{verb}{}", authz.rule_name(r)),
@@ -455,33 +469,31 @@ fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics, host: &dy
     let mut shadow = String::new();
     if let Some(s) = &d.shadow_allow {
         shadow_label("dry-run-allow", s, authz, &mut shadow);
-        bump(
-            host,
+        metrics.add(
             if s.allowed {
                 metrics.shadow_allow_allowed
             } else {
                 metrics.shadow_allow_denied
             },
+            1,
         );
     }
     if let Some(s) = &d.shadow_deny {
         shadow_label("dry-run-deny", s, authz, &mut shadow);
-        bump(
-            host,
+        metrics.add(
             if s.allowed {
                 metrics.shadow_deny_allowed
             } else {
                 metrics.shadow_deny_denied
             },
+            1,
         );
     }
     if d.audit_rule.is_some() {
-        bump(host, metrics.audited);
+        metrics.add(metrics.audited, 1);
     }
     if d.cel_errors > 0 {
-        if let Some(id) = metrics.cel_errors {
-            host.increment(id, i64::from(d.cel_errors));
-        }
+        metrics.add(metrics.cel_errors, i64::from(d.cel_errors));
     }
     Verdict {
         allowed: d.allowed,
@@ -686,9 +698,9 @@ fn publish(
         host.set_filter_state(shadow_key, s.as_bytes());
     }
     let m = plugin.metrics.borrow();
-    bump(host, if v.allowed { m.allowed } else { m.denied });
+    m.add(if v.allowed { m.allowed } else { m.denied }, 1);
     if v.fail_closed {
-        bump(host, m.fail_closed);
+        m.add(m.fail_closed, 1);
     }
     // Deny here when nothing after us would.
     !v.allowed && !enforce_present
@@ -725,7 +737,7 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         // Normally the network filter has already reset such a connection; this is the HTTP
         // filter's own guarantee, whatever the filter order.
         let m = plugin.metrics.borrow();
-        bump(host, m.plaintext_id(t.port, false));
+        m.add(m.plaintext_id(t.port, false), 1);
         return Verdict::deny("deny mtls-strict-plaintext", false);
     }
     let peer_ip = if authz.requirements().source_ip {
@@ -743,7 +755,7 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         None
     };
     let d = evaluate(host, authz, Protocol::Http, &t, peer_ip, facts);
-    verdict_of(&d, authz, &plugin.metrics.borrow(), host)
+    verdict_of(&d, authz, &plugin.metrics.borrow())
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
@@ -786,7 +798,7 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
                 host,
                 "meshauthz_http_enforce: no decision in filter state: meshauthz_http is missing or placed after the enforce stage: request denied",
             );
-            bump(host, plugin.metrics.borrow().fail_closed);
+            plugin.count(|m| m.fail_closed);
             false
         }
         Some(label) if is_allow(&label) => {
@@ -817,7 +829,7 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> boo
         Some(_) => return true,
     };
     plugin.log_error(host, problem);
-    bump(host, plugin.metrics.borrow().fail_closed);
+    plugin.count(|m| m.fail_closed);
     false
 }
 
@@ -856,8 +868,8 @@ impl Conn {
 pub fn net_new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     let Some(c) = plugin.compiled() else {
         let m = plugin.metrics.borrow();
-        bump(host, m.denied);
-        bump(host, m.fail_closed);
+        m.add(m.denied, 1);
+        m.add(m.fail_closed, 1);
         return conn.close(host);
     };
     // Hand the direct peer to the HTTP filter: at L7 `source.address` may come from
@@ -878,7 +890,7 @@ pub fn net_new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> 
             None => c.authz.mtls_mode(0),
         };
         let rejected = mode == MtlsMode::Strict;
-        bump(host, plugin.metrics.borrow().plaintext_id(port, !rejected));
+        plugin.count(|m| m.plaintext_id(port, !rejected));
         if rejected {
             return conn.close(host);
         }
@@ -913,8 +925,8 @@ pub fn net_decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     if t.mode == MtlsMode::Strict && !t.mtls {
         // A plaintext connection on a chain not listed in plaintextFilterChains.
         let m = plugin.metrics.borrow();
-        bump(host, m.plaintext_id(t.port, false));
-        bump(host, m.denied);
+        m.add(m.plaintext_id(t.port, false), 1);
+        m.add(m.denied, 1);
         return conn.close(host);
     }
     let v = if t.port.is_some_and(|p| c.http_ports.contains(&p)) {
@@ -925,7 +937,7 @@ pub fn net_decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     } else {
         let peer_ip = prop_ip(host, &["source", "address"]);
         let d = evaluate(host, authz, Protocol::Tcp, &t, peer_ip, None);
-        verdict_of(&d, authz, &plugin.metrics.borrow(), host)
+        verdict_of(&d, authz, &plugin.metrics.borrow())
     };
     if publish(host, plugin, &v, keys, enforce) {
         return conn.close(host);
@@ -977,7 +989,7 @@ pub fn net_enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
                 host,
                 "meshauthz_net_enforce: no decision in filter state: meshauthz_net is missing or placed after the enforce stage: connection closed",
             );
-            bump(host, plugin.metrics.borrow().fail_closed);
+            plugin.count(|m| m.fail_closed);
             false
         }
         Some(label) if is_allow(&label) => {

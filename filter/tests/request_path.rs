@@ -330,6 +330,10 @@ fn allowed_request_continues_and_is_labelled() {
         None,
         "no AUDIT policy applies"
     );
+    // Counted in VM memory; Envoy sees the counts at the next tick.
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 0);
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
     assert_eq!(host.count("meshauthz.rbac.denied"), 0);
     assert_eq!(seen.borrow()[0].protocol, Some(Protocol::Http));
@@ -362,6 +366,8 @@ fn denied_request_gets_403_from_the_enforce_stage() {
         host.state(core::HTTP_DECISION).as_deref(),
         Some("deny ns[foo]-policy[p1]-rule[2]")
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.denied"), 1);
     assert_eq!(core::DENY_BODY, b"RBAC: access denied");
 }
@@ -398,6 +404,8 @@ fn audit_flag_is_written_for_the_log_companion() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("1"));
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 1);
 
     // AUDIT policies apply, none matched: "0".
@@ -415,6 +423,8 @@ fn audit_flag_is_written_for_the_log_companion() {
     let (decide, enforce, _) = Setup::new(d).build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
     assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("0"));
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 0);
 }
 
@@ -437,6 +447,8 @@ fn missing_log_companion_is_denied_when_audit_policies_apply() {
         "{:?}",
         host.errors()
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.fail_closed"), 1);
 }
 
@@ -738,6 +750,8 @@ fn dry_run_results_are_labelled_and_counted() {
         host.state(core::HTTP_SHADOW).as_deref(),
         Some("dry-run-allow=denied dry-run-deny=denied(ns[foo]-policy[p1]-rule[2])")
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(
         host.count("meshauthz.rbac.istio_dry_run_allow_shadow_denied"),
         1
@@ -873,6 +887,7 @@ fn strict_plaintext_chain_is_reset_on_new_connection() {
     let mut conn = Conn::default();
     assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
+    net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.8080.rejected"), 1);
     // Later callbacks of the closed connection do nothing more.
     assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
@@ -895,6 +910,7 @@ fn permissive_plaintext_is_accepted_and_counted() {
         Flow::Continue
     );
     assert_eq!(host.closed(), 0);
+    net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 1);
 }
 
@@ -984,6 +1000,8 @@ fn tcp_allow_passes_the_enforce_stage() {
         Flow::Continue
     );
     assert_eq!(host.closed(), 0);
+    net.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
 }
 
@@ -1365,7 +1383,6 @@ fn host_call_budget_of_an_allowed_request() {
             "get connection.mtls",
             "get connection.uri_san_peer_certificate",
             "set meshauthz_decision",
-            "metric meshauthz.rbac.allowed",
         ]
     );
     assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
@@ -1379,6 +1396,23 @@ fn host_call_budget_of_an_allowed_request() {
     assert_eq!(
         host.state(core::HTTP_DECISION).as_deref(),
         Some("allow ns[foo]-policy[only-bar]-rule[0]")
+    );
+
+    // The counts reach the host once per tick, one call per counter that changed.
+    for _ in 0..9 {
+        core::http_decide(&host, &decide);
+        core::http_enforce(&host, &enforce);
+    }
+    host.take_calls();
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
+    assert_eq!(host.take_calls(), ["metric meshauthz.rbac.allowed"]);
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 10);
+    decide.flush_metrics(&host);
+    assert_eq!(
+        host.take_calls(),
+        Vec::<String>::new(),
+        "nothing new to flush"
     );
 }
 
@@ -1446,11 +1480,11 @@ fn recorded_connection_facts_replace_the_per_request_reads() {
 
     let host = request_on(7);
     assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
-    // One host call for all the connection's facts. (The counters were defined on `setup`.)
-    let calls = host.take_calls();
-    assert_eq!(calls[..2], ["get connection.id", "set meshauthz_decision"]);
-    assert!(calls[2].starts_with("metric"), "{calls:?}");
-    assert_eq!(calls.len(), 3, "{calls:?}");
+    // One host call for all the connection's facts.
+    assert_eq!(
+        host.take_calls(),
+        ["get connection.id", "set meshauthz_decision"]
+    );
     assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
         host.state(core::HTTP_DECISION).as_deref(),

@@ -606,25 +606,36 @@ fn evaluate(
     }
     let http = protocol == Protocol::Http;
     if http {
+        // Envoy RBAC matches a header sent several times when any one of its values matches.
+        // The host's single-header read returns the first value only, so a second copy could
+        // hide the value a DENY names: when policies name headers, the whole list is read once
+        // (one host call). The pseudo-headers are then taken from that list, not read one by
+        // one (each read is a host call); one missing from the list is still read by itself.
+        let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
+        let pseudo = |name: &str| {
+            all.as_ref()
+                .and_then(|all| all.iter().find(|(n, _)| n == name))
+                .map(|(_, v)| v.clone())
+                .or_else(|| header(host, name))
+        };
         if req.host {
-            f.host = header(host, ":authority");
+            f.host = pseudo(":authority");
         }
         if req.method {
-            f.method = header(host, ":method");
+            f.method = pseudo(":method");
         }
         if req.path {
-            f.path = header(host, ":path");
+            f.path = pseudo(":path");
         }
-        if req.all_headers {
-            f.headers = host.request_headers();
-        } else if !req.headers.is_empty() {
-            // Envoy RBAC matches a header sent several times when any one of its values matches.
-            // The host's single-header read returns the first value only, so a second copy could
-            // hide the value a DENY names: read the whole list once (one host call) and hand the
-            // engine every value of the headers the policies name.
-            for (n, value) in host.request_headers() {
-                if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
-                    f.headers.push((name.clone(), value));
+        if let Some(all) = all {
+            if req.all_headers {
+                f.headers = all;
+            } else {
+                // Every value of the headers the policies name.
+                for (n, value) in all {
+                    if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                        f.headers.push((name.clone(), value));
+                    }
                 }
             }
         }

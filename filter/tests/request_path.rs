@@ -1577,3 +1577,48 @@ fn a_closed_connection_is_forgotten() {
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert!(host.fetched().contains(&"connection.mtls".to_string()));
 }
+
+#[test]
+fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.method = true;
+    s.req.path = true;
+    s.req.host = true;
+    s.req.add_header("x-team");
+    let host = FakeHost::default()
+        .mtls(true)
+        .header(":authority", "echo.foo")
+        .header(":method", "POST")
+        .header(":path", "/admin")
+        .header("x-team", "a")
+        .header("x-team", "b");
+    let (decide, _, seen) = s.build(&host);
+    host.take_calls();
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        host.take_calls(),
+        ["get connection.mtls", "headers", "set meshauthz_decision"]
+    );
+    let seen = seen.borrow();
+    assert_eq!(seen[0].method.as_deref(), Some("POST"));
+    assert_eq!(seen[0].path.as_deref(), Some("/admin"));
+    assert_eq!(seen[0].headers.len(), 2);
+
+    // A pseudo-header the list does not hold is still read by itself, never taken as absent.
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.path = true;
+    s.req.add_header("x-team");
+    let host = FakeHost::default().mtls(true).header("x-team", "a");
+    let (decide, _, _) = s.build(&host);
+    host.take_calls();
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "headers",
+            "header :path",
+            "set meshauthz_decision"
+        ]
+    );
+}

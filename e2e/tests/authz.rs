@@ -80,13 +80,18 @@ spec:
         assert_eq!(s.envoy.stat(&name).unwrap(), Some(1), "{name}");
     }
     assert_eq!(s.app.hits(), 2, "a denied request reached the application");
+    // The module hands its counts to Envoy once per second (on_tick).
     assert_eq!(
-        s.envoy.stat("wasmcustom.meshauthz.rbac.allowed").unwrap(),
-        Some(2)
+        s.envoy
+            .wait_stat_at_least("wasmcustom.meshauthz.rbac.allowed", 2, WAIT)
+            .unwrap(),
+        2
     );
     assert_eq!(
-        s.envoy.stat("wasmcustom.meshauthz.rbac.denied").unwrap(),
-        Some(6)
+        s.envoy
+            .wait_stat_at_least("wasmcustom.meshauthz.rbac.denied", 6, WAIT)
+            .unwrap(),
+        6
     );
 }
 

@@ -11,6 +11,12 @@ pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(arr))
 }
 
+/// A uint64 property (`connection.id`): exactly 8 bytes, little-endian.
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_le_bytes(arr))
+}
+
 /// A port property: an int64 in 0..=65535.
 pub fn decode_port(bytes: &[u8]) -> Option<u16> {
     decode_i64(bytes).and_then(|v| u16::try_from(v).ok())

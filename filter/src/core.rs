@@ -16,6 +16,7 @@
 //! (a proxy-wasm module cannot write dynamic metadata in Envoy 1.40).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -25,7 +26,7 @@ use policy_engine::{
     ShadowResult,
 };
 
-use crate::attrs::{decode_bool, decode_pairs, decode_port, decode_str, parse_ip};
+use crate::attrs::{decode_bool, decode_pairs, decode_port, decode_str, decode_u64, parse_ip};
 use crate::config::{self, Compiled, NodeWorkload};
 use crate::metrics::{self, bump, Metrics};
 
@@ -61,6 +62,9 @@ const ACCESS_LOG_HINT: [&str; 4] = [
 
 /// The dynamic-metadata namespace Envoy's JWT filter writes (`payload_in_metadata: payload`).
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+
+/// How often each root context hands its counts to Envoy (`on_tick`): `/stats` lags by up to this.
+pub const METRICS_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The body Istio's (Envoy RBAC's) 403 carries.
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
@@ -145,6 +149,12 @@ pub struct VmState {
     pub http_enforce: Cell<bool>,
     /// A `meshauthz_net_enforce` root was configured in this VM.
     pub net_enforce: Cell<bool>,
+    /// A `meshauthz_net` root was configured in this VM: only then can connection facts exist,
+    /// and only then does the HTTP decide stage ask for `connection.id`.
+    pub net_decide: Cell<bool>,
+    /// What the host said about each open downstream connection of this VM's worker, recorded by
+    /// `meshauthz_net` and keyed by Envoy's `connection.id` (unique in the process, never reused).
+    conns: RefCell<HashMap<u64, Rc<ConnFacts>>>,
     /// The last valid configuration of each decide filter (plugin name and root id). An update (new plugin
     /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
     /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
@@ -160,11 +170,54 @@ impl VmState {
             .map(|(_, c)| Rc::clone(c))
     }
 
+    /// Records the facts of connection `id` (its network stage saw its first data).
+    pub fn record_conn(&self, id: u64, facts: ConnFacts) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= MAX_CONNS && !conns.contains_key(&id) {
+            // Records are only ever lost to a fallback that asks the host again; this bounds the
+            // map should the host ever skip deleting contexts.
+            conns.clear();
+        }
+        conns.insert(id, Rc::new(facts));
+    }
+
+    /// Forgets connection `id` (its network context is deleted).
+    pub fn forget_conn(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    pub fn conn(&self, id: u64) -> Option<Rc<ConnFacts>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    /// How many connections have recorded facts.
+    pub fn open_conns(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
     fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
         let mut all = self.last_good.borrow_mut();
         all.retain(|(id, _)| id != root_id);
         all.push((root_id.to_string(), Rc::clone(compiled)));
     }
+}
+
+/// Bound of [`VmState`]'s connection map (a worker's open connections are far fewer).
+const MAX_CONNS: usize = 1 << 16;
+
+/// The transport facts of one downstream connection, exactly as the host reported them when
+/// `meshauthz_net` saw the connection's first data (TLS handshake done). Policy-independent: the
+/// HTTP stage applies its own mTLS mode to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnFacts {
+    /// `connection.mtls`.
+    pub mtls: bool,
+    /// The peer identity ([`peer_identity`]); read only on an mTLS connection.
+    pub identity: Option<String>,
+    /// `destination.port`.
+    pub port: Option<u16>,
+    /// The socket peer (`source.address` in `on_new_connection`).
+    pub peer_ip: Option<IpAddr>,
 }
 
 /// What a filter callback tells the host to do next.
@@ -208,6 +261,17 @@ impl Plugin {
             .borrow_mut()
             .define_ports(host, &compiled.named_ports);
         *self.compiled.borrow_mut() = Some(Rc::new(compiled));
+    }
+
+    /// Counts one of `which` (see [`Metrics::add`]).
+    fn count(&self, which: impl FnOnce(&Metrics) -> Option<u32>) {
+        let m = self.metrics.borrow();
+        m.add(which(&m), 1);
+    }
+
+    /// `on_tick`: hands the counts of this root's streams to the host.
+    pub fn flush_metrics(&self, host: &dyn Host) {
+        self.metrics.borrow().flush(host);
     }
 
     /// Request-path errors that mean a broken deployment are logged at error level, but not for
@@ -265,6 +329,9 @@ impl Plugin {
                 true
             }
             Stage::HttpDecide | Stage::NetDecide => {
+                if stage == Stage::NetDecide {
+                    self.vm.net_decide.set(true);
+                }
                 let result = config::parse(configuration.unwrap_or_default()).and_then(|cfg| {
                     let node = if cfg.workload.is_none() {
                         node_workload(host)
@@ -392,7 +459,7 @@ fn shadow_label(kind: &str, s: &ShadowResult, authz: &dyn Authorizer, out: &mut 
     }
 }
 
-fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics, host: &dyn Host) -> Verdict {
+fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics) -> Verdict {
     let verb = if d.allowed { "allow " } else { "deny " };
     let label = match d.cause {
         Cause::AllowRule(r) | Cause::DenyRule(r) => format!("{verb}{}", authz.rule_name(r)),
@@ -402,33 +469,31 @@ fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics, host: &dy
     let mut shadow = String::new();
     if let Some(s) = &d.shadow_allow {
         shadow_label("dry-run-allow", s, authz, &mut shadow);
-        bump(
-            host,
+        metrics.add(
             if s.allowed {
                 metrics.shadow_allow_allowed
             } else {
                 metrics.shadow_allow_denied
             },
+            1,
         );
     }
     if let Some(s) = &d.shadow_deny {
         shadow_label("dry-run-deny", s, authz, &mut shadow);
-        bump(
-            host,
+        metrics.add(
             if s.allowed {
                 metrics.shadow_deny_allowed
             } else {
                 metrics.shadow_deny_denied
             },
+            1,
         );
     }
     if d.audit_rule.is_some() {
-        bump(host, metrics.audited);
+        metrics.add(metrics.audited, 1);
     }
     if d.cel_errors > 0 {
-        if let Some(id) = metrics.cel_errors {
-            host.increment(id, i64::from(d.cel_errors));
-        }
+        metrics.add(metrics.cel_errors, i64::from(d.cel_errors));
     }
     Verdict {
         allowed: d.allowed,
@@ -471,18 +536,29 @@ struct Transport {
     mode: MtlsMode,
 }
 
-fn transport(host: &dyn Host, authz: &dyn Authorizer, always_port: bool) -> Transport {
-    let mtls = host
-        .property(&["connection", "mtls"])
-        .and_then(|b| decode_bool(&b))
-        .unwrap_or(false);
+/// `facts`: what `meshauthz_net` recorded for this connection, if anything; else the host is
+/// asked.
+fn transport(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    always_port: bool,
+    facts: Option<&ConnFacts>,
+) -> Transport {
+    let mtls = match facts {
+        Some(f) => f.mtls,
+        None => host
+            .property(&["connection", "mtls"])
+            .and_then(|b| decode_bool(&b))
+            .unwrap_or(false),
+    };
     let need_port =
         always_port || authz.requirements().destination_port || authz.port_specific_mtls();
-    let port = if need_port {
-        host.property(&["destination", "port"])
-            .and_then(|b| decode_port(&b))
-    } else {
-        None
+    let port = match facts {
+        _ if !need_port => None,
+        Some(f) => f.port,
+        None => host
+            .property(&["destination", "port"])
+            .and_then(|b| decode_port(&b)),
     };
     let mode = match port {
         Some(p) => authz.mtls_mode(p),
@@ -512,6 +588,7 @@ fn evaluate(
     protocol: Protocol,
     t: &Transport,
     peer_ip: Option<IpAddr>,
+    facts: Option<&ConnFacts>,
 ) -> Decision {
     let req = authz.requirements();
     // DISABLE: the workload does not authenticate peers. A TLS connection is accepted (the
@@ -519,32 +596,46 @@ fn evaluate(
     let authenticated = t.mtls && t.mode != MtlsMode::Disable;
     let mut f = Fetched::default();
     if req.principal && authenticated {
-        f.principal = peer_identity(host);
+        f.principal = match facts {
+            Some(facts) => facts.identity.clone(),
+            None => peer_identity(host),
+        };
     }
     if req.sni {
         f.sni = prop_str(host, &["connection", "requested_server_name"]);
     }
     let http = protocol == Protocol::Http;
     if http {
+        // Envoy RBAC matches a header sent several times when any one of its values matches.
+        // The host's single-header read returns the first value only, so a second copy could
+        // hide the value a DENY names: when policies name headers, the whole list is read once
+        // (one host call). The pseudo-headers are then taken from that list, not read one by
+        // one (each read is a host call); one missing from the list is still read by itself.
+        let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
+        let pseudo = |name: &str| {
+            all.as_ref()
+                .and_then(|all| all.iter().find(|(n, _)| n == name))
+                .map(|(_, v)| v.clone())
+                .or_else(|| header(host, name))
+        };
         if req.host {
-            f.host = header(host, ":authority");
+            f.host = pseudo(":authority");
         }
         if req.method {
-            f.method = header(host, ":method");
+            f.method = pseudo(":method");
         }
         if req.path {
-            f.path = header(host, ":path");
+            f.path = pseudo(":path");
         }
-        if req.all_headers {
-            f.headers = host.request_headers();
-        } else if !req.headers.is_empty() {
-            // Envoy RBAC matches a header sent several times when any one of its values matches.
-            // The host's single-header read returns the first value only, so a second copy could
-            // hide the value a DENY names: read the whole list once (one host call) and hand the
-            // engine every value of the headers the policies name.
-            for (n, value) in host.request_headers() {
-                if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
-                    f.headers.push((name.clone(), value));
+        if let Some(all) = all {
+            if req.all_headers {
+                f.headers = all;
+            } else {
+                // Every value of the headers the policies name.
+                for (n, value) in all {
+                    if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                        f.headers.push((name.clone(), value));
+                    }
                 }
             }
         }
@@ -618,9 +709,9 @@ fn publish(
         host.set_filter_state(shadow_key, s.as_bytes());
     }
     let m = plugin.metrics.borrow();
-    bump(host, if v.allowed { m.allowed } else { m.denied });
+    m.add(if v.allowed { m.allowed } else { m.denied }, 1);
     if v.fail_closed {
-        bump(host, m.fail_closed);
+        m.add(m.fail_closed, 1);
     }
     // Deny here when nothing after us would.
     !v.allowed && !enforce_present
@@ -650,16 +741,18 @@ pub fn http_decide(host: &dyn Host, plugin: &Plugin) -> Flow {
 
 fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     let authz = c.authz.as_ref();
-    let t = transport(host, authz, false);
+    let facts = recorded_conn(host, plugin);
+    let facts = facts.as_deref();
+    let t = transport(host, authz, false, facts);
     if t.mode == MtlsMode::Strict && !t.mtls {
         // Normally the network filter has already reset such a connection; this is the HTTP
         // filter's own guarantee, whatever the filter order.
         let m = plugin.metrics.borrow();
-        bump(host, m.plaintext_id(t.port, false));
+        m.add(m.plaintext_id(t.port, false), 1);
         return Verdict::deny("deny mtls-strict-plaintext", false);
     }
     let peer_ip = if authz.requirements().source_ip {
-        match l7_peer_ip(host) {
+        match facts.and_then(|f| f.peer_ip).or_else(|| l7_peer_ip(host)) {
             Some(ip) => Some(ip),
             None => {
                 plugin.log_error(
@@ -672,8 +765,22 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     } else {
         None
     };
-    let d = evaluate(host, authz, Protocol::Http, &t, peer_ip);
-    verdict_of(&d, authz, &plugin.metrics.borrow(), host)
+    let d = evaluate(host, authz, Protocol::Http, &t, peer_ip, facts);
+    verdict_of(&d, authz, &plugin.metrics.borrow())
+}
+
+/// The facts `meshauthz_net` recorded for this request's connection: one host call
+/// (`connection.id`) instead of one per fact. `None` (the caller asks the host for each fact, as
+/// without a network stage) when no `meshauthz_net` runs in this VM or it recorded nothing for
+/// this connection id.
+fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
+    if !plugin.vm.net_decide.get() {
+        return None;
+    }
+    let id = host
+        .property(&["connection", "id"])
+        .and_then(|b| decode_u64(&b))?;
+    plugin.vm.conn(id)
 }
 
 /// The direct peer at L7. Preferred: what `meshauthz_net` recorded from the socket. Without it,
@@ -702,7 +809,7 @@ pub fn http_enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
                 host,
                 "meshauthz_http_enforce: no decision in filter state: meshauthz_http is missing or placed after the enforce stage: request denied",
             );
-            bump(host, plugin.metrics.borrow().fail_closed);
+            plugin.count(|m| m.fail_closed);
             false
         }
         Some(label) if is_allow(&label) => {
@@ -733,7 +840,7 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> boo
         Some(_) => return true,
     };
     plugin.log_error(host, problem);
-    bump(host, plugin.metrics.borrow().fail_closed);
+    plugin.count(|m| m.fail_closed);
     false
 }
 
@@ -750,6 +857,10 @@ pub fn http_unknown_root(host: &dyn Host) -> Flow {
 pub struct Conn {
     decided: bool,
     closed: bool,
+    /// The socket peer, read in `on_new_connection`.
+    peer_ip: Option<IpAddr>,
+    /// Set when this connection's facts were recorded in [`VmState`].
+    recorded: Option<u64>,
 }
 
 impl Conn {
@@ -768,13 +879,14 @@ impl Conn {
 pub fn net_new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     let Some(c) = plugin.compiled() else {
         let m = plugin.metrics.borrow();
-        bump(host, m.denied);
-        bump(host, m.fail_closed);
+        m.add(m.denied, 1);
+        m.add(m.fail_closed, 1);
         return conn.close(host);
     };
     // Hand the direct peer to the HTTP filter: at L7 `source.address` may come from
     // X-Forwarded-For, which the client controls.
-    if let Some(ip) = prop_ip(host, &["source", "address"]) {
+    conn.peer_ip = prop_ip(host, &["source", "address"]);
+    if let Some(ip) = conn.peer_ip {
         host.set_filter_state(PEER_IP, ip.to_string().as_bytes());
     }
     let chain = prop_str(host, &["xds", "filter_chain_name"]);
@@ -789,7 +901,7 @@ pub fn net_new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> 
             None => c.authz.mtls_mode(0),
         };
         let rejected = mode == MtlsMode::Strict;
-        bump(host, plugin.metrics.borrow().plaintext_id(port, !rejected));
+        plugin.count(|m| m.plaintext_id(port, !rejected));
         if rejected {
             return conn.close(host);
         }
@@ -820,27 +932,57 @@ pub fn net_decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         return conn.close(host);
     };
     let authz = c.authz.as_ref();
-    let t = transport(host, authz, true);
+    let t = transport(host, authz, true, None);
     if t.mode == MtlsMode::Strict && !t.mtls {
         // A plaintext connection on a chain not listed in plaintextFilterChains.
         let m = plugin.metrics.borrow();
-        bump(host, m.plaintext_id(t.port, false));
-        bump(host, m.denied);
+        m.add(m.plaintext_id(t.port, false), 1);
+        m.add(m.denied, 1);
         return conn.close(host);
     }
     let v = if t.port.is_some_and(|p| c.http_ports.contains(&p)) {
-        // HTTP port: meshauthz_http authorizes each request.
+        // HTTP port: meshauthz_http authorizes each request, with these facts.
         host.set_filter_state(NET_DECISION, b"allow http-port");
+        record_conn(host, plugin, conn, &t);
         return Flow::Continue;
     } else {
         let peer_ip = prop_ip(host, &["source", "address"]);
-        let d = evaluate(host, authz, Protocol::Tcp, &t, peer_ip);
-        verdict_of(&d, authz, &plugin.metrics.borrow(), host)
+        let d = evaluate(host, authz, Protocol::Tcp, &t, peer_ip, None);
+        verdict_of(&d, authz, &plugin.metrics.borrow())
     };
     if publish(host, plugin, &v, keys, enforce) {
         return conn.close(host);
     }
     Flow::Continue
+}
+
+/// Records the connection's transport facts for the HTTP stages of this VM. Only a connection
+/// whose id the host reported is recorded; `peer_ip` is only kept when `on_new_connection` read it.
+fn record_conn(host: &dyn Host, plugin: &Plugin, conn: &mut Conn, t: &Transport) {
+    let Some(id) = host
+        .property(&["connection", "id"])
+        .and_then(|b| decode_u64(&b))
+    else {
+        return;
+    };
+    let identity = if t.mtls { peer_identity(host) } else { None };
+    plugin.vm.record_conn(
+        id,
+        ConnFacts {
+            mtls: t.mtls,
+            identity,
+            port: t.port,
+            peer_ip: conn.peer_ip,
+        },
+    );
+    conn.recorded = Some(id);
+}
+
+/// The network context is deleted (the connection is gone): its facts are forgotten.
+pub fn net_done(plugin: &Plugin, conn: &mut Conn) {
+    if let Some(id) = conn.recorded.take() {
+        plugin.vm.forget_conn(id);
+    }
 }
 
 /// `meshauthz_net_enforce`, `on_downstream_data`.
@@ -858,7 +1000,7 @@ pub fn net_enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
                 host,
                 "meshauthz_net_enforce: no decision in filter state: meshauthz_net is missing or placed after the enforce stage: connection closed",
             );
-            bump(host, plugin.metrics.borrow().fail_closed);
+            plugin.count(|m| m.fail_closed);
             false
         }
         Some(label) if is_allow(&label) => {

@@ -5,7 +5,8 @@
 //! export, Envoy skips the call.
 
 /// The exports Envoy needs: memory, the entry point, the ABI marker, the allocator, and the
-/// callbacks meshauthz implements, plus context creation and deletion. `proxy_on_done` is not
+/// callbacks meshauthz implements (`proxy_on_tick` flushes the counters), plus context creation
+/// and deletion (deletion also forgets a connection's recorded facts). `proxy_on_done` is not
 /// among them: without it Envoy takes "done" as true and goes straight to `proxy_on_delete`,
 /// which is all the SDK's default `on_done` would answer.
 pub const KEEP: &[&str] = &[
@@ -16,6 +17,7 @@ pub const KEEP: &[&str] = &[
     "proxy_on_context_create",
     "proxy_on_vm_start",
     "proxy_on_configure",
+    "proxy_on_tick",
     "proxy_on_request_headers",
     "proxy_on_new_connection",
     "proxy_on_downstream_data",

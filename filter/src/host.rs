@@ -98,6 +98,13 @@ struct Root {
 
 impl Context for Root {}
 
+impl Drop for Root {
+    /// A root context is deleted when its configuration is replaced: its last counts still count.
+    fn drop(&mut self) {
+        self.plugin.flush_metrics(&ProxyHost);
+    }
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         let host = ProxyHost;
@@ -116,8 +123,15 @@ impl RootContext for Root {
             .ok()
             .flatten()
         };
+        // Counters are summed in VM memory and handed to Envoy once per tick, not per request.
+        // (Not the SDK's `set_tick_period`, which panics on an error status.)
+        let _ = hostcalls::set_tick_period(core::METRICS_FLUSH_PERIOD);
         self.plugin
             .configure(&host, &root_id, configuration.as_deref())
+    }
+
+    fn on_tick(&mut self) {
+        self.plugin.flush_metrics(&ProxyHost);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -172,6 +186,14 @@ struct Net {
 }
 
 impl Context for Net {}
+
+impl Drop for Net {
+    /// The SDK drops a context on `proxy_on_delete` (Envoy deletes a network filter's context
+    /// when its connection is gone).
+    fn drop(&mut self) {
+        core::net_done(&self.plugin, &mut self.conn);
+    }
+}
 
 impl StreamContext for Net {
     fn on_new_connection(&mut self) -> Action {

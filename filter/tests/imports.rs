@@ -213,6 +213,10 @@ fn module_imports_only_what_envoy_provides() {
         "proxy_on_request_headers",
         "proxy_on_new_connection",
         "proxy_on_downstream_data",
+        // Counters are flushed from `on_tick`; without the export they would never reach Envoy.
+        "proxy_on_tick",
+        // Connection facts are forgotten when the network context is deleted.
+        "proxy_on_delete",
     ] {
         assert!(
             exports.iter().any(|e| e == needed),

@@ -31,6 +31,9 @@ struct FakeHost {
     metric_names: RefCell<Vec<String>>,
     counts: RefCell<HashMap<u32, i64>>,
     logs: RefCell<Vec<(Level, String)>>,
+    /// Every host call, in order: `get <path>`, `header <name>`, `headers`, `set <key>`,
+    /// `forbid`, `close`, `define <name>`, `metric <name>`, `log`.
+    calls: RefCell<Vec<String>>,
 }
 
 impl FakeHost {
@@ -82,6 +85,13 @@ impl FakeHost {
     fn closed(&self) -> u32 {
         *self.closed.borrow()
     }
+    /// The host calls made so far, in order; and forget them.
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+    fn call(&self, what: String) {
+        self.calls.borrow_mut().push(what);
+    }
     /// The properties and headers read so far, in order.
     fn fetched(&self) -> Vec<String> {
         self.fetched.borrow().clone()
@@ -90,6 +100,7 @@ impl FakeHost {
 
 impl Host for FakeHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.call(format!("get {}", path.join(".")));
         self.fetched.borrow_mut().push(path.join("."));
         if let ["filter_state", key] = path {
             let key = key.strip_prefix("wasm.")?;
@@ -99,6 +110,7 @@ impl Host for FakeHost {
         self.props.get(&key).cloned()
     }
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.call(format!("header {name}"));
         self.fetched.borrow_mut().push(format!("header:{name}"));
         self.headers
             .iter()
@@ -106,24 +118,29 @@ impl Host for FakeHost {
             .map(|(_, v)| v.as_bytes().to_vec())
     }
     fn request_headers(&self) -> Vec<(String, String)> {
+        self.call("headers".to_string());
         self.fetched.borrow_mut().push("headers".to_string());
         self.headers.clone()
     }
     fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        self.call(format!("set {key}"));
         self.state
             .borrow_mut()
             .insert(key.to_string(), value.to_vec());
         true
     }
     fn send_forbidden(&self) -> bool {
+        self.call("forbid".to_string());
         *self.forbidden.borrow_mut() += 1;
         true
     }
     fn close_downstream(&self) -> bool {
+        self.call("close".to_string());
         *self.closed.borrow_mut() += 1;
         true
     }
     fn define_counter(&self, name: &str) -> Option<u32> {
+        self.call(format!("define {name}"));
         let mut names = self.metric_names.borrow_mut();
         if let Some(i) = names.iter().position(|n| n == name) {
             return Some(i as u32);
@@ -132,9 +149,12 @@ impl Host for FakeHost {
         Some(names.len() as u32 - 1)
     }
     fn increment(&self, id: u32, by: i64) {
+        let name = self.metric_names.borrow().get(id as usize).cloned();
+        self.call(format!("metric {}", name.unwrap_or_default()));
         *self.counts.borrow_mut().entry(id).or_default() += by;
     }
     fn log(&self, level: Level, message: &str) {
+        self.call("log".to_string());
         self.logs.borrow_mut().push((level, message.to_string()));
     }
 }
@@ -310,6 +330,10 @@ fn allowed_request_continues_and_is_labelled() {
         None,
         "no AUDIT policy applies"
     );
+    // Counted in VM memory; Envoy sees the counts at the next tick.
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 0);
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
     assert_eq!(host.count("meshauthz.rbac.denied"), 0);
     assert_eq!(seen.borrow()[0].protocol, Some(Protocol::Http));
@@ -342,6 +366,8 @@ fn denied_request_gets_403_from_the_enforce_stage() {
         host.state(core::HTTP_DECISION).as_deref(),
         Some("deny ns[foo]-policy[p1]-rule[2]")
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.denied"), 1);
     assert_eq!(core::DENY_BODY, b"RBAC: access denied");
 }
@@ -378,6 +404,8 @@ fn audit_flag_is_written_for_the_log_companion() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("1"));
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 1);
 
     // AUDIT policies apply, none matched: "0".
@@ -395,6 +423,8 @@ fn audit_flag_is_written_for_the_log_companion() {
     let (decide, enforce, _) = Setup::new(d).build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
     assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("0"));
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 0);
 }
 
@@ -417,6 +447,8 @@ fn missing_log_companion_is_denied_when_audit_policies_apply() {
         "{:?}",
         host.errors()
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.fail_closed"), 1);
 }
 
@@ -718,6 +750,8 @@ fn dry_run_results_are_labelled_and_counted() {
         host.state(core::HTTP_SHADOW).as_deref(),
         Some("dry-run-allow=denied dry-run-deny=denied(ns[foo]-policy[p1]-rule[2])")
     );
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(
         host.count("meshauthz.rbac.istio_dry_run_allow_shadow_denied"),
         1
@@ -853,6 +887,7 @@ fn strict_plaintext_chain_is_reset_on_new_connection() {
     let mut conn = Conn::default();
     assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
+    net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.8080.rejected"), 1);
     // Later callbacks of the closed connection do nothing more.
     assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
@@ -875,6 +910,7 @@ fn permissive_plaintext_is_accepted_and_counted() {
         Flow::Continue
     );
     assert_eq!(host.closed(), 0);
+    net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 1);
 }
 
@@ -964,6 +1000,8 @@ fn tcp_allow_passes_the_enforce_stage() {
         Flow::Continue
     );
     assert_eq!(host.closed(), 0);
+    net.flush_metrics(&host);
+    enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.allowed"), 1);
 }
 
@@ -1312,4 +1350,275 @@ fn every_value_of_a_repeated_header_is_checked() {
     assert_eq!(run(&["on", "off"]), Flow::Stop);
     // One value that merely contains the word, as Envoy: not split on commas.
     assert_eq!(run(&["off,on"]), Flow::Continue);
+}
+
+// ---- host-call budget -----------------------------------------------------------------------
+
+/// One ALLOW policy on principals, as users write it.
+const PRINCIPAL_ALLOW: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "only-bar", "namespace": "foo"},
+     "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+    "workload": {"namespace": "foo"}}"#;
+
+/// Each host call costs about 1 µs of Envoy CPU (BENCHMARKS.md), ten times the policy evaluation:
+/// this is the budget of a typical allowed request, and fails when a change adds a call.
+#[test]
+fn host_call_budget_of_an_allowed_request() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar")
+        .header(":path", "/hello");
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    host.take_calls();
+
+    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "get connection.uri_san_peer_certificate",
+            "set meshauthz_decision",
+        ]
+    );
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get filter_state.wasm.meshauthz_decision",
+            "get filter_state.wasm.meshauthz_audit",
+        ]
+    );
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[only-bar]-rule[0]")
+    );
+
+    // The counts reach the host once per tick, one call per counter that changed.
+    for _ in 0..9 {
+        core::http_decide(&host, &decide);
+        core::http_enforce(&host, &enforce);
+    }
+    host.take_calls();
+    decide.flush_metrics(&host);
+    enforce.flush_metrics(&host);
+    assert_eq!(host.take_calls(), ["metric meshauthz.rbac.allowed"]);
+    assert_eq!(host.count("meshauthz.rbac.allowed"), 10);
+    decide.flush_metrics(&host);
+    assert_eq!(
+        host.take_calls(),
+        Vec::<String>::new(),
+        "nothing new to flush"
+    );
+}
+
+// ---- connection facts recorded by meshauthz_net -----------------------------------------------
+
+/// [`PRINCIPAL_ALLOW`] for the network stage: port 8080 is HTTP.
+const PRINCIPAL_ALLOW_NET: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "only-bar", "namespace": "foo"},
+     "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+    "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+
+/// `meshauthz_net`, `meshauthz_http` and `meshauthz_http_enforce` in one VM.
+fn net_chain(host: &FakeHost) -> (Plugin, Plugin, Plugin) {
+    let vm = Rc::new(VmState::default());
+    let net = Plugin::new(Rc::clone(&vm));
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    net.configure(host, core::ROOT_NET, Some(PRINCIPAL_ALLOW_NET));
+    decide.configure(host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(host, core::ROOT_HTTP_ENFORCE, None);
+    (net, decide, enforce)
+}
+
+/// The host as the network stage of connection `id` sees it on port 8080.
+fn conn_host(id: u64, san: Option<&str>) -> FakeHost {
+    let host = FakeHost::default()
+        .chain("mtls")
+        .port(8080)
+        .mtls(san.is_some())
+        .with(&["source", "address"], b"10.1.2.3:40000")
+        .with(&["connection", "id"], &id.to_le_bytes());
+    match san {
+        Some(san) => host.uri_san(san),
+        None => host,
+    }
+}
+
+/// Opens connection `id` through the network stage; returns its per-connection state.
+fn open(net: &Plugin, host: &FakeHost) -> Conn {
+    let mut conn = Conn::default();
+    assert_eq!(
+        core::net_new_connection(host, net, &mut conn),
+        Flow::Continue
+    );
+    assert_eq!(core::net_decide(host, net, &mut conn), Flow::Continue);
+    conn
+}
+
+/// A request whose host knows only the connection id (and `extra` facts): whatever else the
+/// decision uses must come from the record.
+fn request_on(id: u64) -> FakeHost {
+    FakeHost::default()
+        .with(&["connection", "id"], &id.to_le_bytes())
+        .header(":path", "/hello")
+}
+
+const BAR: &str = "spiffe://cluster.local/ns/foo/sa/bar";
+
+#[test]
+fn recorded_connection_facts_replace_the_per_request_reads() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _conn = open(&net, &conn_host(7, Some(BAR)));
+
+    let host = request_on(7);
+    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    // One host call for all the connection's facts.
+    assert_eq!(
+        host.take_calls(),
+        ["get connection.id", "set meshauthz_decision"]
+    );
+    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("allow ns[foo]-policy[only-bar]-rule[0]")
+    );
+}
+
+#[test]
+fn another_connections_facts_are_never_used() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _bar = open(&net, &conn_host(7, Some(BAR)));
+
+    // Connection 8 is plaintext by the host's word; connection 7's identity must not leak into it.
+    let host = request_on(8).mtls(false);
+    let (_, e) = request(&host, &decide, &enforce);
+    assert_eq!(e, Flow::Stop);
+    assert_eq!(
+        host.state(core::HTTP_DECISION).as_deref(),
+        Some("deny no-allow-rule-matched")
+    );
+    assert!(host.fetched().contains(&"connection.mtls".to_string()));
+
+    // Connection 9 says nothing about mTLS at all (no record, no property): not mTLS.
+    let host = request_on(9).uri_san(BAR);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(
+        !host.fetched().iter().any(|f| f.contains("uri_san")),
+        "no identity read without mTLS: {:?}",
+        host.fetched()
+    );
+}
+
+#[test]
+fn without_a_record_the_host_is_asked_as_before() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _other = open(
+        &net,
+        &conn_host(7, Some("spiffe://cluster.local/ns/foo/sa/other")),
+    );
+
+    // No connection id from the host: the facts are read per request.
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san(BAR)
+        .header(":path", "/hello");
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(
+        host.take_calls()[..3],
+        [
+            "get connection.id",
+            "get connection.mtls",
+            "get connection.uri_san_peer_certificate",
+        ]
+    );
+
+    // A plaintext connection is recorded as such: its identity is never read, even where the
+    // host would report one.
+    let plain = conn_host(10, None).uri_san(BAR);
+    let _plain = open(&net, &plain);
+    assert!(!plain.fetched().iter().any(|f| f.contains("uri_san")));
+    let host = request_on(10);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(host.take_calls()[0], "get connection.id");
+    assert!(!host.fetched().contains(&"connection.mtls".to_string()));
+}
+
+#[test]
+fn a_closed_connection_is_forgotten() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let mut conn = open(&net, &conn_host(7, Some(BAR)));
+    let mut tcp = Conn::default();
+    // TCP ports are decided at L4: nothing recorded for them.
+    let tcp_host = conn_host(11, Some(BAR)).port(5432);
+    core::net_new_connection(&tcp_host, &net, &mut tcp);
+    core::net_decide(&tcp_host, &net, &mut tcp);
+    assert_eq!(decide.vm.open_conns(), 1);
+
+    core::net_done(&net, &mut conn);
+    core::net_done(&net, &mut tcp);
+    assert_eq!(decide.vm.open_conns(), 0);
+
+    // A late request on that id finds nothing and asks the host (here: no mTLS).
+    let host = request_on(7);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host.fetched().contains(&"connection.mtls".to_string()));
+}
+
+#[test]
+fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.method = true;
+    s.req.path = true;
+    s.req.host = true;
+    s.req.add_header("x-team");
+    let host = FakeHost::default()
+        .mtls(true)
+        .header(":authority", "echo.foo")
+        .header(":method", "POST")
+        .header(":path", "/admin")
+        .header("x-team", "a")
+        .header("x-team", "b");
+    let (decide, _, seen) = s.build(&host);
+    host.take_calls();
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        host.take_calls(),
+        ["get connection.mtls", "headers", "set meshauthz_decision"]
+    );
+    let seen = seen.borrow();
+    assert_eq!(seen[0].method.as_deref(), Some("POST"));
+    assert_eq!(seen[0].path.as_deref(), Some("/admin"));
+    assert_eq!(seen[0].headers.len(), 2);
+
+    // A pseudo-header the list does not hold is still read by itself, never taken as absent.
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req.path = true;
+    s.req.add_header("x-team");
+    let host = FakeHost::default().mtls(true).header("x-team", "a");
+    let (decide, _, _) = s.build(&host);
+    host.take_calls();
+    core::http_decide(&host, &decide);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "headers",
+            "header :path",
+            "set meshauthz_decision"
+        ]
+    );
 }

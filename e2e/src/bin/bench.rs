@@ -11,7 +11,9 @@
 //! (`/proc/<pid>/stat` utime+stime of all its threads) before and after.
 //!
 //! Usage: `bench --oha PATH --cli PATH [--rounds 7] [--seconds 2] [--connections 4]
-//! [--max-policies 10000] [--no-breakdown] [--only KEY,KEY] [--out FILE]`; the baseline (a) always runs.
+//! [--max-policies 10000] [--no-breakdown] [--only KEY,KEY] [--out FILE] [--baseline-module FILE]`;
+//! the baseline (a) always runs. `--baseline-module` adds `c-10-base` / `d-10-base`: the full
+//! chain with another build of the module (e.g. the previous commit's), for A/B in one run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +40,7 @@ struct Opts {
     breakdown: bool,
     only: Vec<String>,
     out: Option<PathBuf>,
+    baseline_module: Option<PathBuf>,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -51,6 +54,7 @@ fn parse_opts() -> Result<Opts> {
         breakdown: true,
         only: Vec::new(),
         out: None,
+        baseline_module: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,6 +72,7 @@ fn parse_opts() -> Result<Opts> {
             "--no-breakdown" => o.breakdown = false,
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
+            "--baseline-module" => o.baseline_module = Some(PathBuf::from(value()?)),
             other => return Err(Error(format!("unknown argument {other:?}"))),
         }
     }
@@ -78,6 +83,12 @@ fn parse_opts() -> Result<Opts> {
                 path.display()
             )));
         }
+    }
+    if let Some(path) = o.baseline_module.as_ref().filter(|p| !p.is_file()) {
+        return Err(Error(format!(
+            "--baseline-module: {} is not a file",
+            path.display()
+        )));
     }
     if o.rounds == 0 || o.seconds == 0 || o.connections == 0 {
         return Err(Error(
@@ -133,6 +144,8 @@ struct Variant {
     chain: Chain,
     policies: usize,
     audit: bool,
+    /// Another build of the meshauthz module (`--baseline-module`); `None`: the current one.
+    module: Option<PathBuf>,
 }
 
 fn variants(o: &Opts) -> Vec<Variant> {
@@ -142,6 +155,7 @@ fn variants(o: &Opts) -> Vec<Variant> {
         chain,
         policies,
         audit,
+        module: None,
     };
     let mut out = vec![
         v("a", "no authz filter", Chain::NoFilter, 0, false),
@@ -164,6 +178,16 @@ fn variants(o: &Opts) -> Vec<Variant> {
         10,
         true,
     ));
+    if let Some(base) = &o.baseline_module {
+        for (key, what, audit) in [
+            ("c-10-base", "c-10 with --baseline-module", false),
+            ("d-10-base", "d-10 with --baseline-module", true),
+        ] {
+            let mut b = v(key, what, FULL, 10, audit);
+            b.module = Some(base.clone());
+            out.push(b);
+        }
+    }
     if o.breakdown {
         let m = |net, decide, log, enforce| Chain::Meshauthz {
             net,
@@ -467,11 +491,12 @@ struct Sample {
 
 fn start(v: Variant, dir: &Path, pki: &Pki, o: &Opts) -> Result<Server> {
     let tmpl = template(HTTP_TEMPLATE)?;
-    let module = module_path()?;
-    let noop = module.with_file_name(match v.chain {
+    let built = module_path()?;
+    let noop = built.with_file_name(match v.chain {
         Chain::Noop { stripped: true, .. } => "bench_noop_stripped.wasm",
         _ => "bench_noop.wasm",
     });
+    let module = v.module.clone().unwrap_or(built);
     let policy_file = dir.join(format!("{}-policies.yaml", v.key));
     std::fs::write(&policy_file, istio_policies(v.policies, v.audit))?;
     let mut port = 0;

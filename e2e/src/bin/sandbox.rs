@@ -384,6 +384,8 @@ fn is_true(v: Option<&Value>) -> bool {
 }
 
 fn meshauthz_stats(story: &Story, admin: u16) -> Result<Vec<(String, u64)>> {
+    // The module hands its counts to Envoy once per second (on_tick): let one flush pass.
+    std::thread::sleep(Duration::from_millis(1500));
     let url = format!("http://127.0.0.1:{admin}/stats?filter=meshauthz");
     let c = curl(story, &[&url])?;
     if c.status != 200 {

@@ -1,5 +1,6 @@
 //! Real clients: `curl` for HTTP(S), a raw std TCP client, `openssl s_client` for mTLS TCP.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -285,18 +286,38 @@ pub fn tls_tcp_echo(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<(TcpOutcome, String)> {
+    let args: [&OsStr; 5] = [
+        "-verify_return_error".as_ref(),
+        "-servername".as_ref(),
+        "localhost".as_ref(),
+        "-CAfile".as_ref(),
+        pki.ca_cert.as_os_str(),
+    ];
+    s_client_echo(port, args, client, payload, timeout)
+}
+
+/// One `openssl s_client -quiet <args> -connect 127.0.0.1:<port>` exchange presenting `client`'s
+/// certificate: send `payload`, wait (at most `timeout`) until it comes back, then kill s_client.
+/// `args` carries the caller's extra options (`-servername`/`-noservername`, `-CAfile`,
+/// `-verify_return_error`, ...). Returns how the exchange ended ([`TcpOutcome::Echoed`],
+/// [`TcpOutcome::Closed`] with the bytes read so far, or [`TcpOutcome::Timeout`]) and s_client's
+/// stderr.
+pub fn s_client_echo<I, S>(
+    port: u16,
+    args: I,
+    client: &CertFiles,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(TcpOutcome, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-verify_return_error",
-            "-servername",
-            "localhost",
-        ])
+        .args(["s_client", "-quiet"])
+        .args(args)
         .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
-        .arg("-CAfile")
-        .arg(&pki.ca_cert)
         .arg("-cert")
         .arg(&client.cert)
         .arg("-key")

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::probe::{Listener, Peer, Probe};
 use crate::certs::CertFiles;
+use crate::client::{s_client_echo, TcpOutcome};
 use crate::{Error, Result};
 
 /// The per-request and per-connection time limit.
@@ -178,70 +178,16 @@ pub fn send_tcp(
 /// mTLS echo through `openssl s_client` with the given SNI (none when empty); the server certificate is not
 /// verified (what matters is the client certificate Envoy verifies).
 fn tls_echo(port: u16, sni: &str, cert: &CertFiles, payload: &[u8]) -> Result<TcpSeen> {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet"]);
-    if sni.is_empty() {
-        cmd.arg("-noservername");
+    let sni_args = if sni.is_empty() {
+        vec!["-noservername"]
     } else {
-        cmd.args(["-servername", sni]);
-    }
-    let mut child = cmd
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(&cert.cert)
-        .arg("-key")
-        .arg(&cert.key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error(format!("cannot run openssl: {e}")))?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 || tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err() {
-                    break;
-                }
-            }
-        })
-    });
-    // Keep stdin open until the end: closing it would make s_client close its side.
-    let mut stdin = child.stdin.take();
-    if let Some(s) = stdin.as_mut() {
-        let _ = s.write_all(payload);
-        let _ = s.flush();
-    }
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    let mut got = Vec::new();
-    let mut seen = TcpSeen::Timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(chunk) => {
-                got.extend_from_slice(&chunk);
-                if got.windows(payload.len()).any(|w| w == payload) {
-                    seen = TcpSeen::Echoed;
-                    break;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                seen = TcpSeen::Closed(String::from_utf8_lossy(&got).into());
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(stdin);
-    if let Some(r) = reader {
-        let _ = r.join();
-    }
-    Ok(seen)
+        vec!["-servername", sni]
+    };
+    let (outcome, _stderr) = s_client_echo(port, sni_args, cert, payload, PROBE_TIMEOUT)?;
+    Ok(match outcome {
+        TcpOutcome::Echoed => TcpSeen::Echoed,
+        TcpOutcome::Closed(read) => TcpSeen::Closed(read),
+        TcpOutcome::Reset => TcpSeen::Closed("connection reset".into()),
+        TcpOutcome::Timeout => TcpSeen::Timeout,
+    })
 }

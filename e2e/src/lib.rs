@@ -9,12 +9,14 @@
 //! - [`app`]: the upstream applications (HTTP echo returning the received headers as JSON, TCP echo).
 //! - [`envoy`]: free ports, template rendering, the Envoy process guard, admin readers.
 //! - [`client`]: `curl` for HTTP(S), raw TCP and `openssl s_client` for TCP ports.
+//! - [`assert`]: assertions on what a caller saw (200, Istio's 403, reset, refused).
 //! - [`access_log`]: waiting for access-log lines.
 //! - [`policy`]: Istio YAML to the module's plugin configuration JSON.
 //! - [`sandbox`]: the detached loopback mesh of `make sandbox` and the compose inputs.
 
 pub mod access_log;
 pub mod app;
+pub mod assert;
 pub mod certs;
 pub mod client;
 pub mod differential;

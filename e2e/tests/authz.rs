@@ -10,22 +10,11 @@
 use std::time::Duration;
 
 use meshauthz_e2e::access_log;
-use meshauthz_e2e::client::{Response, Transport};
+use meshauthz_e2e::assert::{assert_denied, assert_ok, DENIED_BODY};
+use meshauthz_e2e::client::Transport;
 use meshauthz_e2e::sidecar::Sidecar;
 
-const DENIED_BODY: &str = "RBAC: access denied";
 const WAIT: Duration = Duration::from_secs(5);
-
-#[track_caller]
-fn assert_ok(r: &Response) {
-    assert_eq!((r.exit, r.status), (0, 200), "expected 200, got {r:#?}");
-}
-
-#[track_caller]
-fn assert_denied(r: &Response) {
-    assert_eq!(r.status, 403, "expected 403, got {r:#?}");
-    assert_eq!(r.body, DENIED_BODY, "403 body: {r:#?}");
-}
 
 /// Scenario 1: ALLOW by principal.
 #[test]

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use meshauthz_e2e::assert::assert_ok;
 use meshauthz_e2e::certs::SERVER_SPIFFE;
 use meshauthz_e2e::client::{Request, Transport};
 use meshauthz_e2e::envoy::{free_port, Envoy};
@@ -63,7 +64,7 @@ fn client_sidecar_originates_mtls_with_its_spiffe_identity() {
     let r = Request::get(port, "/hello", Transport::Plaintext)
         .send()
         .unwrap();
-    assert_eq!((r.exit, r.status), (0, 200), "{r:#?}");
+    assert_ok(&r);
     let xfcc = r.app_header("x-forwarded-client-cert").unwrap().unwrap();
     assert!(
         xfcc.contains("URI=spiffe://cluster.local/ns/istioinaction/sa/sleep"),

@@ -9,36 +9,11 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::client::{Response, Transport};
+use meshauthz_e2e::assert::{assert_denied, assert_refused};
+use meshauthz_e2e::client::Transport;
 use meshauthz_e2e::sidecar::{remove_filter, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-#[track_caller]
-fn assert_denied(r: &Response) {
-    assert_eq!(r.status, 403, "expected 403, got {r:#?}");
-    assert_eq!(r.body, "RBAC: access denied", "{r:#?}");
-}
-
-/// Refused without a valid configuration: either a 403, or (what the module does at L4, where it
-/// cannot even tell STRICT from PERMISSIVE) the connection closed before any response: curl
-/// exit 35 (TLS handshake cut), 52 (empty reply) or 56 (reset). Never a response from the app.
-#[track_caller]
-fn assert_refused(r: &Response) -> &'static str {
-    if r.status == 403 {
-        assert_eq!(r.body, "RBAC: access denied", "{r:#?}");
-        return "403";
-    }
-    assert_eq!(
-        r.status, 0,
-        "expected 403 or a closed connection, got {r:#?}"
-    );
-    assert!(
-        [35, 52, 56].contains(&r.exit),
-        "expected 403 or a closed connection, got {r:#?}"
-    );
-    "connection closed"
-}
 
 /// An invalid DENY policy: if it were dropped, nothing would be enforced and every request
 /// would get 200.

@@ -9,31 +9,33 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::client::{self, Response, TcpOutcome, Transport, CURL_RECV_ERROR};
+use meshauthz_e2e::assert::{assert_ok, assert_reset};
+use meshauthz_e2e::client::{self, TcpOutcome, Transport};
 use meshauthz_e2e::envoy::free_port;
 use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-#[track_caller]
-fn assert_ok(r: &Response) {
-    assert_eq!((r.exit, r.status), (0, 200), "expected 200, got {r:#?}");
-}
-
-#[track_caller]
-fn assert_reset(r: &Response) {
-    assert_eq!(
-        r.exit, CURL_RECV_ERROR,
-        "expected curl exit 56 (connection reset), got {r:#?}"
-    );
-    assert!(
-        r.stderr.contains("Connection reset by peer"),
-        "expected 'Connection reset by peer', got {r:#?}"
-    );
-}
-
 fn plaintext_stat(port: &str, outcome: &str) -> String {
     format!("wasmcustom.meshauthz.plaintext.{port}.{outcome}")
+}
+
+/// The plaintext counters of `port` on `s`: waits (bounded) until the `counted` one ("accepted"
+/// or "rejected") reaches `n`, asserts it is exactly `n`, and that the other one stayed 0.
+#[track_caller]
+fn assert_plaintext_counted(s: &Sidecar, port: &str, counted: &str, n: u64) {
+    let other = if counted == "accepted" {
+        "rejected"
+    } else {
+        "accepted"
+    };
+    let got = s
+        .envoy
+        .wait_stat_at_least(&plaintext_stat(port, counted), n, WAIT)
+        .unwrap();
+    assert_eq!(got, n, "plaintext.{port}.{counted}");
+    let not = s.envoy.stat_or_zero(&plaintext_stat(port, other)).unwrap();
+    assert_eq!(not, 0, "plaintext.{port}.{other}");
 }
 
 /// Scenario 4a: STRICT resets plaintext while mTLS works.
@@ -55,17 +57,7 @@ spec:
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 1, "plaintext reached the application");
-    let rejected = s
-        .envoy
-        .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
-        .unwrap();
-    assert_eq!(rejected, 2);
-    assert_eq!(
-        s.envoy
-            .stat_or_zero(&plaintext_stat("other", "accepted"))
-            .unwrap(),
-        0
-    );
+    assert_plaintext_counted(&s, "other", "rejected", 2);
 }
 
 /// Scenario 4b: PERMISSIVE accepts both.
@@ -86,17 +78,7 @@ spec:
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
     assert_ok(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 2);
-    let accepted = s
-        .envoy
-        .wait_stat_at_least(&plaintext_stat("other", "accepted"), 1, WAIT)
-        .unwrap();
-    assert_eq!(accepted, 1);
-    assert_eq!(
-        s.envoy
-            .stat_or_zero(&plaintext_stat("other", "rejected"))
-            .unwrap(),
-        0
-    );
+    assert_plaintext_counted(&s, "other", "accepted", 1);
 }
 
 /// Scenario 4c: `portLevelMtls` on one workload: the "8080" port PERMISSIVE, the "8000" port
@@ -133,31 +115,8 @@ spec:
     }
     assert_ok(&a.get("/", Transport::Plaintext).send().unwrap());
     assert_reset(&b.get("/", Transport::Plaintext).send().unwrap());
-    let (ps, pp) = (p_strict.to_string(), p_permissive.to_string());
-    assert_eq!(
-        a.envoy
-            .wait_stat_at_least(&plaintext_stat(&pp, "accepted"), 1, WAIT)
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        a.envoy
-            .stat_or_zero(&plaintext_stat(&pp, "rejected"))
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        b.envoy
-            .wait_stat_at_least(&plaintext_stat(&ps, "rejected"), 1, WAIT)
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        b.envoy
-            .stat_or_zero(&plaintext_stat(&ps, "accepted"))
-            .unwrap(),
-        0
-    );
+    assert_plaintext_counted(&a, &p_permissive.to_string(), "accepted", 1);
+    assert_plaintext_counted(&b, &p_strict.to_string(), "rejected", 1);
 }
 
 /// Scenario 4d: a mesh-wide STRICT policy (root namespace) is overridden by the namespace's PERMISSIVE one.
@@ -315,20 +274,7 @@ spec:
             || o == TcpOutcome::Reset,
         "plaintext denied by the L4 ALLOW: {o:?}"
     );
-    assert_eq!(
-        permissive
-            .envoy
-            .wait_stat_at_least(&plaintext_stat("other", "accepted"), 1, WAIT)
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        permissive
-            .envoy
-            .stat_or_zero(&plaintext_stat("other", "rejected"))
-            .unwrap(),
-        0
-    );
+    assert_plaintext_counted(&permissive, "other", "accepted", 1);
     let bar = permissive.pki.client("foo", "bar").unwrap();
     let (o, e) =
         client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();

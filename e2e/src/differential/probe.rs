@@ -196,19 +196,7 @@ impl PolicyValues {
         );
         for (field, positive) in [("serviceAccounts", true), ("notServiceAccounts", false)] {
             for v in strings(src.and_then(|s| s.get(field))) {
-                let (sa_ns, sa) = match v.split_once('/') {
-                    Some((a, b)) => (a.to_string(), b.to_string()),
-                    None => (ns.to_string(), v.clone()),
-                };
-                self.service_accounts.push((
-                    sa_ns,
-                    sa,
-                    Named {
-                        value: v,
-                        positive,
-                        field: field.to_string(),
-                    },
-                ));
+                self.push_service_account(v, ns, positive, field.to_string());
             }
         }
         let has = |f: &str| src.and_then(|s| s.get(f)).is_some();
@@ -218,6 +206,24 @@ impl PolicyValues {
         if has("requestPrincipals") || has("notRequestPrincipals") {
             self.skipped.insert(SKIP_JWT.into());
         }
+    }
+
+    /// A service account value `v` (`ns/sa`, or `sa` in the policy's namespace `ns`) named at
+    /// `field`.
+    fn push_service_account(&mut self, v: String, ns: &str, positive: bool, field: String) {
+        let (sa_ns, sa) = match v.split_once('/') {
+            Some((a, b)) => (a.to_string(), b.to_string()),
+            None => (ns.to_string(), v.clone()),
+        };
+        self.service_accounts.push((
+            sa_ns,
+            sa,
+            Named {
+                value: v,
+                positive,
+                field,
+            },
+        ));
     }
 
     fn collect_condition(&mut self, c: &Value, ns: &str) {
@@ -241,19 +247,7 @@ impl PolicyValues {
         if key == "source.serviceAccount" {
             for (field, positive) in [("values", true), ("notValues", false)] {
                 for v in strings(c.get(field)) {
-                    let (sa_ns, sa) = match v.split_once('/') {
-                        Some((a, b)) => (a.to_string(), b.to_string()),
-                        None => (ns.to_string(), v.clone()),
-                    };
-                    self.service_accounts.push((
-                        sa_ns,
-                        sa,
-                        Named {
-                            value: v,
-                            positive,
-                            field: format!("{label}{field}"),
-                        },
-                    ));
+                    self.push_service_account(v, ns, positive, format!("{label}{field}"));
                 }
             }
         } else if let Some(name) = key

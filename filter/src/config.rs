@@ -248,6 +248,9 @@ pub struct Compiled {
     pub named_ports: Vec<u16>,
     /// Warnings of loading/compiling (logged once).
     pub warnings: Vec<String>,
+    /// The access-log labels of this configuration's rules, built on first use. They live and
+    /// die with the configuration, so a label never outlives the rules it names.
+    pub labels: crate::core::Labels,
 }
 
 fn named_ports(set: &policy_engine::PolicySet, engine: &Engine) -> Vec<u16> {
@@ -326,6 +329,7 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
         http_ports: cfg.http_ports.clone(),
         named_ports,
         warnings,
+        labels: crate::core::Labels::default(),
     })
 }
 

@@ -16,7 +16,7 @@
 //! (a proxy-wasm module cannot write dynamic metadata in Envoy 1.40).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -423,22 +423,97 @@ fn node_workload(host: &dyn Host) -> NodeWorkload {
     }
 }
 
+/// A decision label: a constant, or a rule's label shared from [`Labels`]. Neither allocates on
+/// the request path.
+#[derive(Clone, Debug)]
+enum Label {
+    Static(&'static str),
+    Shared(Rc<str>),
+}
+
+impl Label {
+    fn as_str(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Shared(s) => s,
+        }
+    }
+}
+
+/// One dry-run outcome as the label shows it: allowed, and the matching rule.
+type ShadowKey = Option<(bool, Option<RuleId>)>;
+
+/// Bound of the dry-run label cache. Its key is a pair of outcomes, so in theory it grows with the
+/// square of the dry-run rules; past this many entries a label is built per request instead.
+const MAX_SHADOW_LABELS: usize = 4096;
+
+/// The access-log labels of one compiled configuration (`allow ns[foo]-policy[bar]-rule[0]`,
+/// `dry-run-allow=allowed(...)`), each built the first time a request needs it and shared after.
+/// Owned by [`Compiled`]: a new configuration starts with an empty cache, so no label of a
+/// previous configuration is ever shown.
+#[derive(Debug, Default)]
+pub struct Labels {
+    /// Keyed by (allowed, rule).
+    decisions: RefCell<BTreeMap<(bool, RuleId), Rc<str>>>,
+    /// Keyed by the (ALLOW, DENY) dry-run outcomes.
+    shadows: RefCell<BTreeMap<(ShadowKey, ShadowKey), Rc<str>>>,
+}
+
+impl Labels {
+    fn decision(&self, allowed: bool, rule: RuleId, authz: &dyn Authorizer) -> Rc<str> {
+        let key = (allowed, rule);
+        if let Some(l) = self.decisions.borrow().get(&key) {
+            return Rc::clone(l);
+        }
+        let verb = if allowed { "allow " } else { "deny " };
+        let label: Rc<str> = Rc::from(format!("{verb}{}", authz.rule_name(rule)));
+        // Bounded by twice the number of rules of this configuration.
+        self.decisions.borrow_mut().insert(key, Rc::clone(&label));
+        label
+    }
+
+    /// `None` when the decision has no dry-run outcome.
+    fn shadow(&self, d: &Decision, authz: &dyn Authorizer) -> Option<Rc<str>> {
+        let of = |s: &Option<ShadowResult>| s.map(|s| (s.allowed, s.rule));
+        let key = (of(&d.shadow_allow), of(&d.shadow_deny));
+        if key == (None, None) {
+            return None;
+        }
+        if let Some(l) = self.shadows.borrow().get(&key) {
+            return Some(Rc::clone(l));
+        }
+        let mut out = String::new();
+        if let Some(s) = &d.shadow_allow {
+            shadow_label("dry-run-allow", s, authz, &mut out);
+        }
+        if let Some(s) = &d.shadow_deny {
+            shadow_label("dry-run-deny", s, authz, &mut out);
+        }
+        let label: Rc<str> = Rc::from(out);
+        let mut shadows = self.shadows.borrow_mut();
+        if shadows.len() < MAX_SHADOW_LABELS {
+            shadows.insert(key, Rc::clone(&label));
+        }
+        Some(label)
+    }
+}
+
 /// The outcome of a decide stage.
 struct Verdict {
     allowed: bool,
     /// For the access log: `allow ns[foo]-policy[bar]-rule[0]`, `deny no-allow-rule-matched`, ...
-    label: String,
+    label: Label,
     /// `None`: no AUDIT policy applies (nothing written); else whether an AUDIT rule matched.
     audit: Option<bool>,
-    shadow: Option<String>,
+    shadow: Option<Rc<str>>,
     fail_closed: bool,
 }
 
 impl Verdict {
-    fn deny(label: &str, fail_closed: bool) -> Verdict {
+    fn deny(label: &'static str, fail_closed: bool) -> Verdict {
         Verdict {
             allowed: false,
-            label: label.to_string(),
+            label: Label::Static(label),
             audit: None,
             shadow: None,
             fail_closed,
@@ -459,16 +534,18 @@ fn shadow_label(kind: &str, s: &ShadowResult, authz: &dyn Authorizer, out: &mut 
     }
 }
 
-fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics) -> Verdict {
-    let verb = if d.allowed { "allow " } else { "deny " };
-    let label = match d.cause {
-        Cause::AllowRule(r) | Cause::DenyRule(r) => format!("{verb}{}", authz.rule_name(r)),
-        Cause::NoAllowPolicy => format!("{verb}no-allow-policy"),
-        Cause::NoAllowRuleMatched => format!("{verb}no-allow-rule-matched"),
+fn verdict_of(d: &Decision, c: &Compiled, metrics: &Metrics) -> Verdict {
+    let authz = c.authz.as_ref();
+    let label = match (d.cause, d.allowed) {
+        (Cause::AllowRule(r) | Cause::DenyRule(r), allowed) => {
+            Label::Shared(c.labels.decision(allowed, r, authz))
+        }
+        (Cause::NoAllowPolicy, true) => Label::Static("allow no-allow-policy"),
+        (Cause::NoAllowPolicy, false) => Label::Static("deny no-allow-policy"),
+        (Cause::NoAllowRuleMatched, true) => Label::Static("allow no-allow-rule-matched"),
+        (Cause::NoAllowRuleMatched, false) => Label::Static("deny no-allow-rule-matched"),
     };
-    let mut shadow = String::new();
     if let Some(s) = &d.shadow_allow {
-        shadow_label("dry-run-allow", s, authz, &mut shadow);
         metrics.add(
             if s.allowed {
                 metrics.shadow_allow_allowed
@@ -479,7 +556,6 @@ fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics) -> Verdic
         );
     }
     if let Some(s) = &d.shadow_deny {
-        shadow_label("dry-run-deny", s, authz, &mut shadow);
         metrics.add(
             if s.allowed {
                 metrics.shadow_deny_allowed
@@ -499,7 +575,7 @@ fn verdict_of(d: &Decision, authz: &dyn Authorizer, metrics: &Metrics) -> Verdic
         allowed: d.allowed,
         label,
         audit: d.audit_policy_applies.then_some(d.audit_rule.is_some()),
-        shadow: (!shadow.is_empty()).then_some(shadow),
+        shadow: c.labels.shadow(d, authz),
         fail_closed: false,
     }
 }
@@ -701,7 +777,7 @@ fn publish(
     enforce_present: bool,
 ) -> bool {
     let (decision_key, audit_key, shadow_key) = keys;
-    host.set_filter_state(decision_key, v.label.as_bytes());
+    host.set_filter_state(decision_key, v.label.as_str().as_bytes());
     if let Some(audited) = v.audit {
         host.set_filter_state(audit_key, if audited { b"1" } else { b"0" });
     }
@@ -766,7 +842,7 @@ fn http_verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         None
     };
     let d = evaluate(host, authz, Protocol::Http, &t, peer_ip, facts);
-    verdict_of(&d, authz, &plugin.metrics.borrow())
+    verdict_of(&d, c, &plugin.metrics.borrow())
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
@@ -948,7 +1024,7 @@ pub fn net_decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     } else {
         let peer_ip = prop_ip(host, &["source", "address"]);
         let d = evaluate(host, authz, Protocol::Tcp, &t, peer_ip, None);
-        verdict_of(&d, authz, &plugin.metrics.borrow())
+        verdict_of(&d, &c, &plugin.metrics.borrow())
     };
     if publish(host, plugin, &v, keys, enforce) {
         return conn.close(host);

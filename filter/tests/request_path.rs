@@ -291,6 +291,7 @@ impl Setup {
                 http_ports: self.http_ports,
                 named_ports: vec![8080],
                 warnings: Vec::new(),
+                labels: Default::default(),
             },
         );
         if self.enforce {
@@ -1620,5 +1621,66 @@ fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
             "header :path",
             "set meshauthz_decision"
         ]
+    );
+}
+
+#[test]
+fn a_configuration_update_relabels_the_same_rule_ids() {
+    // Both documents compile to the same rule ids (one ALLOW and one dry-run DENY policy, one
+    // rule each): only the names differ. The label cache must not show the first one's names.
+    let doc = |allow: &str, dry: &str| {
+        format!(
+            r#"{{"policies": [
+            {{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {{"name": "{allow}", "namespace": "foo"}},
+             "spec": {{"action": "ALLOW", "rules": [{{}}]}}}},
+            {{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {{"name": "{dry}", "namespace": "foo",
+                          "annotations": {{"istio.io/dry-run": "true"}}}},
+             "spec": {{"action": "DENY", "rules": [{{}}]}}}}],
+            "workload": {{"namespace": "foo"}}}}"#
+        )
+    };
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    assert!(enforce.configure(&FakeHost::default(), core::ROOT_HTTP_ENFORCE, None));
+    let labels = |decide: &Plugin| {
+        let host = FakeHost::default().mtls(true).header(":path", "/");
+        assert_eq!(
+            request(&host, decide, &enforce),
+            (Flow::Continue, Flow::Continue)
+        );
+        (
+            host.state(core::HTTP_DECISION).unwrap(),
+            host.state(core::HTTP_SHADOW).unwrap(),
+        )
+    };
+    let host = FakeHost::default();
+    assert!(decide.configure(
+        &host,
+        core::ROOT_HTTP,
+        Some(doc("first", "dry-a").as_bytes())
+    ));
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    let first = (
+        "allow ns[foo]-policy[first]-rule[0]".to_string(),
+        "dry-run-deny=denied(ns[foo]-policy[dry-a]-rule[0])".to_string(),
+    );
+    assert_eq!(labels(&decide), first);
+    assert_eq!(labels(&decide), first, "a cached label reads the same");
+
+    assert!(decide.configure(
+        &host,
+        core::ROOT_HTTP,
+        Some(doc("second", "dry-b").as_bytes())
+    ));
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    assert_eq!(
+        labels(&decide),
+        (
+            "allow ns[foo]-policy[second]-rule[0]".to_string(),
+            "dry-run-deny=denied(ns[foo]-policy[dry-b]-rule[0])".to_string(),
+        )
     );
 }

@@ -47,7 +47,8 @@ pub(crate) struct ChainRules {
 pub struct CompiledAuthz {
     http: ChainRules,
     tcp: ChainRules,
-    need_path: bool,
+    /// Some HTTP DENY/AUDIT field reads the path: compute the normalized path.
+    need_normalized: bool,
 }
 
 fn object_ref(p: &AuthorizationPolicy) -> ObjectRef {
@@ -230,7 +231,12 @@ pub(crate) fn compile(
             chain.bucket_mut(kind).rules = RuleSet::new(list);
         }
     }
-    compiled.need_path = compiled.requirements().path;
+    compiled.need_normalized = compiled.http.buckets().iter().any(|b| {
+        b.rules
+            .rules()
+            .iter()
+            .any(CompiledRule::reads_normalized_path)
+    });
     Ok((infos, compiled))
 }
 
@@ -295,7 +301,7 @@ impl CompiledAuthz {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_path && protocol == Protocol::Http);
+        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
         let first = |b: &Bucket| {
             if b.rules.is_empty() {
                 None

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use policy_engine::path::ListenerNormalization;
 use policy_engine::{
     load_str, load_value, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes,
     LoadOptions, MeshConfig, MtlsMode, Protocol, Requirements, RuleId, ShadowResult, Workload,
@@ -139,9 +140,33 @@ pub struct RequestSpec {
     pub host: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
+    /// What the listener did to `path` before the module saw it (default `NONE`: the module
+    /// receives `path` as written).
+    #[serde(default)]
+    pub listener: ListenerSpec,
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderValue>,
     pub jwt: Option<serde_json::Value>,
+}
+
+/// Istio's `meshConfig.pathNormalization.normalization` for the listener in front of the module.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ListenerSpec {
+    #[default]
+    None,
+    Base,
+    MergeSlashes,
+}
+
+impl ListenerSpec {
+    pub fn normalization(self) -> ListenerNormalization {
+        match self {
+            ListenerSpec::None => ListenerNormalization::None,
+            ListenerSpec::Base => ListenerNormalization::Base,
+            ListenerSpec::MergeSlashes => ListenerNormalization::MergeSlashes,
+        }
+    }
 }
 
 pub const DEFAULT_SOURCE_IP: &str = "10.1.0.1";
@@ -545,6 +570,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
         && (r.host.is_some()
             || r.method.is_some()
             || r.path.is_some()
+            || r.listener != ListenerSpec::None
             || !r.headers.is_empty()
             || r.jwt.is_some())
     {
@@ -584,6 +610,10 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
         other => other.clone(),
     });
     let source_ip = r.source_ip.or_else(|| parse_ip(DEFAULT_SOURCE_IP));
+    let forwarded_path = r
+        .listener
+        .normalization()
+        .apply(r.path.as_deref().unwrap_or(DEFAULT_PATH));
     let attrs = Attributes {
         principal: given(need.principal, r.principal.as_deref()),
         mtls: need.mtls && r.mtls.unwrap_or(r.principal.is_some()),
@@ -605,7 +635,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
                     need.method,
                     Some(r.method.as_deref().unwrap_or(DEFAULT_METHOD)),
                 ),
-                path: given(need.path, Some(r.path.as_deref().unwrap_or(DEFAULT_PATH))),
+                path: given(need.path, Some(&*forwarded_path)),
                 headers: &header_refs,
                 jwt: given(need.jwt, r.jwt.as_ref()),
             }),

@@ -79,11 +79,19 @@ fn expect(s: &Sidecar, path: &str, received: Option<&str>) {
         match received {
             Some(p) => {
                 assert_ok(&r);
-                assert_eq!(r.json().unwrap()["path"], p, "{path}: what the app received");
+                assert_eq!(
+                    r.json().unwrap()["path"],
+                    p,
+                    "{path}: what the app received"
+                );
             }
             None => {
                 assert_denied(&r);
-                assert_eq!(s.app.hits(), before, "{path}: a denied request reached the app");
+                assert_eq!(
+                    s.app.hits(),
+                    before,
+                    "{path}: a denied request reached the app"
+                );
             }
         }
     }

@@ -536,14 +536,12 @@ fn shadow_label(kind: &str, s: &ShadowResult, authz: &dyn Authorizer, out: &mut 
 
 fn verdict_of(d: &Decision, c: &Compiled, metrics: &Metrics) -> Verdict {
     let authz = c.authz.as_ref();
-    let label = match (d.cause, d.allowed) {
-        (Cause::AllowRule(r) | Cause::DenyRule(r), allowed) => {
-            Label::Shared(c.labels.decision(allowed, r, authz))
+    let label = match d.cause {
+        Cause::AllowRule(r) | Cause::DenyRule(r) => {
+            Label::Shared(c.labels.decision(d.allowed(), r, authz))
         }
-        (Cause::NoAllowPolicy, true) => Label::Static("allow no-allow-policy"),
-        (Cause::NoAllowPolicy, false) => Label::Static("deny no-allow-policy"),
-        (Cause::NoAllowRuleMatched, true) => Label::Static("allow no-allow-rule-matched"),
-        (Cause::NoAllowRuleMatched, false) => Label::Static("deny no-allow-rule-matched"),
+        Cause::NoAllowPolicy => Label::Static("allow no-allow-policy"),
+        Cause::NoAllowRuleMatched => Label::Static("deny no-allow-rule-matched"),
     };
     if let Some(s) = &d.shadow_allow {
         metrics.add(
@@ -572,7 +570,7 @@ fn verdict_of(d: &Decision, c: &Compiled, metrics: &Metrics) -> Verdict {
         metrics.add(metrics.cel_errors, i64::from(d.cel_errors));
     }
     Verdict {
-        allowed: d.allowed,
+        allowed: d.allowed(),
         label,
         audit: d.audit_policy_applies.then_some(d.audit_rule.is_some()),
         shadow: c.labels.shadow(d, authz),

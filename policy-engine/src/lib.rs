@@ -22,10 +22,13 @@ pub mod input;
 pub mod model;
 pub mod path;
 pub mod peer_authn;
+pub mod workload;
 
 pub use attributes::{Attributes, HttpAttributes, Requirements};
+pub use authz::PolicyInfo;
 pub use decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
-pub use engine::{Engine, MeshConfig, PolicyInfo, Workload};
+pub use engine::Engine;
 pub use error::{Diagnostic, Diagnostics, ObjectRef, Severity};
 pub use input::{load_str, load_value, LoadOptions};
 pub use model::{Action, MtlsMode, PolicySet};
+pub use workload::{MeshConfig, Workload};

@@ -136,7 +136,7 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
     };
     (
         Expected {
-            allowed: d.allowed,
+            allowed: d.allowed(),
             denied_by_rule: matches!(d.cause, Cause::DenyRule(_)),
             cause,
             hint: d.audit_policy_applies.then(|| d.access_log_hint()),

@@ -16,13 +16,29 @@ pub mod values;
 
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
-use crate::engine::{MeshConfig, PolicyInfo, Workload};
 use crate::error::{Diagnostic, Diagnostics, ObjectRef};
 use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule};
+use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
 use rule::{CompiledRule, Ctx};
 use trust_domain::TrustBundle;
 use values::{FieldCtx, RuleDropped};
+
+/// One applicable AuthorizationPolicy as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    pub dry_run: bool,
+}
+
+impl PolicyInfo {
+    /// `namespace/name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
 
 /// The rules of one action and enforcement mode, for one chain type.
 #[derive(Debug, Default)]
@@ -80,10 +96,7 @@ fn applies(
     }
     match &p.spec.selector {
         None => true,
-        Some(s) => s
-            .match_labels
-            .iter()
-            .all(|(k, v)| workload.labels.get(k) == Some(v)),
+        Some(s) => workload.selected_by(&s.match_labels),
     }
 }
 
@@ -311,14 +324,14 @@ impl CompiledAuthz {
         };
 
         let audit_rule = first(&chain.audit);
-        let (allowed, cause) = if let Some(r) = first(&chain.deny) {
-            (false, Cause::DenyRule(r))
+        let cause = if let Some(r) = first(&chain.deny) {
+            Cause::DenyRule(r)
         } else if !chain.allow.has_policy {
-            (true, Cause::NoAllowPolicy)
+            Cause::NoAllowPolicy
         } else if let Some(r) = first(&chain.allow) {
-            (true, Cause::AllowRule(r))
+            Cause::AllowRule(r)
         } else {
-            (false, Cause::NoAllowRuleMatched)
+            Cause::NoAllowRuleMatched
         };
         let shadow_deny = chain.shadow_deny.has_policy.then(|| {
             let rule = first(&chain.shadow_deny);
@@ -335,7 +348,6 @@ impl CompiledAuthz {
             }
         });
         Decision {
-            allowed,
             cause,
             audit_policy_applies: chain.audit.has_policy,
             audit_rule,
@@ -427,33 +439,28 @@ mod tests {
         );
         let e = engine(vec![deny, allow]);
         let d = e.check(Protocol::Http, &get("/allow/admin?param=value", None));
-        assert!(!d.allowed);
+        assert!(!d.allowed());
         assert_eq!(
             e.rule_name(d.deciding_rule().unwrap_or(RuleId { policy: 9, rule: 9 })),
             "ns[ns1]-policy[deny-admin]-rule[0]"
         );
-        assert!(
-            e.check(Protocol::Http, &get("/allow?param=value", None))
-                .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed);
+        assert!(e
+            .check(Protocol::Http, &get("/allow?param=value", None))
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed());
         // Path tricks normalize onto the denied path.
-        assert!(
-            !e.check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
-                .allowed
-        );
-        assert!(
-            !e.check(Protocol::Http, &get("//allow//admin", None))
-                .allowed
-        );
+        assert!(!e
+            .check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
+            .allowed());
+        assert!(!e
+            .check(Protocol::Http, &get("//allow//admin", None))
+            .allowed());
 
         let nothing = engine(vec![policy("allow-nothing", Action::Allow, None)]);
-        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed);
-        assert!(
-            engine(vec![])
-                .check(Protocol::Http, &get("/", None))
-                .allowed
-        );
+        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed());
+        assert!(engine(vec![])
+            .check(Protocol::Http, &get("/", None))
+            .allowed());
     }
 
     #[test]
@@ -469,20 +476,18 @@ mod tests {
             ..Default::default()
         };
         // ALLOW: the rule is dropped, leaving an ALLOW policy that matches nothing.
-        assert!(
-            !engine(vec![policy(
-                "a",
-                Action::Allow,
-                Some(vec![Some(methods())])
-            )])
-            .check(Protocol::Tcp, &tcp)
-            .allowed
-        );
+        assert!(!engine(vec![policy(
+            "a",
+            Action::Allow,
+            Some(vec![Some(methods())])
+        )])
+        .check(Protocol::Tcp, &tcp)
+        .allowed());
         // DENY: the field is dropped and the rule denies every connection.
         assert!(
             !engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))])
                 .check(Protocol::Tcp, &tcp)
-                .allowed
+                .allowed()
         );
         // On HTTP, the same DENY only hits GET.
         let e = engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))]);
@@ -490,7 +495,7 @@ mod tests {
         if let Some(h) = post.http.as_mut() {
             h.method = Some("POST");
         }
-        assert!(e.check(Protocol::Http, &post).allowed);
+        assert!(e.check(Protocol::Http, &post).allowed());
     }
 
     #[test]
@@ -514,19 +519,18 @@ mod tests {
         let e = engine(ps);
         let p = "spiffe://cluster.local/ns/ns42/sa/sa42";
         let d = e.check(Protocol::Http, &get("/", Some(p)));
-        assert!(d.allowed);
+        assert!(d.allowed());
         assert_eq!(
             e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
                 .map(|p| p.name.as_str()),
             Some("p042")
         );
-        assert!(
-            !e.check(
+        assert!(!e
+            .check(
                 Protocol::Http,
                 &get("/", Some("spiffe://cluster.local/ns/ns42/sa/other"))
             )
-            .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/", None)).allowed);
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/", None)).allowed());
     }
 }

@@ -4,15 +4,15 @@
 //! keys in [`condition`]; the wildcard forms in [`string_match`], path templates in
 //! [`path_template`], the structure (rule, clause, field) in [`rule`], the index in [`index`].
 
-pub mod condition;
-pub mod index;
-pub mod operation;
-pub mod path_template;
-pub mod rule;
-pub mod source;
-pub mod string_match;
-pub mod trust_domain;
-pub mod values;
+mod condition;
+mod index;
+mod operation;
+mod path_template;
+mod rule;
+mod source;
+mod string_match;
+mod trust_domain;
+mod values;
 
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
@@ -60,7 +60,7 @@ pub(crate) struct ChainRules {
 }
 
 #[derive(Debug, Default)]
-pub struct CompiledAuthz {
+pub(crate) struct CompiledAuthz {
     http: ChainRules,
     tcp: ChainRules,
     /// Some HTTP DENY/AUDIT field reads the path: compute the normalized path.

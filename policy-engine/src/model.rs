@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::ObjectRef;
+
 /// `metadata` of a Kubernetes object; only what Istio's semantics use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -13,6 +15,17 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     /// `metadata.creationTimestamp`; `None` sorts first (Go's zero time).
     pub creation_timestamp: Option<Timestamp>,
+}
+
+impl ObjectMeta {
+    /// `kind namespace/name`, as diagnostics name an object.
+    pub(crate) fn object_ref(&self, kind: &str) -> ObjectRef {
+        ObjectRef {
+            kind: kind.to_string(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// An RFC 3339 instant as seconds and nanoseconds since the Unix epoch. Ordered.
@@ -163,6 +176,12 @@ pub struct PeerAuthentication {
     pub spec: PeerAuthenticationSpec,
 }
 
+impl PeerAuthentication {
+    pub(crate) fn object_ref(&self) -> ObjectRef {
+        self.meta.object_ref("PeerAuthentication")
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
@@ -200,7 +219,14 @@ pub fn parse_go_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// meshauthz has no external authorizer; ignoring a CUSTOM policy would widen access.
+pub(crate) const CUSTOM_UNSUPPORTED: &str = "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it";
+
 impl AuthorizationPolicy {
+    pub(crate) fn object_ref(&self) -> ObjectRef {
+        self.meta.object_ref("AuthorizationPolicy")
+    }
+
     /// Whether the policy is evaluated without being enforced. An unparsable value enforces the
     /// policy (Istio's builder does the same; validation rejects it anyway).
     pub fn dry_run(&self) -> bool {

@@ -22,7 +22,7 @@
 //! | [`path`] | the forwarded and the normalized path |
 //! | `workload`, `attributes`, `decision`, [`model`], [`error`] | the types the others share: [`Workload`], [`MeshConfig`], [`Attributes`], [`Decision`], the Istio objects, diagnostics |
 
-#![warn(unreachable_pub)]
+#![warn(unreachable_pub, clippy::allow_attributes_without_reason)]
 
 mod attributes;
 mod authz;

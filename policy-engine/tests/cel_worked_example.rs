@@ -1,11 +1,11 @@
 //! The worked example of `CEL.md`, through the loader and the engine: what the documentation
 //! promises for each request is what the engine decides.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
+#![warn(clippy::allow_attributes_without_reason)]
 
 use std::collections::BTreeMap;
 

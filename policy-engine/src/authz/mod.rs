@@ -377,7 +377,6 @@ impl CompiledAuthz {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing)]
     use super::*;
     use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleFrom, RuleTo, Source};
     use crate::{Engine, HttpAttributes};

@@ -20,14 +20,22 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `shared/istio-crds` beside the repository, or beside an ancestor of it (a worktree), or under
+/// `$MESHAUTHZ_SHARED_DIR`.
 fn crd_dir() -> PathBuf {
-    let dir = root().join("../shared/istio-crds");
-    assert!(
-        dir.is_dir(),
-        "the Istio CRDs are expected at {} (shared/ beside the repository)",
-        dir.display()
-    );
-    dir
+    let root = root().canonicalize().expect("repository root");
+    let found = std::env::var_os("MESHAUTHZ_SHARED_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(root.ancestors().skip(1).map(|a| a.join("shared")))
+        .map(|d| d.join("istio-crds"))
+        .find(|d| d.is_dir());
+    found.unwrap_or_else(|| {
+        panic!(
+            "the Istio CRDs are expected at {} (shared/ beside the repository) or under $MESHAUTHZ_SHARED_DIR",
+            root.join("../shared/istio-crds").display()
+        )
+    })
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {

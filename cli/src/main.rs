@@ -192,19 +192,18 @@ fn read(files: &[String], namespace: &str) -> Result<PolicySet, ExitCode> {
         let text = match text {
             Ok(t) => t,
             Err(e) => {
-                let what = if f == "-" { "standard input" } else { f };
-                eprintln!("error: {what}: cannot read: {e}");
+                eprintln!("error: {}: cannot read: {e}", display_name(f));
                 failed = true;
                 continue;
             }
         };
         match load_str(&text, &opts) {
             Ok((s, warnings)) => {
-                print_diagnostics(f, &warnings);
+                print_diagnostics(display_name(f), &warnings);
                 set.extend(s);
             }
             Err(d) => {
-                print_diagnostics(f, &d);
+                print_diagnostics(display_name(f), &d);
                 failed = true;
             }
         }
@@ -213,6 +212,15 @@ fn read(files: &[String], namespace: &str) -> Result<PolicySet, ExitCode> {
         Err(ExitCode::FAILURE)
     } else {
         Ok(set)
+    }
+}
+
+/// How a file argument is named in messages.
+fn display_name(file: &str) -> &str {
+    if file == "-" {
+        "<stdin>"
+    } else {
+        file
     }
 }
 

@@ -6,6 +6,8 @@
 //! Engine::compile         PolicySet + Workload + MeshConfig -> Engine (applicable policies, indexed)
 //! Engine::check           Attributes -> Decision (allowed?, which rule, audit hint, dry-run shadows)
 //! Engine::mtls_mode       port -> PeerAuthentication mode
+//! PluginConfig::write     PolicySet + settings -> the module's JSON configuration
+//! plugin_config::decode   that JSON -> PluginConfig (the module's one and only reader)
 //! ```
 //!
 //! Where each AuthorizationPolicy field is matched: `source.*` in [`authz::source`],
@@ -31,6 +33,7 @@ pub use authz::PolicyInfo;
 pub use decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 pub use engine::Engine;
 pub use error::{Diagnostic, Diagnostics, ObjectRef, Severity};
+pub use input::plugin_config::{self, PluginConfig};
 pub use input::{load_str, load_value, LoadOptions};
 pub use model::{Action, MtlsMode, PolicySet};
 pub use peer_authn::ResolvedMtls;

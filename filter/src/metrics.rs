@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use crate::core::Host;
+use crate::traits::Host;
 
 pub const ALLOWED: &str = "meshauthz.rbac.allowed";
 pub const DENIED: &str = "meshauthz.rbac.denied";
@@ -127,4 +127,20 @@ pub fn bump(host: &dyn Host, id: Option<u32>) {
     if let Some(id) = id {
         host.increment(id, 1);
     }
+}
+
+/// The metric names a test or an operator can expect (for documentation tests).
+pub fn base_metric_names() -> [&'static str; 10] {
+    [
+        ALLOWED,
+        DENIED,
+        SHADOW_ALLOW_ALLOWED,
+        SHADOW_ALLOW_DENIED,
+        SHADOW_DENY_ALLOWED,
+        SHADOW_DENY_DENIED,
+        AUDITED,
+        CONFIG_REFUSED,
+        CEL_ERRORS,
+        FAIL_CLOSED,
+    ]
 }

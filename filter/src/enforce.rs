@@ -13,6 +13,9 @@ pub(crate) struct Keys {
     pub(crate) audit: &'static str,
     /// Logged when the decision is missing.
     pub(crate) missing: &'static str,
+    /// An allowing verdict this stage must still refuse, and the log line: the network enforce
+    /// stage runs only on TCP chains, where an HTTP-port verdict means a misdeclared port.
+    pub(crate) refuse: Option<(&'static [u8], &'static str)>,
 }
 
 /// Whether the verdict in filter state allows. No verdict, a deny, or an AUDIT trail the
@@ -24,12 +27,21 @@ pub(crate) fn allows(host: &dyn Host, plugin: &Plugin, keys: &Keys) -> bool {
             plugin.count(|m| m.fail_closed);
             false
         }
+        Some(label) if keys.refuse.is_some_and(|(refused, _)| label == refused) => {
+            if let Some((_, message)) = keys.refuse {
+                plugin.log_error(host, message);
+            }
+            plugin.count(|m| m.protocol_mismatch);
+            plugin.count(|m| m.fail_closed);
+            false
+        }
         Some(label) if is_allow(&label) => audit_companion_ran(host, plugin, keys.audit),
         Some(_) => false,
     }
 }
 
-fn is_allow(label: &[u8]) -> bool {
+/// An allowing verdict label (`allow`, `allow <why>`).
+pub(crate) fn is_allow(label: &[u8]) -> bool {
     label == b"allow" || label.starts_with(b"allow ")
 }
 

@@ -9,8 +9,11 @@ use policy_engine::{MtlsMode, Protocol};
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
 use crate::enforce::{self, Keys};
-use crate::fetch::{evaluate, prop_ip, transport};
-use crate::names::{FS_HTTP_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_SHADOW};
+use crate::fetch::{evaluate, principal, prop_ip, transport};
+use crate::names::{
+    FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
+    HTTP_SHADOW,
+};
 use crate::plugin::Plugin;
 use crate::traits::{Flow, Host};
 use crate::verdict::{publish, verdict_of, Verdict};
@@ -48,6 +51,27 @@ fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
         m.add(m.plaintext_id(t.port, false), 1);
         return Verdict::deny("deny mtls-strict-plaintext", false);
     }
+    if t.mode == MtlsMode::Disable && t.mtls {
+        // Istio has only plaintext filter chains on a DISABLE port: a TLS client fails there.
+        // Normally meshauthz_net has reset the connection already.
+        plugin.count(|m| m.disable_tls_rejected);
+        return Verdict::deny("deny mtls-disable-tls", false);
+    }
+    if facts.is_none() && plugin.vm.net_decide.get() {
+        if let Some(v) = tcp_verdict_on_this_connection(host, plugin) {
+            return v;
+        }
+    }
+    let principal = match principal(host, authz, &t, facts) {
+        Ok(p) => p,
+        Err(unseen) => {
+            // With recorded facts, meshauthz_net logged it once for the connection.
+            if facts.is_none() {
+                plugin.log_error(host, unseen.message());
+            }
+            return Verdict::deny("deny peer-certificate-unseen", true);
+        }
+    };
     let peer_ip = if authz.requirements().source_ip {
         match facts.and_then(|f| f.peer_ip).or_else(|| l7_peer_ip(host)) {
             Some(ip) => Some(ip),
@@ -62,8 +86,30 @@ fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     } else {
         None
     };
-    let d = evaluate(host, authz, Protocol::Http, &t, peer_ip, facts);
+    let d = evaluate(host, authz, Protocol::Http, &t, principal, peer_ip);
     verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+}
+
+/// HTTP on a port the configuration does not list in `httpPorts`: meshauthz_net decided this
+/// connection with Istio's TCP semantics (its verdict is in connection filter state) and recorded
+/// no facts. The stricter reading applies: the request is allowed only if the TCP verdict allows
+/// too (here) and the HTTP policies allow it (the caller). Counted and logged either way.
+/// `None`: no TCP verdict on this connection (an HTTP port, or no meshauthz_net on this chain).
+fn tcp_verdict_on_this_connection(host: &dyn Host, plugin: &Plugin) -> Option<Verdict> {
+    let label = host.property(&["filter_state", FS_NET_DECISION])?;
+    if label == HTTP_PORT_LABEL {
+        return None;
+    }
+    plugin.count(|m| m.protocol_mismatch);
+    plugin.log_error(
+        host,
+        "HTTP request on a port missing from httpPorts: meshauthz_net decided the connection as TCP; the request must pass both the TCP and the HTTP reading of the policies (add the port to httpPorts)",
+    );
+    if enforce::is_allow(&label) {
+        None
+    } else {
+        Some(Verdict::deny("deny protocol-mismatch", true))
+    }
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
@@ -99,6 +145,7 @@ pub fn enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
     let keys = Keys {
         decision: FS_HTTP_DECISION,
         audit: "wasm.meshauthz_audit",
+        refuse: None,
         missing: "meshauthz_http_enforce: no decision in filter state: meshauthz_http is missing or placed after the enforce stage: request denied",
     };
     if enforce::allows(host, plugin, &keys) {

@@ -18,6 +18,17 @@ pub const NET_SHADOW: &str = "meshauthz_net_shadow";
 /// The direct peer IP, written by `meshauthz_net` for `ipBlocks` / `source.ip` at L7.
 pub const PEER_IP: &str = "meshauthz_peer_ip";
 
+/// Connection filter state written by Envoy's `envoy.filters.network.set_filter_state` companion
+/// when the downstream TLS handshake completes (`on_downstream_tls_handshake`): every URI SAN of
+/// the peer certificate, comma-joined, a space, then every DNS SAN, comma-joined
+/// (`%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN%` with `omit_empty_values`). Envoy writes
+/// it from the verified certificate; no client can set it. proxy-wasm alone exposes only the
+/// first URI SAN.
+pub const PEER_SANS: &str = "meshauthz.peer_sans";
+
+/// The network stage's verdict on a port listed in `httpPorts`.
+pub const HTTP_PORT_LABEL: &[u8] = b"allow http-port";
+
 /// The same keys as Envoy names them (`filter_state` lookups).
 pub(crate) const FS_HTTP_DECISION: &str = "wasm.meshauthz_decision";
 pub(crate) const FS_NET_DECISION: &str = "wasm.meshauthz_net_decision";

@@ -9,10 +9,14 @@ use policy_engine::{MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64};
 use crate::enforce::{self, Keys};
-use crate::fetch::{evaluate, peer_identity, prop_ip, prop_str, transport, Transport};
-use crate::names::{FS_NET_DECISION, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP};
+use crate::fetch::{
+    evaluate, mode_at, peer_identity, principal, prop_ip, prop_str, transport, Transport,
+};
+use crate::names::{
+    FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
+};
 use crate::plugin::Plugin;
-use crate::traits::{Flow, Host};
+use crate::traits::{Authorizer, Flow, Host};
 use crate::verdict::{publish, verdict_of, Verdict};
 use crate::vm::ConnFacts;
 
@@ -55,20 +59,27 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
     }
     let chain = prop_str(host, &["xds", "filter_chain_name"]);
     let plaintext = chain.is_some_and(|name| c.plaintext_filter_chains.contains(&name));
+    let authz = c.authz.as_ref();
+    // The port is read when the mode depends on it (and always for the plaintext counters).
+    let port = if plaintext || authz.port_specific_mtls() {
+        host.property(&["destination", "port"])
+            .and_then(|b| decode_port(&b))
+    } else {
+        None
+    };
+    let mode = mode_at(authz, port);
     if plaintext {
-        let port = host
-            .property(&["destination", "port"])
-            .and_then(|b| decode_port(&b));
-        let mode = match port {
-            Some(p) => c.authz.mtls_mode(p),
-            None if c.authz.port_specific_mtls() => MtlsMode::Strict,
-            None => c.authz.mtls_mode(0),
-        };
         let rejected = mode == MtlsMode::Strict;
         plugin.count(|m| m.plaintext_id(port, !rejected));
         if rejected {
             return conn.close(host);
         }
+    } else if mode == MtlsMode::Disable {
+        // Not a plaintext chain (TLS, or a chain missing from plaintextFilterChains) on a
+        // DISABLE port: Istio has only plaintext chains there, so a TLS client fails. Reset
+        // before the handshake, as Istio's missing filter chain does.
+        plugin.count(|m| m.disable_tls_rejected);
+        return conn.close(host);
     }
     Flow::Continue
 }
@@ -104,15 +115,33 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         m.add(m.denied, 1);
         return conn.close(host);
     }
-    let v = if t.port.is_some_and(|p| c.http_ports.contains(&p)) {
-        // HTTP port: meshauthz_http authorizes each request, with these facts.
-        host.set_filter_state(NET_DECISION, b"allow http-port");
-        record_conn(host, plugin, conn, &t);
+    if t.mode == MtlsMode::Disable && t.mtls {
+        // TLS on a DISABLE port that on_new_connection did not reset (the port became known
+        // only now): refused all the same.
+        let m = plugin.metrics.borrow();
+        m.add(m.disable_tls_rejected, 1);
+        m.add(m.denied, 1);
+        return conn.close(host);
+    }
+    if t.port.is_some_and(|p| c.http_ports.contains(&p)) {
+        // HTTP port: meshauthz_http authorizes each request, with these facts. Should this
+        // connection run on a TCP chain instead (the port is misdeclared), the network enforce
+        // stage refuses this verdict.
+        host.set_filter_state(NET_DECISION, HTTP_PORT_LABEL);
+        record_conn(host, plugin, conn, &t, authz);
         return Flow::Continue;
-    } else {
-        let peer_ip = prop_ip(host, &["source", "address"]);
-        let d = evaluate(host, authz, Protocol::Tcp, &t, peer_ip, None);
-        verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+    }
+    let v = match principal(host, authz, &t, None) {
+        Ok(principal) => {
+            let peer_ip = prop_ip(host, &["source", "address"]);
+            let d = evaluate(host, authz, Protocol::Tcp, &t, principal, peer_ip);
+            verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+        }
+        Err(unseen) => {
+            // Once per connection: a network stage decides once.
+            plugin.log_error(host, unseen.message());
+            Verdict::deny("deny peer-certificate-unseen", true)
+        }
     };
     if publish(host, &plugin.metrics.borrow(), &v, keys, enforce) {
         return conn.close(host);
@@ -122,14 +151,30 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
 
 /// Records the connection's transport facts for the HTTP stages of this VM. Only a connection
 /// whose id the host reported is recorded; `peer_ip` is only kept when `on_new_connection` read it.
-fn record_conn(host: &dyn Host, plugin: &Plugin, conn: &mut Conn, t: &Transport) {
+fn record_conn(
+    host: &dyn Host,
+    plugin: &Plugin,
+    conn: &mut Conn,
+    t: &Transport,
+    authz: &dyn Authorizer,
+) {
     let Some(id) = host
         .property(&["connection", "id"])
         .and_then(|b| decode_u64(&b))
     else {
         return;
     };
-    let identity = if t.mtls { peer_identity(host) } else { None };
+    // The identity is read once per connection, and only when the policies read it; a
+    // certificate the module cannot fully see is logged here, once per connection, and each
+    // request on it is denied by the HTTP stage.
+    let identity = if t.mtls && authz.requirements().principal {
+        peer_identity(host)
+    } else {
+        Ok(None)
+    };
+    if let Err(unseen) = identity {
+        plugin.log_error(host, unseen.message());
+    }
     plugin.vm.record_conn(
         id,
         ConnFacts {
@@ -161,6 +206,10 @@ pub fn enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     let keys = Keys {
         decision: FS_NET_DECISION,
         audit: "wasm.meshauthz_net_audit",
+        refuse: Some((
+            HTTP_PORT_LABEL,
+            "meshauthz_net_enforce: the port is listed in httpPorts, but its traffic runs on a TCP chain (meshauthz_net_enforce is only placed before tcp_proxy): connection closed; remove the port from httpPorts",
+        )),
         missing: "meshauthz_net_enforce: no decision in filter state: meshauthz_net is missing or placed after the enforce stage: connection closed",
     };
     let allowed = enforce::allows(host, plugin, &keys);

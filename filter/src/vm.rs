@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use crate::config::Compiled;
+use crate::fetch::Unseen;
 use crate::names::{ROOT_HTTP, ROOT_HTTP_ENFORCE, ROOT_NET, ROOT_NET_ENFORCE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,12 +101,13 @@ const MAX_CONNS: usize = 1 << 16;
 /// The transport facts of one downstream connection, exactly as the host reported them when
 /// `meshauthz_net` saw the connection's first data (TLS handshake done). Policy-independent: the
 /// HTTP stage applies its own mTLS mode to them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnFacts {
     /// `connection.mtls`.
     pub mtls: bool,
-    /// The peer identity ([`crate::fetch::peer_identity`]); read only on an mTLS connection.
-    pub identity: Option<String>,
+    /// The peer identity ([`crate::fetch::peer_identity`]), or why it cannot be taken; read
+    /// only on an mTLS connection (`Ok(None)` otherwise).
+    pub identity: Result<Option<String>, Unseen>,
     /// `destination.port`.
     pub port: Option<u16>,
     /// The socket peer (`source.address` in `on_new_connection`).

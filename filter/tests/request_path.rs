@@ -59,8 +59,15 @@ impl FakeHost {
     fn chain(self, name: &str) -> Self {
         self.with(&["xds", "filter_chain_name"], name.as_bytes())
     }
+    /// A peer certificate with this one URI SAN, as the host and the `set_filter_state`
+    /// companion report it.
     fn uri_san(self, san: &str) -> Self {
         self.with(&["connection", "uri_san_peer_certificate"], san.as_bytes())
+            .sans(&format!("{san} "))
+    }
+    /// The companion's SAN list: `<uri,uri> <dns,dns>`.
+    fn sans(self, list: &str) -> Self {
+        self.with(&["filter_state", names::PEER_SANS], list.as_bytes())
     }
     fn state(&self, key: &str) -> Option<String> {
         self.state
@@ -107,8 +114,9 @@ impl Host for FakeHost {
         self.call(format!("get {}", path.join(".")));
         self.fetched.borrow_mut().push(path.join("."));
         if let ["filter_state", key] = path {
-            let key = key.strip_prefix("wasm.")?;
-            return self.state.borrow().get(key).cloned();
+            if let Some(key) = key.strip_prefix("wasm.") {
+                return self.state.borrow().get(key).cloned();
+            }
         }
         let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         self.props.get(&key).cloned()
@@ -597,6 +605,7 @@ fn identity_comes_only_from_the_verified_certificate() {
 fn identity_falls_back_to_dns_san_then_subject() {
     let host = FakeHost::default()
         .mtls(true)
+        .sans(" client.foo.svc")
         .with(
             &["connection", "dns_san_peer_certificate"],
             b"client.foo.svc",
@@ -614,7 +623,7 @@ fn identity_falls_back_to_dns_san_then_subject() {
         Some("client.foo.svc")
     );
 
-    let host = FakeHost::default().mtls(true).with(
+    let host = FakeHost::default().mtls(true).sans(" ").with(
         &["connection", "subject_peer_certificate"],
         b"CN=client,O=acme",
     );
@@ -628,8 +637,12 @@ fn identity_falls_back_to_dns_san_then_subject() {
     );
 }
 
+/// Issue 7 §5: Istio has only plaintext chains on a DISABLE port, so a TLS client fails there.
+/// meshauthz resets a connection on a non-plaintext chain in `on_new_connection`; the later
+/// stages refuse TLS on a DISABLE port too (were the port known only then).
 #[test]
-fn disable_port_grants_no_identity() {
+fn tls_on_a_disable_port_is_refused() {
+    // Workload-level DISABLE, HTTP decide stage (no network stage): 403, counted.
     let host = FakeHost::default()
         .mtls(true)
         .uri_san("spiffe://cluster.local/ns/foo/sa/bar");
@@ -637,9 +650,58 @@ fn disable_port_grants_no_identity() {
     s.req = principal_req();
     s.default_mode = MtlsMode::Disable;
     let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(seen.borrow().is_empty(), "not evaluated");
+    assert_eq!(
+        host.state(names::HTTP_DECISION).as_deref(),
+        Some("deny mtls-disable-tls")
+    );
+    assert_eq!(
+        host.count("meshauthz.disable_tls_rejected"),
+        0,
+        "not flushed yet"
+    );
+    decide.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.disable_tls_rejected"), 1);
+
+    // Plaintext on the same port: served, no identity.
+    let host = FakeHost::default().mtls(false);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    s.default_mode = MtlsMode::Disable;
+    let (decide, enforce, seen) = s.build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
     assert_eq!(seen.borrow()[0].principal, None);
-    assert!(!seen.borrow()[0].mtls);
+
+    // Network stage, port-level DISABLE on 9000: the TLS chain is reset before the handshake;
+    // the plaintext chain and other ports are not.
+    for (chain, port, reset) in [
+        ("mtls", 9000, true),
+        ("plaintext", 9000, false),
+        ("mtls", 9001, false),
+    ] {
+        let host = FakeHost::default().chain(chain).port(port);
+        let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+        s.ports = vec![(9000, MtlsMode::Disable)];
+        let (net, _, _) = s.build(&host);
+        net.stage.set(Some(meshauthz::vm::Stage::NetDecide));
+        let mut conn = Conn::default();
+        let flow = net::new_connection(&host, &net, &mut conn);
+        assert_eq!(flow == Flow::Stop, reset, "{chain} {port}");
+        assert_eq!(host.closed(), u32::from(reset), "{chain} {port}");
+    }
+
+    // Workload-level DISABLE, TCP port: reset in on_new_connection; a TLS connection the network
+    // stage sees only at first data is closed there.
+    let host = FakeHost::default().chain("mtls").mtls(true).port(9000);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Disable;
+    let (net, _, _) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Stop);
+    let mut conn = Conn::default();
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 2);
 }
 
 #[test]
@@ -1039,17 +1101,81 @@ fn http_ports_are_left_to_the_http_filter() {
     let host = FakeHost::default().chain("mtls").port(8080).mtls(true);
     let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
     s.http_ports = vec![8080];
-    let (net, enforce, seen) = s.build(&host);
+    let (net, _, seen) = s.build(&host);
     let mut conn = Conn::default();
-    let mut econn = Conn::default();
     net::new_connection(&host, &net, &mut conn);
     assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
     assert!(
         seen.borrow().is_empty(),
         "no L4 authorization on HTTP ports"
     );
-    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Continue);
+    assert_eq!(
+        host.state(names::NET_DECISION).as_deref(),
+        Some("allow http-port")
+    );
     assert_eq!(host.closed(), 0);
+}
+
+/// Issue 7 §3: a TCP port listed in `httpPorts` by mistake. The network stage leaves it to the
+/// HTTP stage, but the traffic runs on a TCP chain (the only place meshauthz_net_enforce sits):
+/// the enforce stage refuses the HTTP-port verdict, counts and logs it. Before: allowed.
+#[test]
+fn a_tcp_chain_on_a_port_declared_http_is_closed() {
+    let host = FakeHost::default().chain("mtls").port(5432).mtls(true);
+    let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
+    s.http_ports = vec![5432];
+    let (net, enforce, _) = s.build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    net::new_connection(&host, &net, &mut conn);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("listed in httpPorts, but its traffic runs on a TCP chain")));
+    enforce.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.protocol_mismatch"), 1);
+    assert_eq!(host.count("meshauthz.fail_closed"), 1);
+}
+
+/// Issue 7 §3, the other direction: HTTP on a port the configuration does not declare HTTP. The
+/// network stage decided the connection as TCP (and, with an enforce stage elsewhere in the VM,
+/// left the closing to it, which an HTTP chain does not have). The HTTP stage applies the stricter
+/// reading: a TCP deny denies the request; a TCP allow still needs the HTTP policies to allow.
+#[test]
+fn http_on_a_port_not_declared_http_needs_both_readings() {
+    for (l4, l7, expected) in [
+        ("deny no-allow-rule-matched", true, Flow::Stop),
+        ("allow no-allow-policy", true, Flow::Continue),
+        ("allow no-allow-policy", false, Flow::Stop),
+    ] {
+        let host = FakeHost::default().mtls(true).header(":path", "/");
+        let decision = if l7 {
+            allow(Cause::NoAllowPolicy)
+        } else {
+            deny(Cause::NoAllowRuleMatched)
+        };
+        let (decide, enforce, _) = Setup::new(decision).build(&host);
+        decide.vm.net_decide.set(true);
+        host.set_filter_state(names::NET_DECISION, l4.as_bytes());
+        assert_eq!(request(&host, &decide, &enforce).1, expected, "{l4} {l7}");
+        decide.flush_metrics(&host);
+        assert_eq!(host.count("meshauthz.protocol_mismatch"), 1, "{l4} {l7}");
+        assert!(host
+            .errors()
+            .iter()
+            .any(|e| e.contains("missing from httpPorts")));
+    }
+    // A connection on a declared HTTP port: nothing to report.
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    decide.vm.net_decide.set(true);
+    host.set_filter_state(names::NET_DECISION, b"allow http-port");
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    decide.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.protocol_mismatch"), 0);
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<u8> {
@@ -1371,7 +1497,7 @@ fn host_call_budget_of_an_allowed_request() {
         host.take_calls(),
         [
             "get connection.mtls",
-            "get connection.uri_san_peer_certificate",
+            "get filter_state.meshauthz.peer_sans",
             "set meshauthz_decision",
         ]
     );
@@ -1499,7 +1625,10 @@ fn another_connections_facts_are_never_used() {
     let host = request_on(9).uri_san(BAR);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert!(
-        !host.fetched().iter().any(|f| f.contains("uri_san")),
+        !host
+            .fetched()
+            .iter()
+            .any(|f| f.contains("uri_san") || f.contains("peer_sans")),
         "no identity read without mTLS: {:?}",
         host.fetched()
     );
@@ -1524,11 +1653,13 @@ fn without_a_record_the_host_is_asked_as_before() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(
-        host.take_calls()[..3],
+        host.take_calls()[..4],
         [
             "get connection.id",
             "get connection.mtls",
-            "get connection.uri_san_peer_certificate",
+            // Whether meshauthz_net decided this connection as TCP (issue 7 §3).
+            "get filter_state.wasm.meshauthz_net_decision",
+            "get filter_state.meshauthz.peer_sans",
         ]
     );
 
@@ -1536,7 +1667,10 @@ fn without_a_record_the_host_is_asked_as_before() {
     // host would report one.
     let plain = conn_host(10, None).uri_san(BAR);
     let _plain = open(&net, &plain);
-    assert!(!plain.fetched().iter().any(|f| f.contains("uri_san")));
+    assert!(!plain
+        .fetched()
+        .iter()
+        .any(|f| f.contains("uri_san") || f.contains("peer_sans")));
     let host = request_on(10);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert_eq!(host.take_calls()[0], "get connection.id");
@@ -1669,4 +1803,132 @@ fn a_configuration_update_relabels_the_same_rule_ids() {
             "dry-run-deny=denied(ns[foo]-policy[dry-b]-rule[0])".to_string(),
         )
     );
+}
+
+// ---- issue 7 §2: certificates the module cannot fully see ------------------------------------
+
+/// A DENY on `default/blocked` for every port (HTTP 8080 declared), the workload `foo`.
+const DENY_BLOCKED: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "deny-blocked", "namespace": "foo"},
+     "spec": {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/blocked"]}}]}]}}],
+    "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+
+const ADMIN: &str = "spiffe://cluster.local/ns/foo/sa/admin";
+const BLOCKED: &str = "spiffe://cluster.local/ns/default/sa/blocked";
+
+/// Envoy RBAC matches a principal against every SAN; the module sees one identity. A certificate
+/// with `[admin, blocked]` passed the DENY on `blocked` before (first URI SAN only): now it is
+/// refused, HTTP (with and without recorded facts) and TCP, in both orders, and logged once per
+/// connection. A one-SAN certificate is still decided by the policies.
+#[test]
+fn a_certificate_with_several_sans_is_refused_where_principals_matter() {
+    for sans in [
+        format!("{ADMIN},{BLOCKED} "),
+        format!("{BLOCKED},{ADMIN} "),
+        format!("{ADMIN} blocked.default.svc"),
+    ] {
+        // HTTP, facts read per request (no network stage).
+        let host = FakeHost::default().mtls(true).sans(&sans);
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+        assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop, "{sans}");
+        assert_eq!(
+            host.state(names::HTTP_DECISION).as_deref(),
+            Some("deny peer-certificate-unseen")
+        );
+        assert!(host
+            .errors()
+            .iter()
+            .any(|e| e.contains("more than one SAN")));
+        decide.flush_metrics(&host);
+        assert_eq!(host.count("meshauthz.fail_closed"), 1);
+
+        // HTTP with facts recorded by meshauthz_net: logged once for the connection, each
+        // request denied.
+        let vm = Rc::new(VmState::default());
+        let net = Plugin::new(Rc::clone(&vm));
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        let setup = FakeHost::default();
+        net.configure(&setup, names::ROOT_NET, Some(DENY_BLOCKED));
+        decide.configure(&setup, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&setup, names::ROOT_HTTP_ENFORCE, None);
+        let conn = conn_host(3, None).mtls(true).sans(&sans);
+        let _c = open(&net, &conn);
+        assert_eq!(conn.errors().len(), 1, "{:?}", conn.errors());
+        for _ in 0..3 {
+            let host = request_on(3);
+            assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+            assert!(host.errors().is_empty(), "logged once per connection");
+        }
+
+        // TCP: the connection is closed.
+        let host = FakeHost::default()
+            .chain("mtls")
+            .port(5432)
+            .mtls(true)
+            .sans(&sans);
+        let vm = Rc::new(VmState::default());
+        let net = Plugin::new(Rc::clone(&vm));
+        net.configure(&host, names::ROOT_NET, Some(DENY_BLOCKED));
+        let mut conn = Conn::default();
+        assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+        assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
+        assert_eq!(
+            host.state(names::NET_DECISION).as_deref(),
+            Some("deny peer-certificate-unseen")
+        );
+        assert_eq!(host.closed(), 1);
+    }
+
+    // One SAN: the policies decide (blocked is denied, admin allowed).
+    for (san, expected) in [(ADMIN, Flow::Continue), (BLOCKED, Flow::Stop)] {
+        let host = FakeHost::default().mtls(true).uri_san(san);
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+        assert_eq!(request(&host, &decide, &enforce).1, expected, "{san}");
+    }
+}
+
+/// Without the `set_filter_state` companion the module cannot tell a one-SAN certificate from a
+/// two-SAN one: refused where a policy reads the principal, with the fix in the log. Policies
+/// that read no principal do not need it.
+#[test]
+fn without_the_san_companion_principal_policies_fail_closed() {
+    let host = FakeHost::default().mtls(true).with(
+        &["connection", "uri_san_peer_certificate"],
+        ADMIN.as_bytes(),
+    );
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("envoy.filters.network.set_filter_state")));
+
+    let host = FakeHost::default().mtls(true).with(
+        &["connection", "uri_san_peer_certificate"],
+        ADMIN.as_bytes(),
+    );
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(
+        &host,
+        names::ROOT_HTTP,
+        Some(br#"{"policies": [], "workload": {"namespace": "foo"}}"#),
+    );
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
 }

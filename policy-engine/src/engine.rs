@@ -31,6 +31,7 @@ impl Engine {
         let mut warnings = Diagnostics::default();
         let (policies, authz) = crate::authz::compile(set, workload, mesh, &mut warnings)?;
         let mtls = crate::peer_authn::resolve(set, workload, mesh, &mut warnings);
+        crate::input::overlap::peer_authentications(set, workload, mesh, &mut warnings);
         let mut requirements = authz.requirements();
         // The transport decision (STRICT) needs to know whether the peer is authenticated.
         requirements.mtls = true;

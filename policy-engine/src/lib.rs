@@ -7,13 +7,15 @@
 //! Engine::check           Attributes -> Decision (allowed?, which rule, audit hint, dry-run shadows)
 //! Engine::mtls_mode_at    port (or unknown port) -> PeerAuthentication mode
 //! Engine::named_ports     the ports the configuration names
+//! PluginConfig::write     PolicySet + settings -> the module's JSON configuration
+//! plugin_config::decode   that JSON -> PluginConfig (the module's one and only reader)
 //! ```
 //!
 //! Where things live (arrows point down: a module uses only those below it):
 //!
 //! | module | what |
 //! |---|---|
-//! | [`input`] | reading and validating YAML/JSON into [`model`] (Istio's messages, field paths) |
+//! | [`input`] | reading and validating YAML/JSON into [`model`] (Istio's messages, field paths); [`plugin_config`], the module's configuration |
 //! | `engine` | [`Engine`]: compile once, then answer checks and the mode/port questions |
 //! | `authz` | AuthorizationPolicy: applicability, compiled rules, `CompiledAuthz::check` |
 //! | `authz/source.rs`, `operation.rs`, `condition.rs` | one type per field: `principals` is `source::Principal`, its compilation beside its match |
@@ -41,6 +43,7 @@ pub use authz::PolicyInfo;
 pub use decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 pub use engine::Engine;
 pub use error::{Diagnostic, Diagnostics, ObjectRef, Severity};
+pub use input::plugin_config::{self, PluginConfig};
 pub use input::{load_str, load_value, LoadOptions};
 pub use model::{Action, MtlsMode, PolicySet};
 pub use peer_authn::ResolvedMtls;

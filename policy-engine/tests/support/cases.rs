@@ -10,8 +10,9 @@ use std::net::IpAddr;
 
 use policy_engine::path::ListenerNormalization;
 use policy_engine::{
-    load_str, load_value, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes,
-    LoadOptions, MeshConfig, MtlsMode, Protocol, Requirements, RuleId, ShadowResult, Workload,
+    load_str, load_value, plugin_config, Attributes, Cause, Decision, Diagnostics, Engine,
+    HttpAttributes, LoadOptions, MeshConfig, MtlsMode, PluginConfig, Protocol, Requirements,
+    RuleId, ShadowResult, Workload,
 };
 use serde::Deserialize;
 
@@ -322,9 +323,12 @@ fn diagnostics_text(d: &Diagnostics) -> String {
 enum FrontEnd {
     /// `load_str` on the YAML/JSON text, as the CLI and users load files.
     Text,
-    /// `load_value` on the documents as JSON values, as the proxy-wasm filter loads its
-    /// configuration.
+    /// `load_value` on the documents as JSON values.
     Json,
+    /// The module's configuration path: `load_str` as the CLI reads files, the plugin
+    /// configuration writer (`meshauthz plugin-config`), then the module's decoder
+    /// (`plugin_config::decode`) and compilation for the workload the configuration names.
+    PluginConfig,
 }
 
 /// The policy documents of `text` as JSON: one document as itself, several as an array (YAML
@@ -380,30 +384,58 @@ fn build(
     front_end: FrontEnd,
 ) -> Result<(Engine, Diagnostics), Diagnostics> {
     let text = case.policies.as_deref().unwrap_or(&file.policies);
+    let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
+    let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (set, mut warnings) = match front_end {
         FrontEnd::Text => load_str(text, &LoadOptions::default())?,
         FrontEnd::Json => match documents_as_json(text) {
             Some(docs) => load_value(&docs, &LoadOptions::default())?,
             None => load_str(text, &LoadOptions::default())?,
         },
+        FrontEnd::PluginConfig => {
+            let (set, warnings) = load_str(text, &LoadOptions::default())?;
+            let config = PluginConfig {
+                workload: Some(wl),
+                mesh,
+                ..PluginConfig::new(set)
+            };
+            let written = config.write()?.to_string();
+            let (decoded, _) = plugin_config::decode(written.as_bytes())?;
+            let Some(wl) = decoded.workload else {
+                return Err(Diagnostics(Vec::new()));
+            };
+            let (engine, more) = Engine::compile(&decoded.policies, &wl, &decoded.mesh)?;
+            let mut all = warnings;
+            all.extend(more);
+            return Ok((engine, all));
+        }
     };
-    let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
-    let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (engine, more) = Engine::compile(&set, &wl, &mesh)?;
     warnings.extend(more);
     Ok((engine, warnings))
 }
 
-/// Runs one case twice, with the policies loaded from text (`load_str`) and as JSON values
-/// (`load_value`, the filter's path); returns what did not match expectations (empty: passed).
+/// Runs one case three times: the policies loaded from text (`load_str`, the CLI's path), as
+/// JSON values (`load_value`), and through the plugin configuration (writer, then the module's
+/// decoder: the module's path); returns what did not match expectations (empty: passed). Every
+/// path must meet the same expectations, so the CLI and the module decide alike.
 pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
     let mut problems = run_case_with(file, case, FrontEnd::Text);
-    for p in run_case_with(file, case, FrontEnd::Json) {
-        let p = format!(
-            "[filter path: policies as JSON values (load_value), only the attributes Engine::requirements() names] {p}"
-        );
-        if !problems.contains(&p) {
-            problems.push(p);
+    for (front_end, label) in [
+        (
+            FrontEnd::Json,
+            "[policies as JSON values (load_value), only the attributes Engine::requirements() names]",
+        ),
+        (
+            FrontEnd::PluginConfig,
+            "[module path: plugin-config writer, plugin_config::decode, only the attributes Engine::requirements() names]",
+        ),
+    ] {
+        for p in run_case_with(file, case, front_end) {
+            let p = format!("{label} {p}");
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
         }
     }
     problems
@@ -560,7 +592,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
     };
     let (need, all_metadata) = match front_end {
         FrontEnd::Text => (&all, true),
-        FrontEnd::Json => (engine.requirements(), false),
+        FrontEnd::Json | FrontEnd::PluginConfig => (engine.requirements(), false),
     };
     let protocol = match case.protocol {
         ProtocolSpec::Http => Protocol::Http,

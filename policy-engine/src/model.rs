@@ -110,6 +110,8 @@ pub struct RuleTo {
     pub operation: Option<Operation>,
 }
 
+/// `rules[i].from[j].source`. Each field is compiled and matched by one type in
+/// `src/authz/source.rs` (`principals` by `Principal`, ...).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     pub principals: Vec<String>,
@@ -128,6 +130,8 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
+/// `rules[i].to[j].operation`. Each field is compiled and matched by one type in
+/// `src/authz/operation.rs` (`paths` by `Path`, ...).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Operation {
     pub hosts: Vec<String>,
@@ -140,7 +144,8 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-/// `rules[i].when[j]`.
+/// `rules[i].when[j]`. Compiled and matched in `src/authz/condition.rs` (keys on the source or
+/// the operation by their field's type).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Condition {
     pub key: String,

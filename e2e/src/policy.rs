@@ -55,7 +55,9 @@ pub fn plugin_config_for(yaml: &str, http_ports: &[u16]) -> Result<Value> {
         Ok((set, _warnings)) => write(config(set)),
         Err(_) => {
             let mut value = write(config(PolicySet::default()))?;
-            value["policies"] = Value::Array(from_yaml(yaml)?);
+            if let Some(o) = value.as_object_mut() {
+                o.insert("policies".into(), Value::Array(from_yaml(yaml)?));
+            }
             Ok(value)
         }
     }

@@ -346,10 +346,12 @@ mod yaml {
             }
             // Kubernetes objects carry no tags; dropping one would read the value as something
             // its author did not write.
-            Yaml::Tagged(t) => return Err(format!(
+            Yaml::Tagged(t) => {
+                return Err(format!(
                 "YAML tag {} is not supported (Kubernetes objects carry no custom tags); remove it",
                 t.tag
-            )),
+            ))
+            }
         })
     }
 }

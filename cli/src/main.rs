@@ -306,7 +306,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
             "ALLOW policies apply and none of their rules matched".to_string()
         }
     };
-    println!("{}: {why}", if d.allowed { "ALLOW" } else { "DENY" });
+    println!("{}: {why}", if d.allowed() { "ALLOW" } else { "DENY" });
     if d.audit_policy_applies {
         match d.audit_rule {
             Some(r) => println!("audit: access_log_hint=true ({})", engine.rule_name(r)),
@@ -337,7 +337,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
             engine.mtls_mode(port).as_str()
         );
     }
-    Ok(if d.allowed {
+    Ok(if d.allowed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

@@ -84,7 +84,7 @@ fn allows(engine: &Engine, path: &str) -> bool {
             jwt: None,
         }),
     };
-    engine.check(Protocol::Http, &attrs).allowed
+    engine.check(Protocol::Http, &attrs).allowed()
 }
 
 const DENY_ADMIN_ITEM: &str = r#"

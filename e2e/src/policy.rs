@@ -55,10 +55,16 @@ pub fn plugin_config_for(yaml: &str, http_ports: &[u16]) -> Result<Value> {
         Ok((set, _warnings)) => write(config(set)),
         Err(_) => {
             let mut value = write(config(PolicySet::default()))?;
-            if let Some(o) = value.as_object_mut() {
-                o.insert("policies".into(), Value::Array(from_yaml(yaml)?));
+            let policies = Value::Array(from_yaml(yaml)?);
+            match value.as_object_mut() {
+                Some(obj) => {
+                    obj.insert("policies".to_string(), policies);
+                    Ok(value)
+                }
+                None => Err(Error(
+                    "the plugin configuration writer gave no object".to_string(),
+                )),
             }
-            Ok(value)
         }
     }
 }

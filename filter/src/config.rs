@@ -63,7 +63,7 @@ pub struct NodeWorkload {
 
 /// A compiled configuration: what the request path uses.
 pub struct Compiled {
-    pub authz: Box<dyn crate::core::Authorizer>,
+    pub authz: Box<dyn crate::traits::Authorizer>,
     pub plaintext_filter_chains: Vec<String>,
     pub http_ports: Vec<u16>,
     /// Ports that policies or PeerAuthentication name (for per-port plaintext metrics).
@@ -72,7 +72,7 @@ pub struct Compiled {
     pub warnings: Vec<String>,
     /// The access-log labels of this configuration's rules, built on first use. They live and
     /// die with the configuration, so a label never outlives the rules it names.
-    pub labels: crate::core::Labels,
+    pub labels: crate::verdict::Labels,
 }
 
 fn named_ports(set: &policy_engine::PolicySet, engine: &Engine) -> Vec<u16> {
@@ -137,7 +137,7 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
         http_ports: cfg.http_ports.clone(),
         named_ports,
         warnings,
-        labels: crate::core::Labels::default(),
+        labels: crate::verdict::Labels::default(),
     })
 }
 

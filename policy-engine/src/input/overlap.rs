@@ -2,9 +2,9 @@
 //! which. (Mesh- and namespace-level duplicates are reported where they are resolved,
 //! `peer_authn.rs`; this covers the workload level, which depends on the workload's labels.)
 
-use crate::engine::{MeshConfig, Workload};
 use crate::error::{Diagnostic, Diagnostics, ObjectRef};
 use crate::model::{PeerAuthentication, PolicySet};
+use crate::workload::{MeshConfig, Workload};
 
 /// Warns for every workload-level PeerAuthentication of `workload` that loses to an older one:
 /// Istio applies only the oldest (creationTimestamp, then name), the others are ignored.

@@ -32,9 +32,9 @@ use serde_json::{Map, Value};
 
 use super::decode::Decoder;
 use super::field_path::FieldPath;
-use crate::engine::{MeshConfig, Workload};
 use crate::error::{Diagnostic, Diagnostics};
 use crate::model::PolicySet;
+use crate::workload::{MeshConfig, Workload};
 
 /// The plugin configuration, decoded. Defaults are filled in: what the module enforces is
 /// exactly these values.

@@ -85,7 +85,6 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     /// Encodes pairs like Envoy does (for the tests).

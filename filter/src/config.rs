@@ -123,7 +123,6 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

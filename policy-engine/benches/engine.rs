@@ -15,7 +15,6 @@
     clippy::panic,
     reason = "a benchmark that cannot set up has nothing to measure"
 )]
-#![warn(clippy::allow_attributes_without_reason)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;

@@ -24,7 +24,7 @@
 //! | [`path`] | the forwarded and the normalized path |
 //! | `workload`, `attributes`, `decision`, [`model`], [`error`] | the types the others share: [`Workload`], [`MeshConfig`], [`Attributes`], [`Decision`], the Istio objects, diagnostics |
 
-#![warn(unreachable_pub, clippy::allow_attributes_without_reason)]
+#![warn(unreachable_pub)]
 
 mod attributes;
 mod authz;

@@ -5,7 +5,6 @@
 // `allow`, not `expect`: natively the functions are `#[test]` and clippy already permits the
 // panics; under wasm32 they are `#[wasm_bindgen_test]`, which clippy does not know as tests.
 #![allow(clippy::panic, reason = "a test reports failure by panicking")]
-#![warn(clippy::allow_attributes_without_reason)]
 
 mod support;
 

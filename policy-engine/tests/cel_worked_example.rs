@@ -5,7 +5,6 @@
     clippy::panic,
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
-#![warn(clippy::allow_attributes_without_reason)]
 
 use std::collections::BTreeMap;
 

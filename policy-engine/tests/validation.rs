@@ -25,7 +25,6 @@
     clippy::panic,
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
-#![warn(clippy::allow_attributes_without_reason)]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -130,14 +130,12 @@ pub(crate) fn verdict_of(
     authz: &dyn Authorizer,
     metrics: &Metrics,
 ) -> Verdict {
-    let label = match (d.cause, d.allowed) {
-        (Cause::AllowRule(r) | Cause::DenyRule(r), allowed) => {
-            Label::Shared(labels.decision(allowed, r, authz))
+    let label = match d.cause {
+        Cause::AllowRule(r) | Cause::DenyRule(r) => {
+            Label::Shared(labels.decision(d.allowed(), r, authz))
         }
-        (Cause::NoAllowPolicy, true) => Label::Static("allow no-allow-policy"),
-        (Cause::NoAllowPolicy, false) => Label::Static("deny no-allow-policy"),
-        (Cause::NoAllowRuleMatched, true) => Label::Static("allow no-allow-rule-matched"),
-        (Cause::NoAllowRuleMatched, false) => Label::Static("deny no-allow-rule-matched"),
+        Cause::NoAllowPolicy => Label::Static("allow no-allow-policy"),
+        Cause::NoAllowRuleMatched => Label::Static("deny no-allow-rule-matched"),
     };
     if let Some(s) = &d.shadow_allow {
         metrics.add(
@@ -166,7 +164,7 @@ pub(crate) fn verdict_of(
         metrics.add(metrics.cel_errors, i64::from(d.cel_errors));
     }
     Verdict {
-        allowed: d.allowed,
+        allowed: d.allowed(),
         label,
         audit: d.audit_policy_applies.then_some(d.audit_rule.is_some()),
         shadow: labels.shadow(d, authz),

@@ -238,22 +238,26 @@ impl Authorizer for Scripted {
 const R0: RuleId = RuleId { policy: 0, rule: 0 };
 const R1: RuleId = RuleId { policy: 1, rule: 2 };
 
+/// A decision whose cause allows (the engine derives `allowed` from the cause).
 fn allow(cause: Cause) -> Decision {
+    assert!(cause.allows(), "{cause:?} denies");
+    decision(cause)
+}
+
+/// A decision whose cause denies.
+fn deny(cause: Cause) -> Decision {
+    assert!(!cause.allows(), "{cause:?} allows");
+    decision(cause)
+}
+
+fn decision(cause: Cause) -> Decision {
     Decision {
-        allowed: true,
         cause,
         audit_policy_applies: false,
         audit_rule: None,
         shadow_allow: None,
         shadow_deny: None,
         cel_errors: 0,
-    }
-}
-
-fn deny(cause: Cause) -> Decision {
-    Decision {
-        allowed: false,
-        ..allow(cause)
     }
 }
 

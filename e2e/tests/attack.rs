@@ -9,7 +9,7 @@
 //!   and TCP; a certificate from a foreign CA;
 //! - a misdeclared port, both ways (a TCP port in `httpPorts`, an HTTP port missing from it);
 //! - an mTLS client on a DISABLE port, HTTP and TCP, workload-level and port-level;
-//! - path forms on both listener settings: see "path forms" at the end (the engine's part).
+//! - path forms on both listener settings: `e2e/tests/paths.rs`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -408,22 +408,7 @@ fn mtls_client_on_a_disable_tcp_port_is_refused() {
     }
 }
 
-// ---- path forms (issue 7 §4: the engine engineer's part) -------------------------------------
+// ---- path forms (issue 7 §4) -------------------------------------------------------------------
 //
-// Add the path-trick probes here: a DENY and an ALLOW on `/store/{**}/cart` against
-// `GET /store//cart`, `/ADMIN`, `/admin;x`, `/%2561dmin`, `/admin.`, each on a listener that
-// merges slashes (the templates) and one that does not (Istio's default; use
-// `Sidecar::builder(..).transform(|c| Ok(c.replace("merge_slashes: true", "merge_slashes: false")))`).
-// `probe_paths` sends each path as is (curl `--path-as-is`) and returns the status codes.
-
-/// Status codes of `paths`, each sent as is over mTLS as `foo/admin` (for the path-form probes).
-#[allow(dead_code)]
-fn probe_paths(s: &Sidecar, paths: &[&str]) -> Vec<(String, u16)> {
-    paths
-        .iter()
-        .map(|p| {
-            let r = s.get(p, s.mtls("foo", "admin").unwrap()).send().unwrap();
-            (p.to_string(), r.status)
-        })
-        .collect()
-}
+// The path forms (`/store//cart`, `/ADMIN`, `;x`, `%2561dmin`, `/admin.`) on listeners with and
+// without slash merging are attacked in `e2e/tests/paths.rs`.

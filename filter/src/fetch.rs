@@ -122,15 +122,6 @@ impl Transport {
     }
 }
 
-/// The mTLS mode at `port`; an unknown port where ports differ is taken as STRICT (the strictest).
-pub(crate) fn mode_at(authz: &dyn Authorizer, port: Option<u16>) -> MtlsMode {
-    match port {
-        Some(p) => authz.mtls_mode(p),
-        None if authz.port_specific_mtls() => MtlsMode::Strict,
-        None => authz.mtls_mode(0),
-    }
-}
-
 /// `facts`: what `meshauthz_net` recorded for this connection, if anything; else the host is
 /// asked.
 pub(crate) fn transport(
@@ -147,7 +138,7 @@ pub(crate) fn transport(
             .unwrap_or(false),
     };
     let need_port =
-        always_port || authz.requirements().destination_port || authz.port_specific_mtls();
+        always_port || authz.requirements().destination_port || authz.has_port_level_mtls();
     let port = match facts {
         _ if !need_port => None,
         Some(f) => f.port,
@@ -155,7 +146,7 @@ pub(crate) fn transport(
             .property(&["destination", "port"])
             .and_then(|b| decode_port(&b)),
     };
-    let mode = mode_at(authz, port);
+    let mode = authz.mtls_mode_at(port);
     Transport { mtls, port, mode }
 }
 

@@ -217,14 +217,20 @@ impl Authorizer for Scripted {
         });
         self.decision
     }
-    fn mtls_mode(&self, port: u16) -> MtlsMode {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map(|(_, m)| *m)
-            .unwrap_or(self.default_mode)
+    /// As the engine answers it: at an unknown port STRICT when ports differ.
+    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+        match port {
+            Some(port) => self
+                .ports
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, m)| *m)
+                .unwrap_or(self.default_mode),
+            None if self.has_port_level_mtls() => MtlsMode::Strict,
+            None => self.default_mode,
+        }
     }
-    fn port_specific_mtls(&self) -> bool {
+    fn has_port_level_mtls(&self) -> bool {
         !self.ports.is_empty()
     }
     fn requirements(&self) -> &Requirements {
@@ -1211,7 +1217,7 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
         let p = Plugin::new(Rc::new(VmState::default()));
         assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());
-        p.compiled().unwrap().authz.mtls_mode(8080)
+        p.compiled().unwrap().authz.mtls_mode_at(Some(8080))
     };
     assert_eq!(
         mode_for(&[("app", "echo"), ("version", "v1")]),

@@ -3,7 +3,8 @@
 //! fail-closed behaviour.
 //!
 //! One file per step of the data path; each imports only the ones listed below it, so that the
-//! arrows point down and every file reads alone:
+//! arrows point down and every file reads alone (`tests/layout.rs` checks the order, and that
+//! proxy-wasm is used in `host` only):
 //!
 //! | file | step |
 //! |---|---|

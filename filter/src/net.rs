@@ -56,7 +56,9 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
         host.set_filter_state(PEER_IP, ip.to_string().as_bytes());
     }
     let chain = prop_str(host, &["xds", "filter_chain_name"]);
-    let plaintext = chain.is_some_and(|name| c.plaintext_filter_chains.contains(&name));
+    let plaintext = chain
+        .as_ref()
+        .is_some_and(|name| c.plaintext_filter_chains.contains(name));
     let authz = c.authz.as_ref();
     // The port is read when the mode depends on it (and always for the plaintext counters).
     let port = if plaintext || authz.has_port_level_mtls() {
@@ -72,10 +74,11 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
         if rejected {
             return conn.close(host);
         }
-    } else if mode == MtlsMode::Disable {
-        // Not a plaintext chain (TLS, or a chain missing from plaintextFilterChains) on a
-        // DISABLE port: Istio has only plaintext chains there, so a TLS client fails. Reset
-        // before the handshake, as Istio's missing filter chain does.
+    } else if mode == MtlsMode::Disable && chain.is_some() {
+        // A named chain not listed in plaintextFilterChains (TLS) on a DISABLE port: Istio has
+        // only plaintext chains there, so a TLS client fails. Reset before the handshake, as
+        // Istio's missing filter chain does. (A chain the host does not name is checked at
+        // first data, when `connection.mtls` tells.)
         plugin.count(|m| m.disable_tls_rejected);
         return conn.close(host);
     }

@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use log::Level;
-use meshauthz::config::Compiled;
-use meshauthz::net::Conn;
-use meshauthz::plugin::Plugin;
-use meshauthz::traits::{Authorizer, Flow, Host};
-use meshauthz::vm::VmState;
-use meshauthz::{http, metrics, names, net};
+use meshauthz_filter::config::Compiled;
+use meshauthz_filter::net::Conn;
+use meshauthz_filter::plugin::Plugin;
+use meshauthz_filter::traits::{Authorizer, Flow, Host};
+use meshauthz_filter::vm::VmState;
+use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
     Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
 };
@@ -694,7 +694,7 @@ fn tls_on_a_disable_port_is_refused() {
         let mut s = Setup::new(allow(Cause::NoAllowPolicy));
         s.ports = vec![(9000, MtlsMode::Disable)];
         let (net, _, _) = s.build(&host);
-        net.stage.set(Some(meshauthz::vm::Stage::NetDecide));
+        net.stage.set(Some(meshauthz_filter::vm::Stage::NetDecide));
         let mut conn = Conn::default();
         let flow = net::new_connection(&host, &net, &mut conn);
         assert_eq!(flow == Flow::Stop, reset, "{chain} {port}");

@@ -1,7 +1,8 @@
 //! The request path's source layout (issue 10 §1) as a test: each file imports only the files
 //! below it in [`LAYERS`], so the arrows point down and every file reads alone; and proxy-wasm is
-//! not used here (the crate does not depend on it: `module/src/host.rs` is the adapter). The crate doc comment in `src/lib.rs` and `filter/README.md` ("Source
-//! layout") list the same order.
+//! not used here (the crate does not depend on it: `module/src/host.rs` is the adapter). The
+//! crate doc comment in `src/lib.rs` and `filter/README.md` ("Source layout") list the same
+//! order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;

@@ -111,7 +111,12 @@ fn an_authorization_policy_list_reaches_the_module() {
         "- metadata",
     );
     assert_ne!(bare, list);
-    for text in [&list, &bare] {
+    // kubectl's `kind: List` holding the API's list (several `-o yaml` outputs concatenated).
+    let nested = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}",
+        bare.replace('\n', "\n  ").trim_end()
+    );
+    for text in [&list, &bare, &nested] {
         let f = file("list.yaml", text);
         let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f], "");
         assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);

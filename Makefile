@@ -51,7 +51,7 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 # ---- build ----------------------------------------------------------------------------------
 .PHONY: build
 build: targets
-	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo build --release --target $(WASM_TARGET) -p meshauthz-module
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 

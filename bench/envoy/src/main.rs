@@ -91,6 +91,30 @@ fn instruction_counts(o: &Opts, work: &WorkDir, pki: &Pki) -> Result<String> {
     report::instructions(o, &rows)
 }
 
+fn startup(o: &Opts, work: &WorkDir, pki: &Pki, repeats: usize) -> Result<String> {
+    let launch = Launch {
+        launcher: &[],
+        ready_timeout: READY_TIMEOUT,
+    };
+    let mut rows = Vec::new();
+    for v in variants::variants(o) {
+        let mut runs = Vec::new();
+        for _ in 0..repeats.max(1) {
+            let mut s = server::start(v.clone(), work.path(), pki, &o.cli, &launch)?;
+            s.envoy.stop();
+            runs.push(s.started);
+        }
+        eprintln!(
+            "bench: {:>14}: ready {:?} s",
+            v.key,
+            runs.iter().map(|r| r.ready_s).collect::<Vec<_>>()
+        );
+        rows.push((v, runs));
+    }
+    let rows: Vec<_> = rows.iter().map(|(v, r)| (v, r.as_slice())).collect();
+    report::startup(&rows)
+}
+
 fn run() -> Result<()> {
     let o = options::parse(std::env::args().skip(1))?;
     let work = WorkDir::new("bench")?;
@@ -98,6 +122,7 @@ fn run() -> Result<()> {
     let table = match o.mode {
         Mode::Timed => timed(&o, &work, &pki)?,
         Mode::Instructions => instruction_counts(&o, &work, &pki)?,
+        Mode::Startup { repeats } => startup(&o, &work, &pki, repeats)?,
     };
     println!("{table}");
     if let Some(path) = &o.out {

@@ -6,7 +6,7 @@ use meshauthz_e2e::{Error, Result};
 
 pub const USAGE: &str = "usage: bench-envoy --cli PATH [--oha PATH] [--instructions] [--rounds 7] [--seconds 2] \
 [--connections 4] [--warmup 500] [--requests 2000] [--max-policies 10000] [--no-breakdown] [--only KEY,KEY] \
-[--out FILE] [--baseline-module FILE]";
+[--out FILE] [--baseline-module FILE]... [--startup REPEATS]";
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Mode {
     Timed,
     /// Instructions per request under callgrind (`make bench-instructions`).
     Instructions,
+    /// Start-up only: each variant's Envoy started `repeats` times, time to ready and CPU.
+    Startup { repeats: usize },
 }
 
 pub struct Opts {
@@ -33,7 +35,8 @@ pub struct Opts {
     pub breakdown: bool,
     pub only: Vec<String>,
     pub out: Option<PathBuf>,
-    pub baseline_module: Option<PathBuf>,
+    /// Other builds of the module, each run as extra variants (`c-10-base`, `rc-10-base2`, ...).
+    pub baseline_modules: Vec<PathBuf>,
 }
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
@@ -50,7 +53,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
         breakdown: true,
         only: Vec::new(),
         out: None,
-        baseline_module: None,
+        baseline_modules: Vec::new(),
     };
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
@@ -60,6 +63,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
         };
         match a.as_str() {
             "--instructions" => o.mode = Mode::Instructions,
+            "--startup" => {
+                o.mode = Mode::Startup {
+                    repeats: number(&a, &value()?)?,
+                }
+            }
             "--oha" => o.oha = PathBuf::from(value()?),
             "--cli" => o.cli = PathBuf::from(value()?),
             "--rounds" => o.rounds = number(&a, &value()?)?,
@@ -71,7 +79,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
             "--no-breakdown" => o.breakdown = false,
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
-            "--baseline-module" => o.baseline_module = Some(PathBuf::from(value()?)),
+            "--baseline-module" => o.baseline_modules.push(PathBuf::from(value()?)),
             other => return Err(Error(format!("unknown argument {other:?}\n{USAGE}"))),
         }
     }
@@ -87,7 +95,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
             )));
         }
     }
-    if let Some(path) = o.baseline_module.as_ref().filter(|p| !p.is_file()) {
+    if let Some(path) = o.baseline_modules.iter().find(|p| !p.is_file()) {
         return Err(Error(format!(
             "--baseline-module: {} is not a file",
             path.display()

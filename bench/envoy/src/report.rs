@@ -114,6 +114,42 @@ pub fn instructions(o: &Opts, rows: &[(&Variant, &Counted)]) -> Result<String> {
     Ok(t)
 }
 
+/// The start-up table: medians over repeats, and the module each variant loads.
+pub fn startup(rows: &[(&Variant, &[Started])]) -> Result<String> {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Each variant's Envoy started {} times: wall time from process start to `/ready` 200, and the process's CPU time (all threads) then; medians.\n",
+        rows.first().map(|(_, r)| r.len()).unwrap_or(0)
+    );
+    let _ = writeln!(
+        t,
+        "| variant | chain | policies | module bytes | ready s | start-up CPU s |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let current = meshauthz_e2e::module_path()?;
+    for (v, runs) in rows {
+        let module = match v.chain {
+            Chain::Meshauthz { .. } => {
+                let path = v.module.clone().unwrap_or_else(|| current.clone());
+                std::fs::metadata(&path)?.len().to_string()
+            }
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {:.2} | {:.2} |",
+            v.key,
+            v.what,
+            v.policies(),
+            module,
+            median(runs.iter().map(|r| r.ready_s).collect()),
+            median(runs.iter().map(|r| r.cpu_s).collect()),
+        );
+    }
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ pub const FULL: Chain = Chain::Meshauthz {
     enforce: true,
 };
 
+#[derive(Clone)]
 pub struct Variant {
     pub key: String,
     pub what: String,
@@ -165,17 +166,26 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
             UNIFORM_AUDIT,
         ),
     ];
-    if let Some(base) = &o.baseline_module {
-        for (key, what, mix) in [
-            ("c-10-base", "c-10 with --baseline-module", UNIFORM),
-            ("d-10-base", "d-10 with --baseline-module", UNIFORM_AUDIT),
-            (
-                "rc-10-base",
-                "rc-10 with --baseline-module",
-                realistic(true, false),
-            ),
+    for (k, base) in o.baseline_modules.iter().enumerate() {
+        let n = if k == 0 { String::new() } else { (k + 1).to_string() };
+        let file = base
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for (key, mix) in [
+            ("c-10", UNIFORM),
+            ("d-10", UNIFORM_AUDIT),
+            ("rc-10", realistic(true, false)),
+            ("rc-1000", realistic(true, false)),
         ] {
-            let mut b = v(key, what, FULL, 10, mix);
+            let size = if key == "rc-1000" { 1000 } else { 10 };
+            let mut b = v(
+                &format!("{key}-base{n}"),
+                &format!("{key} with {file}"),
+                FULL,
+                size,
+                mix,
+            );
             b.module = Some(base.clone());
             out.push(b);
         }
@@ -185,7 +195,7 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         out.extend(breakdown());
     }
     out.retain(|v| v.size <= o.max_policies);
-    if o.mode == Mode::Instructions && o.only.is_empty() {
+    if o.mode != Mode::Timed && o.only.is_empty() {
         // Under callgrind each Envoy starts 5-10 times slower: the realistic mix only.
         out.retain(|v| v.chain == Chain::NoFilter || matches!(v.mix, Mix::Realistic { .. }));
     }

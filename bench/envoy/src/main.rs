@@ -104,11 +104,11 @@ fn startup(o: &Opts, work: &WorkDir, pki: &Pki, repeats: usize) -> Result<String
             s.envoy.stop();
             runs.push(s.started);
         }
-        eprintln!(
-            "bench: {:>14}: ready {:?} s",
-            v.key,
-            runs.iter().map(|r| r.ready_s).collect::<Vec<_>>()
-        );
+        let each: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{:.2} s ({:.2} s CPU)", r.ready_s, r.cpu_s))
+            .collect();
+        eprintln!("bench: {:>14}: ready in {}", v.key, each.join(", "));
         rows.push((v, runs));
     }
     let rows: Vec<_> = rows.iter().map(|(v, r)| (v, r.as_slice())).collect();

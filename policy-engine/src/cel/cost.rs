@@ -25,10 +25,10 @@ use super::functions::{BOOL, INDEX, IP_IN_CIDR, ITERABLE, NEGATE};
 use super::vars::{Attr, VarKind};
 
 /// The most one expression may cost, in cost units.
-pub const EXPRESSION_BUDGET: u64 = 100_000;
+pub const EXPRESSION_BUDGET: u64 = 20_000;
 /// The most the CEL expressions of one rule may cost together (a request can evaluate each of
 /// them once per rule).
-pub const RULE_BUDGET: u64 = 200_000;
+pub const RULE_BUDGET: u64 = 40_000;
 
 /// Longest string attribute, in bytes: `request.path`, `request.host`, `request.method`, one
 /// header value (repeated headers joined with `,`), `source.principal` and the parts taken from

@@ -86,7 +86,15 @@ const SOURCE_FIELDS: &[&str] = &[
     "bogus",
 ];
 const OPERATION_FIELDS: &[&str] = &[
-    "hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths", "bogus",
+    "hosts",
+    "notHosts",
+    "ports",
+    "notPorts",
+    "methods",
+    "notMethods",
+    "paths",
+    "notPaths",
+    "bogus",
 ];
 
 /// CEL fragments the expression generator combines.
@@ -253,7 +261,11 @@ fn condition(u: &mut Unstructured<'_>) -> Result<Value> {
             string(u)?
         }));
     }
-    let list = if u.arbitrary()? { "values" } else { "notValues" };
+    let list = if u.arbitrary()? {
+        "values"
+    } else {
+        "notValues"
+    };
     Ok(json!({"key": key, list: values}))
 }
 
@@ -286,8 +298,19 @@ fn rule(u: &mut Unstructured<'_>) -> Result<Value> {
 fn labels(u: &mut Unstructured<'_>) -> Result<Value> {
     let mut m = Map::new();
     for _ in 0..u.int_in_range(0..=2u8)? {
-        let k = if u.arbitrary()? { "app".to_string() } else { string(u)? };
-        m.insert(k, Value::String(if u.arbitrary()? { "b".into() } else { string(u)? }));
+        let k = if u.arbitrary()? {
+            "app".to_string()
+        } else {
+            string(u)?
+        };
+        m.insert(
+            k,
+            Value::String(if u.arbitrary()? {
+                "b".into()
+            } else {
+                string(u)?
+            }),
+        );
     }
     Ok(Value::Object(m))
 }
@@ -302,10 +325,7 @@ pub fn istio_object(u: &mut Unstructured<'_>) -> Result<Value> {
             spec.insert("action".into(), Value::String(pick(u, ACTIONS)?.into()));
         }
         if u.ratio(1, 5)? {
-            spec.insert(
-                "provider".into(),
-                json!({"name": string(u)?}),
-            );
+            spec.insert("provider".into(), json!({"name": string(u)?}));
         }
         let mut rules = Vec::new();
         for _ in 0..u.int_in_range(0..=3u8)? {
@@ -331,12 +351,23 @@ pub fn istio_object(u: &mut Unstructured<'_>) -> Result<Value> {
         spec.insert("selector".into(), json!({"matchLabels": labels(u)?}));
     }
     if u.ratio(1, 10)? {
-        spec.insert("targetRefs".into(), json!([{"kind": "Gateway", "name": string(u)?}]));
+        spec.insert(
+            "targetRefs".into(),
+            json!([{"kind": "Gateway", "name": string(u)?}]),
+        );
     }
     if u.ratio(1, 10)? {
         spec.insert(string(u)?, odd_value(u)?);
     }
-    let version = pick(u, &["security.istio.io/v1", "security.istio.io/v1beta1", "v1", ""])?;
+    let version = pick(
+        u,
+        &[
+            "security.istio.io/v1",
+            "security.istio.io/v1beta1",
+            "v1",
+            "",
+        ],
+    )?;
     let mut metadata = json!({"name": pick(u, NAMES)?, "namespace": pick(u, NAMESPACES)?});
     if u.ratio(1, 5)? {
         metadata["annotations"] = json!({"istio.io/dry-run": pick(u, &["true", "false", "x"])?});
@@ -368,7 +399,9 @@ fn text(v: &Value, key: &str) -> Option<String> {
 }
 
 fn ip(v: &Value, key: &str) -> Option<IpAddr> {
-    v.get(key).and_then(Value::as_str).and_then(|s| s.parse().ok())
+    v.get(key)
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
 }
 
 impl Request {
@@ -418,7 +451,11 @@ impl Request {
     /// A random request: strings from the pools or arbitrary, sometimes very long.
     pub fn arbitrary(u: &mut Unstructured<'_>) -> Result<Request> {
         let opt = |u: &mut Unstructured<'_>| -> Result<Option<String>> {
-            Ok(if u.arbitrary()? { Some(string(u)?) } else { None })
+            Ok(if u.arbitrary()? {
+                Some(string(u)?)
+            } else {
+                None
+            })
         };
         let mut headers = Vec::new();
         for _ in 0..u.int_in_range(0..=6u8)? {
@@ -426,8 +463,10 @@ impl Request {
             headers.push((name.to_string(), string(u)?));
         }
         let jwt = if u.arbitrary()? {
-            Some(json!({"iss": string(u)?, "sub": string(u)?, "groups": string_list(u)?,
-                        "org": {"id": string(u)?}, "scope": string(u)?, "aud": string_list(u)?}))
+            Some(
+                json!({"iss": string(u)?, "sub": string(u)?, "groups": string_list(u)?,
+                        "org": {"id": string(u)?}, "scope": string(u)?, "aud": string_list(u)?}),
+            )
         } else {
             None
         };
@@ -436,7 +475,11 @@ impl Request {
             principal: opt(u)?,
             mtls: u.arbitrary()?,
             source_ip: Some(u.arbitrary::<IpAddr>()?),
-            remote_ip: if u.arbitrary()? { Some(u.arbitrary()?) } else { None },
+            remote_ip: if u.arbitrary()? {
+                Some(u.arbitrary()?)
+            } else {
+                None
+            },
             destination_ip: Some(u.arbitrary::<IpAddr>()?),
             port: Some(u.arbitrary()?),
             sni: opt(u)?,
@@ -506,7 +549,13 @@ fn workloads() -> [Workload; 3] {
 
 /// Compiles what loaded for a few workloads and checks `request` against each (if any): the
 /// loader, the validator, the compiler and the engine, as the CLI and the module run them.
-pub fn drive(loaded: Result<(policy_engine::PolicySet, policy_engine::Diagnostics), policy_engine::Diagnostics>, request: Option<&Request>) {
+pub fn drive(
+    loaded: Result<
+        (policy_engine::PolicySet, policy_engine::Diagnostics),
+        policy_engine::Diagnostics,
+    >,
+    request: Option<&Request>,
+) {
     let (set, diagnostics) = match loaded {
         Ok(x) => x,
         Err(errors) => {

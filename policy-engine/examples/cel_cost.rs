@@ -85,7 +85,12 @@ fn main() -> Result<(), String> {
         ),
         (
             "regex on the path in a macro",
-            Box::new(|n| format!("{}.all(x, request.path.matches('^/(a|b)*c$') == false)", zeros(n))),
+            Box::new(|n| {
+                format!(
+                    "{}.all(x, request.path.matches('^/(a|b)*c$') == false)",
+                    zeros(n)
+                )
+            }),
         ),
         (
             "string concatenation in a macro",

@@ -68,7 +68,12 @@ fn main() -> Result<(), String> {
         let doc: Value = serde_yaml_ng::from_str(&text).map_err(|e| format!("{file:?}: {e}"))?;
         let file_policies = doc.get("policies").and_then(Value::as_str).unwrap_or("");
         let mut seen = BTreeSet::new();
-        for case in doc.get("cases").and_then(Value::as_array).into_iter().flatten() {
+        for case in doc
+            .get("cases")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let policies = case
                 .get("policies")
                 .and_then(Value::as_str)
@@ -97,6 +102,10 @@ fn main() -> Result<(), String> {
             write(&out.join("cel"), format!("\0{expr}\n{request}").as_bytes())?;
         }
     }
-    println!("{} expressions, {} requests", expressions.len(), requests.len());
+    println!(
+        "{} expressions, {} requests",
+        expressions.len(),
+        requests.len()
+    );
     Ok(())
 }

@@ -53,7 +53,7 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 .PHONY: build
 build: targets
 	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
-	cargo run --quiet --features tools -p meshauthz-filter --bin meshauthz-strip-exports -- $(MODULE)
+	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # ---- tests ----------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ BENCH_ARGS ?=
 bench-envoy: build envoy oha
 	cargo build --quiet --release --target $(WASM_TARGET) -p meshauthz-bench-noop
 	cp target/$(WASM_TARGET)/release/bench_noop.wasm target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
-	cargo run --quiet --features tools -p meshauthz-filter --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
+	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
 	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)

@@ -385,8 +385,7 @@ fn compose_configs_rendered_for_the_containers_pass_envoy_validate() {
     })
     .collect();
     let ports = Ports::default();
-    let mut http = policy::plugin_config_yaml(&policies).unwrap();
-    http["httpPorts"] = json!([ports.inbound]);
+    let http = policy::plugin_config_for(&policies, &[ports.inbound]).unwrap();
     let tcp = policy::plugin_config_yaml(&policies).unwrap();
     let paths = compose_paths();
     let module = module_path().unwrap().display().to_string();

@@ -1,5 +1,7 @@
-//! The proxy-wasm adapter: the only module that calls the host. [`ProxyHost`] implements
-//! [`Host`] with `proxy_wasm::hostcalls`; the context types forward callbacks to [`crate::core`].
+//! The proxy-wasm adapter: the only module that uses proxy-wasm. [`ProxyHost`] implements
+//! [`Host`] with `proxy_wasm::hostcalls`; the context types forward each callback to its stage
+//! ([`crate::http`], [`crate::net`], [`crate::plugin`]). The module's entry point (`_initialize`)
+//! is defined here too.
 //!
 //! The SDK's host-call wrappers panic on statuses they do not expect (a panic traps the VM, and
 //! with Envoy's failure policy every later request on that worker fails). `get_property` and
@@ -14,7 +16,16 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::core::{self, Conn, Flow, Host, Plugin, Stage, VmState};
+use crate::names::{DENY_BODY, METRICS_FLUSH_PERIOD};
+use crate::net::Conn;
+use crate::plugin::Plugin;
+use crate::traits::{Flow, Host};
+use crate::vm::{Stage, VmState};
+use crate::{http, net};
+
+proxy_wasm::main! {{
+    start();
+}}
 
 /// [`Host`] over the proxy-wasm ABI, for the context currently called.
 pub struct ProxyHost;
@@ -46,7 +57,7 @@ impl Host for ProxyHost {
     }
 
     fn send_forbidden(&self) -> bool {
-        hostcalls::send_http_response(403, Vec::new(), Some(core::DENY_BODY)).is_ok()
+        hostcalls::send_http_response(403, Vec::new(), Some(DENY_BODY)).is_ok()
     }
 
     fn close_downstream(&self) -> bool {
@@ -87,7 +98,7 @@ fn new_root(_context_id: u32) -> Box<dyn RootContext> {
 }
 
 /// Registers the root context factory; called from the module's `_initialize`.
-pub fn start() {
+fn start() {
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(new_root);
 }
@@ -125,7 +136,7 @@ impl RootContext for Root {
         };
         // Counters are summed in VM memory and handed to Envoy once per tick, not per request.
         // (Not the SDK's `set_tick_period`, which panics on an error status.)
-        let _ = hostcalls::set_tick_period(core::METRICS_FLUSH_PERIOD);
+        let _ = hostcalls::set_tick_period(METRICS_FLUSH_PERIOD);
         self.plugin
             .configure(&host, &root_id, configuration.as_deref())
     }
@@ -173,9 +184,9 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let host = ProxyHost;
         action(match self.plugin.stage.get() {
-            Some(Stage::HttpDecide) => core::http_decide(&host, &self.plugin),
-            Some(Stage::HttpEnforce) => core::http_enforce(&host, &self.plugin),
-            _ => core::http_unknown_root(&host),
+            Some(Stage::HttpDecide) => http::decide(&host, &self.plugin),
+            Some(Stage::HttpEnforce) => http::enforce(&host, &self.plugin),
+            _ => http::unknown_root(&host),
         })
     }
 }
@@ -191,7 +202,7 @@ impl Drop for Net {
     /// The SDK drops a context on `proxy_on_delete` (Envoy deletes a network filter's context
     /// when its connection is gone).
     fn drop(&mut self) {
-        core::net_done(&self.plugin, &mut self.conn);
+        net::done(&self.plugin, &mut self.conn);
     }
 }
 
@@ -200,9 +211,9 @@ impl StreamContext for Net {
         let host = ProxyHost;
         let conn = &mut self.conn;
         action(match self.plugin.stage.get() {
-            Some(Stage::NetDecide) => core::net_new_connection(&host, &self.plugin, conn),
+            Some(Stage::NetDecide) => net::new_connection(&host, &self.plugin, conn),
             Some(Stage::NetEnforce) => Flow::Continue,
-            _ => core::net_unknown_root(&host, conn),
+            _ => net::unknown_root(&host, conn),
         })
     }
 
@@ -210,9 +221,9 @@ impl StreamContext for Net {
         let host = ProxyHost;
         let conn = &mut self.conn;
         action(match self.plugin.stage.get() {
-            Some(Stage::NetDecide) => core::net_decide(&host, &self.plugin, conn),
-            Some(Stage::NetEnforce) => core::net_enforce(&host, &self.plugin, conn),
-            _ => core::net_unknown_root(&host, conn),
+            Some(Stage::NetDecide) => net::decide(&host, &self.plugin, conn),
+            Some(Stage::NetEnforce) => net::enforce(&host, &self.plugin, conn),
+            _ => net::unknown_root(&host, conn),
         })
     }
 }

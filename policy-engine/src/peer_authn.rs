@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{MeshConfig, Workload};
 use crate::error::{Diagnostic, Diagnostics, ObjectRef};
 use crate::model::{MtlsMode, PeerAuthentication, PolicySet};
+use crate::workload::{MeshConfig, Workload};
 
 /// The resolved mode of every port of one workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,10 +98,7 @@ pub(crate) fn resolve(
         oldest(all.iter().filter(|pa| {
             pa.meta.namespace == workload.namespace
                 && pa.spec.selector.as_ref().is_some_and(|s| {
-                    !s.match_labels.is_empty()
-                        && s.match_labels
-                            .iter()
-                            .all(|(k, v)| workload.labels.get(k) == Some(v))
+                    !s.match_labels.is_empty() && workload.selected_by(&s.match_labels)
                 })
         }))
     };

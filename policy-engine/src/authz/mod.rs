@@ -4,25 +4,41 @@
 //! keys in [`condition`]; the wildcard forms in [`string_match`], path templates in
 //! [`path_template`], the structure (rule, clause, field) in [`rule`], the index in [`index`].
 
-pub mod condition;
-pub mod index;
-pub mod operation;
-pub mod path_template;
-pub mod rule;
-pub mod source;
-pub mod string_match;
-pub mod trust_domain;
-pub mod values;
+mod condition;
+mod index;
+mod operation;
+mod path_template;
+mod rule;
+mod source;
+mod string_match;
+mod trust_domain;
+mod values;
 
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
-use crate::engine::{MeshConfig, PolicyInfo, Workload};
 use crate::error::{Diagnostic, Diagnostics, ObjectRef};
 use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule};
+use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
 use rule::{CompiledRule, Ctx};
 use trust_domain::TrustBundle;
 use values::{FieldCtx, RuleDropped};
+
+/// One applicable AuthorizationPolicy as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    pub dry_run: bool,
+}
+
+impl PolicyInfo {
+    /// `namespace/name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
 
 /// The rules of one action and enforcement mode, for one chain type.
 #[derive(Debug, Default)]
@@ -44,10 +60,11 @@ pub(crate) struct ChainRules {
 }
 
 #[derive(Debug, Default)]
-pub struct CompiledAuthz {
+pub(crate) struct CompiledAuthz {
     http: ChainRules,
     tcp: ChainRules,
-    need_path: bool,
+    /// Some HTTP DENY/AUDIT field reads the path: compute the normalized path.
+    need_normalized: bool,
 }
 
 fn object_ref(p: &AuthorizationPolicy) -> ObjectRef {
@@ -79,10 +96,7 @@ fn applies(
     }
     match &p.spec.selector {
         None => true,
-        Some(s) => s
-            .match_labels
-            .iter()
-            .all(|(k, v)| workload.labels.get(k) == Some(v)),
+        Some(s) => workload.selected_by(&s.match_labels),
     }
 }
 
@@ -230,7 +244,12 @@ pub(crate) fn compile(
             chain.bucket_mut(kind).rules = RuleSet::new(list);
         }
     }
-    compiled.need_path = compiled.requirements().path;
+    compiled.need_normalized = compiled.http.buckets().iter().any(|b| {
+        b.rules
+            .rules()
+            .iter()
+            .any(CompiledRule::reads_normalized_path)
+    });
     Ok((infos, compiled))
 }
 
@@ -295,7 +314,7 @@ impl CompiledAuthz {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_path && protocol == Protocol::Http);
+        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
         let first = |b: &Bucket| {
             if b.rules.is_empty() {
                 None
@@ -305,14 +324,14 @@ impl CompiledAuthz {
         };
 
         let audit_rule = first(&chain.audit);
-        let (allowed, cause) = if let Some(r) = first(&chain.deny) {
-            (false, Cause::DenyRule(r))
+        let cause = if let Some(r) = first(&chain.deny) {
+            Cause::DenyRule(r)
         } else if !chain.allow.has_policy {
-            (true, Cause::NoAllowPolicy)
+            Cause::NoAllowPolicy
         } else if let Some(r) = first(&chain.allow) {
-            (true, Cause::AllowRule(r))
+            Cause::AllowRule(r)
         } else {
-            (false, Cause::NoAllowRuleMatched)
+            Cause::NoAllowRuleMatched
         };
         let shadow_deny = chain.shadow_deny.has_policy.then(|| {
             let rule = first(&chain.shadow_deny);
@@ -329,7 +348,6 @@ impl CompiledAuthz {
             }
         });
         Decision {
-            allowed,
             cause,
             audit_policy_applies: chain.audit.has_policy,
             audit_rule,
@@ -421,33 +439,28 @@ mod tests {
         );
         let e = engine(vec![deny, allow]);
         let d = e.check(Protocol::Http, &get("/allow/admin?param=value", None));
-        assert!(!d.allowed);
+        assert!(!d.allowed());
         assert_eq!(
             e.rule_name(d.deciding_rule().unwrap_or(RuleId { policy: 9, rule: 9 })),
             "ns[ns1]-policy[deny-admin]-rule[0]"
         );
-        assert!(
-            e.check(Protocol::Http, &get("/allow?param=value", None))
-                .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed);
+        assert!(e
+            .check(Protocol::Http, &get("/allow?param=value", None))
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed());
         // Path tricks normalize onto the denied path.
-        assert!(
-            !e.check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
-                .allowed
-        );
-        assert!(
-            !e.check(Protocol::Http, &get("//allow//admin", None))
-                .allowed
-        );
+        assert!(!e
+            .check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
+            .allowed());
+        assert!(!e
+            .check(Protocol::Http, &get("//allow//admin", None))
+            .allowed());
 
         let nothing = engine(vec![policy("allow-nothing", Action::Allow, None)]);
-        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed);
-        assert!(
-            engine(vec![])
-                .check(Protocol::Http, &get("/", None))
-                .allowed
-        );
+        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed());
+        assert!(engine(vec![])
+            .check(Protocol::Http, &get("/", None))
+            .allowed());
     }
 
     #[test]
@@ -463,20 +476,18 @@ mod tests {
             ..Default::default()
         };
         // ALLOW: the rule is dropped, leaving an ALLOW policy that matches nothing.
-        assert!(
-            !engine(vec![policy(
-                "a",
-                Action::Allow,
-                Some(vec![Some(methods())])
-            )])
-            .check(Protocol::Tcp, &tcp)
-            .allowed
-        );
+        assert!(!engine(vec![policy(
+            "a",
+            Action::Allow,
+            Some(vec![Some(methods())])
+        )])
+        .check(Protocol::Tcp, &tcp)
+        .allowed());
         // DENY: the field is dropped and the rule denies every connection.
         assert!(
             !engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))])
                 .check(Protocol::Tcp, &tcp)
-                .allowed
+                .allowed()
         );
         // On HTTP, the same DENY only hits GET.
         let e = engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))]);
@@ -484,7 +495,7 @@ mod tests {
         if let Some(h) = post.http.as_mut() {
             h.method = Some("POST");
         }
-        assert!(e.check(Protocol::Http, &post).allowed);
+        assert!(e.check(Protocol::Http, &post).allowed());
     }
 
     #[test]
@@ -508,19 +519,18 @@ mod tests {
         let e = engine(ps);
         let p = "spiffe://cluster.local/ns/ns42/sa/sa42";
         let d = e.check(Protocol::Http, &get("/", Some(p)));
-        assert!(d.allowed);
+        assert!(d.allowed());
         assert_eq!(
             e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
                 .map(|p| p.name.as_str()),
             Some("p042")
         );
-        assert!(
-            !e.check(
+        assert!(!e
+            .check(
                 Protocol::Http,
                 &get("/", Some("spiffe://cluster.local/ns/ns42/sa/other"))
             )
-            .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/", None)).allowed);
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/", None)).allowed());
     }
 }

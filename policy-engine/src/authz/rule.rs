@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::path_template::PathTemplate;
 use super::string_match::StrMatch;
-use crate::attributes::{Attributes, Requirements};
+use crate::attributes::{Attributes, HttpAttributes, Requirements};
 use crate::cel::CelExpression;
 use crate::decision::RuleId;
 
@@ -48,7 +48,7 @@ pub(crate) enum Matcher {
     Host(StrMatch),
     /// `methods`: `:method`.
     Method(StrMatch),
-    /// `paths`: the normalized path without query.
+    /// `paths`: the path without query (see [`PathView`]).
     Path(StrMatch),
     /// `paths` with `{*}` / `{**}`.
     PathTemplate(PathTemplate),
@@ -147,11 +147,23 @@ fn service_account_matches(principal: &str, namespace: &str, name: &str) -> bool
     false
 }
 
+/// Which path a matcher reads ([`crate::path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PathView {
+    /// The path the application receives, without query: what Istio matches.
+    Forwarded,
+    /// The forwarded path normalized again (dot segments, unreserved `%XX`, `\`, `//`).
+    Normalized,
+}
+
 /// A field: `(values empty OR any value matches) AND NOT (any not-value matches)`.
 #[derive(Debug, Default)]
 pub(crate) struct Field {
     pub(crate) values: Vec<Matcher>,
     pub(crate) not_values: Vec<Matcher>,
+    /// A DENY or AUDIT field that reads the path: it matches if it matches on the forwarded path
+    /// OR on the normalized path, so that extra normalization only ever tightens.
+    pub(crate) also_normalized: bool,
 }
 
 impl Field {
@@ -159,9 +171,26 @@ impl Field {
         self.values.is_empty() && self.not_values.is_empty()
     }
 
+    /// Whether a matcher of this field reads the request path.
+    pub(crate) fn reads_path(&self) -> bool {
+        self.values
+            .iter()
+            .chain(&self.not_values)
+            .any(Matcher::reads_path)
+    }
+
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
-        (self.values.is_empty() || self.values.iter().any(|m| m.matches(ctx)))
-            && !self.not_values.iter().any(|m| m.matches(ctx))
+        self.matches_on(ctx, PathView::Forwarded)
+            || (self.also_normalized
+                && ctx.normalized.is_some()
+                && self.matches_on(ctx, PathView::Normalized))
+    }
+
+    /// The whole field (values and not-values) on one view of the path: evaluating `notPaths` on
+    /// each path separately keeps the OR of the two a tightening for DENY.
+    fn matches_on(&self, ctx: &Ctx<'_>, view: PathView) -> bool {
+        (self.values.is_empty() || self.values.iter().any(|m| m.matches(ctx, view)))
+            && !self.not_values.iter().any(|m| m.matches(ctx, view))
     }
 
     /// Cheap matchers first, CEL last: fields are ANDed, so the order only changes the cost.
@@ -200,6 +229,11 @@ impl CompiledRule {
             && self.when.iter().all(|f| f.matches(ctx))
     }
 
+    pub(crate) fn reads_normalized_path(&self) -> bool {
+        let mut fields = self.from.iter().chain(&self.to).flatten().chain(&self.when);
+        fields.any(|f| f.also_normalized)
+    }
+
     pub(crate) fn add_requirements(&self, req: &mut Requirements) {
         let fields = self.from.iter().chain(&self.to).flatten().chain(&self.when);
         for m in fields.flat_map(|f| f.values.iter().chain(&f.not_values)) {
@@ -208,28 +242,54 @@ impl CompiledRule {
     }
 }
 
-/// Per-check state: the attributes, the path normalized once, the CEL error count.
+/// Per-check state: the attributes, the two paths computed once, the CEL error count.
 pub(crate) struct Ctx<'a> {
     pub(crate) attrs: &'a Attributes<'a>,
-    pub(crate) path: Option<Cow<'a, str>>,
+    /// The forwarded path without query ([`crate::path::url_path`]).
+    forwarded: Option<&'a str>,
+    /// The normalized path, only when some DENY/AUDIT field reads it and it differs from the
+    /// forwarded one.
+    normalized: Option<String>,
     pub(crate) cel_errors: Cell<u32>,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(attrs: &'a Attributes<'a>, need_path: bool) -> Ctx<'a> {
-        let path = if need_path {
-            attrs
-                .http
-                .as_ref()
-                .and_then(|h| h.path)
-                .map(crate::path::normalize)
-        } else {
-            None
+    pub(crate) fn new(attrs: &'a Attributes<'a>, need_normalized: bool) -> Ctx<'a> {
+        let raw = attrs.http.as_ref().and_then(|h| h.path);
+        let forwarded = raw.map(crate::path::url_path);
+        let normalized = match (need_normalized, forwarded) {
+            (true, Some(f)) => match crate::path::normalize(f) {
+                Cow::Owned(n) if n != f => Some(n),
+                _ => None,
+            },
+            _ => None,
         };
         Ctx {
             attrs,
-            path,
+            forwarded,
+            normalized,
             cel_errors: Cell::new(0),
+        }
+    }
+
+    fn path(&self, view: PathView) -> Option<&str> {
+        match view {
+            PathView::Forwarded => self.forwarded,
+            PathView::Normalized => self.normalized.as_deref().or(self.forwarded),
+        }
+    }
+
+    /// The attributes a CEL expression sees for one view of the path.
+    fn cel_attrs(&self, view: PathView) -> Cow<'_, Attributes<'_>> {
+        match (view, self.normalized.as_deref(), self.attrs.http.as_ref()) {
+            (PathView::Normalized, Some(n), Some(http)) => Cow::Owned(Attributes {
+                http: Some(HttpAttributes {
+                    path: Some(n),
+                    ..http.clone()
+                }),
+                ..self.attrs.clone()
+            }),
+            _ => Cow::Borrowed(self.attrs),
         }
     }
 
@@ -270,7 +330,7 @@ fn claim_matches(jwt: Option<&serde_json::Value>, path: &[Box<str>], m: &StrMatc
 }
 
 impl Matcher {
-    pub(crate) fn matches(&self, ctx: &Ctx<'_>) -> bool {
+    pub(crate) fn matches(&self, ctx: &Ctx<'_>, view: PathView) -> bool {
         let a = ctx.attrs;
         let http = a.http.as_ref();
         match self {
@@ -297,8 +357,8 @@ impl Matcher {
                 .and_then(|h| h.host)
                 .is_some_and(|h| m.matches_ignore_case(h)),
             Matcher::Method(m) => http.and_then(|h| h.method).is_some_and(|v| m.matches(v)),
-            Matcher::Path(m) => ctx.path.as_deref().is_some_and(|p| m.matches(p)),
-            Matcher::PathTemplate(t) => ctx.path.as_deref().is_some_and(|p| t.matches(p)),
+            Matcher::Path(m) => ctx.path(view).is_some_and(|p| m.matches(p)),
+            Matcher::PathTemplate(t) => ctx.path(view).is_some_and(|p| t.matches(p)),
             // Envoy RBAC: a header sent several times matches when any one of its values does.
             Matcher::Header { name, value } => {
                 http.is_some_and(|h| h.header_values(name).any(|v| value.matches(v)))
@@ -324,7 +384,7 @@ impl Matcher {
             Matcher::Cel {
                 expression,
                 on_error,
-            } => match expression.evaluate(a) {
+            } => match expression.evaluate(&ctx.cel_attrs(view)) {
                 Ok(b) => b,
                 Err(_) => {
                     ctx.cel_errors.set(ctx.cel_errors.get().saturating_add(1));
@@ -332,6 +392,12 @@ impl Matcher {
                 }
             },
         }
+    }
+
+    fn reads_path(&self) -> bool {
+        let mut req = Requirements::default();
+        self.add_requirements(&mut req);
+        req.path
     }
 
     /// Relative cost, to order the fields of a clause.

@@ -62,6 +62,9 @@ where
             }
         }
     }
+    // Istio matches the path the application receives; a DENY or AUDIT also matches the
+    // normalized path, which can only tighten (see `crate::path`).
+    out.also_normalized = ctx.action != Action::Allow && out.reads_path();
     Ok(if out.is_empty() { None } else { Some(out) })
 }
 

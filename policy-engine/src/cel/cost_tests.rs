@@ -256,7 +256,7 @@ fn over_limit_error_never_widens_access() {
             ..conn()
         };
         let decision = engine.check(crate::Protocol::Http, &attrs);
-        assert_eq!(decision.allowed, allowed, "{}", &path[..path.len().min(20)]);
+        assert_eq!(decision.allowed(), allowed, "{}", &path[..path.len().min(20)]);
     }
 }
 

@@ -152,7 +152,7 @@ impl Attr {
             Attr::ConnectionSni => attrs.sni.map(str_value),
             Attr::RequestMethod => http()?.method.map(str_value),
             Attr::RequestPath | Attr::RequestUrlPath => {
-                http()?.path.map(|p| str_value(&crate::path::normalize(p)))
+                http()?.path.map(|p| str_value(crate::path::url_path(p)))
             }
             Attr::RequestHost => http()?.host.map(str_value),
             Attr::RequestHeaders => {

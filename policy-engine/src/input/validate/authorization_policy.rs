@@ -294,6 +294,24 @@ fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> 
         );
     }
     check_lists(f, &lists, path);
+    // Istio matches `spiffe://` + the value: a value written with the prefix never matches (in
+    // `notPrincipals` it then matches everyone).
+    for (field, values) in [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+    ] {
+        for (k, v) in values.iter().enumerate() {
+            if v.starts_with("spiffe://") {
+                f.warning(
+                    &path.field(field).index(k),
+                    format!(
+                        "{v:?} can never match: principals are written without `spiffe://` (Istio adds it), e.g. {:?}",
+                        v.trim_start_matches("spiffe://")
+                    ),
+                );
+            }
+        }
+    }
     // Istio's `tcpRulesInFrom` (without trustDomains, as in Istio).
     [
         &s.principals,

@@ -1,9 +1,9 @@
 //! `meshauthz-strip-exports <module.wasm>`: rewrites the module in place so that it exports only
-//! the proxy-wasm callbacks meshauthz implements (see `meshauthz::exports`). `make build` runs it.
+//! the proxy-wasm callbacks meshauthz implements (see `meshauthz_tools::exports`). `make build` runs it.
 
 use std::process::ExitCode;
 
-use meshauthz::exports::rewrite;
+use meshauthz_tools::exports::rewrite;
 
 fn main() -> ExitCode {
     let Some(path) = std::env::args().nth(1) else {

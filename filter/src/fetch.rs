@@ -1,0 +1,304 @@
+//! Fetching what the compiled policies need from the host, and nothing more
+//! ([`policy_engine::Requirements`]): the transport facts of the stream ([`Transport`]), the peer
+//! identity, the request attributes; then asking the policies ([`evaluate`]).
+
+use std::net::IpAddr;
+
+use policy_engine::{Attributes, Decision, HttpAttributes, MtlsMode, Protocol};
+
+use crate::attrs::{decode_bool, decode_port, decode_str, parse_ip};
+use crate::names::{JWT_AUTHN, PEER_SANS};
+use crate::traits::{Authorizer, Host};
+use crate::vm::ConnFacts;
+
+pub(crate) fn prop_str(host: &dyn Host, path: &[&str]) -> Option<String> {
+    host.property(path)
+        .and_then(decode_str)
+        .filter(|s| !s.is_empty())
+}
+
+pub(crate) fn prop_ip(host: &dyn Host, path: &[&str]) -> Option<IpAddr> {
+    prop_str(host, path).and_then(|s| parse_ip(&s))
+}
+
+fn header(host: &dyn Host, name: &str) -> Option<String> {
+    // Lossy: a value that is not UTF-8 still matches (or fails to match) as the bytes it has,
+    // never disappears (an absent path would not match a DENY rule on it).
+    host.request_header(name)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Why a peer certificate's identity cannot be taken as Envoy RBAC would take it. Such a
+/// certificate is refused wherever a policy reads the principal: Envoy's `authenticated`
+/// matcher tries every URI SAN, every DNS SAN and the subject, and matching fewer could let a
+/// DENY miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// No SAN list in connection filter state: the `set_filter_state` companion is not on this
+    /// filter chain (or runs after `meshauthz_net`).
+    NoSanList,
+    /// The certificate carries more than one SAN (URI and DNS counted together), or a SAN with a
+    /// separator in it: one identity cannot stand for it.
+    SeveralSans,
+}
+
+impl Unseen {
+    pub fn message(self) -> &'static str {
+        match self {
+            Unseen::NoSanList => "the peer certificate's SAN list (connection filter state meshauthz.peer_sans) is missing: put envoy.filters.network.set_filter_state with on_downstream_tls_handshake first on the filter chain (see the templates): connection denied",
+            Unseen::SeveralSans => "the peer certificate carries more than one SAN: Envoy RBAC would match every one of them, meshauthz matches one identity: connection denied",
+        }
+    }
+}
+
+/// The peer identity as Envoy RBAC's `authenticated` principal sees it, for a certificate with at
+/// most one SAN: that SAN (URI or DNS), else the subject. Read from the SAN list Envoy's
+/// `set_filter_state` companion wrote ([`crate::names::PEER_SANS`]); proxy-wasm itself exposes
+/// only the first URI SAN. Callers ask only on an mTLS connection.
+pub(crate) fn peer_identity(host: &dyn Host) -> Result<Option<String>, Unseen> {
+    let sans = host
+        .property(&["filter_state", PEER_SANS])
+        .and_then(decode_str)
+        .ok_or(Unseen::NoSanList)?;
+    match single_san(&sans)? {
+        Some(san) => Ok(Some(san.to_string())),
+        None => Ok(prop_str(host, &["connection", "subject_peer_certificate"])),
+    }
+}
+
+/// The one SAN of `<uri,uri,...> <dns,dns,...>`, `None` for none. Counting splits at every comma
+/// and space, so a SAN that contains one is counted twice: refused, never matched in pieces.
+fn single_san(sans: &str) -> Result<Option<&str>, Unseen> {
+    let (uris, dns) = sans.split_once(' ').ok_or(Unseen::SeveralSans)?;
+    let all = [uris, dns];
+    let count: usize = all
+        .iter()
+        .map(|list| {
+            if list.is_empty() {
+                0
+            } else {
+                list.split([',', ' ']).count()
+            }
+        })
+        .sum();
+    match count {
+        0 => Ok(None),
+        1 => Ok(all.into_iter().find(|l| !l.is_empty())),
+        _ => Err(Unseen::SeveralSans),
+    }
+}
+
+/// The identity the policies see on this stream: `Ok(None)` when they read none or the stream
+/// is not authenticated (plaintext, or TLS on a DISABLE port). `facts`: what `meshauthz_net`
+/// recorded for the connection; else the host is asked.
+pub(crate) fn principal(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    t: &Transport,
+    facts: Option<&ConnFacts>,
+) -> Result<Option<String>, Unseen> {
+    if !authz.requirements().principal || !t.authenticated() {
+        return Ok(None);
+    }
+    match facts {
+        Some(f) => f.identity.clone(),
+        None => peer_identity(host),
+    }
+}
+
+/// The transport facts of a stream: whether it is mTLS and the mode of its port.
+pub(crate) struct Transport {
+    pub(crate) mtls: bool,
+    pub(crate) port: Option<u16>,
+    pub(crate) mode: MtlsMode,
+}
+
+impl Transport {
+    /// Whether the peer is authenticated. DISABLE: the workload does not authenticate peers; a
+    /// TLS connection there is refused by the stages, and were it not, its certificate would
+    /// grant nothing: no principal, not mTLS.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.mtls && self.mode != MtlsMode::Disable
+    }
+}
+
+/// The mTLS mode at `port`; an unknown port where ports differ is taken as STRICT (the strictest).
+pub(crate) fn mode_at(authz: &dyn Authorizer, port: Option<u16>) -> MtlsMode {
+    match port {
+        Some(p) => authz.mtls_mode(p),
+        None if authz.port_specific_mtls() => MtlsMode::Strict,
+        None => authz.mtls_mode(0),
+    }
+}
+
+/// `facts`: what `meshauthz_net` recorded for this connection, if anything; else the host is
+/// asked.
+pub(crate) fn transport(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    always_port: bool,
+    facts: Option<&ConnFacts>,
+) -> Transport {
+    let mtls = match facts {
+        Some(f) => f.mtls,
+        None => host
+            .property(&["connection", "mtls"])
+            .and_then(|b| decode_bool(&b))
+            .unwrap_or(false),
+    };
+    let need_port =
+        always_port || authz.requirements().destination_port || authz.port_specific_mtls();
+    let port = match facts {
+        _ if !need_port => None,
+        Some(f) => f.port,
+        None => host
+            .property(&["destination", "port"])
+            .and_then(|b| decode_port(&b)),
+    };
+    let mode = mode_at(authz, port);
+    Transport { mtls, port, mode }
+}
+
+/// Owned attribute values fetched from the host, borrowed by [`Attributes`].
+#[derive(Default)]
+struct Fetched {
+    principal: Option<String>,
+    sni: Option<String>,
+    host: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// Fetches what the policies need and asks them. `principal`: from [`principal`]; `peer_ip` is
+/// the direct peer (L4: the socket peer; L7: handed over by the network filter).
+pub(crate) fn evaluate(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    protocol: Protocol,
+    t: &Transport,
+    principal: Option<String>,
+    peer_ip: Option<IpAddr>,
+) -> Decision {
+    let req = authz.requirements();
+    let authenticated = t.authenticated();
+    let mut f = Fetched {
+        principal,
+        ..Fetched::default()
+    };
+    if req.sni {
+        f.sni = prop_str(host, &["connection", "requested_server_name"]);
+    }
+    let http = protocol == Protocol::Http;
+    if http {
+        // Envoy RBAC matches a header sent several times when any one of its values matches.
+        // The host's single-header read returns the first value only, so a second copy could
+        // hide the value a DENY names: when policies name headers, the whole list is read once
+        // (one host call). The pseudo-headers are then taken from that list, not read one by
+        // one (each read is a host call); one missing from the list is still read by itself.
+        let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
+        let pseudo = |name: &str| {
+            all.as_ref()
+                .and_then(|all| all.iter().find(|(n, _)| n == name))
+                .map(|(_, v)| v.clone())
+                .or_else(|| header(host, name))
+        };
+        if req.host {
+            f.host = pseudo(":authority");
+        }
+        if req.method {
+            f.method = pseudo(":method");
+        }
+        if req.path {
+            f.path = pseudo(":path");
+        }
+        if let Some(all) = all {
+            if req.all_headers {
+                f.headers = all;
+            } else {
+                // Every value of the headers the policies name.
+                for (n, value) in all {
+                    if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                        f.headers.push((name.clone(), value));
+                    }
+                }
+            }
+        }
+    }
+    let remote_ip = if req.remote_ip {
+        prop_ip(host, &["source", "address"])
+    } else {
+        None
+    };
+    let destination_ip = if req.destination_ip {
+        prop_ip(host, &["destination", "address"])
+    } else {
+        None
+    };
+    // Dynamic metadata: the JWT payload Envoy's jwt_authn filter verified, and
+    // `experimental.envoy.filters.*` conditions. Never a request header.
+    let metadata = if (http && req.jwt) || !req.dynamic_metadata.is_empty() {
+        host.property(&["metadata"])
+            .and_then(|b| crate::proto::decode_metadata(&b))
+    } else {
+        None
+    };
+    let jwt = if http && req.jwt {
+        metadata
+            .as_ref()
+            .and_then(|m| m.get(JWT_AUTHN))
+            .and_then(|f| f.get("payload"))
+    } else {
+        None
+    };
+    let pairs: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let attrs = Attributes {
+        principal: f.principal.as_deref(),
+        mtls: authenticated,
+        source_ip: peer_ip,
+        remote_ip,
+        destination_ip,
+        destination_port: t.port,
+        sni: f.sni.as_deref(),
+        dynamic_metadata: metadata.as_ref(),
+        http: http.then(|| HttpAttributes {
+            host: f.host.as_deref(),
+            method: f.method.as_deref(),
+            path: f.path.as_deref(),
+            headers: &pairs,
+            jwt,
+        }),
+    };
+    authz.check(protocol, &attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_san_is_the_identity_several_are_refused() {
+        let one = "spiffe://cluster.local/ns/foo/sa/admin";
+        assert_eq!(single_san(&format!("{one} ")), Ok(Some(one)));
+        assert_eq!(single_san(" client.foo.svc"), Ok(Some("client.foo.svc")));
+        assert_eq!(single_san(" "), Ok(None));
+        // As Envoy 1.40 writes a certificate with two URI SANs and a DNS SAN.
+        for sans in [
+            "spiffe://cluster.local/ns/foo/sa/admin,spiffe://cluster.local/ns/default/sa/blocked ",
+            "spiffe://cluster.local/ns/foo/sa/admin x.example",
+            " a.example,b.example",
+            // A SAN with a separator inside is never read as one identity.
+            "spiffe://td/a,b ",
+            "spiffe://td/a b ",
+            // Not what the companion writes.
+            "",
+            "spiffe://td/a",
+        ] {
+            assert_eq!(single_san(sans), Err(Unseen::SeveralSans), "{sans:?}");
+        }
+    }
+}

@@ -370,7 +370,12 @@ pub fn istio_object(u: &mut Unstructured<'_>) -> Result<Value> {
     )?;
     let mut metadata = json!({"name": pick(u, NAMES)?, "namespace": pick(u, NAMESPACES)?});
     if u.ratio(1, 5)? {
-        metadata["annotations"] = json!({"istio.io/dry-run": pick(u, &["true", "false", "x"])?});
+        if let Some(m) = metadata.as_object_mut() {
+            m.insert(
+                "annotations".into(),
+                json!({"istio.io/dry-run": pick(u, &["true", "false", "x"])?}),
+            );
+        }
     }
     Ok(json!({"apiVersion": version, "kind": kind, "metadata": metadata, "spec": spec}))
 }
@@ -511,7 +516,7 @@ impl Request {
             destination_port: self.port,
             sni: self.sni.as_deref(),
             dynamic_metadata: self.dynamic_metadata.as_ref(),
-            http: (!self.protocol_tcp).then(|| HttpAttributes {
+            http: (!self.protocol_tcp).then_some(HttpAttributes {
                 host: self.host.as_deref(),
                 method: self.method.as_deref(),
                 path: self.path.as_deref(),

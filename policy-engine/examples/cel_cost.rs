@@ -106,6 +106,21 @@ fn main() -> Result<(), String> {
             }),
         ),
     ];
+    if std::env::args().any(|a| a == "--typical") {
+        for src in [
+            "destination.port == 8443",
+            r#"request.headers["x-tenant"] == source.namespace"#,
+            r#"has(source.principal) && source.principal.endsWith("/sa/admin")"#,
+            r#"destination.port == 8443 && source.principal.endsWith("/sa/admin") && ip_in_cidr(source.address, "10.0.0.0/8")"#,
+            r#"request.path.matches("^/api/v[0-9]+/")"#,
+            r#""admins" in request.auth.claims.groups"#,
+            r#"request.auth.claims.groups.exists(g, g.startsWith("team-"))"#,
+            r#"request.headers.exists(k, k.startsWith("x-debug"))"#,
+        ] {
+            println!("{:>6}  {src}", CelExpression::compile(src)?.cost());
+        }
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--unbounded") {
         // What the issue's reproduction costs without the bound: the bare interpreter.
         let src = nested(3, 200);

@@ -945,8 +945,9 @@ pub fn render_compose_servers(out: &Path, cli: &Path, files: &[PathBuf]) -> Resu
 }
 
 /// Write the compose sandbox's inputs into `out` (`envoy-config/sandbox/generated/`):
-/// `envoy/<template name>` for every template (rendered for the containers), `certs/`,
-/// `meshauthz.wasm` (a copy of the built module), `plugin-config.json`. Returns the files written.
+/// `envoy/<template name>` for every template (rendered for the containers), `certs/` (kept when
+/// complete), `meshauthz.wasm` (a copy of the built module), `plugin-config.json`. Returns the
+/// files written.
 pub fn render_compose(
     out: &Path,
     cli: &Path,
@@ -956,8 +957,18 @@ pub fn render_compose(
     let envoy_dir = out.join("envoy");
     let certs = out.join("certs");
     fs::create_dir_all(&envoy_dir)?;
-    let pki = Pki::generate(&certs)?;
-    pki.client(CLIENT_NS, CLIENT_SA)?;
+    // Keep the certificates of an earlier rendering: running containers trust that CA (only the
+    // server sidecars restart for the STRICT step).
+    let client = format!("client-{CLIENT_NS}-{CLIENT_SA}");
+    let have_certs = ["ca.crt", "server.crt", "server.key"]
+        .iter()
+        .map(|f| f.to_string())
+        .chain([format!("{client}.crt"), format!("{client}.key")])
+        .all(|f| certs.join(f).is_file());
+    if !have_certs {
+        let pki = Pki::generate(&certs)?;
+        pki.client(CLIENT_NS, CLIENT_SA)?;
+    }
     let module = out.join("meshauthz.wasm");
     fs::copy(module_path()?, &module)?;
     let mut written = vec![module];

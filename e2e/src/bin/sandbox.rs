@@ -18,6 +18,7 @@
 //!             --compose-admin-port (19901) --compose-client-admin-port (19902)
 //!             --compose-tcp-admin-port (19903)
 //!             --keep (leave it running after the story)
+//! sandbox compose-down [--project P]   stop what `sandbox compose --keep` (or an interrupted run) left
 //!
 //! PORT FLAGS: --port (server inbound, 8080) --admin-port (9901) --app-port (8090)
 //!             --client-port (8000) --client-admin-port (9902)
@@ -66,7 +67,7 @@ fn parse_args() -> Result<Args> {
     let mut it = argv.iter();
     let command = it.next().cloned().ok_or_else(|| {
         Error(
-            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose (see the source header)"
+            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down (see the source header)"
                 .into(),
         )
     })?;
@@ -233,8 +234,9 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "compose" => compose_story::main(&args.compose, &sb.cli),
+        "compose-down" => compose_story::down(&args.compose),
         other => Err(Error(format!(
-            "unknown command {other:?}: up|demo|ci|mode|down|hints|echo|render-compose|compose"
+            "unknown command {other:?}: up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down"
         ))),
     }
 }

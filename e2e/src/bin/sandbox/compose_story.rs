@@ -212,6 +212,21 @@ pub fn main(o: &Options, cli: &Path) -> Result<ExitCode> {
     })
 }
 
+/// `sandbox compose-down`: take the project down (containers and networks), whatever left it.
+pub fn down(o: &Options) -> Result<ExitCode> {
+    let engine = match Engine::detect(&o.work) {
+        Ok(e) => e,
+        Err(reason) => {
+            println!("sandbox compose: nothing to stop: no container engine here ({reason})");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    prepare_dir(&o.dir)?;
+    let mut project = Project::new(engine, &o.project, &o.dir, Vec::new());
+    stop(&mut project)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn stop(project: &mut Project) -> Result<()> {
     project.down()?;
     let (containers, networks) = project.leftovers()?;
@@ -225,24 +240,37 @@ fn stop(project: &mut Project) -> Result<()> {
 }
 
 fn project_kept(project: &Project, o: &Options) {
-    let c = project.engine.compose_name();
-    let dir = shown(&o.dir);
-    println!("\nThe compose sandbox is running (STRICT). Try by hand, in {dir}:");
-    let env: String = project
-        .vars
-        .iter()
-        .filter(|(k, _)| k.ends_with("_IMAGE"))
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect();
-    let pre = format!("{env}{c} -p {}", project.name);
-    println!("  {pre} exec sleep curl -sS http://client:8000/hello");
-    println!("  {pre} exec legacy curl -sS http://server:8080/hello");
-    println!("  {pre} logs server");
+    println!("\nThe compose sandbox is running (STRICT step). Try by hand:");
+    let e = &project.engine;
+    if let Some((k, v)) = e.env.first() {
+        println!("  export {k}={v}");
+    }
+    let name = |s: &str| project.container(s).unwrap_or_else(|_| s.to_string());
+    println!(
+        "  {} exec {} curl -sS http://client:8000/hello          # in-mesh: 200",
+        e.program,
+        name("sleep")
+    );
+    println!(
+        "  {} exec {} curl -sS http://client:8000/admin          # 403 RBAC: access denied",
+        e.program,
+        name("sleep")
+    );
+    println!(
+        "  {} exec {} curl -sS http://server:8080/hello         # plaintext: reset in STRICT",
+        e.program,
+        name("legacy")
+    );
+    println!(
+        "  {} logs {}                          # the access log",
+        e.program,
+        name("server")
+    );
     println!(
         "  curl -s 'http://127.0.0.1:{}/stats?filter=meshauthz'",
         o.server_admin
     );
-    println!("  {pre} down");
+    println!("  make sandbox-compose-stop");
 }
 
 fn wait_all_ready(project: &Project, o: &Options) -> Result<()> {

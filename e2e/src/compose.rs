@@ -551,7 +551,7 @@ impl Project {
         let name = self.container(service)?;
         run_ok(
             self.engine
-                .cmd(["restart", "-t", "5", name.as_str()])
+                .cmd(["restart", "-t", "2", name.as_str()])
                 .as_mut(),
             Duration::from_secs(120),
         )?;

@@ -371,6 +371,7 @@ fn plugin_config_value(
         // meshauthz_net runs on HTTP ports too (STRICT, direct peer for ipBlocks) and must leave
         // their authorization to meshauthz_http.
         http_ports: http_ports.to_vec(),
+        enforce: policy_engine::EnforceMode::Separate,
     };
     config.write().map_err(|d| {
         print_diagnostics("plugin configuration", &d);

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use policy_engine::{plugin_config, Engine, Workload};
+use policy_engine::{plugin_config, Action, EnforceMode, Engine, Workload};
 
 /// The decoded document, with the warnings found while decoding its policies (logged once, when
 /// it is compiled).
@@ -68,6 +68,9 @@ pub struct Compiled {
     pub http_ports: Vec<u16>,
     /// Ports that policies or PeerAuthentication name (for per-port plaintext metrics).
     pub named_ports: Vec<u16>,
+    /// `enforce`: `Decide` when the decide stages answer denials themselves (no companion, no
+    /// enforce stage in the chain).
+    pub enforce: EnforceMode,
     /// Warnings of loading/compiling (logged once).
     pub warnings: Vec<String>,
     /// The access-log labels of this configuration's rules, built on first use. They live and
@@ -110,12 +113,30 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
         .cloned()
         .chain(compile_warnings.0.iter().map(|d| format!("policies: {d}")))
         .collect();
+    if cfg.enforce == EnforceMode::Decide {
+        // Only Envoy's RBAC LOG filter, between the stages, can mark a request audited: a chain
+        // without it would drop the audit trail silently. Refused (the last valid configuration
+        // stays; with none, everything is denied).
+        let audits: Vec<String> = engine
+            .policies()
+            .iter()
+            .filter(|p| p.action == Action::Audit)
+            .map(|p| p.qualified_name())
+            .collect();
+        if !audits.is_empty() {
+            return Err(vec![format!(
+                "enforce: \"decide\" (decide stage alone) but AUDIT policies apply to this workload ({}): the audit trail needs the RBAC LOG companion and meshauthz_http_enforce; write \"enforce\": \"separate\" and deploy the full chain",
+                audits.join(", ")
+            )]);
+        }
+    }
     let named_ports = engine.named_ports().to_vec();
     Ok(Compiled {
         authz: Box::new(engine),
         plaintext_filter_chains: cfg.plaintext_filter_chains.clone(),
         http_ports: cfg.http_ports.clone(),
         named_ports,
+        enforce: cfg.enforce,
         warnings,
         labels: crate::verdict::Labels::default(),
     })

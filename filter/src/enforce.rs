@@ -6,6 +6,7 @@ use crate::attrs::decode_bool;
 use crate::names::ACCESS_LOG_HINT;
 use crate::plugin::Plugin;
 use crate::traits::Host;
+use crate::verdict::Verdict;
 
 /// The filter-state keys one enforce stage reads (as Envoy names them, `wasm.` included).
 pub(crate) struct Keys {
@@ -62,4 +63,25 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> boo
     plugin.log_error(host, problem);
     plugin.count(|m| m.fail_closed);
     false
+}
+
+/// With AUDIT policies applying, an enforce stage must follow the decide stage: only it checks
+/// that the RBAC LOG companion marked the request. Without one (`enforce_present` false: no
+/// enforce root in this VM, or `"enforce": "decide"`) the audit trail would vanish silently, so
+/// the request is denied (fail closed), logged and counted.
+pub(crate) fn audit_needs_enforce_stage(
+    host: &dyn Host,
+    plugin: &Plugin,
+    v: Verdict,
+    enforce_present: bool,
+    message: &str,
+) -> Verdict {
+    if enforce_present || v.audit.is_none() || !v.allowed {
+        return v;
+    }
+    plugin.log_error(host, message);
+    Verdict {
+        audit: v.audit,
+        ..Verdict::deny("deny audit-companion-missing", true)
+    }
 }

@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use policy_engine::{MtlsMode, Protocol};
+use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
-use crate::enforce::{self, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, Keys};
 use crate::fetch::{evaluate, principal, prop_ip, transport};
 use crate::names::{
     FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
@@ -21,11 +21,16 @@ use crate::vm::ConnFacts;
 
 /// `meshauthz_http`, `on_http_request_headers`.
 pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
-    let v = match plugin.compiled() {
+    let compiled = plugin.compiled();
+    let enforce = plugin.vm.http_enforce.get()
+        && compiled
+            .as_ref()
+            .is_none_or(|c| c.enforce == EnforceMode::Separate);
+    let v = match compiled {
         None => Verdict::deny("deny no-valid-configuration", true),
         Some(c) => verdict(host, plugin, &c),
     };
-    let enforce = plugin.vm.http_enforce.get();
+    let v = audit_needs_enforce_stage(host, plugin, v, enforce, AUDIT_WITHOUT_ENFORCE);
     if publish(
         host,
         &plugin.metrics.borrow(),
@@ -38,6 +43,8 @@ pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
     }
     Flow::Continue
 }
+
+const AUDIT_WITHOUT_ENFORCE: &str = "AUDIT policies apply but no meshauthz_http_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: denied";
 
 fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     let authz = c.authz.as_ref();

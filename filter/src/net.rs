@@ -5,10 +5,10 @@
 
 use std::net::IpAddr;
 
-use policy_engine::{MtlsMode, Protocol};
+use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64};
-use crate::enforce::{self, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::names::{
     FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
@@ -95,9 +95,13 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         return Flow::Continue;
     }
     conn.decided = true;
-    let enforce = plugin.vm.net_enforce.get();
+    let compiled = plugin.compiled();
+    let enforce = plugin.vm.net_enforce.get()
+        && compiled
+            .as_ref()
+            .is_none_or(|c| c.enforce == EnforceMode::Separate);
     let keys = (NET_DECISION, NET_AUDIT, NET_SHADOW);
-    let Some(c) = plugin.compiled() else {
+    let Some(c) = compiled else {
         publish(
             host,
             &plugin.metrics.borrow(),
@@ -144,6 +148,7 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
             Verdict::deny("deny peer-certificate-unseen", true)
         }
     };
+    let v = audit_needs_enforce_stage(host, plugin, v, enforce, "AUDIT policies apply but no meshauthz_net_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: connection closed");
     if publish(host, &plugin.metrics.borrow(), &v, keys, enforce) {
         return conn.close(host);
     }

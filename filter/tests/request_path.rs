@@ -20,7 +20,8 @@ use meshauthz_filter::traits::{Authorizer, Flow, Host};
 use meshauthz_filter::vm::VmState;
 use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
-    Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
+    Attributes, Cause, Decision, EnforceMode, MtlsMode, Protocol, Requirements, RuleId,
+    ShadowResult,
 };
 
 // ---- fake host ------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ struct Setup {
     req: Requirements,
     http_ports: Vec<u16>,
     enforce: bool,
+    enforce_mode: EnforceMode,
 }
 
 impl Setup {
@@ -289,6 +291,7 @@ impl Setup {
             },
             http_ports: Vec::new(),
             enforce: true,
+            enforce_mode: EnforceMode::Separate,
         }
     }
 
@@ -313,6 +316,7 @@ impl Setup {
                 plaintext_filter_chains: vec!["plaintext".to_string()],
                 http_ports: self.http_ports,
                 named_ports: vec![8080],
+                enforce: self.enforce_mode,
                 warnings: Vec::new(),
                 labels: Default::default(),
             },
@@ -528,6 +532,96 @@ fn decide_stage_denies_by_itself_without_an_enforce_root() {
     let (decide, _, _) = s.build(&host);
     assert_eq!(http::decide(&host, &decide), Flow::Continue);
     assert_eq!(host.forbidden(), 0);
+}
+
+#[test]
+fn decide_mode_answers_denials_itself_even_with_an_enforce_root() {
+    // `"enforce": "decide"`: the decide stage is the whole chain; an enforce root configured in
+    // the VM (another listener) does not make it wait for a stage that is not there.
+    let host = FakeHost::default().mtls(true);
+    let mut s = Setup::new(deny(Cause::DenyRule(R0)));
+    s.enforce_mode = EnforceMode::Decide;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+    assert_eq!(
+        host.state(names::HTTP_DECISION).as_deref(),
+        Some("deny ns[foo]-policy[p0]-rule[0]")
+    );
+    // The same denial in "separate" mode waits for the enforce stage.
+    let host = FakeHost::default().mtls(true);
+    let (decide, _, _) = Setup::new(deny(Cause::DenyRule(R0))).build(&host);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(host.forbidden(), 0);
+}
+
+#[test]
+fn audit_without_an_enforce_stage_fails_closed() {
+    // An audited, allowed request with nothing after the decide stage to check the RBAC LOG
+    // companion: the audit trail would be lost, so it is denied.
+    for (enforce_root, mode) in [
+        (false, EnforceMode::Separate),
+        (true, EnforceMode::Decide),
+        (false, EnforceMode::Decide),
+    ] {
+        let host = FakeHost::default().mtls(true);
+        let mut d = allow(Cause::AllowRule(R0));
+        d.audit_policy_applies = true;
+        d.audit_rule = Some(R0);
+        let mut s = Setup::new(d);
+        s.enforce = enforce_root;
+        s.enforce_mode = mode;
+        let (decide, _, _) = s.build(&host);
+        assert_eq!(http::decide(&host, &decide), Flow::Stop, "{enforce_root} {mode:?}");
+        assert_eq!(host.forbidden(), 1);
+        assert_eq!(
+            host.state(names::HTTP_DECISION).as_deref(),
+            Some("deny audit-companion-missing")
+        );
+        assert!(
+            host.errors()
+                .iter()
+                .any(|e| e.contains("no meshauthz_http_enforce stage follows")),
+            "{:?}",
+            host.errors()
+        );
+        decide.flush_metrics(&host);
+        assert_eq!(host.count("meshauthz.fail_closed"), 1);
+    }
+    // AUDIT policies apply but none matched, and the request is allowed: still denied (the
+    // companion's absence cannot be told from its correct work without the enforce stage).
+    let host = FakeHost::default().mtls(true);
+    let mut d = allow(Cause::AllowRule(R0));
+    d.audit_policy_applies = true;
+    let mut s = Setup::new(d);
+    s.enforce = false;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
+}
+
+#[test]
+fn decide_mode_with_audit_policies_is_refused_and_denies() {
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "audit-api", "namespace": "foo"},
+         "spec": {"action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/api/*"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "enforce": "decide"}"#;
+    let host = FakeHost::default().mtls(true).header(":path", "/hello");
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, names::ROOT_HTTP, Some(doc));
+    assert!(
+        host.errors().iter().any(|e| e.contains(
+            "enforce: \"decide\" (decide stage alone) but AUDIT policies apply to this workload (foo/audit-api)"
+        )),
+        "{:?}",
+        host.errors()
+    );
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
+    assert_eq!(
+        host.state(names::HTTP_DECISION).as_deref(),
+        Some("deny no-valid-configuration")
+    );
 }
 
 #[test]
@@ -1540,6 +1634,50 @@ fn host_call_budget_of_an_allowed_request() {
         host.take_calls(),
         Vec::<String>::new(),
         "nothing new to flush"
+    );
+}
+
+/// With `"enforce": "decide"` (no AUDIT policy) the whole HTTP chain is one Wasm filter: the
+/// request costs the decide stage's calls and nothing else (no enforce stage, no RBAC LOG filter).
+#[test]
+fn host_call_budget_of_the_decide_stage_alone() {
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "only-bar", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "enforce": "decide"}"#;
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar")
+        .header(":path", "/hello");
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, names::ROOT_HTTP, Some(doc));
+    host.take_calls();
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "get filter_state.meshauthz.peer_sans",
+            "set meshauthz_decision",
+        ]
+    );
+    // A denied request: answered here, one more call (the local reply).
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/other")
+        .header(":path", "/hello");
+    host.take_calls();
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get connection.mtls",
+            "get filter_state.meshauthz.peer_sans",
+            "set meshauthz_decision",
+            "forbid",
+        ]
     );
 }
 

@@ -43,7 +43,7 @@ pub use authz::PolicyInfo;
 pub use decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 pub use engine::Engine;
 pub use error::{Diagnostic, Diagnostics, ObjectRef, Severity};
-pub use input::plugin_config::{self, PluginConfig};
+pub use input::plugin_config::{self, EnforceMode, PluginConfig};
 pub use input::{load_str, load_value, LoadOptions};
 pub use model::{Action, MtlsMode, PolicySet};
 pub use peer_authn::ResolvedMtls;

@@ -31,6 +31,13 @@ const TD: &str = "cluster.local";
 
 impl Mix {
     /// The workload label the policies select (`--label` of `meshauthz plugin-config`).
+    /// Whether the mix carries an AUDIT policy.
+    pub fn has_audit(self) -> bool {
+        match self {
+            Mix::Uniform { audit } | Mix::Realistic { audit, .. } => audit,
+        }
+    }
+
     pub fn workload_label(self) -> &'static str {
         match self {
             Mix::Uniform { .. } => "app=echo",

@@ -82,6 +82,19 @@ pub fn start(v: Variant, dir: &Path, pki: &Pki, cli: &Path, launch: &Launch) -> 
         let admin = free_port()?;
         let port = free_port()?;
         let plugin = match v.chain {
+            Chain::Meshauthz {
+                decide: true,
+                log: false,
+                enforce: false,
+                ..
+            } if v.module.is_none() && !v.mix.has_audit() => {
+                // The one-stage chain (issue 12): the decide stage answers denials itself.
+                let mut p = cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?;
+                if let Some(o) = p.as_object_mut() {
+                    o.insert("enforce".into(), json!("decide"));
+                }
+                p
+            }
             Chain::Meshauthz { .. } => {
                 cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?
             }

@@ -68,6 +68,15 @@ impl Variant {
     }
 }
 
+/// The one-Wasm-call chain when no AUDIT policy applies (`"enforce": "decide"`): the network
+/// filter and the decide stage, no RBAC LOG companion, no enforce stage.
+pub const DECIDE_ONLY: Chain = Chain::Meshauthz {
+    net: true,
+    decide: true,
+    log: false,
+    enforce: false,
+};
+
 const UNIFORM: Mix = Mix::Uniform { audit: false };
 const UNIFORM_AUDIT: Mix = Mix::Uniform { audit: true };
 
@@ -131,6 +140,13 @@ fn realistic_variants() -> Vec<Variant> {
             &format!("rc-{n}-noaudit"),
             "meshauthz, full chain, realistic mix without AUDIT, last ALLOW",
             FULL,
+            n,
+            realistic(false, false),
+        ));
+        out.push(v(
+            &format!("rf-{n}-noaudit"),
+            "meshauthz, decide stage alone (enforce: decide), realistic mix without AUDIT, last ALLOW",
+            DECIDE_ONLY,
             n,
             realistic(false, false),
         ));

@@ -12,7 +12,8 @@
 //!   "trustDomain": "cluster.local",
 //!   "trustDomainAliases": [],
 //!   "plaintextFilterChains": ["plaintext"],
-//!   "httpPorts": [8080]
+//!   "httpPorts": [8080],
+//!   "enforce": "separate"
 //! }
 //! ```
 //!
@@ -51,6 +52,29 @@ pub struct PluginConfig {
     pub plaintext_filter_chains: Vec<String>,
     /// Ports authorized per HTTP request; every other port is authorized at L4.
     pub http_ports: Vec<u16>,
+    /// `enforce`: which stage answers a denial (the shape of the filter chain).
+    pub enforce: EnforceMode,
+}
+
+/// `enforce`: the shape of the filter chain the configuration is written for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EnforceMode {
+    /// `"separate"` (default): decide stage, RBAC LOG companion, enforce stage (needed when AUDIT
+    /// policies apply: only Envoy's RBAC LOG filter can mark a request audited).
+    #[default]
+    Separate,
+    /// `"decide"`: the decide stages answer denials themselves (one Wasm call per request); no
+    /// companion, no enforce stage. The module refuses it when AUDIT policies apply.
+    Decide,
+}
+
+impl EnforceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforceMode::Separate => "separate",
+            EnforceMode::Decide => "decide",
+        }
+    }
 }
 
 /// The default of `plaintextFilterChains`: the chain name the Envoy templates use.
@@ -64,6 +88,7 @@ const KEYS: &[&str] = &[
     "trustDomainAliases",
     "plaintextFilterChains",
     "httpPorts",
+    "enforce",
 ];
 
 impl PluginConfig {
@@ -75,6 +100,7 @@ impl PluginConfig {
             mesh: MeshConfig::default(),
             plaintext_filter_chains: vec![DEFAULT_PLAINTEXT_FILTER_CHAIN.to_string()],
             http_ports: Vec::new(),
+            enforce: EnforceMode::Separate,
         }
     }
 
@@ -113,6 +139,10 @@ impl PluginConfig {
             "httpPorts".into(),
             Value::Array(self.http_ports.iter().map(|p| Value::from(*p)).collect()),
         );
+        // Only when not the default: documents written before the key existed stay identical.
+        if self.enforce != EnforceMode::Separate {
+            m.insert("enforce".into(), self.enforce.as_str().into());
+        }
         Value::Object(m)
     }
 
@@ -217,6 +247,18 @@ fn decode_value(value: &Value) -> Result<(PluginConfig, Diagnostics), Diagnostic
     }
     if let Some(v) = map.get("httpPorts") {
         cfg.http_ports = ports(&mut dec, v, &root.field("httpPorts"));
+    }
+    if let Some(v) = map.get("enforce") {
+        let path = root.field("enforce");
+        match dec.string(v, &path).as_deref() {
+            Some("separate") => cfg.enforce = EnforceMode::Separate,
+            Some("decide") => cfg.enforce = EnforceMode::Decide,
+            Some(other) => dec.error(
+                &path,
+                format!("expected \"separate\" or \"decide\", found {other:?}"),
+            ),
+            None => {}
+        }
     }
 
     let mut all = Diagnostics(std::mem::take(&mut dec.diagnostics));
@@ -379,6 +421,23 @@ mod tests {
         // decode(write(x)) == x
         let written = cfg.write().unwrap().to_string();
         assert_eq!(decode(written.as_bytes()).unwrap().0, cfg);
+    }
+
+    #[test]
+    fn enforce_mode_decodes_writes_back_and_refuses_other_values() {
+        let (cfg, _) = decode(br#"{"policies": [], "enforce": "decide"}"#).unwrap();
+        assert_eq!(cfg.enforce, EnforceMode::Decide);
+        let written = cfg.write().unwrap();
+        assert_eq!(written["enforce"], json!("decide"));
+        assert_eq!(decode(written.to_string().as_bytes()).unwrap().0, cfg);
+        let (cfg, _) = decode(br#"{"policies": [], "enforce": "separate"}"#).unwrap();
+        assert_eq!(cfg.enforce, EnforceMode::Separate);
+        let e = errors(r#"{"policies": [], "enforce": "inline"}"#);
+        assert!(
+            e.contains("enforce: expected \"separate\" or \"decide\", found \"inline\""),
+            "{e}"
+        );
+        assert!(errors(r#"{"policies": [], "enforce": true}"#).contains("enforce: expected a string"));
     }
 
     #[test]

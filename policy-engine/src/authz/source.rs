@@ -84,6 +84,22 @@ impl Principal {
     pub(crate) fn exact(&self) -> Option<&str> {
         self.0.exact()
     }
+
+    /// `x*`: the prefix every identity it matches starts with (`spiffe://x`).
+    pub(crate) fn prefix(&self) -> Option<&str> {
+        match &self.0 {
+            StrMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// `*x`: the suffix every identity it matches ends with.
+    pub(crate) fn suffix(&self) -> Option<&str> {
+        match &self.0 {
+            StrMatch::PrefixThenSuffix { suffix, .. } => Some(suffix),
+            _ => None,
+        }
+    }
 }
 
 impl FieldMatcher for Principal {
@@ -195,6 +211,23 @@ impl Namespace {
                 .strip_prefix("/ns/")
                 .and_then(|r| r.strip_suffix('/'))
                 .filter(|ns| !ns.contains('/')),
+            _ => None,
+        }
+    }
+
+    /// `team-*` (one `*`, at the end): the pattern `*/ns/team-*/*`, so every principal it
+    /// matches has, right after some `/ns/`, text starting with `team-` (the rule index files it
+    /// there).
+    pub(crate) fn prefix(&self) -> Option<&str> {
+        match &self.0 {
+            StrMatch::Glob(parts) => match parts.as_slice() {
+                [first, ns, slash, last]
+                    if first.is_empty() && last.is_empty() && &**slash == "/" =>
+                {
+                    ns.strip_prefix("/ns/")
+                }
+                _ => None,
+            },
             _ => None,
         }
     }

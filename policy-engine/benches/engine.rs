@@ -6,6 +6,10 @@
 //!   has to be ruled out; the request is denied).
 //! * `check/deny_heavy/N`: N DENY policies with distinct principals plus one ALLOW-all; the request
 //!   comes from a principal no DENY names, so every DENY is ruled out before it is allowed.
+//! * `check/realistic_{last,first}/N`: issue 12's realistic mix (one AUDIT on `notNamespaces`, one
+//!   DENY on `notPrincipals`, N-2 ALLOW cycling four shapes: exact principal, namespace, two
+//!   rules, principal prefix `cluster.local/ns/team-I/sa/*` with `notPaths`); `GET
+//!   /api/orders/42` from `team-I/sa/client`, I the last (first) ALLOW policy.
 //! * `check/condition/{native,cel}`: `when request.headers[x-tenant] values [acme]` against the CEL
 //!   `request.headers["x-tenant"] == "acme"`.
 //! * `compile/load_and_compile/1000`: `load_str` + `Engine::compile` of 1,000 ALLOW policies.
@@ -54,6 +58,35 @@ fn policies(action: &str, n: usize) -> String {
         );
     }
     text
+}
+
+/// Issue 12's realistic mix for workload `ns1` (see the module doc); the same shapes as
+/// `bench/envoy/src/mix.rs` writes for the Envoy benchmark.
+fn realistic(n: usize) -> String {
+    let mut y = String::from(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: audit-outside, namespace: ns1}\n\
+         spec: {action: AUDIT, rules: [{from: [{source: {notNamespaces: [ns1, istio-system]}}], to: [{operation: {paths: [\"/api/*\"]}}]}]}\n\
+         ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: deny-admin, namespace: ns1}\n\
+         spec: {action: DENY, rules: [{from: [{source: {notPrincipals: [cluster.local/ns/ops/sa/admin]}}], to: [{operation: {paths: [/admin, \"/admin/*\"]}}]}]}\n",
+    );
+    for i in 0..n.saturating_sub(2) {
+        let t = format!("team-{i}");
+        let rules = match i % 4 {
+            0 => format!("[{{from: [{{source: {{principals: [cluster.local/ns/{t}/sa/client]}}}}], to: [{{operation: {{methods: [GET], paths: [\"/api/*\"]}}}}]}}]"),
+            1 => format!("[{{from: [{{source: {{namespaces: [{t}]}}}}], to: [{{operation: {{methods: [GET, POST], paths: [\"/api/*\", \"/v2/{t}/*\"]}}}}]}}]"),
+            2 => format!("[{{from: [{{source: {{principals: [cluster.local/ns/{t}/sa/client, cluster.local/ns/{t}/sa/worker]}}}}], to: [{{operation: {{methods: [GET, HEAD], paths: [\"/api/*\", /healthz]}}}}]}}, \
+                          {{from: [{{source: {{namespaces: [{t}]}}}}], to: [{{operation: {{methods: [POST, PUT], paths: [\"/api/{t}/*\"]}}}}]}}]"),
+            _ => format!("[{{from: [{{source: {{principals: [\"cluster.local/ns/{t}/sa/*\"]}}}}], to: [{{operation: {{methods: [GET], paths: [\"/api/*\"], notPaths: [\"/api/internal/*\"]}}}}]}}]"),
+        };
+        let _ = write!(
+            y,
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: allow-{i:05}, namespace: ns1}}\nspec: {{action: ALLOW, rules: {rules}}}\n"
+        );
+    }
+    y
 }
 
 fn compile(text: &str) -> Engine {
@@ -128,6 +161,25 @@ fn checks(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("deny_heavy", n), &a, |b, a| {
             b.iter(|| engine.check(Protocol::Http, black_box(a)));
         });
+    }
+
+    for n in SIZES {
+        let engine = compile(&realistic(n));
+        for (name, i) in [("realistic_last", n - 3), ("realistic_first", 0)] {
+            let p = format!("spiffe://cluster.local/ns/team-{i}/sa/client");
+            let a = Attributes {
+                http: Some(HttpAttributes {
+                    path: Some("/api/orders/42"),
+                    ..attrs(&p, &headers, ip).http.unwrap_or_default()
+                }),
+                ..attrs(&p, &headers, ip)
+            };
+            let d = engine.check(Protocol::Http, &a);
+            assert!(d.allowed() && d.audit_rule.is_some(), "{name}/{n}");
+            group.bench_with_input(BenchmarkId::new(name, n), &a, |b, a| {
+                b.iter(|| engine.check(Protocol::Http, black_box(a)));
+            });
+        }
     }
 
     let condition = |when: &str| {

@@ -6,6 +6,11 @@
 //! meshauthz mode --namespace foo --port 8080 POLICY.yaml...
 //! meshauthz plugin-config --namespace foo --label app=echo POLICY.yaml...   the filter's JSON configuration
 //! ```
+//!
+//! Every command reads its files with one rule for objects without `metadata.namespace` (the
+//! `--namespace` given, else `default`, as `kubectl apply`), and `plugin-config`/`render` write
+//! through the engine's one writer (`policy_engine::PluginConfig::write`), which the module's
+//! decoder reads back unchanged.
 
 mod render;
 
@@ -16,9 +21,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use policy_engine::{
     load_str, Attributes, Cause, Diagnostics, Engine, HttpAttributes, LoadOptions, MeshConfig,
-    PolicySet, Protocol, Workload,
+    PluginConfig, PolicySet, Protocol, Workload,
 };
-use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +39,9 @@ struct Cli {
 enum Command {
     /// Load and validate policies; print every error and warning.
     Validate {
+        /// Namespace of objects without `metadata.namespace` (as `kubectl apply -n`).
+        #[arg(long, default_value = "default", value_parser = non_empty)]
+        namespace: String,
         /// Istio objects: YAML or JSON, multi-document, `kind: List`. `-` reads standard input.
         #[arg(required = true)]
         files: Vec<String>,
@@ -57,7 +64,7 @@ enum Command {
         #[command(flatten)]
         workload: WorkloadArgs,
         /// Filter chains that carry plaintext (checked against STRICT ports).
-        #[arg(long = "plaintext-chain", default_value = "plaintext")]
+        #[arg(long = "plaintext-chain", default_value = "plaintext", value_parser = non_empty)]
         plaintext_chains: Vec<String>,
         /// Ports whose traffic is HTTP (authorized per request); every other port is authorized
         /// at L4 with Istio's TCP semantics.
@@ -101,18 +108,27 @@ struct RenderArgs {
 
 #[derive(Args, Clone)]
 struct WorkloadArgs {
-    /// The workload's namespace.
-    #[arg(long, default_value = "default")]
+    /// The workload's namespace; also the namespace of objects without `metadata.namespace`
+    /// (kubectl's rule: the namespace you name, else `default`).
+    #[arg(long, default_value = "default", value_parser = non_empty)]
     namespace: String,
     /// A workload label, `key=value`; repeat for more.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    #[arg(long, default_value = "istio-system")]
+    #[arg(long, default_value = "istio-system", value_parser = non_empty)]
     root_namespace: String,
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = "cluster.local", value_parser = non_empty)]
     trust_domain: String,
-    #[arg(long = "trust-domain-alias")]
+    #[arg(long = "trust-domain-alias", value_parser = non_empty)]
     trust_domain_aliases: Vec<String>,
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".to_string())
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 #[derive(Args)]
@@ -163,7 +179,13 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected `name: value`, found {s:?}"))
 }
 
-fn read(files: &[String]) -> Result<PolicySet, ExitCode> {
+/// Reads and validates every file (`-`: standard input). Objects without a namespace go to
+/// `namespace`: the one rule, shared with `plugin-config` (which writes the namespace into each
+/// object, so the module applies no rule of its own).
+fn read(files: &[String], namespace: &str) -> Result<PolicySet, ExitCode> {
+    let opts = LoadOptions {
+        default_namespace: namespace.to_string(),
+    };
     let mut set = PolicySet::default();
     let mut failed = false;
     for f in files {
@@ -175,18 +197,18 @@ fn read(files: &[String]) -> Result<PolicySet, ExitCode> {
         let text = match text {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: {f}: {e}");
+                eprintln!("error: {}: cannot read: {e}", display_name(f));
                 failed = true;
                 continue;
             }
         };
-        match load_str(&text, &LoadOptions::default()) {
+        match load_str(&text, &opts) {
             Ok((s, warnings)) => {
-                print_diagnostics(f, &warnings);
+                print_diagnostics(display_name(f), &warnings);
                 set.extend(s);
             }
             Err(d) => {
-                print_diagnostics(f, &d);
+                print_diagnostics(display_name(f), &d);
                 failed = true;
             }
         }
@@ -195,6 +217,15 @@ fn read(files: &[String]) -> Result<PolicySet, ExitCode> {
         Err(ExitCode::FAILURE)
     } else {
         Ok(set)
+    }
+}
+
+/// How a file argument is named in messages.
+fn display_name(file: &str) -> &str {
+    if file == "-" {
+        "<stdin>"
+    } else {
+        file
     }
 }
 
@@ -235,7 +266,7 @@ impl WorkloadArgs {
 }
 
 fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
-    let set = read(&args.files)?;
+    let set = read(&args.files, &args.workload.namespace)?;
     let engine = args.workload.engine(&set)?;
     let jwt: Option<serde_json::Value> = match &args.jwt {
         Some(j) => Some(serde_json::from_str(j).map_err(|e| {
@@ -280,7 +311,7 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
             "ALLOW policies apply and none of their rules matched".to_string()
         }
     };
-    println!("{}: {why}", if d.allowed { "ALLOW" } else { "DENY" });
+    println!("{}: {why}", if d.allowed() { "ALLOW" } else { "DENY" });
     if d.audit_policy_applies {
         match d.audit_rule {
             Some(r) => println!("audit: access_log_hint=true ({})", engine.rule_name(r)),
@@ -311,16 +342,18 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
             engine.mtls_mode(port).as_str()
         );
     }
-    Ok(if d.allowed {
+    Ok(if d.allowed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
 }
 
-/// The filter's plugin configuration for these files, validated and compiled first: never hand
-/// the filter a configuration it would refuse. In an Istio attachment the workload comes from the
-/// sidecar's node metadata instead (`with_workload = false`).
+/// The filter's plugin configuration for these files, written by the one writer
+/// ([`PluginConfig::write`]): the policies as `read` loaded them (namespaces filled in, Lists
+/// flattened, merge keys resolved), compiled for the workload first, and checked to read back
+/// as written. In an Istio attachment the workload comes from the sidecar's node metadata
+/// instead (`with_workload = false`).
 fn plugin_config_value(
     workload: &WorkloadArgs,
     plaintext_chains: &[String],
@@ -328,27 +361,21 @@ fn plugin_config_value(
     files: &[String],
     with_workload: bool,
 ) -> Result<serde_json::Value, ExitCode> {
-    let set = read(files)?;
+    let set = read(files, &workload.namespace)?;
     workload.engine(&set)?;
-    let mut policies = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(|_| ExitCode::FAILURE)?;
-        policies.extend(to_json_objects(&text)?);
-    }
-    let mut config = serde_json::json!({
-        "policies": policies,
-        "rootNamespace": workload.root_namespace,
-        "trustDomain": workload.trust_domain,
-        "trustDomainAliases": workload.trust_domain_aliases,
-        "plaintextFilterChains": plaintext_chains,
+    let config = PluginConfig {
+        policies: set,
+        workload: with_workload.then(|| workload.workload()),
+        mesh: workload.mesh(),
+        plaintext_filter_chains: plaintext_chains.to_vec(),
         // meshauthz_net runs on HTTP ports too (STRICT, direct peer for ipBlocks) and must leave
         // their authorization to meshauthz_http.
-        "httpPorts": http_ports,
-    });
-    if let (true, Some(o)) = (with_workload, config.as_object_mut()) {
-        o.insert("workload".into(), serde_json::json!({"namespace": workload.namespace, "labels": workload.workload().labels}));
-    }
-    Ok(config)
+        http_ports: http_ports.to_vec(),
+    };
+    config.write().map_err(|d| {
+        print_diagnostics("plugin configuration", &d);
+        ExitCode::FAILURE
+    })
 }
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
@@ -378,40 +405,10 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The AuthorizationPolicy and PeerAuthentication objects of a YAML/JSON text as JSON values (the
-/// filter reads JSON only). The text was validated by `read` already.
-fn to_json_objects(text: &str) -> Result<Vec<serde_json::Value>, ExitCode> {
-    let mut out = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = serde_json::Value::deserialize(doc).map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        })?;
-        collect_objects(value, &mut out);
-    }
-    Ok(out)
-}
-
-fn collect_objects(value: serde_json::Value, out: &mut Vec<serde_json::Value>) {
-    match value {
-        serde_json::Value::Array(items) => items.into_iter().for_each(|i| collect_objects(i, out)),
-        serde_json::Value::Object(ref o) => match o.get("kind").and_then(|k| k.as_str()) {
-            Some("List") => {
-                if let Some(serde_json::Value::Array(items)) = o.get("items") {
-                    items.iter().cloned().for_each(|i| collect_objects(i, out));
-                }
-            }
-            Some("AuthorizationPolicy" | "PeerAuthentication") => out.push(value),
-            _ => {}
-        },
-        _ => {}
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Validate { files } => read(files).map(|set| {
+        Command::Validate { namespace, files } => read(files, namespace).map(|set| {
             println!(
                 "ok: {} AuthorizationPolicy, {} PeerAuthentication",
                 set.authorization_policies.len(),
@@ -424,7 +421,7 @@ fn main() -> ExitCode {
             workload,
             port,
             files,
-        } => read(files).and_then(|set| {
+        } => read(files, &workload.namespace).and_then(|set| {
             let engine = workload.engine(&set)?;
             println!("{}", engine.mtls_mode(*port).as_str());
             Ok(ExitCode::SUCCESS)

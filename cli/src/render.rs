@@ -80,6 +80,43 @@ pub fn rbac_log_companion(network: bool) -> Value {
     json!({ "name": name, "typed_config": config })
 }
 
+/// The companion that writes every SAN of the verified peer certificate into connection filter
+/// state `meshauthz.peer_sans` once the TLS handshake is done (proxy-wasm exposes only the first
+/// URI SAN). The module refuses a certificate with several SANs, or without this list, wherever a
+/// policy reads the principal: Envoy RBAC would match every SAN.
+pub fn peer_sans_companion() -> Value {
+    json!({
+        "name": "envoy.filters.network.set_filter_state",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+            "on_downstream_tls_handshake": [{
+                "object_key": "meshauthz.peer_sans",
+                "factory_key": "envoy.string",
+                "format_string": {
+                    "text_format_source": {"inline_string": "%DOWNSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_DNS_SAN%"},
+                    "omit_empty_values": true
+                }
+            }]
+        }
+    })
+}
+
+/// [`peer_sans_companion`] first on every inbound HTTP chain and on the chains of `tcp_ports`.
+fn peer_sans_patches(tcp_ports: &[u16]) -> Vec<Value> {
+    let first = |listener: Value| {
+        json!({"applyTo": "NETWORK_FILTER",
+               "match": {"context": "SIDECAR_INBOUND", "listener": listener},
+               "patch": {"operation": "INSERT_FIRST", "value": peer_sans_companion()}})
+    };
+    let mut patches = vec![first(
+        json!({"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}}),
+    )];
+    for port in tcp_ports {
+        patches.push(first(json!({"portNumber": port, "filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}})));
+    }
+    patches
+}
+
 /// `WasmPlugin`s: two HTTP stages and, when TCP ports are given, two network stages, plus the
 /// `EnvoyFilter` that places the RBAC LOG companion between the HTTP stages (a WasmPlugin cannot).
 pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
@@ -129,33 +166,35 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
             "NETWORK",
             &all_ports,
         ));
+        // Only on TCP chains: there an HTTP-port verdict means a misdeclared port, refused.
         docs.push(plugin(
             "net-enforce",
             "meshauthz_net_enforce",
             "AUTHZ",
             "NETWORK",
-            &all_ports,
+            a.tcp_ports,
         ));
     }
     // Istio names a WasmPlugin's filter `<namespace>.<name>`.
     let decide_filter = format!("{}.{}-http", a.namespace, a.name);
+    let mut audit_patches = vec![json!({"applyTo": "HTTP_FILTER",
+        "match": {
+            "context": "SIDECAR_INBOUND",
+            "listener": {"filterChain": {"filter": {
+                "name": "envoy.filters.network.http_connection_manager",
+                "subFilter": {"name": decide_filter}
+            }}}
+        },
+        "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
+    })];
+    audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
         "metadata": {"name": format!("{}-audit-companion", a.name), "namespace": a.namespace},
         "spec": {
             "workloadSelector": {"labels": labels(a)},
-            "configPatches": [{
-                "applyTo": "HTTP_FILTER",
-                "match": {
-                    "context": "SIDECAR_INBOUND",
-                    "listener": {"filterChain": {"filter": {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "subFilter": {"name": decide_filter}
-                    }}}
-                },
-                "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
-            }]
+            "configPatches": audit_patches,
         }
     }));
     docs
@@ -240,6 +279,7 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
             }
         }
     }
+    patches.extend(peer_sans_patches(a.tcp_ports));
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",

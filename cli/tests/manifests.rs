@@ -7,9 +7,11 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,14 +22,37 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn crd_dir() -> PathBuf {
-    let dir = root().join("../shared/istio-crds");
-    assert!(
-        dir.is_dir(),
-        "the Istio CRDs are expected at {} (shared/ beside the repository)",
-        dir.display()
-    );
-    dir
+/// `shared/istio-crds`: under `$MESHAUTHZ_SHARED_DIR` when set (and only there), else in the
+/// first `shared/` beside an ancestor of the repository. `None` on a bare clone: the schema checks
+/// do not run, and one line (once per run) says so.
+fn crd_dir() -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("MESHAUTHZ_SHARED_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => root()
+            .ancestors()
+            .skip(1)
+            .map(|a| a.join("shared"))
+            .collect(),
+    };
+    let found = candidates
+        .iter()
+        .map(|d| d.join("istio-crds"))
+        .find(|d| d.is_dir());
+    if found.is_none() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "cli/tests/manifests.rs: manifests not checked against Istio's CRD schemas (no \
+                 shared/istio-crds beside the repository; set MESHAUTHZ_SHARED_DIR): \
+                 sample_policies_are_valid_istio_objects, the schema half of \
+                 rendered_attachments_are_valid_and_shipped_copies_are_current, \
+                 an_invalid_manifest_is_caught"
+            );
+        });
+    }
+    found
 }
 
 fn yaml_docs(text: &str) -> Vec<Value> {
@@ -54,9 +79,10 @@ fn strict(schema: &mut Value) {
 }
 
 /// (apiVersion, kind) -> compiled schema of the whole object.
-fn schemas() -> Vec<(String, String, jsonschema::Validator)> {
+/// `None` without the CRDs (a bare clone).
+fn schemas() -> Option<Vec<(String, String, jsonschema::Validator)>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(crd_dir()).expect("CRD dir") {
+    for entry in std::fs::read_dir(crd_dir()?).expect("CRD dir") {
         let path = entry.expect("entry").path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
@@ -83,11 +109,14 @@ fn schemas() -> Vec<(String, String, jsonschema::Validator)> {
             }
         }
     }
-    out
+    Some(out)
 }
 
+/// Checks `docs` against the CRD schemas; does nothing without them (a bare clone).
 fn validate(docs: &[Value], origin: &str) {
-    let schemas = schemas();
+    let Some(schemas) = schemas() else {
+        return;
+    };
     assert!(!docs.is_empty(), "{origin}: no manifests");
     let mut problems = Vec::new();
     for doc in docs {
@@ -183,6 +212,9 @@ fn rendered_attachments_are_valid_and_shipped_copies_are_current() {
 
 #[test]
 fn an_invalid_manifest_is_caught() {
+    if crd_dir().is_none() {
+        return;
+    }
     // The validator itself must be able to fail: a misspelled field and a bad enum value.
     let bad = yaml_docs(
         "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: x}\nspec: {url: file:///x.wasm, phase: LATE, failStrategy: FAIL_CLOSE, pluginConfg: {}}\n",

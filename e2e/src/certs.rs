@@ -133,6 +133,17 @@ impl Pki {
         write_pair(&self.dir, name, uri, &cert, &key)
     }
 
+    /// A client leaf signed by the mesh CA carrying every URI SAN of `uris`, in that order;
+    /// files `<name>.crt/.key` (`uri` of the result: the SANs joined with `,`).
+    pub fn client_with_uris(&self, name: &str, uris: &[&str]) -> Result<CertFiles> {
+        let sans = uris
+            .iter()
+            .map(|u| uri_san(u))
+            .collect::<Result<Vec<_>>>()?;
+        let (cert, key) = leaf(&self.ca, name, sans, ExtendedKeyUsagePurpose::ClientAuth)?;
+        write_pair(&self.dir, name, &uris.join(","), &cert, &key)
+    }
+
     /// A client leaf for `spiffe://cluster.local/ns/<ns>/sa/<sa>` signed by a CA Envoy does NOT trust.
     pub fn untrusted_client(&self, ns: &str, sa: &str) -> Result<CertFiles> {
         let uri = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}");

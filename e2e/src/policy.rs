@@ -1,9 +1,12 @@
-//! Istio objects (as users write them, YAML) to the module's plugin configuration JSON.
+//! Istio objects (as users write them, YAML) to the module's plugin configuration JSON, written
+//! by the one writer the CLI uses (`policy_engine::PluginConfig::write`, behind
+//! `meshauthz plugin-config`): the e2e suite never builds the configuration by hand.
 
+use policy_engine::{load_str, LoadOptions, PluginConfig, PolicySet, Workload};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Parse one or more YAML documents (separated by `---`) into JSON objects.
 pub fn from_yaml(yaml: &str) -> Result<Vec<Value>> {
@@ -17,19 +20,51 @@ pub fn from_yaml(yaml: &str) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// The plugin configuration for workload `foo/app=echo` in trust domain `cluster.local`,
-/// root namespace `istio-system`, plaintext filter chain named `plaintext`.
-pub fn plugin_config(policies: Vec<Value>) -> Value {
-    json!({
-        "policies": policies,
-        "workload": {"namespace": "foo", "labels": {"app": "echo"}},
-        "rootNamespace": "istio-system",
-        "trustDomain": "cluster.local",
-        "plaintextFilterChains": ["plaintext"],
-    })
+/// The e2e workload's namespace: also the namespace of objects written without one, as with
+/// `meshauthz plugin-config --namespace foo`.
+pub const NAMESPACE: &str = "foo";
+
+/// The plugin configuration for workload `foo/app=echo` in trust domain `cluster.local`, root
+/// namespace `istio-system`, plaintext filter chain named `plaintext`, no HTTP port.
+pub fn plugin_config_yaml(yaml: &str) -> Result<Value> {
+    plugin_config_for(yaml, &[])
 }
 
-/// [`plugin_config`] from YAML.
-pub fn plugin_config_yaml(yaml: &str) -> Result<Value> {
-    Ok(plugin_config(from_yaml(yaml)?))
+/// [`plugin_config_yaml`] with `httpPorts`.
+///
+/// A policy set the CLI refuses cannot be written (the writer validates); tests of the module's
+/// refusal then get a configuration whose settings the writer wrote and whose `policies` are the
+/// documents as given, so that the module's own decoder is what refuses them.
+pub fn plugin_config_for(yaml: &str, http_ports: &[u16]) -> Result<Value> {
+    let config = |policies: PolicySet| PluginConfig {
+        workload: Some(Workload {
+            namespace: NAMESPACE.to_string(),
+            labels: [("app".to_string(), "echo".to_string())].into(),
+        }),
+        http_ports: http_ports.to_vec(),
+        ..PluginConfig::new(policies)
+    };
+    let write = |c: PluginConfig| {
+        c.write()
+            .map_err(|d| Error(format!("the plugin configuration writer refused:\n{d}")))
+    };
+    let opts = LoadOptions {
+        default_namespace: NAMESPACE.to_string(),
+    };
+    match load_str(yaml, &opts) {
+        Ok((set, _warnings)) => write(config(set)),
+        Err(_) => {
+            let mut value = write(config(PolicySet::default()))?;
+            let policies = Value::Array(from_yaml(yaml)?);
+            match value.as_object_mut() {
+                Some(obj) => {
+                    obj.insert("policies".to_string(), policies);
+                    Ok(value)
+                }
+                None => Err(Error(
+                    "the plugin configuration writer gave no object".to_string(),
+                )),
+            }
+        }
+    }
 }

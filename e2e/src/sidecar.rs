@@ -163,14 +163,13 @@ impl SidecarBuilder {
 }
 
 fn build_plugin_config(yaml: &str, app: AppKind, inbound: u16) -> Result<Value> {
-    let mut c = policy::plugin_config_yaml(yaml)?;
-    if app == AppKind::Http {
-        // The listener's port carries HTTP: authorized per request at L7.
-        if let Some(o) = c.as_object_mut() {
-            o.insert("httpPorts".into(), serde_json::json!([inbound]));
-        }
-    }
-    Ok(c)
+    // An HTTP listener's port carries HTTP: authorized per request at L7.
+    let http_ports: &[u16] = if app == AppKind::Http {
+        &[inbound]
+    } else {
+        &[]
+    };
+    policy::plugin_config_for(yaml, http_ports)
 }
 
 /// Render, transform, and (with LDS) write the listener file; returns the bootstrap.

@@ -12,7 +12,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -472,8 +473,7 @@ fn compose_configs_rendered_for_the_containers_pass_envoy_validate() {
     })
     .chain([compose_sources_policy("10.89.0.5", "10.89.0.6").unwrap()])
     .collect();
-    let mut http = policy::plugin_config_yaml(&policies).unwrap();
-    http["httpPorts"] = json!([8080]);
+    let http = policy::plugin_config_for(&policies, &[8080]).unwrap();
     let tcp = policy::plugin_config_yaml(&policies).unwrap();
     assert!(
         http.to_string().contains("10.89.0.6"),

@@ -20,8 +20,11 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
+
+use std::io::Write as _;
 
 use meshauthz_e2e::differential::golden::{self, Chain};
 use meshauthz_e2e::differential::{self as diff, Run};
@@ -34,6 +37,24 @@ const EXPECTED_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
 /// Upper bound on requests per chain, so the test stays bounded as goldens are added.
 const MAX_PROBES: usize = 2500;
+
+/// Istio's goldens live in `shared/` beside the repository. Without them (a bare clone) the
+/// tests of this file return without running, and one line (once per run) says so.
+fn goldens_present() -> bool {
+    let missing = golden::shared_dir().err();
+    if let Some(e) = &missing {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "e2e/tests/differential.rs: not run (the differential test against Envoy RBAC on \
+                 Istio's goldens): {e}"
+            );
+        });
+    }
+    missing.is_none()
+}
 
 fn run_chain(chain: Chain) -> Vec<Run> {
     let (mut goldens, skipped) = golden::discover().unwrap();
@@ -116,6 +137,9 @@ fn assert_agreement(runs: &[Run], min_goldens: usize) {
 
 #[test]
 fn http_goldens_agree_with_envoy_rbac() {
+    if !goldens_present() {
+        return;
+    }
     let runs = run_chain(Chain::Http);
     // 17 goldens, 18 + 4 projections of allow-full-rule, 2 of the trust-domain goldens.
     assert_agreement(&runs, 17 + 22 + 2);
@@ -123,6 +147,9 @@ fn http_goldens_agree_with_envoy_rbac() {
 
 #[test]
 fn tcp_goldens_agree_with_envoy_rbac() {
+    if !goldens_present() {
+        return;
+    }
     let runs = run_chain(Chain::Tcp);
     // 5 goldens, 9 + 2 + 2 projections on a network RBAC filter.
     assert_agreement(&runs, 5 + 13);
@@ -132,6 +159,9 @@ fn tcp_goldens_agree_with_envoy_rbac() {
 /// (and only that one), and an engine fed other policies than Envoy's disagrees on every request.
 #[test]
 fn self_check_detects_wrong_expectations() {
+    if !goldens_present() {
+        return;
+    }
     let golden = golden::by_name("http/deny-and-allow").unwrap();
     let mut run = diff::run(&golden, None).unwrap();
     assert!(

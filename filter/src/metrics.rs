@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use crate::core::Host;
+use crate::traits::Host;
 
 pub const ALLOWED: &str = "meshauthz.rbac.allowed";
 pub const DENIED: &str = "meshauthz.rbac.denied";
@@ -17,6 +17,13 @@ pub const CEL_ERRORS: &str = "meshauthz.cel_errors";
 /// Requests/connections denied because something the decision depends on was missing (no valid
 /// configuration yet, no decision from the decide stage, no LOG companion, no peer address).
 pub const FAIL_CLOSED: &str = "meshauthz.fail_closed";
+
+/// Connections and requests whose protocol disagrees with the configuration: a port listed in
+/// `httpPorts` whose traffic reaches the network enforce stage (a TCP chain), or HTTP requests on
+/// a port the network stage decided as TCP.
+pub const PROTOCOL_MISMATCH: &str = "meshauthz.protocol_mismatch";
+/// TLS connections reset on a DISABLE port (Istio has only plaintext filter chains there).
+pub const DISABLE_TLS_REJECTED: &str = "meshauthz.disable_tls_rejected";
 
 /// `meshauthz.plaintext.<port>.accepted|rejected`; `<port>` is `other` for ports that no policy
 /// names.
@@ -42,6 +49,8 @@ pub struct Metrics {
     pub config_refused: Option<u32>,
     pub cel_errors: Option<u32>,
     pub fail_closed: Option<u32>,
+    pub protocol_mismatch: Option<u32>,
+    pub disable_tls_rejected: Option<u32>,
     /// Per named port: (port, accepted, rejected).
     pub plaintext: Vec<(u16, Option<u32>, Option<u32>)>,
     pub plaintext_other: (Option<u32>, Option<u32>),
@@ -63,6 +72,8 @@ impl Metrics {
             config_refused: host.define_counter(CONFIG_REFUSED),
             cel_errors: host.define_counter(CEL_ERRORS),
             fail_closed: host.define_counter(FAIL_CLOSED),
+            protocol_mismatch: host.define_counter(PROTOCOL_MISMATCH),
+            disable_tls_rejected: host.define_counter(DISABLE_TLS_REJECTED),
             plaintext: Vec::new(),
             plaintext_other: (
                 host.define_counter(&plaintext_name(None, true)),
@@ -127,4 +138,22 @@ pub fn bump(host: &dyn Host, id: Option<u32>) {
     if let Some(id) = id {
         host.increment(id, 1);
     }
+}
+
+/// The metric names a test or an operator can expect (for documentation tests).
+pub fn base_metric_names() -> [&'static str; 12] {
+    [
+        ALLOWED,
+        DENIED,
+        SHADOW_ALLOW_ALLOWED,
+        SHADOW_ALLOW_DENIED,
+        SHADOW_DENY_ALLOWED,
+        SHADOW_DENY_DENIED,
+        AUDITED,
+        CONFIG_REFUSED,
+        CEL_ERRORS,
+        FAIL_CLOSED,
+        PROTOCOL_MISMATCH,
+        DISABLE_TLS_REJECTED,
+    ]
 }

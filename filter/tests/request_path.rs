@@ -4,7 +4,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::cell::RefCell;
@@ -12,8 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use log::Level;
-use meshauthz::config::Compiled;
-use meshauthz::core::{self, Authorizer, Conn, Flow, Host, Plugin, VmState};
+use meshauthz_filter::config::Compiled;
+use meshauthz_filter::net::Conn;
+use meshauthz_filter::plugin::Plugin;
+use meshauthz_filter::traits::{Authorizer, Flow, Host};
+use meshauthz_filter::vm::VmState;
+use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
     Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
 };
@@ -55,8 +60,15 @@ impl FakeHost {
     fn chain(self, name: &str) -> Self {
         self.with(&["xds", "filter_chain_name"], name.as_bytes())
     }
+    /// A peer certificate with this one URI SAN, as the host and the `set_filter_state`
+    /// companion report it.
     fn uri_san(self, san: &str) -> Self {
         self.with(&["connection", "uri_san_peer_certificate"], san.as_bytes())
+            .sans(&format!("{san} "))
+    }
+    /// The companion's SAN list: `<uri,uri> <dns,dns>`.
+    fn sans(self, list: &str) -> Self {
+        self.with(&["filter_state", names::PEER_SANS], list.as_bytes())
     }
     fn state(&self, key: &str) -> Option<String> {
         self.state
@@ -103,8 +115,9 @@ impl Host for FakeHost {
         self.call(format!("get {}", path.join(".")));
         self.fetched.borrow_mut().push(path.join("."));
         if let ["filter_state", key] = path {
-            let key = key.strip_prefix("wasm.")?;
-            return self.state.borrow().get(key).cloned();
+            if let Some(key) = key.strip_prefix("wasm.") {
+                return self.state.borrow().get(key).cloned();
+            }
         }
         let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         self.props.get(&key).cloned()
@@ -205,14 +218,20 @@ impl Authorizer for Scripted {
         });
         self.decision
     }
-    fn mtls_mode(&self, port: u16) -> MtlsMode {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map(|(_, m)| *m)
-            .unwrap_or(self.default_mode)
+    /// As the engine answers it: at an unknown port STRICT when ports differ.
+    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+        match port {
+            Some(port) => self
+                .ports
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, m)| *m)
+                .unwrap_or(self.default_mode),
+            None if self.has_port_level_mtls() => MtlsMode::Strict,
+            None => self.default_mode,
+        }
     }
-    fn port_specific_mtls(&self) -> bool {
+    fn has_port_level_mtls(&self) -> bool {
         !self.ports.is_empty()
     }
     fn requirements(&self) -> &Requirements {
@@ -226,22 +245,26 @@ impl Authorizer for Scripted {
 const R0: RuleId = RuleId { policy: 0, rule: 0 };
 const R1: RuleId = RuleId { policy: 1, rule: 2 };
 
+/// A decision whose cause allows (the engine derives `allowed` from the cause).
 fn allow(cause: Cause) -> Decision {
+    assert!(cause.allows(), "{cause:?} denies");
+    decision(cause)
+}
+
+/// A decision whose cause denies.
+fn deny(cause: Cause) -> Decision {
+    assert!(!cause.allows(), "{cause:?} allows");
+    decision(cause)
+}
+
+fn decision(cause: Cause) -> Decision {
     Decision {
-        allowed: true,
         cause,
         audit_policy_applies: false,
         audit_rule: None,
         shadow_allow: None,
         shadow_deny: None,
         cel_errors: 0,
-    }
-}
-
-fn deny(cause: Cause) -> Decision {
-    Decision {
-        allowed: false,
-        ..allow(cause)
     }
 }
 
@@ -295,8 +318,8 @@ impl Setup {
             },
         );
         if self.enforce {
-            enforce.configure(host, core::ROOT_HTTP_ENFORCE, None);
-            enforce.configure(host, core::ROOT_NET_ENFORCE, None);
+            enforce.configure(host, names::ROOT_HTTP_ENFORCE, None);
+            enforce.configure(host, names::ROOT_NET_ENFORCE, None);
         }
         (decide, enforce, seen)
     }
@@ -304,11 +327,11 @@ impl Setup {
 
 /// Runs decide -> (RBAC LOG, simulated by `hint`) -> enforce for one request.
 fn request(host: &FakeHost, decide: &Plugin, enforce: &Plugin) -> (Flow, Flow) {
-    let d = core::http_decide(host, decide);
+    let d = http::decide(host, decide);
     if d == Flow::Stop {
         return (d, Flow::Stop);
     }
-    (d, core::http_enforce(host, enforce))
+    (d, http::enforce(host, enforce))
 }
 
 // ---- HTTP -----------------------------------------------------------------------------------
@@ -323,11 +346,11 @@ fn allowed_request_continues_and_is_labelled() {
     );
     assert_eq!(host.forbidden(), 0);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("allow ns[foo]-policy[p0]-rule[0]")
     );
     assert_eq!(
-        host.state(core::HTTP_AUDIT),
+        host.state(names::HTTP_AUDIT),
         None,
         "no AUDIT policy applies"
     );
@@ -349,7 +372,7 @@ fn no_allow_policy_is_allowed_and_labelled() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("allow no-allow-policy")
     );
 }
@@ -364,13 +387,13 @@ fn denied_request_gets_403_from_the_enforce_stage() {
     assert_eq!(e, Flow::Stop);
     assert_eq!(host.forbidden(), 1);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny ns[foo]-policy[p1]-rule[2]")
     );
     decide.flush_metrics(&host);
     enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.rbac.denied"), 1);
-    assert_eq!(core::DENY_BODY, b"RBAC: access denied");
+    assert_eq!(names::DENY_BODY, b"RBAC: access denied");
 }
 
 #[test]
@@ -379,7 +402,7 @@ fn no_allow_rule_matched_is_denied() {
     let (decide, enforce, _) = Setup::new(deny(Cause::NoAllowRuleMatched)).build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny no-allow-rule-matched")
     );
 }
@@ -404,7 +427,7 @@ fn audit_flag_is_written_for_the_log_companion() {
         request(&host, &decide, &enforce),
         (Flow::Continue, Flow::Continue)
     );
-    assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("1"));
+    assert_eq!(host.state(names::HTTP_AUDIT).as_deref(), Some("1"));
     decide.flush_metrics(&host);
     enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 1);
@@ -423,7 +446,7 @@ fn audit_flag_is_written_for_the_log_companion() {
     d.audit_policy_applies = true;
     let (decide, enforce, _) = Setup::new(d).build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
-    assert_eq!(host.state(core::HTTP_AUDIT).as_deref(), Some("0"));
+    assert_eq!(host.state(names::HTTP_AUDIT).as_deref(), Some("0"));
     decide.flush_metrics(&host);
     enforce.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.audited"), 0);
@@ -469,7 +492,7 @@ fn missing_decision_is_denied_by_the_enforce_stage() {
     // meshauthz_http absent, or placed after the enforce stage.
     let host = FakeHost::default().mtls(true);
     let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
-    assert_eq!(core::http_enforce(&host, &enforce), Flow::Stop);
+    assert_eq!(http::enforce(&host, &enforce), Flow::Stop);
     assert_eq!(host.forbidden(), 1);
     assert!(host
         .errors()
@@ -482,11 +505,11 @@ fn an_unparsable_decision_is_a_deny() {
     let host = FakeHost::default();
     let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
     for label in ["allowed", "ALLOW x", "", "deny x", "allowx"] {
-        host.set_filter_state(core::HTTP_DECISION, label.as_bytes());
-        assert_eq!(core::http_enforce(&host, &enforce), Flow::Stop, "{label:?}");
+        host.set_filter_state(names::HTTP_DECISION, label.as_bytes());
+        assert_eq!(http::enforce(&host, &enforce), Flow::Stop, "{label:?}");
     }
-    host.set_filter_state(core::HTTP_DECISION, b"allow");
-    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    host.set_filter_state(names::HTTP_DECISION, b"allow");
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
 }
 
 #[test]
@@ -495,7 +518,7 @@ fn decide_stage_denies_by_itself_without_an_enforce_root() {
     let mut s = Setup::new(deny(Cause::DenyRule(R0)));
     s.enforce = false;
     let (decide, _, _) = s.build(&host);
-    assert_eq!(core::http_decide(&host, &decide), Flow::Stop);
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
     assert_eq!(host.forbidden(), 1);
 
     // Allowed requests still pass.
@@ -503,7 +526,7 @@ fn decide_stage_denies_by_itself_without_an_enforce_root() {
     let mut s = Setup::new(allow(Cause::AllowRule(R0)));
     s.enforce = false;
     let (decide, _, _) = s.build(&host);
-    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
     assert_eq!(host.forbidden(), 0);
 }
 
@@ -516,7 +539,7 @@ fn strict_port_without_mtls_is_never_forwarded() {
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert_eq!(host.forbidden(), 1);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny mtls-strict-plaintext")
     );
     assert!(seen.borrow().is_empty(), "policies are not even evaluated");
@@ -567,7 +590,7 @@ fn identity_comes_only_from_the_verified_certificate() {
     s.req = principal_req();
     s.req.add_header("x-forwarded-client-cert");
     let (decide, _, seen) = s.build(&host);
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     let seen = seen.borrow();
     assert_eq!(seen[0].principal, None);
     assert!(!seen[0].mtls);
@@ -581,7 +604,7 @@ fn identity_comes_only_from_the_verified_certificate() {
     let mut s = Setup::new(allow(Cause::NoAllowPolicy));
     s.req = principal_req();
     let (decide, _, seen) = s.build(&host);
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         seen.borrow()[0].principal.as_deref(),
         Some("spiffe://cluster.local/ns/foo/sa/bar")
@@ -593,6 +616,7 @@ fn identity_comes_only_from_the_verified_certificate() {
 fn identity_falls_back_to_dns_san_then_subject() {
     let host = FakeHost::default()
         .mtls(true)
+        .sans(" client.foo.svc")
         .with(
             &["connection", "dns_san_peer_certificate"],
             b"client.foo.svc",
@@ -604,28 +628,32 @@ fn identity_falls_back_to_dns_san_then_subject() {
     let mut s = Setup::new(allow(Cause::NoAllowPolicy));
     s.req = principal_req();
     let (decide, _, seen) = s.build(&host);
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         seen.borrow()[0].principal.as_deref(),
         Some("client.foo.svc")
     );
 
-    let host = FakeHost::default().mtls(true).with(
+    let host = FakeHost::default().mtls(true).sans(" ").with(
         &["connection", "subject_peer_certificate"],
         b"CN=client,O=acme",
     );
     let mut s = Setup::new(allow(Cause::NoAllowPolicy));
     s.req = principal_req();
     let (decide, _, seen) = s.build(&host);
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         seen.borrow()[0].principal.as_deref(),
         Some("CN=client,O=acme")
     );
 }
 
+/// Issue 7 §5: Istio has only plaintext chains on a DISABLE port, so a TLS client fails there.
+/// meshauthz resets a connection on a non-plaintext chain in `on_new_connection`; the later
+/// stages refuse TLS on a DISABLE port too (were the port known only then).
 #[test]
-fn disable_port_grants_no_identity() {
+fn tls_on_a_disable_port_is_refused() {
+    // Workload-level DISABLE, HTTP decide stage (no network stage): 403, counted.
     let host = FakeHost::default()
         .mtls(true)
         .uri_san("spiffe://cluster.local/ns/foo/sa/bar");
@@ -633,9 +661,58 @@ fn disable_port_grants_no_identity() {
     s.req = principal_req();
     s.default_mode = MtlsMode::Disable;
     let (decide, enforce, seen) = s.build(&host);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(seen.borrow().is_empty(), "not evaluated");
+    assert_eq!(
+        host.state(names::HTTP_DECISION).as_deref(),
+        Some("deny mtls-disable-tls")
+    );
+    assert_eq!(
+        host.count("meshauthz.disable_tls_rejected"),
+        0,
+        "not flushed yet"
+    );
+    decide.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.disable_tls_rejected"), 1);
+
+    // Plaintext on the same port: served, no identity.
+    let host = FakeHost::default().mtls(false);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.req = principal_req();
+    s.default_mode = MtlsMode::Disable;
+    let (decide, enforce, seen) = s.build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
     assert_eq!(seen.borrow()[0].principal, None);
-    assert!(!seen.borrow()[0].mtls);
+
+    // Network stage, port-level DISABLE on 9000: the TLS chain is reset before the handshake;
+    // the plaintext chain and other ports are not.
+    for (chain, port, reset) in [
+        ("mtls", 9000, true),
+        ("plaintext", 9000, false),
+        ("mtls", 9001, false),
+    ] {
+        let host = FakeHost::default().chain(chain).port(port);
+        let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+        s.ports = vec![(9000, MtlsMode::Disable)];
+        let (net, _, _) = s.build(&host);
+        net.stage.set(Some(meshauthz_filter::vm::Stage::NetDecide));
+        let mut conn = Conn::default();
+        let flow = net::new_connection(&host, &net, &mut conn);
+        assert_eq!(flow == Flow::Stop, reset, "{chain} {port}");
+        assert_eq!(host.closed(), u32::from(reset), "{chain} {port}");
+    }
+
+    // Workload-level DISABLE, TCP port: reset in on_new_connection; a TLS connection the network
+    // stage sees only at first data is closed there.
+    let host = FakeHost::default().chain("mtls").mtls(true).port(9000);
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Disable;
+    let (net, _, _) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Stop);
+    let mut conn = Conn::default();
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(host.closed(), 2);
 }
 
 #[test]
@@ -647,7 +724,7 @@ fn only_required_attributes_are_fetched() {
         .header(":method", "GET");
     let (decide, _, seen) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
     host.fetched.borrow_mut().clear();
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(host.fetched(), vec!["connection.mtls"]);
     assert_eq!(seen.borrow()[0].path, None);
 
@@ -660,7 +737,7 @@ fn only_required_attributes_are_fetched() {
     s.req.method = true;
     let (decide, _, seen) = s.build(&host);
     host.fetched.borrow_mut().clear();
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         host.fetched(),
         vec!["connection.mtls", "header::method", "header::path"]
@@ -681,10 +758,10 @@ fn source_ip_is_the_direct_peer_handed_over_by_the_network_filter() {
     let (decide, enforce, seen) = s.build(&host);
     let mut conn = Conn::default();
     assert_eq!(
-        core::net_new_connection(&host, &decide, &mut conn),
+        net::new_connection(&host, &decide, &mut conn),
         Flow::Continue
     );
-    assert_eq!(host.state(core::PEER_IP).as_deref(), Some("10.1.2.3"));
+    assert_eq!(host.state(names::PEER_IP).as_deref(), Some("10.1.2.3"));
 
     // L7 (same connection): `source.address` now says what X-Forwarded-For claimed; the policy
     // sees the direct peer.
@@ -692,7 +769,7 @@ fn source_ip_is_the_direct_peer_handed_over_by_the_network_filter() {
         .mtls(true)
         .with(&["source", "address"], b"192.168.0.1:1")
         .header("x-forwarded-for", "192.168.0.1");
-    host7.set_filter_state(core::PEER_IP, b"10.1.2.3");
+    host7.set_filter_state(names::PEER_IP, b"10.1.2.3");
     assert_eq!(
         request(&host7, &decide, &enforce),
         (Flow::Continue, Flow::Continue)
@@ -725,7 +802,7 @@ fn unknown_peer_address_is_denied_when_a_policy_needs_it() {
     let (decide, enforce, seen) = s.build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny peer-address-unknown")
     );
     assert!(seen.borrow().is_empty());
@@ -748,7 +825,7 @@ fn dry_run_results_are_labelled_and_counted() {
     let (decide, enforce, _) = Setup::new(d).build(&host);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
     assert_eq!(
-        host.state(core::HTTP_SHADOW).as_deref(),
+        host.state(names::HTTP_SHADOW).as_deref(),
         Some("dry-run-allow=denied dry-run-deny=denied(ns[foo]-policy[p1]-rule[2])")
     );
     decide.flush_metrics(&host);
@@ -776,8 +853,8 @@ fn no_configuration_ever_denies_everything() {
     let vm = Rc::new(VmState::default());
     let decide = Plugin::new(Rc::clone(&vm));
     let enforce = Plugin::new(Rc::clone(&vm));
-    assert!(decide.configure(&host, core::ROOT_HTTP, Some(b"not json")));
-    assert!(enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None));
+    assert!(decide.configure(&host, names::ROOT_HTTP, Some(b"not json")));
+    assert!(enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None));
     assert_eq!(host.count("meshauthz.config_refused"), 1);
     assert!(host.errors().iter().any(|e| e.contains("not valid JSON")));
     assert!(host
@@ -791,17 +868,17 @@ fn no_configuration_ever_denies_everything() {
     );
     assert_eq!(host.forbidden(), 1);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny no-valid-configuration")
     );
 
     // Network: the connection is closed at once.
     let net = Plugin::new(Rc::clone(&vm));
-    assert!(net.configure(&host, core::ROOT_NET, None));
+    assert!(net.configure(&host, names::ROOT_NET, None));
     let mut conn = Conn::default();
-    assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1, "closed once");
 }
 
@@ -812,7 +889,7 @@ fn refused_update_keeps_the_last_good_configuration() {
     let refused_before = host.count("meshauthz.config_refused");
     assert!(decide.configure(
         &host,
-        core::ROOT_HTTP,
+        names::ROOT_HTTP,
         Some(br#"{"policies": [], "bogus": 1}"#)
     ));
     assert_eq!(host.count("meshauthz.config_refused"), refused_before + 1);
@@ -829,7 +906,7 @@ fn refused_update_keeps_the_last_good_configuration() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("allow ns[foo]-policy[p0]-rule[0]")
     );
 }
@@ -841,7 +918,7 @@ fn unknown_root_id_denies() {
     assert!(p.configure(&host, "meshauthz_htp", Some(br#"{"policies": []}"#)));
     assert!(host.errors().iter().any(|e| e.contains("unknown root_id")));
     assert!(!p.is_network());
-    assert_eq!(core::http_unknown_root(&host), Flow::Stop);
+    assert_eq!(http::unknown_root(&host), Flow::Stop);
     assert_eq!(host.forbidden(), 1);
 }
 
@@ -851,11 +928,11 @@ fn enforce_roots_mark_the_vm() {
     let vm = Rc::new(VmState::default());
     let p = Plugin::new(Rc::clone(&vm));
     assert!(!vm.http_enforce.get() && !vm.net_enforce.get());
-    p.configure(&host, core::ROOT_NET_ENFORCE, None);
+    p.configure(&host, names::ROOT_NET_ENFORCE, None);
     assert!(vm.net_enforce.get() && !vm.http_enforce.get());
     assert!(p.is_network());
     let q = Plugin::new(Rc::clone(&vm));
-    q.configure(&host, core::ROOT_HTTP_ENFORCE, Some(b"  "));
+    q.configure(&host, names::ROOT_HTTP_ENFORCE, Some(b"  "));
     assert!(vm.http_enforce.get());
 }
 
@@ -864,7 +941,7 @@ fn metrics_are_defined_with_envoy_rbac_names() {
     let host = FakeHost::default();
     let (_, _, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
     let names = host.metric_names.borrow();
-    for n in core::base_metric_names() {
+    for n in metrics::base_metric_names() {
         assert!(names.iter().any(|m| m == n), "{n} missing from {names:?}");
     }
     for n in [
@@ -886,12 +963,12 @@ fn strict_plaintext_chain_is_reset_on_new_connection() {
     s.default_mode = MtlsMode::Strict;
     let (net, _, seen) = s.build(&host);
     let mut conn = Conn::default();
-    assert_eq!(core::net_new_connection(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
     net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.8080.rejected"), 1);
     // Later callbacks of the closed connection do nothing more.
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
     assert!(seen.borrow().is_empty());
     // `connection.mtls` is not ready in on_new_connection and must not be what decided.
@@ -906,10 +983,7 @@ fn permissive_plaintext_is_accepted_and_counted() {
         .mtls(false);
     let (net, _, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
     let mut conn = Conn::default();
-    assert_eq!(
-        core::net_new_connection(&host, &net, &mut conn),
-        Flow::Continue
-    );
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
     assert_eq!(host.closed(), 0);
     net.flush_metrics(&host);
     assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 1);
@@ -924,10 +998,7 @@ fn mtls_chain_on_strict_port_passes_new_connection() {
     s.default_mode = MtlsMode::Strict;
     let (net, _, _) = s.build(&host);
     let mut conn = Conn::default();
-    assert_eq!(
-        core::net_new_connection(&host, &net, &mut conn),
-        Flow::Continue
-    );
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
     assert_eq!(host.closed(), 0);
 }
 
@@ -939,11 +1010,8 @@ fn strict_is_rechecked_on_first_data() {
     s.default_mode = MtlsMode::Strict;
     let (net, _, seen) = s.build(&host);
     let mut conn = Conn::default();
-    assert_eq!(
-        core::net_new_connection(&host, &net, &mut conn),
-        Flow::Continue
-    );
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
     assert!(seen.borrow().is_empty());
 }
@@ -960,21 +1028,18 @@ fn tcp_port_is_authorized_with_tcp_semantics_and_closed_on_deny() {
     let (net, enforce, seen) = s.build(&host);
     let mut conn = Conn::default();
     let mut econn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
     assert_eq!(
-        core::net_new_connection(&host, &net, &mut conn),
-        Flow::Continue
-    );
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
-    assert_eq!(
-        host.state(core::NET_DECISION).as_deref(),
+        host.state(names::NET_DECISION).as_deref(),
         Some("deny ns[foo]-policy[p0]-rule[0]")
     );
     assert_eq!(
-        host.state(core::HTTP_DECISION),
+        host.state(names::HTTP_DECISION),
         None,
         "L4 never writes the L7 key"
     );
-    assert_eq!(core::net_enforce(&host, &enforce, &mut econn), Flow::Stop);
+    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Stop);
     assert_eq!(host.closed(), 1);
     let seen = seen.borrow();
     assert_eq!(seen[0].protocol, Some(Protocol::Tcp));
@@ -984,7 +1049,7 @@ fn tcp_port_is_authorized_with_tcp_semantics_and_closed_on_deny() {
     );
     assert_eq!(seen[0].port, Some(5432));
     // Decided once per connection.
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
     assert_eq!(seen.len(), 1);
 }
 
@@ -994,12 +1059,9 @@ fn tcp_allow_passes_the_enforce_stage() {
     let (net, enforce, _) = Setup::new(allow(Cause::AllowRule(R0))).build(&host);
     let mut conn = Conn::default();
     let mut econn = Conn::default();
-    core::net_new_connection(&host, &net, &mut conn);
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
-    assert_eq!(
-        core::net_enforce(&host, &enforce, &mut econn),
-        Flow::Continue
-    );
+    net::new_connection(&host, &net, &mut conn);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Continue);
     assert_eq!(host.closed(), 0);
     net.flush_metrics(&host);
     enforce.flush_metrics(&host);
@@ -1013,8 +1075,8 @@ fn tcp_deny_without_enforce_root_closes_in_the_decide_stage() {
     s.enforce = false;
     let (net, _, _) = s.build(&host);
     let mut conn = Conn::default();
-    core::net_new_connection(&host, &net, &mut conn);
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Stop);
+    net::new_connection(&host, &net, &mut conn);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
 }
 
@@ -1023,7 +1085,7 @@ fn net_enforce_without_decision_closes() {
     let host = FakeHost::default();
     let (_, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
     let mut conn = Conn::default();
-    assert_eq!(core::net_enforce(&host, &enforce, &mut conn), Flow::Stop);
+    assert_eq!(net::enforce(&host, &enforce, &mut conn), Flow::Stop);
     assert_eq!(host.closed(), 1);
     assert!(host
         .errors()
@@ -1039,9 +1101,9 @@ fn net_enforce_requires_the_log_companion_when_audit_applies() {
     let (net, enforce, _) = Setup::new(d).build(&host);
     let mut conn = Conn::default();
     let mut econn = Conn::default();
-    core::net_decide(&host, &net, &mut conn);
-    assert_eq!(host.state(core::NET_AUDIT).as_deref(), Some("0"));
-    assert_eq!(core::net_enforce(&host, &enforce, &mut econn), Flow::Stop);
+    net::decide(&host, &net, &mut conn);
+    assert_eq!(host.state(names::NET_AUDIT).as_deref(), Some("0"));
+    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Stop);
     assert_eq!(host.closed(), 1);
 }
 
@@ -1050,20 +1112,81 @@ fn http_ports_are_left_to_the_http_filter() {
     let host = FakeHost::default().chain("mtls").port(8080).mtls(true);
     let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
     s.http_ports = vec![8080];
-    let (net, enforce, seen) = s.build(&host);
+    let (net, _, seen) = s.build(&host);
     let mut conn = Conn::default();
-    let mut econn = Conn::default();
-    core::net_new_connection(&host, &net, &mut conn);
-    assert_eq!(core::net_decide(&host, &net, &mut conn), Flow::Continue);
+    net::new_connection(&host, &net, &mut conn);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
     assert!(
         seen.borrow().is_empty(),
         "no L4 authorization on HTTP ports"
     );
     assert_eq!(
-        core::net_enforce(&host, &enforce, &mut econn),
-        Flow::Continue
+        host.state(names::NET_DECISION).as_deref(),
+        Some("allow http-port")
     );
     assert_eq!(host.closed(), 0);
+}
+
+/// Issue 7 §3: a TCP port listed in `httpPorts` by mistake. The network stage leaves it to the
+/// HTTP stage, but the traffic runs on a TCP chain (the only place meshauthz_net_enforce sits):
+/// the enforce stage refuses the HTTP-port verdict, counts and logs it. Before: allowed.
+#[test]
+fn a_tcp_chain_on_a_port_declared_http_is_closed() {
+    let host = FakeHost::default().chain("mtls").port(5432).mtls(true);
+    let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
+    s.http_ports = vec![5432];
+    let (net, enforce, _) = s.build(&host);
+    let mut conn = Conn::default();
+    let mut econn = Conn::default();
+    net::new_connection(&host, &net, &mut conn);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::enforce(&host, &enforce, &mut econn), Flow::Stop);
+    assert_eq!(host.closed(), 1);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("listed in httpPorts, but its traffic runs on a TCP chain")));
+    enforce.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.protocol_mismatch"), 1);
+    assert_eq!(host.count("meshauthz.fail_closed"), 1);
+}
+
+/// Issue 7 §3, the other direction: HTTP on a port the configuration does not declare HTTP. The
+/// network stage decided the connection as TCP (and, with an enforce stage elsewhere in the VM,
+/// left the closing to it, which an HTTP chain does not have). The HTTP stage applies the stricter
+/// reading: a TCP deny denies the request; a TCP allow still needs the HTTP policies to allow.
+#[test]
+fn http_on_a_port_not_declared_http_needs_both_readings() {
+    for (l4, l7, expected) in [
+        ("deny no-allow-rule-matched", true, Flow::Stop),
+        ("allow no-allow-policy", true, Flow::Continue),
+        ("allow no-allow-policy", false, Flow::Stop),
+    ] {
+        let host = FakeHost::default().mtls(true).header(":path", "/");
+        let decision = if l7 {
+            allow(Cause::NoAllowPolicy)
+        } else {
+            deny(Cause::NoAllowRuleMatched)
+        };
+        let (decide, enforce, _) = Setup::new(decision).build(&host);
+        decide.vm.net_decide.set(true);
+        host.set_filter_state(names::NET_DECISION, l4.as_bytes());
+        assert_eq!(request(&host, &decide, &enforce).1, expected, "{l4} {l7}");
+        decide.flush_metrics(&host);
+        assert_eq!(host.count("meshauthz.protocol_mismatch"), 1, "{l4} {l7}");
+        assert!(host
+            .errors()
+            .iter()
+            .any(|e| e.contains("missing from httpPorts")));
+    }
+    // A connection on a declared HTTP port: nothing to report.
+    let host = FakeHost::default().mtls(true);
+    let (decide, enforce, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    decide.vm.net_decide.set(true);
+    host.set_filter_state(names::NET_DECISION, b"allow http-port");
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+    decide.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.protocol_mismatch"), 0);
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<u8> {
@@ -1093,9 +1216,9 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
             .with(&["xds", "node", "metadata", "NAMESPACE"], b"foo")
             .with(&["xds", "node", "metadata", "LABELS"], &pairs(labels));
         let p = Plugin::new(Rc::new(VmState::default()));
-        assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+        assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());
-        p.compiled().unwrap().authz.mtls_mode(8080)
+        p.compiled().unwrap().authz.mtls_mode_at(Some(8080))
     };
     assert_eq!(
         mode_for(&[("app", "echo"), ("version", "v1")]),
@@ -1106,7 +1229,7 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
     // No workload in the document and none in the node metadata: refused, everything denied.
     let host = FakeHost::default().mtls(true);
     let p = Plugin::new(Rc::new(VmState::default()));
-    assert!(p.configure(&host, core::ROOT_HTTP, Some(doc)));
+    assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
     assert!(p.compiled().is_none());
     assert!(host.errors().iter().any(|e| e.contains("NAMESPACE")));
 }
@@ -1132,10 +1255,13 @@ fn a_valid_configuration_is_compiled_and_enforced_end_to_end() {
         let vm = Rc::new(VmState::default());
         let decide = Plugin::new(Rc::clone(&vm));
         let enforce = Plugin::new(Rc::clone(&vm));
-        decide.configure(&host, core::ROOT_HTTP, Some(doc));
-        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        decide.configure(&host, names::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
         let flows = request(&host, &decide, &enforce);
-        (flows.1, host.state(core::HTTP_DECISION).unwrap_or_default())
+        (
+            flows.1,
+            host.state(names::HTTP_DECISION).unwrap_or_default(),
+        )
     };
     let bar = Some("spiffe://cluster.local/ns/foo/sa/bar");
     assert_eq!(
@@ -1215,8 +1341,8 @@ fn request_principal_comes_from_verified_jwt_metadata_only() {
         let vm = Rc::new(VmState::default());
         let decide = Plugin::new(Rc::clone(&vm));
         let enforce = Plugin::new(Rc::clone(&vm));
-        decide.configure(&host, core::ROOT_HTTP, Some(doc));
-        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        decide.configure(&host, names::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
         request(&host, &decide, &enforce).1
     };
     let verified = |sub: &str| {
@@ -1268,13 +1394,13 @@ fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
     let vm = Rc::new(VmState::default());
     let host = FakeHost::default().mtls(true).header(":path", "/admin");
     let old = Plugin::new(Rc::clone(&vm));
-    old.configure(&host, core::ROOT_HTTP, Some(doc));
+    old.configure(&host, names::ROOT_HTTP, Some(doc));
     assert!(host.errors().is_empty(), "{:?}", host.errors());
 
     let updated = Plugin::new(Rc::clone(&vm));
     updated.configure(
         &host,
-        core::ROOT_HTTP,
+        names::ROOT_HTTP,
         Some(br#"{"policies": [{"kind": "AuthorizationPolicy", "spec": {"action": "NOPE"}}]}"#),
     );
     assert!(host
@@ -1282,22 +1408,22 @@ fn a_refused_update_in_a_new_root_context_keeps_the_previous_configuration() {
         .iter()
         .any(|e| e.contains("previous valid configuration stays in force")));
     let enforce = Plugin::new(Rc::clone(&vm));
-    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
     assert_eq!(request(&host, &updated, &enforce).1, Flow::Stop);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny ns[foo]-policy[deny-admin]-rule[0]")
     );
 
     // Another root id does not inherit it.
     let net = Plugin::new(Rc::clone(&vm));
-    net.configure(&host, core::ROOT_NET, Some(b"{}"));
+    net.configure(&host, names::ROOT_NET, Some(b"{}"));
     assert!(net.compiled().is_none());
 
     // Nor does another filter (plugin name) with the same root id.
     let other_host = FakeHost::default().with(&["plugin_name"], b"bar.other-plugin");
     let other = Plugin::new(Rc::clone(&vm));
-    other.configure(&other_host, core::ROOT_HTTP, Some(b"{}"));
+    other.configure(&other_host, names::ROOT_HTTP, Some(b"{}"));
     assert!(other.compiled().is_none());
 }
 
@@ -1341,8 +1467,8 @@ fn every_value_of_a_repeated_header_is_checked() {
         let vm = Rc::new(VmState::default());
         let decide = Plugin::new(Rc::clone(&vm));
         let enforce = Plugin::new(Rc::clone(&vm));
-        decide.configure(&host, core::ROOT_HTTP, Some(doc));
-        enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+        decide.configure(&host, names::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
         request(&host, &decide, &enforce).1
     };
     assert_eq!(run(&["off"]), Flow::Continue);
@@ -1373,20 +1499,20 @@ fn host_call_budget_of_an_allowed_request() {
     let vm = Rc::new(VmState::default());
     let decide = Plugin::new(Rc::clone(&vm));
     let enforce = Plugin::new(Rc::clone(&vm));
-    decide.configure(&host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
-    enforce.configure(&host, core::ROOT_HTTP_ENFORCE, None);
+    decide.configure(&host, names::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
     host.take_calls();
 
-    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
     assert_eq!(
         host.take_calls(),
         [
             "get connection.mtls",
-            "get connection.uri_san_peer_certificate",
+            "get filter_state.meshauthz.peer_sans",
             "set meshauthz_decision",
         ]
     );
-    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
         host.take_calls(),
         [
@@ -1395,14 +1521,14 @@ fn host_call_budget_of_an_allowed_request() {
         ]
     );
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("allow ns[foo]-policy[only-bar]-rule[0]")
     );
 
     // The counts reach the host once per tick, one call per counter that changed.
     for _ in 0..9 {
-        core::http_decide(&host, &decide);
-        core::http_enforce(&host, &enforce);
+        http::decide(&host, &decide);
+        http::enforce(&host, &enforce);
     }
     host.take_calls();
     decide.flush_metrics(&host);
@@ -1432,9 +1558,9 @@ fn net_chain(host: &FakeHost) -> (Plugin, Plugin, Plugin) {
     let net = Plugin::new(Rc::clone(&vm));
     let decide = Plugin::new(Rc::clone(&vm));
     let enforce = Plugin::new(Rc::clone(&vm));
-    net.configure(host, core::ROOT_NET, Some(PRINCIPAL_ALLOW_NET));
-    decide.configure(host, core::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
-    enforce.configure(host, core::ROOT_HTTP_ENFORCE, None);
+    net.configure(host, names::ROOT_NET, Some(PRINCIPAL_ALLOW_NET));
+    decide.configure(host, names::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(host, names::ROOT_HTTP_ENFORCE, None);
     (net, decide, enforce)
 }
 
@@ -1455,11 +1581,8 @@ fn conn_host(id: u64, san: Option<&str>) -> FakeHost {
 /// Opens connection `id` through the network stage; returns its per-connection state.
 fn open(net: &Plugin, host: &FakeHost) -> Conn {
     let mut conn = Conn::default();
-    assert_eq!(
-        core::net_new_connection(host, net, &mut conn),
-        Flow::Continue
-    );
-    assert_eq!(core::net_decide(host, net, &mut conn), Flow::Continue);
+    assert_eq!(net::new_connection(host, net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(host, net, &mut conn), Flow::Continue);
     conn
 }
 
@@ -1480,15 +1603,15 @@ fn recorded_connection_facts_replace_the_per_request_reads() {
     let _conn = open(&net, &conn_host(7, Some(BAR)));
 
     let host = request_on(7);
-    assert_eq!(core::http_decide(&host, &decide), Flow::Continue);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
     // One host call for all the connection's facts.
     assert_eq!(
         host.take_calls(),
         ["get connection.id", "set meshauthz_decision"]
     );
-    assert_eq!(core::http_enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("allow ns[foo]-policy[only-bar]-rule[0]")
     );
 }
@@ -1504,7 +1627,7 @@ fn another_connections_facts_are_never_used() {
     let (_, e) = request(&host, &decide, &enforce);
     assert_eq!(e, Flow::Stop);
     assert_eq!(
-        host.state(core::HTTP_DECISION).as_deref(),
+        host.state(names::HTTP_DECISION).as_deref(),
         Some("deny no-allow-rule-matched")
     );
     assert!(host.fetched().contains(&"connection.mtls".to_string()));
@@ -1513,7 +1636,10 @@ fn another_connections_facts_are_never_used() {
     let host = request_on(9).uri_san(BAR);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert!(
-        !host.fetched().iter().any(|f| f.contains("uri_san")),
+        !host
+            .fetched()
+            .iter()
+            .any(|f| f.contains("uri_san") || f.contains("peer_sans")),
         "no identity read without mTLS: {:?}",
         host.fetched()
     );
@@ -1538,11 +1664,13 @@ fn without_a_record_the_host_is_asked_as_before() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(
-        host.take_calls()[..3],
+        host.take_calls()[..4],
         [
             "get connection.id",
             "get connection.mtls",
-            "get connection.uri_san_peer_certificate",
+            // Whether meshauthz_net decided this connection as TCP (issue 7 §3).
+            "get filter_state.wasm.meshauthz_net_decision",
+            "get filter_state.meshauthz.peer_sans",
         ]
     );
 
@@ -1550,7 +1678,10 @@ fn without_a_record_the_host_is_asked_as_before() {
     // host would report one.
     let plain = conn_host(10, None).uri_san(BAR);
     let _plain = open(&net, &plain);
-    assert!(!plain.fetched().iter().any(|f| f.contains("uri_san")));
+    assert!(!plain
+        .fetched()
+        .iter()
+        .any(|f| f.contains("uri_san") || f.contains("peer_sans")));
     let host = request_on(10);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
     assert_eq!(host.take_calls()[0], "get connection.id");
@@ -1565,12 +1696,12 @@ fn a_closed_connection_is_forgotten() {
     let mut tcp = Conn::default();
     // TCP ports are decided at L4: nothing recorded for them.
     let tcp_host = conn_host(11, Some(BAR)).port(5432);
-    core::net_new_connection(&tcp_host, &net, &mut tcp);
-    core::net_decide(&tcp_host, &net, &mut tcp);
+    net::new_connection(&tcp_host, &net, &mut tcp);
+    net::decide(&tcp_host, &net, &mut tcp);
     assert_eq!(decide.vm.open_conns(), 1);
 
-    core::net_done(&net, &mut conn);
-    core::net_done(&net, &mut tcp);
+    net::done(&net, &mut conn);
+    net::done(&net, &mut tcp);
     assert_eq!(decide.vm.open_conns(), 0);
 
     // A late request on that id finds nothing and asks the host (here: no mTLS).
@@ -1595,7 +1726,7 @@ fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
         .header("x-team", "b");
     let (decide, _, seen) = s.build(&host);
     host.take_calls();
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         host.take_calls(),
         ["get connection.mtls", "headers", "set meshauthz_decision"]
@@ -1612,7 +1743,7 @@ fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
     let host = FakeHost::default().mtls(true).header("x-team", "a");
     let (decide, _, _) = s.build(&host);
     host.take_calls();
-    core::http_decide(&host, &decide);
+    http::decide(&host, &decide);
     assert_eq!(
         host.take_calls(),
         [
@@ -1644,7 +1775,7 @@ fn a_configuration_update_relabels_the_same_rule_ids() {
     let vm = Rc::new(VmState::default());
     let decide = Plugin::new(Rc::clone(&vm));
     let enforce = Plugin::new(Rc::clone(&vm));
-    assert!(enforce.configure(&FakeHost::default(), core::ROOT_HTTP_ENFORCE, None));
+    assert!(enforce.configure(&FakeHost::default(), names::ROOT_HTTP_ENFORCE, None));
     let labels = |decide: &Plugin| {
         let host = FakeHost::default().mtls(true).header(":path", "/");
         assert_eq!(
@@ -1652,14 +1783,14 @@ fn a_configuration_update_relabels_the_same_rule_ids() {
             (Flow::Continue, Flow::Continue)
         );
         (
-            host.state(core::HTTP_DECISION).unwrap(),
-            host.state(core::HTTP_SHADOW).unwrap(),
+            host.state(names::HTTP_DECISION).unwrap(),
+            host.state(names::HTTP_SHADOW).unwrap(),
         )
     };
     let host = FakeHost::default();
     assert!(decide.configure(
         &host,
-        core::ROOT_HTTP,
+        names::ROOT_HTTP,
         Some(doc("first", "dry-a").as_bytes())
     ));
     assert!(host.errors().is_empty(), "{:?}", host.errors());
@@ -1672,7 +1803,7 @@ fn a_configuration_update_relabels_the_same_rule_ids() {
 
     assert!(decide.configure(
         &host,
-        core::ROOT_HTTP,
+        names::ROOT_HTTP,
         Some(doc("second", "dry-b").as_bytes())
     ));
     assert!(host.errors().is_empty(), "{:?}", host.errors());
@@ -1683,4 +1814,132 @@ fn a_configuration_update_relabels_the_same_rule_ids() {
             "dry-run-deny=denied(ns[foo]-policy[dry-b]-rule[0])".to_string(),
         )
     );
+}
+
+// ---- issue 7 §2: certificates the module cannot fully see ------------------------------------
+
+/// A DENY on `default/blocked` for every port (HTTP 8080 declared), the workload `foo`.
+const DENY_BLOCKED: &[u8] = br#"{"policies": [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "deny-blocked", "namespace": "foo"},
+     "spec": {"action": "DENY", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/blocked"]}}]}]}}],
+    "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+
+const ADMIN: &str = "spiffe://cluster.local/ns/foo/sa/admin";
+const BLOCKED: &str = "spiffe://cluster.local/ns/default/sa/blocked";
+
+/// Envoy RBAC matches a principal against every SAN; the module sees one identity. A certificate
+/// with `[admin, blocked]` passed the DENY on `blocked` before (first URI SAN only): now it is
+/// refused, HTTP (with and without recorded facts) and TCP, in both orders, and logged once per
+/// connection. A one-SAN certificate is still decided by the policies.
+#[test]
+fn a_certificate_with_several_sans_is_refused_where_principals_matter() {
+    for sans in [
+        format!("{ADMIN},{BLOCKED} "),
+        format!("{BLOCKED},{ADMIN} "),
+        format!("{ADMIN} blocked.default.svc"),
+    ] {
+        // HTTP, facts read per request (no network stage).
+        let host = FakeHost::default().mtls(true).sans(&sans);
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+        assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop, "{sans}");
+        assert_eq!(
+            host.state(names::HTTP_DECISION).as_deref(),
+            Some("deny peer-certificate-unseen")
+        );
+        assert!(host
+            .errors()
+            .iter()
+            .any(|e| e.contains("more than one SAN")));
+        decide.flush_metrics(&host);
+        assert_eq!(host.count("meshauthz.fail_closed"), 1);
+
+        // HTTP with facts recorded by meshauthz_net: logged once for the connection, each
+        // request denied.
+        let vm = Rc::new(VmState::default());
+        let net = Plugin::new(Rc::clone(&vm));
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        let setup = FakeHost::default();
+        net.configure(&setup, names::ROOT_NET, Some(DENY_BLOCKED));
+        decide.configure(&setup, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&setup, names::ROOT_HTTP_ENFORCE, None);
+        let conn = conn_host(3, None).mtls(true).sans(&sans);
+        let _c = open(&net, &conn);
+        assert_eq!(conn.errors().len(), 1, "{:?}", conn.errors());
+        for _ in 0..3 {
+            let host = request_on(3);
+            assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+            assert!(host.errors().is_empty(), "logged once per connection");
+        }
+
+        // TCP: the connection is closed.
+        let host = FakeHost::default()
+            .chain("mtls")
+            .port(5432)
+            .mtls(true)
+            .sans(&sans);
+        let vm = Rc::new(VmState::default());
+        let net = Plugin::new(Rc::clone(&vm));
+        net.configure(&host, names::ROOT_NET, Some(DENY_BLOCKED));
+        let mut conn = Conn::default();
+        assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+        assert_eq!(net::decide(&host, &net, &mut conn), Flow::Stop);
+        assert_eq!(
+            host.state(names::NET_DECISION).as_deref(),
+            Some("deny peer-certificate-unseen")
+        );
+        assert_eq!(host.closed(), 1);
+    }
+
+    // One SAN: the policies decide (blocked is denied, admin allowed).
+    for (san, expected) in [(ADMIN, Flow::Continue), (BLOCKED, Flow::Stop)] {
+        let host = FakeHost::default().mtls(true).uri_san(san);
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+        assert_eq!(request(&host, &decide, &enforce).1, expected, "{san}");
+    }
+}
+
+/// Without the `set_filter_state` companion the module cannot tell a one-SAN certificate from a
+/// two-SAN one: refused where a policy reads the principal, with the fix in the log. Policies
+/// that read no principal do not need it.
+#[test]
+fn without_the_san_companion_principal_policies_fail_closed() {
+    let host = FakeHost::default().mtls(true).with(
+        &["connection", "uri_san_peer_certificate"],
+        ADMIN.as_bytes(),
+    );
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, names::ROOT_HTTP, Some(DENY_BLOCKED));
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("envoy.filters.network.set_filter_state")));
+
+    let host = FakeHost::default().mtls(true).with(
+        &["connection", "uri_san_peer_certificate"],
+        ADMIN.as_bytes(),
+    );
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(
+        &host,
+        names::ROOT_HTTP,
+        Some(br#"{"policies": [], "workload": {"namespace": "foo"}}"#),
+    );
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
 }

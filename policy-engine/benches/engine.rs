@@ -11,8 +11,7 @@
 //! * `compile/load_and_compile/1000`: `load_str` + `Engine::compile` of 1,000 ALLOW policies.
 //!
 //! Sample sizes and times are small so the whole run stays within about three minutes on 2 cores.
-#![allow(
-    clippy::expect_used,
+#![expect(
     clippy::panic,
     reason = "a benchmark that cannot set up has nothing to measure"
 )]
@@ -98,14 +97,17 @@ fn checks(c: &mut Criterion) {
         let engine = compile(&policies("ALLOW", n));
         let last = principal(n - 1);
         let hit = attrs(&last, &headers, ip);
-        assert!(engine.check(Protocol::Http, &hit).allowed, "allow_last/{n}");
+        assert!(
+            engine.check(Protocol::Http, &hit).allowed(),
+            "allow_last/{n}"
+        );
         group.bench_with_input(BenchmarkId::new("allow_last", n), &hit, |b, a| {
             b.iter(|| engine.check(Protocol::Http, black_box(a)));
         });
         let stranger = "spiffe://cluster.local/ns/ns1/sa/stranger".to_string();
         let miss = attrs(&stranger, &headers, ip);
         assert!(
-            !engine.check(Protocol::Http, &miss).allowed,
+            !engine.check(Protocol::Http, &miss).allowed(),
             "allow_none/{n}"
         );
         group.bench_with_input(BenchmarkId::new("allow_none", n), &miss, |b, a| {
@@ -122,7 +124,7 @@ fn checks(c: &mut Criterion) {
         let engine = compile(&text);
         let stranger = "spiffe://cluster.local/ns/ns1/sa/stranger".to_string();
         let a = attrs(&stranger, &headers, ip);
-        assert!(engine.check(Protocol::Http, &a).allowed, "deny_heavy/{n}");
+        assert!(engine.check(Protocol::Http, &a).allowed(), "deny_heavy/{n}");
         group.bench_with_input(BenchmarkId::new("deny_heavy", n), &a, |b, a| {
             b.iter(|| engine.check(Protocol::Http, black_box(a)));
         });
@@ -143,7 +145,10 @@ fn checks(c: &mut Criterion) {
     let p = principal(0);
     let a = attrs(&p, &headers, ip);
     for (name, engine) in [("native", &native), ("cel", &cel)] {
-        assert!(engine.check(Protocol::Http, &a).allowed, "condition/{name}");
+        assert!(
+            engine.check(Protocol::Http, &a).allowed(),
+            "condition/{name}"
+        );
         group.bench_with_input(BenchmarkId::new("condition", name), &a, |b, a| {
             b.iter(|| engine.check(Protocol::Http, black_box(a)));
         });

@@ -30,6 +30,17 @@ pub enum Cause {
     NoAllowRuleMatched,
 }
 
+impl Cause {
+    /// Whether this cause allows: the cause decides, so an allowed request with a denying cause
+    /// cannot be built (ztunnel's shape).
+    pub fn allows(self) -> bool {
+        match self {
+            Cause::NoAllowPolicy | Cause::AllowRule(_) => true,
+            Cause::DenyRule(_) | Cause::NoAllowRuleMatched => false,
+        }
+    }
+}
+
 /// The outcome of the dry-run (`istio.io/dry-run: "true"`) policies of one action, computed exactly
 /// like an enforced outcome and never enforced (Envoy RBAC `shadow_rules`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +52,11 @@ pub struct ShadowResult {
     pub rule: Option<RuleId>,
 }
 
+/// Istio's decision for one request or connection: the enforced outcome ([`Decision::allowed`],
+/// derived from its [`Cause`]), the AUDIT outcome and the dry-run outcomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub allowed: bool,
+    /// Why it is allowed or denied.
     pub cause: Cause,
     /// At least one AUDIT policy applies to this workload (Envoy writes `access_log_hint` only then).
     pub audit_policy_applies: bool,
@@ -59,6 +72,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The request or connection is allowed (by its [`Cause`]).
+    pub fn allowed(&self) -> bool {
+        self.cause.allows()
+    }
+
     /// `%DYNAMIC_METADATA(envoy.common:access_log_hint)%`.
     pub fn access_log_hint(&self) -> bool {
         self.audit_rule.is_some()

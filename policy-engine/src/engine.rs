@@ -1,59 +1,13 @@
 //! The compiled view of a policy set for one workload: parse, validate and compile once, then
 //! answer many checks.
 
-use std::collections::BTreeMap;
-
 use crate::attributes::{Attributes, Requirements};
-use crate::authz::CompiledAuthz;
+use crate::authz::{CompiledAuthz, PolicyInfo};
 use crate::decision::{Decision, Protocol, RuleId};
 use crate::error::Diagnostics;
-use crate::model::{Action, MtlsMode, PolicySet};
+use crate::model::{MtlsMode, PolicySet};
 use crate::peer_authn::ResolvedMtls;
-
-/// Mesh-wide settings (Istio `meshConfig`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MeshConfig {
-    /// `meshConfig.rootNamespace`: its policies apply mesh-wide.
-    pub root_namespace: String,
-    /// `meshConfig.trustDomain`.
-    pub trust_domain: String,
-    /// `meshConfig.trustDomainAliases`: principals written for any of these trust domains (or
-    /// `cluster.local`) also match the others.
-    pub trust_domain_aliases: Vec<String>,
-}
-
-impl Default for MeshConfig {
-    fn default() -> Self {
-        MeshConfig {
-            root_namespace: "istio-system".to_string(),
-            trust_domain: "cluster.local".to_string(),
-            trust_domain_aliases: Vec::new(),
-        }
-    }
-}
-
-/// The workload the policies are compiled for: a sidecar's own namespace and pod labels.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Workload {
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// One applicable AuthorizationPolicy as the engine reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyInfo {
-    pub namespace: String,
-    pub name: String,
-    pub action: Action,
-    pub dry_run: bool,
-}
-
-impl PolicyInfo {
-    /// `namespace/name`.
-    pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+use crate::workload::{MeshConfig, Workload};
 
 /// A policy set compiled for one workload.
 #[derive(Debug)]
@@ -62,6 +16,7 @@ pub struct Engine {
     pub(crate) authz: CompiledAuthz,
     pub(crate) mtls: ResolvedMtls,
     pub(crate) requirements: Requirements,
+    named_ports: Vec<u16>,
 }
 
 impl Engine {
@@ -76,15 +31,18 @@ impl Engine {
         let mut warnings = Diagnostics::default();
         let (policies, authz) = crate::authz::compile(set, workload, mesh, &mut warnings)?;
         let mtls = crate::peer_authn::resolve(set, workload, mesh, &mut warnings);
+        crate::input::overlap::peer_authentications(set, workload, mesh, &mut warnings);
         let mut requirements = authz.requirements();
         // The transport decision (STRICT) needs to know whether the peer is authenticated.
         requirements.mtls = true;
+        let named_ports = named_ports(set, &mtls);
         Ok((
             Engine {
                 policies,
                 authz,
                 mtls,
                 requirements,
+                named_ports,
             },
             warnings,
         ))
@@ -99,6 +57,29 @@ impl Engine {
     /// The PeerAuthentication mode of a workload port (never `Unset`: resolved to its parent).
     pub fn mtls_mode(&self, port: u16) -> MtlsMode {
         self.mtls.mode(port)
+    }
+
+    /// The mode at a port the host may not have reported. At an unknown port it is the
+    /// workload's mode when no port has its own; otherwise STRICT, the mode that refuses
+    /// plaintext and keeps the peer identity, so not knowing the port never admits more.
+    pub fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+        match port {
+            Some(p) => self.mtls.mode(p),
+            None if self.has_port_level_mtls() => MtlsMode::Strict,
+            None => self.mtls.default_mode,
+        }
+    }
+
+    /// Whether some port has its own mode (`portLevelMtls`): only then does the mode depend on
+    /// the port.
+    pub fn has_port_level_mtls(&self) -> bool {
+        !self.mtls.ports.is_empty()
+    }
+
+    /// The ports the configuration names, sorted: `portLevelMtls` of the PeerAuthentication that
+    /// applies, and `ports` / `notPorts` of every AuthorizationPolicy in the set.
+    pub fn named_ports(&self) -> &[u16] {
+        &self.named_ports
     }
 
     /// The resolved PeerAuthentication of the workload.
@@ -126,5 +107,83 @@ impl Engine {
             Some(p) => format!("ns[{}]-policy[{}]-rule[{}]", p.namespace, p.name, id.rule),
             None => format!("unknown-rule[{}:{}]", id.policy, id.rule),
         }
+    }
+}
+
+/// See [`Engine::named_ports`]. Values that are not ports are skipped (validation refuses them).
+fn named_ports(set: &PolicySet, mtls: &ResolvedMtls) -> Vec<u16> {
+    let mut ports: Vec<u16> = mtls.ports.keys().copied().collect();
+    let operations = set
+        .authorization_policies
+        .iter()
+        .flat_map(|p| p.spec.rules.iter().flatten().flatten())
+        .flat_map(|rule| rule.to.iter().flatten().flatten())
+        .filter_map(|to| to.operation.as_ref());
+    for op in operations {
+        ports.extend(
+            op.ports
+                .iter()
+                .chain(&op.not_ports)
+                .filter_map(|p| p.parse::<u16>().ok()),
+        );
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Engine;
+    use crate::model::MtlsMode;
+    use crate::workload::{MeshConfig, Workload};
+    use crate::LoadOptions;
+
+    fn engine(objects: serde_json::Value) -> Engine {
+        let (set, _) =
+            crate::load_value(&objects, &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"));
+        let workload = Workload {
+            namespace: "ns1".into(),
+            labels: [("app".to_string(), "b".to_string())].into(),
+        };
+        match Engine::compile(&set, &workload, &MeshConfig::default()) {
+            Ok((e, _)) => e,
+            Err(d) => panic!("{d}"),
+        }
+    }
+
+    fn peer_authn(port_level: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": "pa", "namespace": "ns1"},
+               "spec": {"selector": {"matchLabels": {"app": "b"}}, "mtls": {"mode": "PERMISSIVE"},
+                        "portLevelMtls": port_level}})
+    }
+
+    #[test]
+    fn mode_at_an_unknown_port() {
+        let mixed = engine(json!([peer_authn(json!({"8080": {"mode": "DISABLE"}}))]));
+        assert!(mixed.has_port_level_mtls());
+        assert_eq!(mixed.mtls_mode_at(Some(8080)), MtlsMode::Disable);
+        assert_eq!(mixed.mtls_mode_at(Some(9000)), MtlsMode::Permissive);
+        // Ports differ and the port is unknown: the strictest answer.
+        assert_eq!(mixed.mtls_mode_at(None), MtlsMode::Strict);
+
+        let uniform = engine(json!([]));
+        assert!(!uniform.has_port_level_mtls());
+        assert_eq!(uniform.mtls_mode_at(None), MtlsMode::Permissive);
+    }
+
+    #[test]
+    fn named_ports_from_port_level_mtls_and_operations() {
+        let e = engine(json!([
+            peer_authn(json!({"9000": {"mode": "STRICT"}})),
+            {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "a", "namespace": "ns1"},
+             "spec": {"rules": [{"to": [{"operation": {"ports": ["8080", "9000"]}},
+                                        {"operation": {"notPorts": ["15000"]}}]}]}}
+        ]));
+        assert_eq!(e.named_ports(), [8080, 9000, 15000]);
     }
 }

@@ -1,22 +1,67 @@
-//! Path normalization before matching.
+//! The two paths a check can see.
 //!
-//! Istio relies on the HTTP connection manager to normalize `:path` (its default `BASE`:
-//! RFC 3986 dot segments, decoding of unreserved `%XX`, `\` to `/`). meshauthz does not trust the
-//! listener to be configured that way: it normalizes again, and also merges repeated slashes, so
-//! that `%2e%2e`, `/./`, `//` or `\` cannot move a request past a DENY on the path the application
-//! will serve. The query string and fragment are removed first (Envoy `url_path`).
+//! **The forwarded path** ([`url_path`]): `:path` as the module receives it, after whatever the
+//! listener's HTTP connection manager did (Istio's default `BASE`: RFC 3986 dot segments, decoding
+//! of unreserved `%XX`, `\` to `/`; slashes are merged only with `MERGE_SLASHES`), without query
+//! or fragment (Envoy `url_path`). It is the path the application receives, and the one Istio's
+//! RBAC matches: ALLOW rules match it, exactly as in Istio.
+//!
+//! **The normalized path** ([`normalize`]): the forwarded path normalized again as `BASE` does,
+//! plus merged slashes. The listener may not normalize at all (`NONE`) and does not merge slashes
+//! by default, while applications often do both. DENY and AUDIT path conditions match when either
+//! path matches, so `%2e%2e`, `/./`, `//` or `\` cannot move a request past a DENY; this can only
+//! tighten, never widen, what Istio would decide.
 
 use std::borrow::Cow;
 
-/// The path to match: no query or fragment, normalized.
+/// The forwarded path: `raw` without its query string or fragment (Envoy `url_path`).
+pub fn url_path(raw: &str) -> &str {
+    raw.split(['?', '#']).next().unwrap_or(raw)
+}
+
+/// The normalized path: [`url_path`], then `BASE` normalization and merged slashes. Borrowed
+/// when nothing changes.
 pub fn normalize(raw: &str) -> Cow<'_, str> {
-    let path = raw.split(['?', '#']).next().unwrap_or(raw);
+    normalize_path(url_path(raw), true)
+}
+
+/// What the listener's HTTP connection manager does to `:path` before any filter sees it, named as
+/// Istio's `meshConfig.pathNormalization.normalization`. The engine never applies this (the module
+/// receives its result); tests use it to play a listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListenerNormalization {
+    /// `normalize_path: false`: the path is forwarded as the client sent it.
+    #[default]
+    None,
+    /// Istio's default, `normalize_path: true`: dot segments, unreserved `%XX`, `\` to `/`.
+    Base,
+    /// `BASE` plus `merge_slashes: true`.
+    MergeSlashes,
+}
+
+impl ListenerNormalization {
+    /// The `:path` the listener forwards for `raw` (the query string is kept).
+    pub fn apply(self, raw: &str) -> Cow<'_, str> {
+        let merge_slashes = match self {
+            ListenerNormalization::None => return Cow::Borrowed(raw),
+            ListenerNormalization::Base => false,
+            ListenerNormalization::MergeSlashes => true,
+        };
+        let path = url_path(raw);
+        match normalize_path(path, merge_slashes) {
+            Cow::Borrowed(_) => Cow::Borrowed(raw),
+            Cow::Owned(p) => Cow::Owned(format!("{p}{}", raw.get(path.len()..).unwrap_or(""))),
+        }
+    }
+}
+
+fn normalize_path(path: &str, merge_slashes: bool) -> Cow<'_, str> {
     if !needs_work(path) {
         return Cow::Borrowed(path);
     }
     let decoded = decode_unreserved(path);
     let slashed = decoded.replace('\\', "/");
-    Cow::Owned(remove_dot_segments_and_merge_slashes(&slashed))
+    Cow::Owned(remove_dot_segments(&slashed, merge_slashes))
 }
 
 fn needs_work(path: &str) -> bool {
@@ -66,17 +111,28 @@ fn decode_unreserved(path: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// RFC 3986 section 5.2.4 on an absolute path, with empty segments removed (merged slashes).
-fn remove_dot_segments_and_merge_slashes(path: &str) -> String {
+/// RFC 3986 section 5.2.4 on an absolute path; with `merge_slashes`, empty segments are removed.
+fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
     let mut segments: Vec<&str> = Vec::new();
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    for seg in path.split('/') {
+    let mut parts = path.split('/');
+    // An absolute path starts with `/`: its first part is empty.
+    if path.starts_with('/') {
+        parts.next();
+    }
+    // The path ends in a directory: after `.`, `..` or (merged) an empty last segment.
+    let mut trailing = false;
+    for seg in parts {
+        trailing = true;
         match seg {
-            "" | "." => {}
+            "." => {}
             ".." => {
                 segments.pop();
             }
-            s => segments.push(s),
+            "" if merge_slashes => {}
+            s => {
+                segments.push(s);
+                trailing = false;
+            }
         }
     }
     let mut out = String::with_capacity(path.len());
@@ -114,6 +170,34 @@ mod tests {
             ("/plain/path", "/plain/path"),
         ] {
             assert_eq!(normalize(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn listener_settings() {
+        use super::ListenerNormalization::{Base, MergeSlashes, None};
+        for (raw, none, base, merged) in [
+            (
+                "/store//cart",
+                "/store//cart",
+                "/store//cart",
+                "/store/cart",
+            ),
+            (
+                "/a/%2e%2e/b?x=/..",
+                "/a/%2e%2e/b?x=/..",
+                "/b?x=/..",
+                "/b?x=/..",
+            ),
+            ("//admin/./x/", "//admin/./x/", "//admin/x/", "/admin/x/"),
+            ("/a//../b", "/a//../b", "/a/b", "/b"),
+            ("/a\\b", "/a\\b", "/a/b", "/a/b"),
+            ("/%2561dmin", "/%2561dmin", "/%2561dmin", "/%2561dmin"),
+            ("/", "/", "/", "/"),
+        ] {
+            assert_eq!(None.apply(raw), none, "NONE {raw}");
+            assert_eq!(Base.apply(raw), base, "BASE {raw}");
+            assert_eq!(MergeSlashes.apply(raw), merged, "MERGE_SLASHES {raw}");
         }
     }
 }

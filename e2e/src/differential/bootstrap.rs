@@ -87,7 +87,8 @@ fn network_filters(chain: Chain, filters: &[Value], log: &Path) -> Value {
                     "stat_prefix": "diff",
                     "codec_type": "AUTO",
                     // As the project's server templates: RFC 3986 normalization and merged slashes
-                    // before any filter, which the engine also applies to the raw path.
+                    // before any filter; the engine is handed the path this forwards
+                    // (`compare::expect`).
                     "normalize_path": true,
                     "merge_slashes": true,
                     "access_log": file_log(log, Chain::Http),

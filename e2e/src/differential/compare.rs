@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use policy_engine::path::ListenerNormalization;
 use policy_engine::{Attributes, Cause, Decision, Engine, HttpAttributes, Protocol};
 use serde_json::Value;
 
@@ -73,11 +74,18 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
     };
     // Request headers as the engine takes them: pseudo-headers, then the sent ones, lower-case
     // names, a repeated header as several pairs (Envoy RBAC matches any one of its values).
+    // The module receives `:path` after the connection manager normalized it (the bootstrap's
+    // `normalize_path` and `merge_slashes`), the path Envoy's RBAC matches too.
+    let forwarded = probe.http.as_ref().map(|h| {
+        ListenerNormalization::MergeSlashes
+            .apply(&h.path)
+            .into_owned()
+    });
     let mut headers: Vec<(String, String)> = Vec::new();
-    if let Some(h) = &probe.http {
+    if let (Some(h), Some(path)) = (&probe.http, &forwarded) {
         let scheme = if principal.is_some() { "https" } else { "http" };
         headers.push((":method".into(), h.method.clone()));
-        headers.push((":path".into(), h.path.clone()));
+        headers.push((":path".into(), path.clone()));
         headers.push((":authority".into(), h.host.clone()));
         headers.push((":scheme".into(), scheme.into()));
         headers.push(("x-diff-id".into(), probe.id.to_string()));
@@ -92,7 +100,7 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
     let http = probe.http.as_ref().map(|h| HttpAttributes {
         host: Some(h.host.as_str()),
         method: Some(h.method.as_str()),
-        path: Some(h.path.as_str()),
+        path: forwarded.as_deref(),
         headers: &refs,
         jwt: None,
     });
@@ -128,7 +136,7 @@ pub fn expect(engine: &Engine, chain: Chain, probe: &Probe, port: u16) -> (Expec
     };
     (
         Expected {
-            allowed: d.allowed,
+            allowed: d.allowed(),
             denied_by_rule: matches!(d.cause, Cause::DenyRule(_)),
             cause,
             hint: d.audit_policy_applies.then(|| d.access_log_hint()),

@@ -51,29 +51,28 @@ pub const WORKLOAD_NAMESPACE: &str = "foo";
 /// The builder test's proxy labels.
 pub const WORKLOAD_LABELS: [(&str, &str); 2] = [("app", "httpbin"), ("version", "v1")];
 
-/// `shared/` (Istio's test data): `$MESHAUTHZ_SHARED_DIR`, else the first `shared/` next to an
-/// ancestor of the repository (as `policy-engine/tests/validation.rs` looks it up).
+/// `shared/` (Istio's test data): `$MESHAUTHZ_SHARED_DIR` when set (and only there), else the
+/// first `shared/` beside an ancestor of the repository (as `policy-engine/tests/validation.rs`
+/// looks it up). An error on a bare clone: the differential tests then do not run.
 pub fn shared_dir() -> Result<PathBuf> {
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::var_os("MESHAUTHZ_SHARED_DIR") {
-        let dir = PathBuf::from(dir);
-        if dir.join("istio-testdata").is_dir() {
-            return Ok(dir);
-        }
-        tried.push(dir);
+    let candidates: Vec<PathBuf> = match std::env::var_os("MESHAUTHZ_SHARED_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .skip(2)
+            .map(|a| a.join("shared"))
+            .collect(),
+    };
+    match candidates
+        .iter()
+        .find(|d| d.join("istio-testdata").is_dir())
+    {
+        Some(dir) => Ok(dir.clone()),
+        None => err(format!(
+            "Istio's test data not found: expected `shared/istio-testdata` next to the repository, \
+             or set MESHAUTHZ_SHARED_DIR. Tried: {candidates:?}"
+        )),
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for ancestor in manifest.ancestors().skip(2) {
-        let dir = ancestor.join("shared");
-        if dir.join("istio-testdata").is_dir() {
-            return Ok(dir);
-        }
-        tried.push(dir);
-    }
-    err(format!(
-        "Istio's test data not found: expected `shared/istio-testdata` next to the repository, \
-         or set MESHAUTHZ_SHARED_DIR. Tried: {tried:?}"
-    ))
 }
 
 /// `.../authz/builder/testdata`.

@@ -1,28 +1,48 @@
-//! AuthorizationPolicy: which policies apply to a workload, their compiled rules, the decision.
+//! AuthorizationPolicy: which policies apply to a workload, their compiled rules, the decision
+//! ([`CompiledAuthz::check`], each step under the Istio sentence it implements).
 //!
-//! Where each field is matched: `source.*` in [`source`], `operation.*` in [`operation`], `when`
-//! keys in [`condition`]; the wildcard forms in [`string_match`], path templates in
-//! [`path_template`], the structure (rule, clause, field) in [`rule`], the index in [`index`].
+//! Each field has one type that compiles it and matches it, side by side (Envoy's
+//! `Matcher::create`): `source.*` in [`source`] (`principals` is [`source::Principal`]),
+//! `operation.*` in [`operation`], `when` keys in [`condition`]. Around them: the structure
+//! (rule, clause, field, the per-check context) in [`rule`], the TCP/HTTP-only and invalid-value
+//! rules in [`values`], the wildcard forms in [`string_match`], path templates in
+//! [`path_template`], trust-domain aliases in [`trust_domain`], the rule index in [`index`].
 
-pub mod condition;
-pub mod index;
-pub mod operation;
-pub mod path_template;
-pub mod rule;
-pub mod source;
-pub mod string_match;
-pub mod trust_domain;
-pub mod values;
+mod condition;
+mod index;
+mod operation;
+mod path_template;
+mod rule;
+mod source;
+mod string_match;
+mod trust_domain;
+mod values;
 
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
-use crate::engine::{MeshConfig, PolicyInfo, Workload};
-use crate::error::{Diagnostic, Diagnostics, ObjectRef};
-use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule};
+use crate::error::{Diagnostic, Diagnostics};
+use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule, CUSTOM_UNSUPPORTED};
+use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
 use rule::{CompiledRule, Ctx};
 use trust_domain::TrustBundle;
 use values::{FieldCtx, RuleDropped};
+
+/// One applicable AuthorizationPolicy as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    pub dry_run: bool,
+}
+
+impl PolicyInfo {
+    /// `namespace/name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
 
 /// The rules of one action and enforcement mode, for one chain type.
 #[derive(Debug, Default)]
@@ -44,18 +64,11 @@ pub(crate) struct ChainRules {
 }
 
 #[derive(Debug, Default)]
-pub struct CompiledAuthz {
+pub(crate) struct CompiledAuthz {
     http: ChainRules,
     tcp: ChainRules,
-    need_path: bool,
-}
-
-fn object_ref(p: &AuthorizationPolicy) -> ObjectRef {
-    ObjectRef {
-        kind: "AuthorizationPolicy".into(),
-        namespace: p.meta.namespace.clone(),
-        name: p.meta.name.clone(),
-    }
+    /// Some HTTP DENY/AUDIT field reads the path: compute the normalized path.
+    need_normalized: bool,
 }
 
 /// Istio `WorkloadPolicyMatcher.ShouldAttachPolicy` for a sidecar workload.
@@ -71,7 +84,7 @@ fn applies(
     }
     if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
         warnings.push(Diagnostic::warning(
-            Some(object_ref(p)),
+            Some(p.object_ref()),
             "spec.targetRefs",
             "policies with targetRef/targetRefs attach to gateways and waypoints, not to sidecar workloads: not applied",
         ));
@@ -79,10 +92,7 @@ fn applies(
     }
     match &p.spec.selector {
         None => true,
-        Some(s) => s
-            .match_labels
-            .iter()
-            .all(|(k, v)| workload.labels.get(k) == Some(v)),
+        Some(s) => workload.selected_by(&s.match_labels),
     }
 }
 
@@ -153,7 +163,7 @@ pub(crate) fn compile(
     for p in applicable {
         let Ok(policy_id) = u32::try_from(infos.len()) else {
             errors.push(Diagnostic::error(
-                Some(object_ref(p)),
+                Some(p.object_ref()),
                 "",
                 "too many policies",
             ));
@@ -170,9 +180,9 @@ pub(crate) fn compile(
             (Action::Custom, _) => {
                 // Never ignore a policy silently: ignoring it would widen access.
                 errors.push(Diagnostic::error(
-                    Some(object_ref(p)),
+                    Some(p.object_ref()),
                     "spec.action",
-                    "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it",
+                    CUSTOM_UNSUPPORTED,
                 ));
                 continue;
             }
@@ -230,7 +240,12 @@ pub(crate) fn compile(
             chain.bucket_mut(kind).rules = RuleSet::new(list);
         }
     }
-    compiled.need_path = compiled.requirements().path;
+    compiled.need_normalized = compiled.http.buckets().iter().any(|b| {
+        b.rules
+            .rules()
+            .iter()
+            .any(CompiledRule::reads_normalized_path)
+    });
     Ok((infos, compiled))
 }
 
@@ -289,13 +304,19 @@ impl CompiledAuthz {
         req
     }
 
-    /// AUDIT on its own, then DENY, then ALLOW (Istio's filter order), and the dry-run shadows.
+    /// Istio's decision procedure, each step under the sentence of the AuthorizationPolicy
+    /// reference (istio.io, `security/v1/authorization_policy.proto`) that it implements.
     pub(crate) fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
+        // Istio decides by the port's filter chain: on a TCP chain the rules were compiled
+        // without HTTP-only fields (an ALLOW rule naming one is dropped, a DENY or AUDIT rule
+        // ignores it), istio-semantics.md §6.
         let chain = match protocol {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_path && protocol == Protocol::Http);
+        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        // "A match occurs when at least one rule matches the request." (Policies of one action
+        // are ORed; the first rule in Istio's policy order is reported.)
         let first = |b: &Bucket| {
             if b.rules.is_empty() {
                 None
@@ -304,16 +325,31 @@ impl CompiledAuthz {
             }
         };
 
+        // "Istio Authorization Policy also supports the AUDIT action to decide whether to log
+        // requests. AUDIT policies do not affect whether requests are allowed or denied to the
+        // workload."
         let audit_rule = first(&chain.audit);
-        let (allowed, cause) = if let Some(r) = first(&chain.deny) {
-            (false, Cause::DenyRule(r))
+
+        // "1. If there are any CUSTOM policies that match the request, evaluate and deny the
+        // request if the evaluation result is deny." meshauthz refuses CUSTOM policies when
+        // compiling (there is no external authorizer), so none is left here.
+        let cause = if let Some(r) = first(&chain.deny) {
+            // "2. If there are any DENY policies that match the request, deny the request."
+            Cause::DenyRule(r)
         } else if !chain.allow.has_policy {
-            (true, Cause::NoAllowPolicy)
+            // "3. If there are no ALLOW policies for the workload, allow the request."
+            // (An ALLOW policy with no rule that can match still counts: it denies everything.)
+            Cause::NoAllowPolicy
         } else if let Some(r) = first(&chain.allow) {
-            (true, Cause::AllowRule(r))
+            // "4. If any of the ALLOW policies match the request, allow the request."
+            Cause::AllowRule(r)
         } else {
-            (false, Cause::NoAllowRuleMatched)
+            // "5. Deny the request."
+            Cause::NoAllowRuleMatched
         };
+
+        // `istio.io/dry-run`: "dry-run the policy without actually enforcing it". Each dry-run
+        // action is evaluated like an enforced one and only reported (Envoy `shadow_rules`).
         let shadow_deny = chain.shadow_deny.has_policy.then(|| {
             let rule = first(&chain.shadow_deny);
             ShadowResult {
@@ -329,7 +365,6 @@ impl CompiledAuthz {
             }
         });
         Decision {
-            allowed,
             cause,
             audit_policy_applies: chain.audit.has_policy,
             audit_rule,
@@ -342,7 +377,6 @@ impl CompiledAuthz {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing)]
     use super::*;
     use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleFrom, RuleTo, Source};
     use crate::{Engine, HttpAttributes};
@@ -421,33 +455,28 @@ mod tests {
         );
         let e = engine(vec![deny, allow]);
         let d = e.check(Protocol::Http, &get("/allow/admin?param=value", None));
-        assert!(!d.allowed);
+        assert!(!d.allowed());
         assert_eq!(
             e.rule_name(d.deciding_rule().unwrap_or(RuleId { policy: 9, rule: 9 })),
             "ns[ns1]-policy[deny-admin]-rule[0]"
         );
-        assert!(
-            e.check(Protocol::Http, &get("/allow?param=value", None))
-                .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed);
+        assert!(e
+            .check(Protocol::Http, &get("/allow?param=value", None))
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/other", None)).allowed());
         // Path tricks normalize onto the denied path.
-        assert!(
-            !e.check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
-                .allowed
-        );
-        assert!(
-            !e.check(Protocol::Http, &get("//allow//admin", None))
-                .allowed
-        );
+        assert!(!e
+            .check(Protocol::Http, &get("/allow/x/%2e%2e/admin", None))
+            .allowed());
+        assert!(!e
+            .check(Protocol::Http, &get("//allow//admin", None))
+            .allowed());
 
         let nothing = engine(vec![policy("allow-nothing", Action::Allow, None)]);
-        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed);
-        assert!(
-            engine(vec![])
-                .check(Protocol::Http, &get("/", None))
-                .allowed
-        );
+        assert!(!nothing.check(Protocol::Http, &get("/", None)).allowed());
+        assert!(engine(vec![])
+            .check(Protocol::Http, &get("/", None))
+            .allowed());
     }
 
     #[test]
@@ -463,20 +492,18 @@ mod tests {
             ..Default::default()
         };
         // ALLOW: the rule is dropped, leaving an ALLOW policy that matches nothing.
-        assert!(
-            !engine(vec![policy(
-                "a",
-                Action::Allow,
-                Some(vec![Some(methods())])
-            )])
-            .check(Protocol::Tcp, &tcp)
-            .allowed
-        );
+        assert!(!engine(vec![policy(
+            "a",
+            Action::Allow,
+            Some(vec![Some(methods())])
+        )])
+        .check(Protocol::Tcp, &tcp)
+        .allowed());
         // DENY: the field is dropped and the rule denies every connection.
         assert!(
             !engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))])
                 .check(Protocol::Tcp, &tcp)
-                .allowed
+                .allowed()
         );
         // On HTTP, the same DENY only hits GET.
         let e = engine(vec![policy("d", Action::Deny, Some(vec![Some(methods())]))]);
@@ -484,7 +511,7 @@ mod tests {
         if let Some(h) = post.http.as_mut() {
             h.method = Some("POST");
         }
-        assert!(e.check(Protocol::Http, &post).allowed);
+        assert!(e.check(Protocol::Http, &post).allowed());
     }
 
     #[test]
@@ -508,19 +535,18 @@ mod tests {
         let e = engine(ps);
         let p = "spiffe://cluster.local/ns/ns42/sa/sa42";
         let d = e.check(Protocol::Http, &get("/", Some(p)));
-        assert!(d.allowed);
+        assert!(d.allowed());
         assert_eq!(
             e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
                 .map(|p| p.name.as_str()),
             Some("p042")
         );
-        assert!(
-            !e.check(
+        assert!(!e
+            .check(
                 Protocol::Http,
                 &get("/", Some("spiffe://cluster.local/ns/ns42/sa/other"))
             )
-            .allowed
-        );
-        assert!(!e.check(Protocol::Http, &get("/", None)).allowed);
+            .allowed());
+        assert!(!e.check(Protocol::Http, &get("/", None)).allowed());
     }
 }

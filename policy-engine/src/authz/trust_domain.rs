@@ -1,7 +1,7 @@
 //! Trust-domain aliases (`meshConfig.trustDomain` + `trustDomainAliases`), as Istio's
 //! `pilot/pkg/security/trustdomain/bundle.go` applies them to `principals` and `trustDomains`.
 
-use crate::engine::MeshConfig;
+use crate::workload::MeshConfig;
 
 const CLUSTER_LOCAL: &str = "cluster.local";
 
@@ -75,7 +75,7 @@ impl TrustBundle {
 #[cfg(test)]
 mod tests {
     use super::TrustBundle;
-    use crate::engine::MeshConfig;
+    use crate::workload::MeshConfig;
 
     #[test]
     fn default_bundle_keeps_principals() {

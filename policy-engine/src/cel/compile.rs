@@ -9,6 +9,7 @@ use cel_parser::reference::Val;
 use cel_parser::Parser;
 use regex::Regex;
 
+use super::cost::{Estimator, SpecialCost, EXPRESSION_BUDGET};
 use super::functions::{self, BOOL, INDEX, IP_IN_CIDR, ITERABLE, NEGATE, USER_FUNCTIONS};
 use super::vars::{known_attributes, Attr, VarKind, ATTRIBUTES};
 use crate::attributes::Requirements;
@@ -69,6 +70,8 @@ pub(super) struct Compiled {
     pub(super) specials: Vec<Special>,
     pub(super) requirements: Requirements,
     pub(super) http_only: bool,
+    /// The most one evaluation can cost (see [`super::cost`]).
+    pub(super) cost: u64,
 }
 
 pub(super) fn special_name(i: usize) -> String {
@@ -108,12 +111,29 @@ pub(super) fn compile(source: &str) -> Result<Compiled, String> {
             "expression must evaluate to a bool, but it evaluates to {ty}"
         ));
     }
+    let special_costs: Vec<SpecialCost> = c
+        .specials
+        .iter()
+        .map(|s| match s {
+            Special::Regex(re) => SpecialCost::Regex(re.as_str().len() as u64),
+            Special::Cidr(_) => SpecialCost::Cidr,
+        })
+        .collect();
+    let (cost, _) = Estimator::new(&c.vars, &special_costs).estimate(&expr)?;
+    if cost > EXPRESSION_BUDGET {
+        return Err(format!(
+            "the expression may cost up to {cost} units per evaluation, over the budget of \
+             {EXPRESSION_BUDGET} (a macro costs its body times the size of its list, so nested \
+             macros multiply; see the README's CEL cost section)"
+        ));
+    }
     Ok(Compiled {
         expr,
         vars: c.vars,
         specials: c.specials,
         requirements: c.requirements,
         http_only: c.http_only,
+        cost,
     })
 }
 
@@ -566,6 +586,17 @@ impl Compiler {
                 Ok(Ty::Dyn)
             }
             "matches" => {
+                if !matches!(
+                    call.args.last().map(|a| &a.expr),
+                    Some(Expr::Literal(Val::String(_)))
+                ) {
+                    return Err(
+                        "the pattern of `matches` must be a constant string: a pattern \
+                                computed at run time (from a header, a claim) would be compiled \
+                                at each request, at a cost the caller chooses"
+                            .to_string(),
+                    );
+                }
                 self.constant_special(call, |pattern| {
                     Regex::new(pattern)
                         .map(Special::Regex)

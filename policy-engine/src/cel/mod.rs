@@ -12,10 +12,13 @@
 //! scope layered over a function registry built once per expression.
 
 mod compile;
+mod cost;
 mod functions;
 mod syntax;
 mod vars;
 
+#[cfg(test)]
+mod cost_tests;
 #[cfg(test)]
 mod tests;
 
@@ -28,7 +31,13 @@ use cel_parser::ast::IdedExpr;
 
 use crate::attributes::{Attributes, Requirements};
 use compile::Special;
+use cost::Shape;
 use vars::VarKind;
+
+pub use cost::{
+    EXPRESSION_BUDGET, MAX_CLAIMS_WEIGHT, MAX_CLAIM_ITEMS, MAX_CLAIM_STRING_BYTES, MAX_HEADERS,
+    MAX_HEADER_NAME_BYTES, MAX_STRING_BYTES, RULE_BUDGET,
+};
 
 /// The `when.key` that marks a CEL condition.
 pub const CEL_CONDITION_KEY: &str = "meshauthz.io/cel";
@@ -38,7 +47,10 @@ pub struct CelExpression {
     source: String,
     expr: IdedExpr,
     vars: Vec<(String, VarKind)>,
+    /// The limit each of `vars` is checked against before an evaluation.
+    limits: Vec<Shape>,
     requirements: Requirements,
+    cost: u64,
     http_only: bool,
     /// Standard functions, ours, and this expression's compiled constants (regexes, CIDRs).
     functions: Context<'static>,
@@ -55,6 +67,22 @@ impl fmt::Debug for CelExpression {
             .field("http_only", &self.http_only)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks the rule budget: the CEL expressions (`sources`) of one rule together may cost at most
+/// [`RULE_BUDGET`]. Expressions that do not compile are left to their own error.
+pub fn check_rule_budget<'s>(sources: impl IntoIterator<Item = &'s str>) -> Result<(), String> {
+    let total = sources
+        .into_iter()
+        .filter_map(|s| CelExpression::compile(s).ok())
+        .fold(0u64, |acc, e| acc.saturating_add(e.cost));
+    if total > RULE_BUDGET {
+        return Err(format!(
+            "the CEL expressions of this rule may cost up to {total} units together per \
+             request, over the rule budget of {RULE_BUDGET}"
+        ));
+    }
+    Ok(())
 }
 
 /// Why an expression failed at run time.
@@ -82,9 +110,16 @@ impl CelExpression {
                 ),
             }
         }
+        let limits = compiled
+            .vars
+            .iter()
+            .map(|(_, kind)| cost::var_shape(kind))
+            .collect();
         Ok(CelExpression {
             source: source.to_string(),
             expr: compiled.expr,
+            limits,
+            cost: compiled.cost,
             vars: compiled.vars,
             requirements: compiled.requirements,
             http_only: compiled.http_only,
@@ -94,6 +129,11 @@ impl CelExpression {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The most one evaluation can cost, in cost units (at most [`EXPRESSION_BUDGET`]).
+    pub fn cost(&self) -> u64 {
+        self.cost
     }
 
     /// The expression reads request-level attributes (`request.*`), so on a TCP chain it behaves
@@ -125,8 +165,17 @@ impl CelExpression {
     /// Evaluates to a boolean; a non-boolean result is an error.
     pub fn evaluate(&self, attrs: &Attributes<'_>) -> Result<bool, CelError> {
         let mut scope = self.functions.new_inner_scope();
-        for (name, kind) in &self.vars {
+        for ((name, kind), limit) in self.vars.iter().zip(&self.limits) {
             if let Some(value) = kind.value(attrs) {
+                // The cost bound holds only for inputs within the limits: a caller who sends
+                // more gets an error, which never widens access.
+                if let Err(why) = cost::fits(&value, limit) {
+                    return Err(CelError(format!(
+                        "`{}`: attribute `{}` is over its limit: {why}",
+                        self.source,
+                        kind.display()
+                    )));
+                }
                 scope.add_variable_from_value(name.as_str(), value);
             }
         }

@@ -1,10 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-
 use std::net::IpAddr;
 
 use serde_json::json;
@@ -566,10 +559,17 @@ fn request_attributes() {
         },
     );
     assert_eq!(eval("request.method == 'POST'", &attrs), Ok(true));
-    assert_eq!(eval("request.path == '/admin/users'", &attrs), Ok(true));
-    assert_eq!(eval("request.url_path == '/admin/users'", &attrs), Ok(true));
-    assert_eq!(eval("request.path.matches('^/admin/')", &attrs), Ok(true));
-    assert_eq!(eval("request.path.matches('^/api/')", &attrs), Ok(false));
+    // The forwarded path without query: the engine evaluates DENY/AUDIT conditions on the
+    // normalized path too (`crate::path`), not the expression.
+    assert_eq!(
+        eval("request.path == '/api/%2e%2e/admin//users'", &attrs),
+        Ok(true)
+    );
+    assert_eq!(
+        eval("request.url_path == '/api/%2e%2e/admin//users'", &attrs),
+        Ok(true)
+    );
+    assert_eq!(eval("request.path.matches('^/api/')", &attrs), Ok(true));
     assert_eq!(
         eval("request.host == 'api.example.com:8443'", &attrs),
         Ok(true)
@@ -688,7 +688,6 @@ fn standard_functions_and_macros() {
         "string(destination.port) == '8443' && int('8443') == destination.port",
         "max(1, 5, 3) == 5 && min([4, 2]) == 2",
         "source.namespace.matches('^tenant-[a-z]$')",
-        "source.namespace.matches('^tenant-' + '[a-z]$')",
         "destination.port > 8000 ? true : false",
     ] {
         assert_eq!(eval(src, &conn), Ok(true), "{src}");
@@ -699,7 +698,9 @@ fn standard_functions_and_macros() {
 fn runtime_errors_are_errors() {
     let conn = mtls_conn(ADMIN);
     assert!(eval("destination.port / 0 == 1", &conn).is_err());
-    assert!(eval("source.namespace.matches('(' + '')", &conn).is_err());
+    // A computed pattern is refused when the policy loads (issue 8: it is compiled at each
+    // request, at a cost the caller chooses).
+    assert!(compile_err("source.namespace.matches('(' + '')").contains("constant"));
     assert!(eval("int(source.namespace) == 1", &conn).is_err());
     let jwt = json!({"min": i64::MIN, "n": 5, "f": 1.5});
     let attrs = with_http(

@@ -152,7 +152,7 @@ impl Attr {
             Attr::ConnectionSni => attrs.sni.map(str_value),
             Attr::RequestMethod => http()?.method.map(str_value),
             Attr::RequestPath | Attr::RequestUrlPath => {
-                http()?.path.map(|p| str_value(&crate::path::normalize(p)))
+                http()?.path.map(|p| str_value(crate::path::url_path(p)))
             }
             Attr::RequestHost => http()?.host.map(str_value),
             Attr::RequestHeaders => {
@@ -160,6 +160,11 @@ impl Attr {
                 // A repeated header is one entry, its values joined with `,` (Envoy's attribute).
                 let mut joined: Vec<(String, String)> = Vec::with_capacity(headers.len());
                 for (n, v) in headers {
+                    // Past the limit the map fails its check anyway: stop joining (which is
+                    // quadratic in the number of names) there.
+                    if joined.len() as u64 > super::cost::MAX_HEADERS {
+                        break;
+                    }
                     let name = n.to_ascii_lowercase();
                     match joined.iter_mut().find(|(k, _)| *k == name) {
                         Some((_, existing)) => {

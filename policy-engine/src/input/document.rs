@@ -95,10 +95,19 @@ fn collect(
         }
         Value::Object(map) if is_list(&map) => {
             let mut map = map;
+            let item_type = item_type(&map);
             match map.remove("items") {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(items)) => {
-                    for (i, item) in items.into_iter().enumerate() {
+                    for (i, mut item) in items.into_iter().enumerate() {
+                        if let (Some((api_version, kind)), Value::Object(o)) =
+                            (&item_type, &mut item)
+                        {
+                            o.entry("kind").or_insert_with(|| kind.clone().into());
+                            if let Some(v) = api_version {
+                                o.entry("apiVersion").or_insert_with(|| v.clone().into());
+                            }
+                        }
                         let o = format!("{origin}, items[{i}]");
                         collect(o, item, depth + 1, out, diagnostics);
                     }
@@ -134,11 +143,29 @@ fn push_object(
     }
 }
 
+/// The API's typed list (`kind: AuthorizationPolicyList`) may leave `kind` and `apiVersion` out
+/// of its items: they are the list's kind without `List`, and the list's apiVersion. `kind: List`
+/// (kubectl) has no item type.
+fn item_type(list: &Map<String, Value>) -> Option<(Option<String>, String)> {
+    let kind = list.get("kind").and_then(Value::as_str)?;
+    let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty())?;
+    let api_version = list
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some((api_version, item_kind.to_string()))
+}
+
 /// `kind: List` (kubectl) or `kind: <Kind>List` (the API), with `items`.
-fn is_list(map: &Map<String, Value>) -> bool {
+pub(crate) fn is_list(map: &Map<String, Value>) -> bool {
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or("");
     (kind == "List" || (kind.ends_with("List") && map.contains_key("items")))
         && !map.contains_key("spec")
+}
+
+/// JSON text to a value, refusing duplicate keys (the plugin configuration's parser).
+pub(crate) fn parse_json_strict(text: &str) -> Result<Value, String> {
+    strict_json::from_str(text)
 }
 
 /// JSON parsing that, unlike `serde_json::Value`, rejects duplicate keys: in a security policy
@@ -317,7 +344,14 @@ mod yaml {
                 }
                 Value::Object(out)
             }
-            Yaml::Tagged(t) => to_json(t.value)?,
+            // Kubernetes objects carry no tags; dropping one would read the value as something
+            // its author did not write.
+            Yaml::Tagged(t) => {
+                return Err(format!(
+                "YAML tag {} is not supported (Kubernetes objects carry no custom tags); remove it",
+                t.tag
+            ))
+            }
         })
     }
 }

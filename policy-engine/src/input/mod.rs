@@ -8,6 +8,7 @@
 //! * `decode.rs`: the path-tracking decoder (types, unknown fields with suggestions).
 //! * `metadata.rs`, `authorization_policy.rs`, `peer_authentication.rs`: each field's decoding.
 //! * `validate/`: Istio's validation rules, one file per concern.
+//! * `plugin_config.rs`, `write.rs`: the module's configuration (one type, decoder and writer).
 //! * this file: kinds and apiVersions, duplicates, and putting it together.
 
 mod authorization_policy;
@@ -15,9 +16,12 @@ mod decode;
 mod document;
 mod field_path;
 mod metadata;
+pub(crate) mod overlap;
 mod peer_authentication;
+pub mod plugin_config;
 mod timestamp;
 mod validate;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +55,29 @@ const AUTHORIZATION_POLICY: &str = "AuthorizationPolicy";
 const PEER_AUTHENTICATION: &str = "PeerAuthentication";
 const API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 const TOP_LEVEL_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+/// Kinds of `security.istio.io` that meshauthz knows and does not read (skipped with a warning).
+/// Any other kind in that group is a misspelling or something newer: an error.
+const OTHER_SECURITY_KINDS: &[&str] = &["RequestAuthentication"];
+
+/// Where objects come from, and so which namespace an object without one gets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin<'a> {
+    /// The user's files: kubectl's rule, the namespace the user names (`default` if none).
+    User { default_namespace: &'a str },
+    /// The plugin configuration: written by [`crate::plugin_config`], so every object is an
+    /// AuthorizationPolicy or PeerAuthentication with its namespace; anything else is refused
+    /// rather than interpreted a second time.
+    PluginConfig,
+}
+
+impl Origin<'_> {
+    fn default_namespace(&self) -> &str {
+        match self {
+            Origin::User { default_namespace } => default_namespace,
+            Origin::PluginConfig => "",
+        }
+    }
+}
 
 /// Parses and validates `text` (YAML or JSON). On success returns the objects and the warnings;
 /// on failure every error and warning found.
@@ -60,7 +87,7 @@ pub fn load_str(text: &str, opts: &LoadOptions) -> Result<(PolicySet, Diagnostic
     for (n, value) in document::parse_documents(text, &mut diagnostics) {
         objects.extend(document::objects_of_document(n, value, &mut diagnostics));
     }
-    load_objects(objects, diagnostics, opts)
+    warn_if_empty(load_objects(objects, diagnostics, opts.into()))
 }
 
 /// Like [`load_str`] for input that is already JSON: one object, an array of objects, or a
@@ -71,13 +98,76 @@ pub fn load_value(
 ) -> Result<(PolicySet, Diagnostics), Diagnostics> {
     let mut diagnostics = Vec::new();
     let objects = document::objects_of_document(1, value.clone(), &mut diagnostics);
-    load_objects(objects, diagnostics, opts)
+    warn_if_empty(load_objects(objects, diagnostics, opts.into()))
+}
+
+impl<'a> From<&'a LoadOptions> for Origin<'a> {
+    fn from(opts: &'a LoadOptions) -> Self {
+        Origin::User {
+            default_namespace: &opts.default_namespace,
+        }
+    }
+}
+
+/// An input without a single policy is allowed (it means: allow everything, PERMISSIVE) but is
+/// more often a wrong file or a filter that matched nothing.
+fn warn_if_empty(
+    result: Result<(PolicySet, Diagnostics), Diagnostics>,
+) -> Result<(PolicySet, Diagnostics), Diagnostics> {
+    result.map(|(set, mut diagnostics)| {
+        if set.authorization_policies.is_empty() && set.peer_authentications.is_empty() {
+            diagnostics.push(Diagnostic::warning(
+                None,
+                "",
+                "no policies: the input holds no AuthorizationPolicy or PeerAuthentication (with none, everything is allowed and mTLS is PERMISSIVE)",
+            ));
+        }
+        (set, diagnostics)
+    })
+}
+
+/// The `policies` of a plugin configuration: each item one object, named `policies[i]` in
+/// messages (see [`Origin::PluginConfig`]).
+pub(crate) fn load_plugin_config_policies(
+    items: &[Value],
+    path: &str,
+) -> Result<(PolicySet, Diagnostics), Diagnostics> {
+    let mut diagnostics = Vec::new();
+    let mut objects = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let origin = format!("{path}[{i}]");
+        match item {
+            Value::Object(map) if !document::is_list(map) => objects.push(RawObject {
+                origin,
+                value: item.clone(),
+            }),
+            Value::Object(_) | Value::Array(_) => diagnostics.push(Diagnostic::error(
+                None,
+                origin,
+                "expected one AuthorizationPolicy or PeerAuthentication object: the plugin configuration carries the objects already flattened (`meshauthz plugin-config` writes it), not Lists",
+            )),
+            other => diagnostics.push(Diagnostic::error(
+                None,
+                origin,
+                format!(
+                    "expected an AuthorizationPolicy or PeerAuthentication object, found {}",
+                    decode::describe(other)
+                ),
+            )),
+        }
+    }
+    load_objects(objects, diagnostics, Origin::PluginConfig)
+}
+
+/// Writes `set` as the JSON objects [`load_plugin_config_policies`] reads back to `set`.
+pub(crate) fn write_policies(set: &PolicySet) -> Vec<Value> {
+    write::policy_set(set)
 }
 
 fn load_objects(
     objects: Vec<RawObject>,
     mut diagnostics: Vec<Diagnostic>,
-    opts: &LoadOptions,
+    opts: Origin<'_>,
 ) -> Result<(PolicySet, Diagnostics), Diagnostics> {
     let mut set = PolicySet::default();
     // (kind, namespace, name) -> where it was first seen.
@@ -96,7 +186,7 @@ fn load_objects(
 /// One object: check kind and apiVersion, decode, validate, look for a duplicate.
 fn load_object(
     raw: RawObject,
-    opts: &LoadOptions,
+    opts: Origin<'_>,
     set: &mut PolicySet,
     diagnostics: &mut Vec<Diagnostic>,
     seen: &mut HashMap<ObjectRef, String>,
@@ -104,7 +194,7 @@ fn load_object(
     let Value::Object(map) = &raw.value else {
         return;
     };
-    let (name, namespace) = metadata::name_and_namespace(map, &opts.default_namespace);
+    let (name, namespace) = metadata::name_and_namespace(map, opts.default_namespace());
     let kind = match map.get("kind") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
         _ => {
@@ -122,6 +212,26 @@ fn load_object(
         name: name.unwrap_or_default(),
     };
     if kind != AUTHORIZATION_POLICY && kind != PEER_AUTHENTICATION {
+        let api_version = map.get("apiVersion").and_then(Value::as_str);
+        if let Some(message) = unknown_kind_error(&kind, api_version) {
+            diagnostics.push(Diagnostic::error(
+                Some(object.clone()),
+                "kind",
+                format!("{message} ({})", raw.origin),
+            ));
+            return;
+        }
+        if let Origin::PluginConfig = opts {
+            diagnostics.push(Diagnostic::error(
+                Some(object.clone()),
+                "kind",
+                format!(
+                    "{kind} ({}): the plugin configuration carries only AuthorizationPolicy and PeerAuthentication objects",
+                    raw.origin
+                ),
+            ));
+            return;
+        }
         diagnostics.push(Diagnostic::warning(
             Some(object.clone()),
             "",
@@ -139,9 +249,19 @@ fn load_object(
     let meta = metadata::decode(
         &mut dec,
         map.get("metadata"),
-        &opts.default_namespace,
+        opts.default_namespace(),
         &raw.origin,
     );
+    if meta.namespace.is_empty() {
+        // Only in the plugin configuration: the user's input always has a default namespace.
+        dec.error(
+            &FieldPath::root().field("metadata").field("namespace"),
+            format!(
+                "Required value: every object in the plugin configuration names its namespace ({}); `meshauthz plugin-config` fills it in (--namespace, else `default`)",
+                raw.origin
+            ),
+        );
+    }
     let mut findings = validate::Findings::new(object.clone());
     if kind == AUTHORIZATION_POLICY {
         let policy = AuthorizationPolicy {
@@ -179,6 +299,30 @@ fn load_object(
             seen.insert(object, raw.origin);
         }
     }
+}
+
+/// A kind that is not one meshauthz reads but looks like one (`AuthorisationPolicy`,
+/// `authorizationpolicy`), or any unknown kind of `security.istio.io`: skipping it could make a
+/// DENY policy vanish, so it is an error with a suggestion.
+fn unknown_kind_error(kind: &str, api_version: Option<&str>) -> Option<String> {
+    let known = [AUTHORIZATION_POLICY, PEER_AUTHENTICATION];
+    if let Some(best) = decode::closest(kind, &known) {
+        return Some(format!("unknown kind {kind:?}; did you mean {best:?}?"));
+    }
+    let group = api_version.and_then(|v| v.split_once('/')).map(|(g, _)| g);
+    if group == Some("security.istio.io") && !OTHER_SECURITY_KINDS.contains(&kind) {
+        let mut all = known.to_vec();
+        all.extend_from_slice(OTHER_SECURITY_KINDS);
+        return Some(match decode::closest(kind, &all) {
+            Some(best) => format!(
+                "unknown kind {kind:?} in group security.istio.io; did you mean {best:?}?"
+            ),
+            None => format!(
+                "unknown kind {kind:?} in group security.istio.io; did you mean \"AuthorizationPolicy\" or \"PeerAuthentication\"?"
+            ),
+        });
+    }
+    None
 }
 
 /// `apiVersion` must be `security.istio.io/v1` or `v1beta1` for the kinds meshauthz reads.

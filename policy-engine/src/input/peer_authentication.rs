@@ -59,54 +59,98 @@ fn decode_port_level_mtls(
 ) -> Option<BTreeMap<u32, MtlsMode>> {
     let map = dec.object_any_fields(value, path)?;
     let mut out = BTreeMap::new();
-    let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
     for (key, v) in map {
         let key_path = path.key(key);
         let mode = match v {
             Value::Null => MtlsMode::Unset,
             v => decode_mtls(dec, v, &key_path),
         };
-        let Some(port) = parse_port_key(key) else {
-            dec.error(
-                &key_path,
-                format!(
-                    "type conversion error from string {key:?} to integer: portLevelMtls keys are port numbers (1..65535)"
-                ),
-            );
-            continue;
+        let port = match parse_port_key(key) {
+            PortKey::Port(p) => p,
+            PortKey::NotInteger => {
+                dec.error(
+                    &key_path,
+                    format!(
+                        "type conversion error from string {key:?} to integer: portLevelMtls keys are port numbers (1..65535)"
+                    ),
+                );
+                continue;
+            }
+            PortKey::NotCanonical(n) => {
+                dec.error(
+                    &key_path,
+                    format!(
+                        "port key {key:?} is ambiguous: write the port as a plain decimal number ({n}); a sign or a leading zero is read differently by YAML 1.1 (kubectl: `010` is octal 8) and YAML 1.2"
+                    ),
+                );
+                continue;
+            }
+            PortKey::OutOfRange => {
+                dec.error(&key_path, "port must be in range 1..65535");
+                continue;
+            }
         };
-        let Some(port) = port else {
-            dec.error(&key_path, "port must be in range 1..65535");
-            continue;
-        };
-        if let Some(previous) = seen.insert(port, key) {
-            dec.error(
-                &key_path,
-                format!("duplicate port {port}: also written as {previous:?}"),
-            );
-            continue;
-        }
         out.insert(port, mode);
     }
     Some(out)
 }
 
-/// `None`: not an integer. `Some(None)`: an integer outside `u32` (negative or huge).
-fn parse_port_key(key: &str) -> Option<Option<u32>> {
-    let (negative, digits) = match key.as_bytes().first() {
-        Some(b'-') => (true, key.get(1..)?),
-        Some(b'+') => (false, key.get(1..)?),
+/// How a `portLevelMtls` key reads.
+#[derive(Debug, PartialEq, Eq)]
+enum PortKey {
+    /// Plain decimal digits, no leading zero: the only form the writer emits.
+    Port(u32),
+    /// Not an integer at all.
+    NotInteger,
+    /// An integer written with a sign or leading zeros (the number it would be in base 10).
+    NotCanonical(String),
+    /// Negative, or beyond `u32`.
+    OutOfRange,
+}
+
+/// Reads a key as the API server would convert it, refusing the forms YAML parsers disagree on
+/// (YAML integer keys arrive here already in canonical form: `0x1F92:` is `8082`).
+fn parse_port_key(key: &str) -> PortKey {
+    let (sign, digits) = match key.as_bytes().first() {
+        Some(b'-' | b'+') => (true, key.get(1..).unwrap_or_default()),
         _ => (false, key),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return PortKey::NotInteger;
     }
-    if negative {
-        return Some(if digits.bytes().all(|b| b == b'0') {
-            Some(0)
-        } else {
-            None
-        });
+    let trimmed = digits.trim_start_matches('0');
+    let canonical = if trimmed.is_empty() { "0" } else { trimmed };
+    if key.starts_with('-') && canonical != "0" {
+        return PortKey::OutOfRange;
     }
-    Some(digits.parse::<u32>().ok())
+    if sign || canonical != digits {
+        return PortKey::NotCanonical(canonical.to_string());
+    }
+    match digits.parse::<u32>() {
+        Ok(p) => PortKey::Port(p),
+        Err(_) => PortKey::OutOfRange,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_decimal_port_keys_are_ports() {
+        assert_eq!(parse_port_key("8080"), PortKey::Port(8080));
+        assert_eq!(parse_port_key("0"), PortKey::Port(0));
+        assert_eq!(parse_port_key("99999999999"), PortKey::OutOfRange);
+        assert_eq!(parse_port_key("-80"), PortKey::OutOfRange);
+        for (key, n) in [("08081", "8081"), ("010", "10"), ("+80", "80"), ("-0", "0")] {
+            assert_eq!(
+                parse_port_key(key),
+                PortKey::NotCanonical(n.to_string()),
+                "{key}"
+            );
+        }
+        for key in ["0x1F92", "http", "", "80.0", "8 0"] {
+            assert_eq!(parse_port_key(key), PortKey::NotInteger, "{key}");
+        }
+    }
 }

@@ -3,12 +3,9 @@
 //! `tests/validation/*.yaml`.
 
 // Most cases are YAML text; without the `yaml` feature only the JSON ones run.
-#![cfg_attr(not(feature = "yaml"), allow(unused_imports, dead_code))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+#![cfg_attr(
+    not(feature = "yaml"),
+    expect(unused_imports, dead_code, reason = "the YAML cases are compiled out")
 )]
 
 use std::collections::BTreeMap;
@@ -362,9 +359,145 @@ fn json_text_array_and_list() {
     let api_list = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicyList", "items": [policy]});
     let (set, _) = load_value(&api_list, &LoadOptions::default()).unwrap();
     assert_eq!(set.authorization_policies.len(), 1);
-    // Empty inputs load nothing.
-    assert_eq!(load_ok(""), PolicySet::default());
-    assert_eq!(load_ok("[]"), PolicySet::default());
+    // Empty inputs load nothing, with a warning: a wrong file or an empty selection means
+    // "allow everything".
+    for empty in ["", "[]"] {
+        let (set, warnings) = load_str(empty, &LoadOptions::default()).unwrap();
+        assert_eq!(set, PolicySet::default());
+        assert!(
+            warnings.to_string().contains("warning: no policies"),
+            "{warnings}"
+        );
+    }
+}
+
+#[test]
+fn api_list_items_take_the_list_item_kind() {
+    // The API's typed list may leave kind and apiVersion out of its items.
+    let list = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicyList",
+        "items": [{"metadata": {"name": "deny-admin", "namespace": "foo"},
+                   "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}}]});
+    let (set, _) = load_value(&list, &LoadOptions::default()).unwrap();
+    assert_eq!(set.authorization_policies.len(), 1);
+    assert_eq!(
+        set.authorization_policies[0].api_version,
+        "security.istio.io/v1"
+    );
+    assert_eq!(set.authorization_policies[0].spec.action, Action::Deny);
+}
+
+#[test]
+fn misspelt_kinds_are_errors_with_a_suggestion() {
+    for (kind, want) in [
+        (
+            "AuthorisationPolicy",
+            "did you mean \"AuthorizationPolicy\"?",
+        ),
+        (
+            "authorizationpolicy",
+            "did you mean \"AuthorizationPolicy\"?",
+        ),
+        (
+            "PeerAuthentification",
+            "did you mean \"PeerAuthentication\"?",
+        ),
+        (
+            "Sidecar",
+            "unknown kind \"Sidecar\" in group security.istio.io; did you mean",
+        ),
+    ] {
+        let doc = json!({"apiVersion": "security.istio.io/v1", "kind": kind,
+            "metadata": {"name": "x", "namespace": "foo"}, "spec": {"action": "DENY"}});
+        let d = load_value(&doc, &LoadOptions::default()).unwrap_err();
+        assert!(d.to_string().contains(want), "{kind}: {d}");
+        assert!(d.errors().any(|e| e.path == "kind"), "{d}");
+    }
+    // Kinds of other groups, and RequestAuthentication, are still skipped with a warning.
+    for (api, kind) in [
+        ("v1", "Service"),
+        ("security.istio.io/v1", "RequestAuthentication"),
+        ("networking.istio.io/v1", "VirtualService"),
+    ] {
+        let doc = json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x"}});
+        let (_, w) = load_value(&doc, &LoadOptions::default()).unwrap();
+        assert!(w.to_string().contains(&format!("skipping {kind}")), "{w}");
+    }
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn yaml_merge_keys_are_resolved_and_custom_tags_refused() {
+    let set = load_ok(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: merged, namespace: foo}
+spec:
+  rules:
+  - to:
+    - operation: &op {paths: ["/admin"]}
+  - to:
+    - operation:
+        <<: *op
+        methods: ["GET"]
+"#,
+    );
+    let rules = set.authorization_policies[0].spec.rules.clone().unwrap();
+    let op = rules[1].clone().unwrap().to.unwrap()[0]
+        .clone()
+        .unwrap()
+        .operation
+        .unwrap();
+    assert_eq!(op.paths, strings(&["/admin"]));
+    assert_eq!(op.methods, strings(&["GET"]));
+
+    let d = load_err(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: t, namespace: foo}\nspec: {action: !Deny DENY}\n",
+    );
+    assert!(
+        d.to_string().contains("YAML tag !Deny is not supported"),
+        "{d}"
+    );
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn non_canonical_port_keys_are_refused() {
+    let pa = |key: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  portLevelMtls:\n    {key}: {{mode: DISABLE}}\n"
+        )
+    };
+    // A YAML integer is a port, whatever its notation: `0x1F92` is 8082 for every YAML reader.
+    let set = load_ok(&pa("0x1F92"));
+    let ports = set.peer_authentications[0]
+        .spec
+        .port_level_mtls
+        .clone()
+        .unwrap();
+    assert_eq!(ports.keys().copied().collect::<Vec<_>>(), [8082]);
+    // Leading zeros: YAML 1.1 (kubectl) and YAML 1.2 disagree (`010` is 8 or 10): refused.
+    for key in ["08081", "010", "\"0777\"", "\"+80\""] {
+        let d = load_err(&pa(key));
+        assert!(
+            d.to_string()
+                .contains("is ambiguous: write the port as a plain decimal number"),
+            "{key}: {d}"
+        );
+    }
+}
+
+#[test]
+fn spiffe_prefix_in_principals_warns() {
+    let doc = json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "x", "namespace": "foo"},
+        "spec": {"action": "DENY", "rules": [{"from": [{"source": {
+            "principals": ["spiffe://cluster.local/ns/foo/sa/admin"],
+            "notPrincipals": ["spiffe://cluster.local/ns/foo/sa/ok"]}}]}]}});
+    let (_, w) = load_value(&doc, &LoadOptions::default()).unwrap();
+    let text = w.to_string();
+    assert!(text.contains("spec.rules[0].from[0].source.principals[0]: \"spiffe://cluster.local/ns/foo/sa/admin\" can never match"), "{text}");
+    assert!(text.contains("source.notPrincipals[0]"), "{text}");
 }
 
 #[cfg(feature = "yaml")]

@@ -99,6 +99,36 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
+/// Formats `t` as Kubernetes writes it (`2024-05-01T12:00:00Z`; a fraction only when there are
+/// nanoseconds). [`parse_rfc3339`] reads it back to the same value.
+pub(crate) fn format_rfc3339(t: Timestamp) -> String {
+    let days = t.seconds.div_euclid(86_400);
+    let secs = t.seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let fraction = if t.nanos == 0 {
+        String::new()
+    } else {
+        format!(".{:09}", t.nanos)
+    };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
+/// The date of a day count since 1970-01-01 (Howard Hinnant's algorithm, inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Days since 1970-01-01 (Howard Hinnant's algorithm).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
@@ -112,7 +142,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -144,6 +173,24 @@ mod tests {
             parse_rfc3339("2024-02-29T00:00:00Z").unwrap().seconds,
             1_709_164_800
         );
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2024-05-01T12:00:00Z",
+            "2024-02-29T23:59:59.000000001Z",
+            "1969-12-31T23:59:59.500000000Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let t = parse_rfc3339(text).unwrap();
+            assert_eq!(format_rfc3339(t), text);
+            assert_eq!(parse_rfc3339(&format_rfc3339(t)).unwrap(), t);
+        }
+        let offset = parse_rfc3339("2024-05-01T14:00:00.5+02:00").unwrap();
+        assert_eq!(format_rfc3339(offset), "2024-05-01T12:00:00.500000000Z");
     }
 
     #[test]

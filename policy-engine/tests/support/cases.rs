@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use policy_engine::path::ListenerNormalization;
 use policy_engine::{
-    load_str, load_value, Attributes, Cause, Decision, Diagnostics, Engine, HttpAttributes,
-    LoadOptions, MeshConfig, MtlsMode, Protocol, Requirements, RuleId, ShadowResult, Workload,
+    load_str, load_value, plugin_config, Attributes, Cause, Decision, Diagnostics, Engine,
+    HttpAttributes, LoadOptions, MeshConfig, MtlsMode, PluginConfig, Protocol, Requirements,
+    RuleId, ShadowResult, Workload,
 };
 use serde::Deserialize;
 
@@ -139,9 +141,33 @@ pub struct RequestSpec {
     pub host: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
+    /// What the listener did to `path` before the module saw it (default `NONE`: the module
+    /// receives `path` as written).
+    #[serde(default)]
+    pub listener: ListenerSpec,
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderValue>,
     pub jwt: Option<serde_json::Value>,
+}
+
+/// Istio's `meshConfig.pathNormalization.normalization` for the listener in front of the module.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ListenerSpec {
+    #[default]
+    None,
+    Base,
+    MergeSlashes,
+}
+
+impl ListenerSpec {
+    pub fn normalization(self) -> ListenerNormalization {
+        match self {
+            ListenerSpec::None => ListenerNormalization::None,
+            ListenerSpec::Base => ListenerNormalization::Base,
+            ListenerSpec::MergeSlashes => ListenerNormalization::MergeSlashes,
+        }
+    }
 }
 
 pub const DEFAULT_SOURCE_IP: &str = "10.1.0.1";
@@ -297,9 +323,12 @@ fn diagnostics_text(d: &Diagnostics) -> String {
 enum FrontEnd {
     /// `load_str` on the YAML/JSON text, as the CLI and users load files.
     Text,
-    /// `load_value` on the documents as JSON values, as the proxy-wasm filter loads its
-    /// configuration.
+    /// `load_value` on the documents as JSON values.
     Json,
+    /// The module's configuration path: `load_str` as the CLI reads files, the plugin
+    /// configuration writer (`meshauthz plugin-config`), then the module's decoder
+    /// (`plugin_config::decode`) and compilation for the workload the configuration names.
+    PluginConfig,
 }
 
 /// The policy documents of `text` as JSON: one document as itself, several as an array (YAML
@@ -355,30 +384,58 @@ fn build(
     front_end: FrontEnd,
 ) -> Result<(Engine, Diagnostics), Diagnostics> {
     let text = case.policies.as_deref().unwrap_or(&file.policies);
+    let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
+    let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (set, mut warnings) = match front_end {
         FrontEnd::Text => load_str(text, &LoadOptions::default())?,
         FrontEnd::Json => match documents_as_json(text) {
             Some(docs) => load_value(&docs, &LoadOptions::default())?,
             None => load_str(text, &LoadOptions::default())?,
         },
+        FrontEnd::PluginConfig => {
+            let (set, warnings) = load_str(text, &LoadOptions::default())?;
+            let config = PluginConfig {
+                workload: Some(wl),
+                mesh,
+                ..PluginConfig::new(set)
+            };
+            let written = config.write()?.to_string();
+            let (decoded, _) = plugin_config::decode(written.as_bytes())?;
+            let Some(wl) = decoded.workload else {
+                return Err(Diagnostics(Vec::new()));
+            };
+            let (engine, more) = Engine::compile(&decoded.policies, &wl, &decoded.mesh)?;
+            let mut all = warnings;
+            all.extend(more);
+            return Ok((engine, all));
+        }
     };
-    let mesh = mesh_config(case.mesh.as_ref().unwrap_or(&file.mesh));
-    let wl = workload(case.workload.as_ref().unwrap_or(&file.workload));
     let (engine, more) = Engine::compile(&set, &wl, &mesh)?;
     warnings.extend(more);
     Ok((engine, warnings))
 }
 
-/// Runs one case twice, with the policies loaded from text (`load_str`) and as JSON values
-/// (`load_value`, the filter's path); returns what did not match expectations (empty: passed).
+/// Runs one case three times: the policies loaded from text (`load_str`, the CLI's path), as
+/// JSON values (`load_value`), and through the plugin configuration (writer, then the module's
+/// decoder: the module's path); returns what did not match expectations (empty: passed). Every
+/// path must meet the same expectations, so the CLI and the module decide alike.
 pub fn run_case(file: &CaseFile, case: &Case) -> Vec<String> {
     let mut problems = run_case_with(file, case, FrontEnd::Text);
-    for p in run_case_with(file, case, FrontEnd::Json) {
-        let p = format!(
-            "[filter path: policies as JSON values (load_value), only the attributes Engine::requirements() names] {p}"
-        );
-        if !problems.contains(&p) {
-            problems.push(p);
+    for (front_end, label) in [
+        (
+            FrontEnd::Json,
+            "[policies as JSON values (load_value), only the attributes Engine::requirements() names]",
+        ),
+        (
+            FrontEnd::PluginConfig,
+            "[module path: plugin-config writer, plugin_config::decode, only the attributes Engine::requirements() names]",
+        ),
+    ] {
+        for p in run_case_with(file, case, front_end) {
+            let p = format!("{label} {p}");
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
         }
     }
     problems
@@ -535,7 +592,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
     };
     let (need, all_metadata) = match front_end {
         FrontEnd::Text => (&all, true),
-        FrontEnd::Json => (engine.requirements(), false),
+        FrontEnd::Json | FrontEnd::PluginConfig => (engine.requirements(), false),
     };
     let protocol = match case.protocol {
         ProtocolSpec::Http => Protocol::Http,
@@ -545,6 +602,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
         && (r.host.is_some()
             || r.method.is_some()
             || r.path.is_some()
+            || r.listener != ListenerSpec::None
             || !r.headers.is_empty()
             || r.jwt.is_some())
     {
@@ -584,6 +642,10 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
         other => other.clone(),
     });
     let source_ip = r.source_ip.or_else(|| parse_ip(DEFAULT_SOURCE_IP));
+    let forwarded_path = r
+        .listener
+        .normalization()
+        .apply(r.path.as_deref().unwrap_or(DEFAULT_PATH));
     let attrs = Attributes {
         principal: given(need.principal, r.principal.as_deref()),
         mtls: need.mtls && r.mtls.unwrap_or(r.principal.is_some()),
@@ -605,7 +667,7 @@ fn check_request(engine: &Engine, case: &Case, front_end: FrontEnd) -> Result<De
                     need.method,
                     Some(r.method.as_deref().unwrap_or(DEFAULT_METHOD)),
                 ),
-                path: given(need.path, Some(r.path.as_deref().unwrap_or(DEFAULT_PATH))),
+                path: given(need.path, Some(&*forwarded_path)),
                 headers: &header_refs,
                 jwt: given(need.jwt, r.jwt.as_ref()),
             }),
@@ -687,23 +749,15 @@ fn check_shadow(
 
 fn check_decision(engine: &Engine, d: &Decision, e: &Expect, problems: &mut Vec<String>) {
     let got_cause = cause_text(engine, d.cause);
-    if d.allowed != e.allowed {
+    if d.allowed() != e.allowed {
         problems.push(format!(
             "allowed: expected {}, got {} (cause: {got_cause})",
-            e.allowed, d.allowed
+            e.allowed,
+            d.allowed()
         ));
     }
-    // What every decision must satisfy, whatever the case says.
-    let consistent = match d.cause {
-        Cause::NoAllowPolicy | Cause::AllowRule(_) => d.allowed,
-        Cause::DenyRule(_) | Cause::NoAllowRuleMatched => !d.allowed,
-    };
-    if !consistent {
-        problems.push(format!(
-            "engine invariant: allowed = {} contradicts the cause {got_cause}",
-            d.allowed
-        ));
-    }
+    // What every decision must satisfy, whatever the case says (`allowed` follows from the
+    // cause by construction).
     if d.audit_rule.is_some() && !d.audit_policy_applies {
         problems.push(
             "engine invariant: an AUDIT rule matched but no AUDIT policy applies".to_string(),

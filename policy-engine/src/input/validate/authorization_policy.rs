@@ -2,10 +2,7 @@
 //! meshauthz's refusal of CUSTOM.
 
 use super::{condition, metadata, selector, too_many, values, FieldPath, Findings};
-use crate::model::{Action, AuthorizationPolicy, Operation, Rule, Source};
-
-/// meshauthz has no external authorizer; ignoring a CUSTOM policy would widen access.
-pub(crate) const CUSTOM_UNSUPPORTED: &str = "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it";
+use crate::model::{Action, AuthorizationPolicy, Operation, Rule, Source, CUSTOM_UNSUPPORTED};
 
 const DENY_HTTP_ONLY_WARNING: &str = "configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to the use of only HTTP attributes in a DENY rule; it is recommended to explicitly specify the port";
 
@@ -138,6 +135,13 @@ fn validate_rule(f: &mut Findings, rule: &Rule, i: usize, path: &FieldPath, acti
             None => f.error(&at, "`key` must not be empty"),
             Some(c) => condition::validate(f, c, &at),
         }
+    }
+    // The CEL expressions of one rule share a cost budget (issue 8).
+    let cel = rule.when.iter().flatten().flatten();
+    let cel = cel.filter(|c| c.key == crate::cel::CEL_CONDITION_KEY);
+    let sources = cel.flat_map(|c| c.values.iter().chain(&c.not_values));
+    if let Err(e) = crate::cel::check_rule_budget(sources.map(String::as_str)) {
+        f.error(&when_path, e);
     }
 
     // Istio's quirk, kept: `trustDomains` does not count as a TCP field, `when` is not looked at.
@@ -287,6 +291,24 @@ fn validate_source(f: &mut Findings, s: &Source, i: usize, path: &FieldPath) -> 
         );
     }
     check_lists(f, &lists, path);
+    // Istio matches `spiffe://` + the value: a value written with the prefix never matches (in
+    // `notPrincipals` it then matches everyone).
+    for (field, values) in [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+    ] {
+        for (k, v) in values.iter().enumerate() {
+            if v.starts_with("spiffe://") {
+                f.warning(
+                    &path.field(field).index(k),
+                    format!(
+                        "{v:?} can never match: principals are written without `spiffe://` (Istio adds it), e.g. {:?}",
+                        v.trim_start_matches("spiffe://")
+                    ),
+                );
+            }
+        }
+    }
     // Istio's `tcpRulesInFrom` (without trustDomains, as in Istio).
     [
         &s.principals,

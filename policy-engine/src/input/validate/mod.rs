@@ -63,6 +63,12 @@ impl Findings {
         self.push(d, true);
     }
 
+    /// A warning about the value at `path`.
+    fn warning(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let d = Diagnostic::warning(Some(self.object.clone()), path.as_str(), message);
+        self.push(d, false);
+    }
+
     /// A warning about something missing at `path`.
     fn absent_warning(&mut self, path: &FieldPath, message: impl Into<String>) {
         let d = Diagnostic::warning(Some(self.object.clone()), path.as_str(), message);

@@ -1,0 +1,65 @@
+//! The enforce stages, HTTP and network alike: read the decide stage's verdict from filter state
+//! and check that the RBAC LOG companion ran when AUDIT policies apply. Anything missing denies.
+//! The caller acts on the answer (`403` for HTTP, close for a connection).
+
+use crate::attrs::decode_bool;
+use crate::names::ACCESS_LOG_HINT;
+use crate::plugin::Plugin;
+use crate::traits::Host;
+
+/// The filter-state keys one enforce stage reads (as Envoy names them, `wasm.` included).
+pub(crate) struct Keys {
+    pub(crate) decision: &'static str,
+    pub(crate) audit: &'static str,
+    /// Logged when the decision is missing.
+    pub(crate) missing: &'static str,
+    /// An allowing verdict this stage must still refuse, and the log line: the network enforce
+    /// stage runs only on TCP chains, where an HTTP-port verdict means a misdeclared port.
+    pub(crate) refuse: Option<(&'static [u8], &'static str)>,
+}
+
+/// Whether the verdict in filter state allows. No verdict, a deny, or an AUDIT trail the
+/// companion did not write: false, counted, and (for the missing pieces) logged.
+pub(crate) fn allows(host: &dyn Host, plugin: &Plugin, keys: &Keys) -> bool {
+    match host.property(&["filter_state", keys.decision]) {
+        None => {
+            plugin.log_error(host, keys.missing);
+            plugin.count(|m| m.fail_closed);
+            false
+        }
+        Some(label) if keys.refuse.is_some_and(|(refused, _)| label == refused) => {
+            if let Some((_, message)) = keys.refuse {
+                plugin.log_error(host, message);
+            }
+            plugin.count(|m| m.protocol_mismatch);
+            plugin.count(|m| m.fail_closed);
+            false
+        }
+        Some(label) if is_allow(&label) => audit_companion_ran(host, plugin, keys.audit),
+        Some(_) => false,
+    }
+}
+
+/// An allowing verdict label (`allow`, `allow <why>`).
+pub(crate) fn is_allow(label: &[u8]) -> bool {
+    label == b"allow" || label.starts_with(b"allow ")
+}
+
+/// When AUDIT policies apply, Envoy's RBAC LOG filter must have run between the stages (it alone
+/// can set `access_log_hint`). If it did not, the request is denied: an audit trail that silently
+/// disappears is a security failure too.
+fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, audit_key: &str) -> bool {
+    let Some(audit) = host.property(&["filter_state", audit_key]) else {
+        return true;
+    };
+    let problem = match host.property(&ACCESS_LOG_HINT).map(|b| decode_bool(&b)) {
+        None => "AUDIT policies apply but envoy.common.access_log_hint is absent: the RBAC LOG companion filter is missing between the decide and enforce stages: denied",
+        // An AUDIT rule matched, yet the companion did not see the flag: it ran before the
+        // decide stage (or matches another key).
+        Some(Some(false)) if audit == b"1" => "an AUDIT rule matched but envoy.common.access_log_hint is false: the RBAC LOG companion runs before meshauthz's decide stage or matches another key: denied",
+        Some(_) => return true,
+    };
+    plugin.log_error(host, problem);
+    plugin.count(|m| m.fail_closed);
+    false
+}

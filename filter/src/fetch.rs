@@ -1,0 +1,223 @@
+//! Fetching what the compiled policies need from the host, and nothing more
+//! ([`policy_engine::Requirements`]): the transport facts of the stream ([`Transport`]), the peer
+//! identity, the request attributes; then asking the policies ([`evaluate`]).
+
+use std::net::IpAddr;
+
+use policy_engine::{Attributes, Decision, HttpAttributes, MtlsMode, Protocol};
+
+use crate::attrs::{decode_bool, decode_port, decode_str, parse_ip, single_san, Unseen};
+use crate::names::{JWT_AUTHN, PEER_SANS};
+use crate::traits::{Authorizer, Host};
+use crate::vm::ConnFacts;
+
+pub(crate) fn prop_str(host: &dyn Host, path: &[&str]) -> Option<String> {
+    host.property(path)
+        .and_then(decode_str)
+        .filter(|s| !s.is_empty())
+}
+
+pub(crate) fn prop_ip(host: &dyn Host, path: &[&str]) -> Option<IpAddr> {
+    prop_str(host, path).and_then(|s| parse_ip(&s))
+}
+
+fn header(host: &dyn Host, name: &str) -> Option<String> {
+    // Lossy: a value that is not UTF-8 still matches (or fails to match) as the bytes it has,
+    // never disappears (an absent path would not match a DENY rule on it).
+    host.request_header(name)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The peer identity as Envoy RBAC's `authenticated` principal sees it, for a certificate with at
+/// most one SAN: that SAN (URI or DNS), else the subject. Read from the SAN list Envoy's
+/// `set_filter_state` companion wrote ([`crate::names::PEER_SANS`]); proxy-wasm itself exposes
+/// only the first URI SAN. Callers ask only on an mTLS connection.
+pub(crate) fn peer_identity(host: &dyn Host) -> Result<Option<String>, Unseen> {
+    let sans = host
+        .property(&["filter_state", PEER_SANS])
+        .and_then(decode_str)
+        .ok_or(Unseen::NoSanList)?;
+    match single_san(&sans)? {
+        Some(san) => Ok(Some(san.to_string())),
+        None => Ok(prop_str(host, &["connection", "subject_peer_certificate"])),
+    }
+}
+
+/// The identity the policies see on this stream: `Ok(None)` when they read none or the stream
+/// is not authenticated (plaintext, or TLS on a DISABLE port). `facts`: what `meshauthz_net`
+/// recorded for the connection; else the host is asked.
+pub(crate) fn principal(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    t: &Transport,
+    facts: Option<&ConnFacts>,
+) -> Result<Option<String>, Unseen> {
+    if !authz.requirements().principal || !t.authenticated() {
+        return Ok(None);
+    }
+    match facts {
+        Some(f) => f.identity.clone(),
+        None => peer_identity(host),
+    }
+}
+
+/// The transport facts of a stream: whether it is mTLS and the mode of its port.
+pub(crate) struct Transport {
+    pub(crate) mtls: bool,
+    pub(crate) port: Option<u16>,
+    pub(crate) mode: MtlsMode,
+}
+
+impl Transport {
+    /// Whether the peer is authenticated. DISABLE: the workload does not authenticate peers; a
+    /// TLS connection there is refused by the stages, and were it not, its certificate would
+    /// grant nothing: no principal, not mTLS.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.mtls && self.mode != MtlsMode::Disable
+    }
+}
+
+/// `facts`: what `meshauthz_net` recorded for this connection, if anything; else the host is
+/// asked.
+pub(crate) fn transport(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    always_port: bool,
+    facts: Option<&ConnFacts>,
+) -> Transport {
+    let mtls = match facts {
+        Some(f) => f.mtls,
+        None => host
+            .property(&["connection", "mtls"])
+            .and_then(|b| decode_bool(&b))
+            .unwrap_or(false),
+    };
+    let need_port =
+        always_port || authz.requirements().destination_port || authz.has_port_level_mtls();
+    let port = match facts {
+        _ if !need_port => None,
+        Some(f) => f.port,
+        None => host
+            .property(&["destination", "port"])
+            .and_then(|b| decode_port(&b)),
+    };
+    let mode = authz.mtls_mode_at(port);
+    Transport { mtls, port, mode }
+}
+
+/// Owned attribute values fetched from the host, borrowed by [`Attributes`].
+#[derive(Default)]
+struct Fetched {
+    principal: Option<String>,
+    sni: Option<String>,
+    host: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// Fetches what the policies need and asks them. `principal`: from [`principal`]; `peer_ip` is
+/// the direct peer (L4: the socket peer; L7: handed over by the network filter).
+pub(crate) fn evaluate(
+    host: &dyn Host,
+    authz: &dyn Authorizer,
+    protocol: Protocol,
+    t: &Transport,
+    principal: Option<String>,
+    peer_ip: Option<IpAddr>,
+) -> Decision {
+    let req = authz.requirements();
+    let authenticated = t.authenticated();
+    let mut f = Fetched {
+        principal,
+        ..Fetched::default()
+    };
+    if req.sni {
+        f.sni = prop_str(host, &["connection", "requested_server_name"]);
+    }
+    let http = protocol == Protocol::Http;
+    if http {
+        // Envoy RBAC matches a header sent several times when any one of its values matches.
+        // The host's single-header read returns the first value only, so a second copy could
+        // hide the value a DENY names: when policies name headers, the whole list is read once
+        // (one host call). The pseudo-headers are then taken from that list, not read one by
+        // one (each read is a host call); one missing from the list is still read by itself.
+        let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
+        let pseudo = |name: &str| {
+            all.as_ref()
+                .and_then(|all| all.iter().find(|(n, _)| n == name))
+                .map(|(_, v)| v.clone())
+                .or_else(|| header(host, name))
+        };
+        if req.host {
+            f.host = pseudo(":authority");
+        }
+        if req.method {
+            f.method = pseudo(":method");
+        }
+        if req.path {
+            f.path = pseudo(":path");
+        }
+        if let Some(all) = all {
+            if req.all_headers {
+                f.headers = all;
+            } else {
+                // Every value of the headers the policies name.
+                for (n, value) in all {
+                    if let Some(name) = req.headers.iter().find(|h| n.eq_ignore_ascii_case(h)) {
+                        f.headers.push((name.clone(), value));
+                    }
+                }
+            }
+        }
+    }
+    let remote_ip = if req.remote_ip {
+        prop_ip(host, &["source", "address"])
+    } else {
+        None
+    };
+    let destination_ip = if req.destination_ip {
+        prop_ip(host, &["destination", "address"])
+    } else {
+        None
+    };
+    // Dynamic metadata: the JWT payload Envoy's jwt_authn filter verified, and
+    // `experimental.envoy.filters.*` conditions. Never a request header.
+    let metadata = if (http && req.jwt) || !req.dynamic_metadata.is_empty() {
+        host.property(&["metadata"])
+            .and_then(|b| crate::proto::decode_metadata(&b))
+    } else {
+        None
+    };
+    let jwt = if http && req.jwt {
+        metadata
+            .as_ref()
+            .and_then(|m| m.get(JWT_AUTHN))
+            .and_then(|f| f.get("payload"))
+    } else {
+        None
+    };
+    let pairs: Vec<(&str, &str)> = f
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let attrs = Attributes {
+        principal: f.principal.as_deref(),
+        mtls: authenticated,
+        source_ip: peer_ip,
+        remote_ip,
+        destination_ip,
+        destination_port: t.port,
+        sni: f.sni.as_deref(),
+        dynamic_metadata: metadata.as_ref(),
+        http: http.then(|| HttpAttributes {
+            host: f.host.as_deref(),
+            method: f.method.as_deref(),
+            path: f.path.as_deref(),
+            headers: &pairs,
+            jwt,
+        }),
+    };
+    authz.check(protocol, &attrs)
+}

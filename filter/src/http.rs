@@ -1,0 +1,163 @@
+//! The HTTP stages, per request (`on_http_request_headers`): `meshauthz_http` decides and
+//! publishes its verdict; `meshauthz_http_enforce` answers a deny with `403`.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use policy_engine::{MtlsMode, Protocol};
+
+use crate::attrs::decode_u64;
+use crate::config::Compiled;
+use crate::enforce::{self, Keys};
+use crate::fetch::{evaluate, principal, prop_ip, transport};
+use crate::names::{
+    FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
+    HTTP_SHADOW,
+};
+use crate::plugin::Plugin;
+use crate::traits::{Flow, Host};
+use crate::verdict::{publish, verdict_of, Verdict};
+use crate::vm::ConnFacts;
+
+/// `meshauthz_http`, `on_http_request_headers`.
+pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
+    let v = match plugin.compiled() {
+        None => Verdict::deny("deny no-valid-configuration", true),
+        Some(c) => verdict(host, plugin, &c),
+    };
+    let enforce = plugin.vm.http_enforce.get();
+    if publish(
+        host,
+        &plugin.metrics.borrow(),
+        &v,
+        (HTTP_DECISION, HTTP_AUDIT, HTTP_SHADOW),
+        enforce,
+    ) {
+        host.send_forbidden();
+        return Flow::Stop;
+    }
+    Flow::Continue
+}
+
+fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
+    let authz = c.authz.as_ref();
+    let facts = recorded_conn(host, plugin);
+    let facts = facts.as_deref();
+    let t = transport(host, authz, false, facts);
+    if t.mode == MtlsMode::Strict && !t.mtls {
+        // Normally the network filter has already reset such a connection; this is the HTTP
+        // filter's own guarantee, whatever the filter order.
+        let m = plugin.metrics.borrow();
+        m.add(m.plaintext_id(t.port, false), 1);
+        return Verdict::deny("deny mtls-strict-plaintext", false);
+    }
+    if t.mode == MtlsMode::Disable && t.mtls {
+        // Istio has only plaintext filter chains on a DISABLE port: a TLS client fails there.
+        // Normally meshauthz_net has reset the connection already.
+        plugin.count(|m| m.disable_tls_rejected);
+        return Verdict::deny("deny mtls-disable-tls", false);
+    }
+    if facts.is_none() && plugin.vm.net_decide.get() {
+        if let Some(v) = tcp_verdict_on_this_connection(host, plugin) {
+            return v;
+        }
+    }
+    let principal = match principal(host, authz, &t, facts) {
+        Ok(p) => p,
+        Err(unseen) => {
+            // With recorded facts, meshauthz_net logged it once for the connection.
+            if facts.is_none() {
+                plugin.log_error(host, unseen.message());
+            }
+            return Verdict::deny("deny peer-certificate-unseen", true);
+        }
+    };
+    let peer_ip = if authz.requirements().source_ip {
+        match facts.and_then(|f| f.peer_ip).or_else(|| l7_peer_ip(host)) {
+            Some(ip) => Some(ip),
+            None => {
+                plugin.log_error(
+                    host,
+                    "a policy matches ipBlocks/source.ip but the direct peer address is unknown (X-Forwarded-For present and meshauthz_net not on the listener): request denied",
+                );
+                return Verdict::deny("deny peer-address-unknown", true);
+            }
+        }
+    } else {
+        None
+    };
+    let d = evaluate(host, authz, Protocol::Http, &t, principal, peer_ip);
+    verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+}
+
+/// HTTP on a port the configuration does not list in `httpPorts`: meshauthz_net decided this
+/// connection with Istio's TCP semantics (its verdict is in connection filter state) and recorded
+/// no facts. The stricter reading applies: the request is allowed only if the TCP verdict allows
+/// too (here) and the HTTP policies allow it (the caller). Counted and logged either way.
+/// `None`: no TCP verdict on this connection (an HTTP port, or no meshauthz_net on this chain).
+fn tcp_verdict_on_this_connection(host: &dyn Host, plugin: &Plugin) -> Option<Verdict> {
+    let label = host.property(&["filter_state", FS_NET_DECISION])?;
+    if label == HTTP_PORT_LABEL {
+        return None;
+    }
+    plugin.count(|m| m.protocol_mismatch);
+    plugin.log_error(
+        host,
+        "HTTP request on a port missing from httpPorts: meshauthz_net decided the connection as TCP; the request must pass both the TCP and the HTTP reading of the policies (add the port to httpPorts)",
+    );
+    if enforce::is_allow(&label) {
+        None
+    } else {
+        Some(Verdict::deny("deny protocol-mismatch", true))
+    }
+}
+
+/// The facts `meshauthz_net` recorded for this request's connection: one host call
+/// (`connection.id`) instead of one per fact. `None` (the caller asks the host for each fact, as
+/// without a network stage) when no `meshauthz_net` runs in this VM or it recorded nothing for
+/// this connection id.
+fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
+    if !plugin.vm.net_decide.get() {
+        return None;
+    }
+    let id = host
+        .property(&["connection", "id"])
+        .and_then(|b| decode_u64(&b))?;
+    plugin.vm.conn(id)
+}
+
+/// The direct peer at L7. Preferred: what `meshauthz_net` recorded from the socket. Without it,
+/// `source.address` is the direct peer only when the request carries no `X-Forwarded-For`
+/// (otherwise the HTTP connection manager may have replaced it with an address the client
+/// chose); with one, the peer is unknown.
+fn l7_peer_ip(host: &dyn Host) -> Option<IpAddr> {
+    if let Some(ip) = prop_ip(host, &["filter_state", FS_PEER_IP]) {
+        return Some(ip);
+    }
+    if host.request_header("x-forwarded-for").is_some() {
+        return None;
+    }
+    prop_ip(host, &["source", "address"])
+}
+
+/// `meshauthz_http_enforce`, `on_http_request_headers`.
+pub fn enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
+    let keys = Keys {
+        decision: FS_HTTP_DECISION,
+        audit: "wasm.meshauthz_audit",
+        refuse: None,
+        missing: "meshauthz_http_enforce: no decision in filter state: meshauthz_http is missing or placed after the enforce stage: request denied",
+    };
+    if enforce::allows(host, plugin, &keys) {
+        Flow::Continue
+    } else {
+        host.send_forbidden();
+        Flow::Stop
+    }
+}
+
+/// The context of a root whose id is unknown: every request is denied.
+pub fn unknown_root(host: &dyn Host) -> Flow {
+    host.send_forbidden();
+    Flow::Stop
+}

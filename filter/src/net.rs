@@ -1,0 +1,227 @@
+//! The network stages, per connection: `meshauthz_net` resets plaintext on STRICT ports
+//! (`on_new_connection`), records the connection's transport facts for the HTTP stages and decides
+//! TCP ports with Istio's TCP semantics (first `on_downstream_data`: TLS is done);
+//! `meshauthz_net_enforce` closes a denied connection.
+
+use std::net::IpAddr;
+
+use policy_engine::{MtlsMode, Protocol};
+
+use crate::attrs::{decode_port, decode_u64};
+use crate::enforce::{self, Keys};
+use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
+use crate::names::{
+    FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
+};
+use crate::plugin::Plugin;
+use crate::traits::{Authorizer, Flow, Host};
+use crate::verdict::{publish, verdict_of, Verdict};
+use crate::vm::ConnFacts;
+
+/// Per-connection state of a network stage.
+#[derive(Debug, Default)]
+pub struct Conn {
+    decided: bool,
+    closed: bool,
+    /// The socket peer, read in `on_new_connection`.
+    peer_ip: Option<IpAddr>,
+    /// Set when this connection's facts were recorded in [`crate::vm::VmState`].
+    recorded: Option<u64>,
+}
+
+impl Conn {
+    fn close(&mut self, host: &dyn Host) -> Flow {
+        if !self.closed {
+            host.close_downstream();
+        }
+        self.closed = true;
+        Flow::Stop
+    }
+}
+
+/// `meshauthz_net`, `on_new_connection`: TLS attributes are not ready yet, the filter chain name
+/// is. A plaintext chain on a STRICT port is reset here (the client sees a connection reset, as
+/// with Istio's STRICT).
+pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
+    let Some(c) = plugin.compiled() else {
+        let m = plugin.metrics.borrow();
+        m.add(m.denied, 1);
+        m.add(m.fail_closed, 1);
+        return conn.close(host);
+    };
+    // Hand the direct peer to the HTTP filter: at L7 `source.address` may come from
+    // X-Forwarded-For, which the client controls.
+    conn.peer_ip = prop_ip(host, &["source", "address"]);
+    if let Some(ip) = conn.peer_ip {
+        host.set_filter_state(PEER_IP, ip.to_string().as_bytes());
+    }
+    let chain = prop_str(host, &["xds", "filter_chain_name"]);
+    let plaintext = chain
+        .as_ref()
+        .is_some_and(|name| c.plaintext_filter_chains.contains(name));
+    let authz = c.authz.as_ref();
+    // The port is read when the mode depends on it (and always for the plaintext counters).
+    let port = if plaintext || authz.has_port_level_mtls() {
+        host.property(&["destination", "port"])
+            .and_then(|b| decode_port(&b))
+    } else {
+        None
+    };
+    let mode = authz.mtls_mode_at(port);
+    if plaintext {
+        let rejected = mode == MtlsMode::Strict;
+        plugin.count(|m| m.plaintext_id(port, !rejected));
+        if rejected {
+            return conn.close(host);
+        }
+    } else if mode == MtlsMode::Disable && chain.is_some() {
+        // A named chain not listed in plaintextFilterChains (TLS) on a DISABLE port: Istio has
+        // only plaintext chains there, so a TLS client fails. Reset before the handshake, as
+        // Istio's missing filter chain does. (A chain the host does not name is checked at
+        // first data, when `connection.mtls` tells.)
+        plugin.count(|m| m.disable_tls_rejected);
+        return conn.close(host);
+    }
+    Flow::Continue
+}
+
+/// `meshauthz_net`, `on_downstream_data`: the first data of the connection (the TLS handshake is
+/// done). Re-checks the transport, then authorizes TCP ports with Istio's TCP semantics.
+pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
+    if conn.closed {
+        return Flow::Stop;
+    }
+    if conn.decided {
+        return Flow::Continue;
+    }
+    conn.decided = true;
+    let enforce = plugin.vm.net_enforce.get();
+    let keys = (NET_DECISION, NET_AUDIT, NET_SHADOW);
+    let Some(c) = plugin.compiled() else {
+        publish(
+            host,
+            &plugin.metrics.borrow(),
+            &Verdict::deny("deny no-valid-configuration", true),
+            keys,
+            enforce,
+        );
+        return conn.close(host);
+    };
+    let authz = c.authz.as_ref();
+    let t = transport(host, authz, true, None);
+    if t.mode == MtlsMode::Strict && !t.mtls {
+        // A plaintext connection on a chain not listed in plaintextFilterChains.
+        let m = plugin.metrics.borrow();
+        m.add(m.plaintext_id(t.port, false), 1);
+        m.add(m.denied, 1);
+        return conn.close(host);
+    }
+    if t.mode == MtlsMode::Disable && t.mtls {
+        // TLS on a DISABLE port that on_new_connection did not reset (the port became known
+        // only now): refused all the same.
+        let m = plugin.metrics.borrow();
+        m.add(m.disable_tls_rejected, 1);
+        m.add(m.denied, 1);
+        return conn.close(host);
+    }
+    if t.port.is_some_and(|p| c.http_ports.contains(&p)) {
+        // HTTP port: meshauthz_http authorizes each request, with these facts. Should this
+        // connection run on a TCP chain instead (the port is misdeclared), the network enforce
+        // stage refuses this verdict.
+        host.set_filter_state(NET_DECISION, HTTP_PORT_LABEL);
+        record_conn(host, plugin, conn, &t, authz);
+        return Flow::Continue;
+    }
+    let v = match principal(host, authz, &t, None) {
+        Ok(principal) => {
+            let peer_ip = prop_ip(host, &["source", "address"]);
+            let d = evaluate(host, authz, Protocol::Tcp, &t, principal, peer_ip);
+            verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+        }
+        Err(unseen) => {
+            // Once per connection: a network stage decides once.
+            plugin.log_error(host, unseen.message());
+            Verdict::deny("deny peer-certificate-unseen", true)
+        }
+    };
+    if publish(host, &plugin.metrics.borrow(), &v, keys, enforce) {
+        return conn.close(host);
+    }
+    Flow::Continue
+}
+
+/// Records the connection's transport facts for the HTTP stages of this VM. Only a connection
+/// whose id the host reported is recorded; `peer_ip` is only kept when `on_new_connection` read it.
+fn record_conn(
+    host: &dyn Host,
+    plugin: &Plugin,
+    conn: &mut Conn,
+    t: &Transport,
+    authz: &dyn Authorizer,
+) {
+    let Some(id) = host
+        .property(&["connection", "id"])
+        .and_then(|b| decode_u64(&b))
+    else {
+        return;
+    };
+    // The identity is read once per connection, and only when the policies read it; a
+    // certificate the module cannot fully see is logged here, once per connection, and each
+    // request on it is denied by the HTTP stage.
+    let identity = if t.mtls && authz.requirements().principal {
+        peer_identity(host)
+    } else {
+        Ok(None)
+    };
+    if let Err(unseen) = identity {
+        plugin.log_error(host, unseen.message());
+    }
+    plugin.vm.record_conn(
+        id,
+        ConnFacts {
+            mtls: t.mtls,
+            identity,
+            port: t.port,
+            peer_ip: conn.peer_ip,
+        },
+    );
+    conn.recorded = Some(id);
+}
+
+/// The network context is deleted (the connection is gone): its facts are forgotten.
+pub fn done(plugin: &Plugin, conn: &mut Conn) {
+    if let Some(id) = conn.recorded.take() {
+        plugin.vm.forget_conn(id);
+    }
+}
+
+/// `meshauthz_net_enforce`, `on_downstream_data`.
+pub fn enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
+    if conn.closed {
+        return Flow::Stop;
+    }
+    if conn.decided {
+        return Flow::Continue;
+    }
+    conn.decided = true;
+    let keys = Keys {
+        decision: FS_NET_DECISION,
+        audit: "wasm.meshauthz_net_audit",
+        refuse: Some((
+            HTTP_PORT_LABEL,
+            "meshauthz_net_enforce: the port is listed in httpPorts, but its traffic runs on a TCP chain (meshauthz_net_enforce is only placed before tcp_proxy): connection closed; remove the port from httpPorts",
+        )),
+        missing: "meshauthz_net_enforce: no decision in filter state: meshauthz_net is missing or placed after the enforce stage: connection closed",
+    };
+    let allowed = enforce::allows(host, plugin, &keys);
+    if allowed {
+        Flow::Continue
+    } else {
+        conn.close(host)
+    }
+}
+
+/// Network context of an unknown root: closes.
+pub fn unknown_root(host: &dyn Host, conn: &mut Conn) -> Flow {
+    conn.close(host)
+}

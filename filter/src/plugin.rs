@@ -1,0 +1,210 @@
+//! One configured filter (a root context): its stage, its compiled configuration and counters,
+//! and `on_configure` with last-good handling: a refused configuration never replaces a valid
+//! one, and with none ever everything is denied.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use log::Level;
+
+use crate::attrs::{decode_pairs, decode_str};
+use crate::config::{self, Compiled, NodeWorkload};
+use crate::metrics::{bump, Metrics};
+use crate::names::{ROOT_HTTP, ROOT_HTTP_ENFORCE, ROOT_NET, ROOT_NET_ENFORCE};
+use crate::traits::Host;
+use crate::vm::{Stage, VmState};
+
+/// One configured plugin (root context) and what its streams share.
+pub struct Plugin {
+    pub stage: Cell<Option<Stage>>,
+    compiled: RefCell<Option<Rc<Compiled>>>,
+    pub(crate) metrics: RefCell<Metrics>,
+    pub vm: Rc<VmState>,
+    errors_logged: Cell<u32>,
+}
+
+impl Plugin {
+    pub fn new(vm: Rc<VmState>) -> Plugin {
+        Plugin {
+            stage: Cell::new(None),
+            compiled: RefCell::new(None),
+            metrics: RefCell::new(Metrics::default()),
+            vm,
+            errors_logged: Cell::new(0),
+        }
+    }
+
+    pub fn compiled(&self) -> Option<Rc<Compiled>> {
+        self.compiled.borrow().clone()
+    }
+
+    /// Installs a compiled configuration (what a successful `configure` does).
+    pub fn install(&self, host: &dyn Host, compiled: Compiled) {
+        if self.metrics.borrow().allowed.is_none() {
+            *self.metrics.borrow_mut() = Metrics::define(host);
+        }
+        self.metrics
+            .borrow_mut()
+            .define_ports(host, &compiled.named_ports);
+        *self.compiled.borrow_mut() = Some(Rc::new(compiled));
+    }
+
+    /// Counts one of `which` (see [`Metrics::add`]).
+    pub(crate) fn count(&self, which: impl FnOnce(&Metrics) -> Option<u32>) {
+        let m = self.metrics.borrow();
+        m.add(which(&m), 1);
+    }
+
+    /// `on_tick`: hands the counts of this root's streams to the host.
+    pub fn flush_metrics(&self, host: &dyn Host) {
+        self.metrics.borrow().flush(host);
+    }
+
+    /// Request-path errors that mean a broken deployment are logged at error level, but not for
+    /// every request: the first 16, then one in 1024.
+    pub(crate) fn log_error(&self, host: &dyn Host, message: &str) {
+        let n = self.errors_logged.get();
+        self.errors_logged.set(n.wrapping_add(1));
+        if n < 16 || n % 1024 == 0 {
+            host.log(Level::Error, message);
+        }
+    }
+
+    /// `on_configure`. Always returns true: returning false would make Envoy reject the whole
+    /// listener (at startup Envoy would not start at all). An invalid configuration is refused
+    /// instead: every problem is logged, `meshauthz.config_refused` counts it, and the last good
+    /// configuration stays in force; with none ever, everything is denied.
+    pub fn configure(&self, host: &dyn Host, root_id: &str, configuration: Option<&[u8]>) -> bool {
+        let stage = Stage::from_root_id(root_id);
+        self.stage.set(stage);
+        if self.metrics.borrow().allowed.is_none() {
+            *self.metrics.borrow_mut() = Metrics::define(host);
+        }
+        let Some(stage) = stage else {
+            host.log(
+                Level::Error,
+                &format!(
+                    "unknown root_id {root_id:?} (expected {ROOT_HTTP}, {ROOT_HTTP_ENFORCE}, {ROOT_NET} or {ROOT_NET_ENFORCE}): this filter denies everything"
+                ),
+            );
+            return true;
+        };
+        match stage {
+            Stage::HttpEnforce | Stage::NetEnforce => {
+                if stage == Stage::HttpEnforce {
+                    self.vm.http_enforce.set(true);
+                } else {
+                    self.vm.net_enforce.set(true);
+                }
+                // The enforce stages act on the decide stage's verdict only; a configuration given
+                // to them is checked so that mistakes show, and otherwise unused.
+                if let Some(bytes) =
+                    configuration.filter(|b| !b.iter().all(u8::is_ascii_whitespace))
+                {
+                    if let Err(errors) = config::parse(bytes) {
+                        for e in errors {
+                            host.log(
+                                Level::Warn,
+                                &format!(
+                                    "{root_id}: configuration (unused by the enforce stage): {e}"
+                                ),
+                            );
+                        }
+                    }
+                }
+                true
+            }
+            Stage::HttpDecide | Stage::NetDecide => {
+                if stage == Stage::NetDecide {
+                    self.vm.net_decide.set(true);
+                }
+                let result = config::parse(configuration.unwrap_or_default()).and_then(|cfg| {
+                    let node = if cfg.workload.is_none() {
+                        node_workload(host)
+                    } else {
+                        NodeWorkload::default()
+                    };
+                    config::compile(&cfg, &node)
+                });
+                match result {
+                    Ok(compiled) => {
+                        for w in &compiled.warnings {
+                            host.log(Level::Warn, &format!("{root_id}: {w}"));
+                        }
+                        let n = compiled.authz.requirements();
+                        host.log(
+                            Level::Info,
+                            &format!("{root_id}: configuration accepted (fetches: {n:?})"),
+                        );
+                        self.install(host, compiled);
+                        if let Some(c) = self.compiled() {
+                            self.vm.remember(&last_good_key(host, root_id), &c);
+                        }
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            host.log(
+                                Level::Error,
+                                &format!("{root_id}: configuration refused: {e}"),
+                            );
+                        }
+                        bump(host, self.metrics.borrow().config_refused);
+                        if self.compiled.borrow().is_none() {
+                            if let Some(previous) = self.vm.last_good(&last_good_key(host, root_id))
+                            {
+                                self.metrics
+                                    .borrow_mut()
+                                    .define_ports(host, &previous.named_ports);
+                                *self.compiled.borrow_mut() = Some(previous);
+                            }
+                        }
+                        let what = if self.compiled.borrow().is_some() {
+                            "the previous valid configuration stays in force"
+                        } else {
+                            "no valid configuration yet: every request and connection is denied"
+                        };
+                        host.log(Level::Error, &format!("{root_id}: {what}"));
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Which proxy-wasm context type streams of this root get. An unknown root id gets HTTP
+    /// contexts that deny every request (on a network filter that makes the VM fail, which
+    /// Envoy's failure policy turns into closed connections).
+    pub fn is_network(&self) -> bool {
+        self.stage.get().is_some_and(Stage::is_network)
+    }
+}
+
+/// Which earlier configuration a refused one may fall back to: the same filter (Envoy plugin
+/// `name`; Istio: `<namespace>.<WasmPlugin name>`) and stage. Two differently named filters in one
+/// VM never inherit each other's policies.
+fn last_good_key(host: &dyn Host, root_id: &str) -> String {
+    let name = host
+        .property(&["plugin_name"])
+        .and_then(decode_str)
+        .unwrap_or_default();
+    format!("{name}\u{0}{root_id}")
+}
+
+fn node_workload(host: &dyn Host) -> NodeWorkload {
+    // Envoy 1.40 exposes the node as `xds.node` (verified); older releases as `node`.
+    let meta = |key: &str| {
+        host.property(&["xds", "node", "metadata", key])
+            .or_else(|| host.property(&["node", "metadata", key]))
+    };
+    let namespace = meta("NAMESPACE").and_then(decode_str);
+    let raw_labels = meta("LABELS");
+    let labels = raw_labels
+        .as_deref()
+        .and_then(decode_pairs)
+        .map(|pairs| pairs.into_iter().collect());
+    NodeWorkload {
+        namespace,
+        labels_unreadable: raw_labels.is_some() && labels.is_none(),
+        labels,
+    }
+}

@@ -1,0 +1,115 @@
+//! What the four stages of one VM share: which stage a root context is ([`Stage`]), which
+//! stages are configured, the last valid configuration of each filter, and the transport facts
+//! `meshauthz_net` recorded per connection ([`ConnFacts`]) for the HTTP stages.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use crate::attrs::Unseen;
+use crate::config::Compiled;
+use crate::names::{ROOT_HTTP, ROOT_HTTP_ENFORCE, ROOT_NET, ROOT_NET_ENFORCE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    HttpDecide,
+    HttpEnforce,
+    NetDecide,
+    NetEnforce,
+}
+
+impl Stage {
+    pub fn from_root_id(root_id: &str) -> Option<Stage> {
+        match root_id {
+            ROOT_HTTP => Some(Stage::HttpDecide),
+            ROOT_HTTP_ENFORCE => Some(Stage::HttpEnforce),
+            ROOT_NET => Some(Stage::NetDecide),
+            ROOT_NET_ENFORCE => Some(Stage::NetEnforce),
+            _ => None,
+        }
+    }
+
+    pub fn is_network(self) -> bool {
+        matches!(self, Stage::NetDecide | Stage::NetEnforce)
+    }
+}
+
+/// State shared by every root context of one VM (one per worker thread).
+#[derive(Default)]
+pub struct VmState {
+    /// A `meshauthz_http_enforce` root was configured in this VM.
+    pub http_enforce: Cell<bool>,
+    /// A `meshauthz_net_enforce` root was configured in this VM.
+    pub net_enforce: Cell<bool>,
+    /// A `meshauthz_net` root was configured in this VM: only then can connection facts exist,
+    /// and only then does the HTTP decide stage ask for `connection.id`.
+    pub net_decide: Cell<bool>,
+    /// What the host said about each open downstream connection of this VM's worker, recorded by
+    /// `meshauthz_net` and keyed by Envoy's `connection.id` (unique in the process, never reused).
+    conns: RefCell<HashMap<u64, Rc<ConnFacts>>>,
+    /// The last valid configuration of each decide filter (plugin name and root id). An update (new plugin
+    /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
+    /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
+    last_good: RefCell<Vec<(String, Rc<Compiled>)>>,
+}
+
+impl VmState {
+    pub(crate) fn last_good(&self, root_id: &str) -> Option<Rc<Compiled>> {
+        self.last_good
+            .borrow()
+            .iter()
+            .find(|(id, _)| id == root_id)
+            .map(|(_, c)| Rc::clone(c))
+    }
+
+    /// Records the facts of connection `id` (its network stage saw its first data).
+    pub fn record_conn(&self, id: u64, facts: ConnFacts) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= MAX_CONNS && !conns.contains_key(&id) {
+            // Records are only ever lost to a fallback that asks the host again; this bounds the
+            // map should the host ever skip deleting contexts.
+            conns.clear();
+        }
+        conns.insert(id, Rc::new(facts));
+    }
+
+    /// Forgets connection `id` (its network context is deleted).
+    pub fn forget_conn(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    pub fn conn(&self, id: u64) -> Option<Rc<ConnFacts>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    /// How many connections have recorded facts.
+    pub fn open_conns(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub(crate) fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
+        let mut all = self.last_good.borrow_mut();
+        all.retain(|(id, _)| id != root_id);
+        all.push((root_id.to_string(), Rc::clone(compiled)));
+    }
+}
+
+/// Bound of [`VmState`]'s connection map (a worker's open connections are far fewer).
+const MAX_CONNS: usize = 1 << 16;
+
+/// The transport facts of one downstream connection, exactly as the host reported them when
+/// `meshauthz_net` saw the connection's first data (TLS handshake done). Policy-independent: the
+/// HTTP stage applies its own mTLS mode to them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnFacts {
+    /// `connection.mtls`.
+    pub mtls: bool,
+    /// The peer identity ([`crate::fetch::peer_identity`]), or why it cannot be taken; read
+    /// only on an mTLS connection (`Ok(None)` otherwise).
+    pub identity: Result<Option<String>, Unseen>,
+    /// `destination.port`.
+    pub port: Option<u16>,
+    /// The socket peer (`source.address` in `on_new_connection`).
+    pub peer_ip: Option<IpAddr>,
+}

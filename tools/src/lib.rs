@@ -1,0 +1,7 @@
+//! Build tools for meshauthz that run on the build host (`make build`), kept apart from the
+//! module's crate (`filter/`) so that nothing here can end up in the Wasm module.
+//!
+//! - [`exports`]: removes the proxy-wasm callback exports the module does not implement
+//!   (the `meshauthz-strip-exports` binary).
+
+pub mod exports;

@@ -64,9 +64,21 @@ fn the_decide_stage_alone_allows_and_denies_like_istio() {
         .transform(decide_mode)
         .start()
         .unwrap();
-    assert!(!s.envoy.config_text().contains("root_id: meshauthz_http_enforce"));
-    assert_ok(&s.get("/hello", s.mtls("foo", "bar").unwrap()).send().unwrap());
-    assert_ok(&s.get("/hello", s.mtls("foo", "bar").unwrap()).http1().send().unwrap());
+    assert!(!s
+        .envoy
+        .config_text()
+        .contains("root_id: meshauthz_http_enforce"));
+    assert_ok(
+        &s.get("/hello", s.mtls("foo", "bar").unwrap())
+            .send()
+            .unwrap(),
+    );
+    assert_ok(
+        &s.get("/hello", s.mtls("foo", "bar").unwrap())
+            .http1()
+            .send()
+            .unwrap(),
+    );
     for t in [s.mtls("other", "x").unwrap(), Transport::Plaintext] {
         assert_denied(&s.get("/hello", t.clone()).send().unwrap());
         assert_denied(&s.get("/hello", t).http1().send().unwrap());

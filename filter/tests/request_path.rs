@@ -572,7 +572,11 @@ fn audit_without_an_enforce_stage_fails_closed() {
         s.enforce = enforce_root;
         s.enforce_mode = mode;
         let (decide, _, _) = s.build(&host);
-        assert_eq!(http::decide(&host, &decide), Flow::Stop, "{enforce_root} {mode:?}");
+        assert_eq!(
+            http::decide(&host, &decide),
+            Flow::Stop,
+            "{enforce_root} {mode:?}"
+        );
         assert_eq!(host.forbidden(), 1);
         assert_eq!(
             host.state(names::HTTP_DECISION).as_deref(),

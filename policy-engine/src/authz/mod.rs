@@ -626,7 +626,10 @@ mod tests {
         // And the answers are the expected ones, not only equal.
         let d = e.check(
             Protocol::Http,
-            &get("/api/orders/42", Some("spiffe://cluster.local/ns/team-3/sa/anyone")),
+            &get(
+                "/api/orders/42",
+                Some("spiffe://cluster.local/ns/team-3/sa/anyone"),
+            ),
         );
         assert_eq!(
             e.policy(d.deciding_rule().unwrap_or(RuleId { policy: 0, rule: 0 }))
@@ -637,9 +640,11 @@ mod tests {
         assert!(!e
             .check(
                 Protocol::Http,
-                &get("/api/orders/42", Some("spiffe://cluster.local/ns/nobody/sa/x"))
+                &get(
+                    "/api/orders/42",
+                    Some("spiffe://cluster.local/ns/nobody/sa/x")
+                )
             )
             .allowed());
     }
 }
-

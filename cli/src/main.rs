@@ -465,10 +465,16 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
         jwt,
     };
     let ev = explain::evaluate(&engine, &traffic);
+    let cel = if ev.decision.is_some_and(|d| d.cel_errors > 0) {
+        explain::cel_failures(&set, &engine, &traffic)
+    } else {
+        Vec::new()
+    };
     match args.output {
         Output::Json => {
             let mut v = ev.to_json(&engine);
             if let Some(o) = v.as_object_mut() {
+                o.insert("celFailures".into(), json!(cel));
                 o.insert("modes".into(), explain::modes_json(&engine));
             }
             println!("{v}");
@@ -476,6 +482,9 @@ fn check(args: &CheckArgs) -> Result<ExitCode, ExitCode> {
         Output::Text => {
             for line in ev.explain(&engine) {
                 println!("{line}");
+            }
+            for line in &cel {
+                println!("CEL error: {line}");
             }
             if args.port.is_none() {
                 for line in explain::modes_by_port(&engine) {

@@ -405,3 +405,56 @@ fn every_command_help_has_an_example_and_every_flag_a_description() {
         }
     }
 }
+
+#[test]
+fn check_names_the_cel_expression_and_attribute_that_failed() {
+    let p = file(
+        "cel.yaml",
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tenant, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - key: meshauthz.io/cel
+      notValues: ['request.headers["x-tenant"] == "a"']
+"#,
+    );
+    let out = run(&["check", "--namespace", "foo", "--port", "8080", &p]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "CEL error: foo/tenant spec.rules[0].when[0].notValues[0]: `request.headers[\"x-tenant\"] == \"a\"`: attribute `request.headers[\"x-tenant\"]` is absent"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = run(&[
+        "check",
+        "--namespace",
+        "foo",
+        "--port",
+        "8080",
+        "--output",
+        "json",
+        &p,
+    ]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["celErrors"], 1);
+    assert!(v["celFailures"][0].as_str().unwrap().contains("is absent"));
+    // With the header there is no error and nothing to explain.
+    let out = run(&[
+        "check",
+        "--namespace",
+        "foo",
+        "--port",
+        "8080",
+        "--header",
+        "x-tenant: a",
+        &p,
+    ]);
+    assert_eq!(out.code, 0);
+    assert!(!out.stdout.contains("CEL"), "{}", out.stdout);
+}

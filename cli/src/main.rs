@@ -179,9 +179,15 @@ struct RenderArgs {
     /// Where Istio (or Envoy) fetches the module: `oci://...`, `file://...`, `https://...`.
     #[arg(long, default_value = "file:///var/local/wasm/meshauthz.wasm")]
     url: String,
-    /// The module's sha256 (required by Envoy for a remote URL).
+    /// The module's sha256, 64 hex digits: required for an `http(s)://` URL; computed from the
+    /// file for a readable `file://` URL.
     #[arg(long)]
     sha256: Option<String>,
+    /// Carry every policy given (a configuration deliberately shared by several workloads);
+    /// without it only the policies that can apply to the selected workloads (their namespace
+    /// and the root namespace's, selectors not contradicting the labels) are carried.
+    #[arg(long)]
+    all: bool,
     /// HTTP ports to attach to (workload ports).
     #[arg(long = "http-port")]
     http_ports: Vec<u16>,
@@ -534,10 +540,9 @@ fn plugin_config_value(
     workload: &WorkloadArgs,
     plaintext_chains: &[String],
     http_ports: &[u16],
-    files: &[String],
+    set: PolicySet,
     with_workload: bool,
 ) -> Result<serde_json::Value, ExitCode> {
-    let set = read(files, &workload.namespace)?;
     workload.engine(&set)?;
     let config = PluginConfig {
         policies: set,
@@ -554,15 +559,128 @@ fn plugin_config_value(
     })
 }
 
+/// The Kubernetes API's default request limit (etcd's): a larger object is refused by the API
+/// server, so `render` refuses it first.
+const MANIFEST_LIMIT: usize = 1536 * 1024;
+
+/// Whether a policy can apply to a workload the attachment selects: its namespace is the
+/// workload's or the root namespace, and its selector does not contradict the attachment's
+/// labels (a selected pod may carry more labels, so a selector naming other keys may apply).
+fn may_apply(
+    namespace: &str,
+    selector: Option<&BTreeMap<String, String>>,
+    w: &WorkloadArgs,
+) -> bool {
+    (namespace == w.namespace || namespace == w.root_namespace)
+        && selector.is_none_or(|sel| {
+            w.labels
+                .iter()
+                .all(|(k, v)| sel.get(k).is_none_or(|want| want == v))
+        })
+}
+
+/// The policies an attachment carries (see [`may_apply`]).
+fn for_attachment(set: PolicySet, w: &WorkloadArgs) -> PolicySet {
+    PolicySet {
+        authorization_policies: set
+            .authorization_policies
+            .into_iter()
+            .filter(|p| {
+                may_apply(
+                    &p.meta.namespace,
+                    p.spec.selector.as_ref().map(|s| &s.match_labels),
+                    w,
+                )
+            })
+            .collect(),
+        peer_authentications: set
+            .peer_authentications
+            .into_iter()
+            .filter(|p| {
+                may_apply(
+                    &p.meta.namespace,
+                    p.spec.selector.as_ref().map(|s| &s.match_labels),
+                    w,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The module digest: given (checked), computed for a readable `file://`, required for
+/// `http(s)://`.
+fn module_sha256(args: &RenderArgs) -> Result<Option<String>, ExitCode> {
+    if let Some(given) = &args.sha256 {
+        if given.len() != 64 || !given.bytes().all(|b| b.is_ascii_hexdigit()) {
+            eprintln!("error: --sha256: expected 64 hex digits, found {given:?}");
+            return Err(ExitCode::from(exit::USAGE));
+        }
+        return Ok(Some(given.to_ascii_lowercase()));
+    }
+    if let Some(path) = args.url.strip_prefix("file://") {
+        return Ok(std::fs::read(path).ok().map(|bytes| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }));
+    }
+    if args.url.starts_with("http://") || args.url.starts_with("https://") {
+        eprintln!(
+            "error: --url {}: a remote module needs --sha256 (Envoy refuses to load a fetched module without it): `sha256sum meshauthz.wasm`",
+            args.url
+        );
+        return Err(ExitCode::from(exit::USAGE));
+    }
+    Ok(None)
+}
+
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
+    if matches!(args.kind, RenderKind::Envoyfilter)
+        && !["file://", "http://", "https://"]
+            .iter()
+            .any(|s| args.url.starts_with(s))
+    {
+        eprintln!(
+            "error: --url {}: an EnvoyFilter loads the module itself, from file://, http:// or https:// (oci:// needs `render wasmplugin`)",
+            args.url
+        );
+        return Err(ExitCode::from(exit::USAGE));
+    }
+    let sha256 = module_sha256(args)?;
+    let remote = match args.kind {
+        RenderKind::Envoyfilter => match render::RemoteSource::parse(&args.url) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: --url {}: {e}", args.url);
+                return Err(ExitCode::from(exit::USAGE));
+            }
+        },
+        RenderKind::Wasmplugin => None,
+    };
+    let set = read(&args.files, &args.workload.namespace)?;
+    let given = set.authorization_policies.len() + set.peer_authentications.len();
+    let set = if args.all {
+        set
+    } else {
+        for_attachment(set, &args.workload)
+    };
+    let carried = set.authorization_policies.len() + set.peer_authentications.len();
+    if carried < given {
+        eprintln!(
+            "render: carrying {carried} of {given} policies, those that can apply to the selected workloads (--all carries every one)"
+        );
+    }
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
-    let config = plugin_config_value(&args.workload, &[], &args.http_ports, &args.files, false)?;
+    let config = plugin_config_value(&args.workload, &[], &args.http_ports, set, false)?;
     let attachment = render::Attachment {
         name: &args.name,
         namespace: &args.workload.namespace,
         selector: &args.workload.labels,
         url: &args.url,
-        sha256: args.sha256.as_deref(),
+        sha256: sha256.as_deref(),
+        remote: remote.as_ref(),
         http_ports: &args.http_ports,
         tcp_ports: &args.tcp_ports,
         plugin_config: &config,
@@ -571,13 +689,31 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
         RenderKind::Wasmplugin => render::wasm_plugins(&attachment),
         RenderKind::Envoyfilter => vec![render::envoy_filter(&attachment)],
     };
+    let mut out = String::new();
     for doc in docs {
         let yaml = serde_yaml_ng::to_string(&doc).map_err(|e| {
             eprintln!("error: {e}");
             failure()
         })?;
-        println!("---\n{}", yaml.trim_end());
+        if yaml.len() > MANIFEST_LIMIT {
+            let name = doc
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            let kind = doc
+                .get("kind")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            eprintln!(
+                "error: {kind} {}/{name} is {} bytes, over the Kubernetes API's request limit of {MANIFEST_LIMIT} bytes (1.5 MiB): the API server would refuse it. Carry fewer policies (one attachment per workload, without --all).",
+                args.workload.namespace,
+                yaml.len()
+            );
+            return Err(failure());
+        }
+        out.push_str(&format!("---\n{}\n", yaml.trim_end()));
     }
+    print!("{out}");
     Ok(ExitCode::from(exit::OK))
 }
 
@@ -619,17 +755,19 @@ fn main() -> ExitCode {
             http_ports,
             pretty,
             files,
-        } => plugin_config_value(workload, plaintext_chains, http_ports, files, true).map(|c| {
-            if *pretty || std::io::stdout().is_terminal() {
-                match serde_json::to_string_pretty(&c) {
-                    Ok(text) => println!("{text}"),
-                    Err(_) => println!("{c}"),
+        } => read(files, &workload.namespace)
+            .and_then(|set| plugin_config_value(workload, plaintext_chains, http_ports, set, true))
+            .map(|c| {
+                if *pretty || std::io::stdout().is_terminal() {
+                    match serde_json::to_string_pretty(&c) {
+                        Ok(text) => println!("{text}"),
+                        Err(_) => println!("{c}"),
+                    }
+                } else {
+                    println!("{c}");
                 }
-            } else {
-                println!("{c}");
-            }
-            ExitCode::from(exit::OK)
-        }),
+                ExitCode::from(exit::OK)
+            }),
     };
     result.unwrap_or_else(|code| code)
 }

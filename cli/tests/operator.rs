@@ -458,3 +458,19 @@ spec:
     assert_eq!(out.code, 0);
     assert!(!out.stdout.contains("CEL"), "{}", out.stdout);
 }
+
+#[test]
+fn plugin_config_is_one_line_in_a_pipe_and_indented_with_pretty() {
+    let args = ["plugin-config", "--namespace", "foo", SAMPLES[2]];
+    let piped = run(&args);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert_eq!(piped.stdout.trim_end().lines().count(), 1);
+    let mut pretty_args = args.to_vec();
+    pretty_args.push("--pretty");
+    let pretty = run(&pretty_args);
+    assert!(pretty.stdout.lines().count() > 10, "{}", pretty.stdout);
+    assert!(pretty.stdout.contains("\n  \"policies\": ["));
+    let a: Value = serde_json::from_str(&piped.stdout).unwrap();
+    let b: Value = serde_json::from_str(&pretty.stdout).unwrap();
+    assert_eq!(a, b);
+}

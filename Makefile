@@ -23,6 +23,7 @@ help:
 	@echo "make test          every test: engine (native and wasm32), filter, end to end"
 	@echo "make build         the proxy-wasm module ($(MODULE))"
 	@echo "make bench         benchmarks: engine (criterion) and Envoy throughput (see BENCHMARKS.md)"
+	@echo "make bench-instructions  instructions per request under callgrind (see BENCHMARKS.md)"
 
 # ---- set-up ---------------------------------------------------------------------------------
 .PHONY: targets envoy wasm-bindgen
@@ -51,7 +52,7 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 # ---- build ----------------------------------------------------------------------------------
 .PHONY: build
 build: targets
-	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo build --release --target $(WASM_TARGET) -p meshauthz-module
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
@@ -85,7 +86,7 @@ e2e: build envoy compose-schema
 	cargo test -p meshauthz-e2e -- --test-threads=2
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy oha
+.PHONY: bench bench-engine bench-envoy bench-instructions oha
 bench: bench-engine bench-envoy
 
 bench-engine:
@@ -104,10 +105,19 @@ bench-envoy: build envoy oha
 	cargo build --quiet --release --target $(WASM_TARGET) -p meshauthz-bench-noop
 	cp target/$(WASM_TARGET)/release/bench_noop.wasm target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
-	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
-	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
+	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
 	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
+
+# Instructions per request under callgrind, the figure that does not move with the machine's
+# load (BENCHMARKS.md, "Instructions per request"). Needs valgrind (Debian package `valgrind`).
+# BENCH_ARGS: e.g. --only rc-10,rb-10 --max-policies 1000 --requests 2000 --warmup 500.
+bench-instructions: build envoy
+	@command -v valgrind >/dev/null || { echo "bench-instructions needs valgrind: apt-get install valgrind"; exit 1; }
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
+	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
+	target/debug/bench-envoy --instructions --cli target/debug/meshauthz --out target/bench-instructions.md $(BENCH_ARGS)
 
 # ---- sandbox --------------------------------------------------------------------------------
 # A small mesh on 127.0.0.1 (see envoy-config/SANDBOX.md). Fixed ports, overridable:

@@ -1,6 +1,6 @@
 //! The proxy-wasm adapter: the only module that uses proxy-wasm. [`ProxyHost`] implements
 //! [`Host`] with `proxy_wasm::hostcalls`; the context types forward each callback to its stage
-//! ([`crate::http`], [`crate::net`], [`crate::plugin`]). The module's entry point (`_initialize`)
+//! (`meshauthz_filter::http`, `net`, `plugin`). The module's entry point (`_initialize`)
 //! is defined here too.
 //!
 //! The SDK's host-call wrappers panic on statuses they do not expect (a panic traps the VM, and
@@ -16,12 +16,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::names::{DENY_BODY, METRICS_FLUSH_PERIOD};
-use crate::net::Conn;
-use crate::plugin::Plugin;
-use crate::traits::{Flow, Host};
-use crate::vm::{Stage, VmState};
-use crate::{http, net};
+use meshauthz_filter::names::{DENY_BODY, METRICS_FLUSH_PERIOD};
+use meshauthz_filter::net::Conn;
+use meshauthz_filter::plugin::Plugin;
+use meshauthz_filter::traits::{Flow, Host};
+use meshauthz_filter::vm::{Stage, VmState};
+use meshauthz_filter::{http, net};
 
 proxy_wasm::main! {{
     start();

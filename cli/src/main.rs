@@ -15,6 +15,7 @@
 
 mod cases;
 mod explain;
+mod readiness;
 mod render;
 
 use std::collections::BTreeMap;
@@ -42,12 +43,16 @@ mod exit {
     pub const DENY: u8 = 3;
     /// `check`: the connection is reset (plaintext on a STRICT port, TLS on a DISABLE port).
     pub const RESET: u8 = 4;
+    /// `strict-readiness`: plaintext is still accepted on a port.
+    pub const NOT_READY: u8 = 5;
+    /// `strict-readiness`: too little evidence either way.
+    pub const NOT_ENOUGH_DATA: u8 = 6;
 }
 
 const EXIT_CODES: &str =
     "Exit status: 0 ok (valid, ALLOW, all cases passed); 1 invalid input or a \
 failed test case; 2 usage error; 3 check: DENY; 4 check: RESET (plaintext on a STRICT port, TLS on \
-a DISABLE port).";
+a DISABLE port); 5 strict-readiness: not ready; 6 strict-readiness: not enough data.";
 
 #[derive(Parser)]
 #[command(
@@ -128,6 +133,28 @@ enum Command {
         /// Case files (YAML).
         #[arg(required = true)]
         files: Vec<String>,
+    },
+    /// Is it safe to switch to STRICT? Per port, from the module's plaintext counters on Envoy's
+    /// admin endpoint (and the access log): plaintext seen since when, the callers, a verdict.
+    #[command(after_help = concat!(
+        "Example:\n  meshauthz strict-readiness --admin http://127.0.0.1:9901 --access-log .sandbox/server-access.log --port 8080\n\n",
+        "Exit status: 0 ready; 1 the admin endpoint or the log cannot be read; 2 usage error; 5 not ready; 6 not enough data."))]
+    StrictReadiness {
+        /// Envoy's admin address, `http://HOST:PORT`.
+        #[arg(long)]
+        admin: String,
+        /// Envoy's access log (JSON lines with `chain`/`peer`/`audit`, or `render`'s text format).
+        #[arg(long)]
+        access_log: Option<String>,
+        /// A workload port to judge; repeat for more. Default: every port with counters.
+        #[arg(long = "port")]
+        ports: Vec<u16>,
+        /// Less Envoy uptime than this (seconds) is not enough evidence.
+        #[arg(long, default_value_t = 3600)]
+        min_uptime: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Render Istio attachments (`wasmplugin` or `envoyfilter`) carrying these policies.
     #[command(after_help = concat!(
@@ -747,6 +774,30 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::from(exit::OK),
                 Err(()) => failure(),
             })
+        }
+        Command::StrictReadiness {
+            admin,
+            access_log,
+            ports,
+            min_uptime,
+            output,
+        } => {
+            let o = readiness::Options {
+                admin,
+                access_log: access_log.as_deref(),
+                ports,
+                min_uptime: *min_uptime,
+                json: *output == Output::Json,
+            };
+            match readiness::run(&o) {
+                Ok(readiness::Verdict::Ready) => Ok(ExitCode::from(exit::OK)),
+                Ok(readiness::Verdict::NotReady) => Ok(ExitCode::from(exit::NOT_READY)),
+                Ok(readiness::Verdict::NotEnoughData) => Ok(ExitCode::from(exit::NOT_ENOUGH_DATA)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(failure())
+                }
+            }
         }
         Command::Render(args) => render(args),
         Command::PluginConfig {

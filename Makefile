@@ -83,6 +83,7 @@ test-cli:
 	cargo run --quiet -p meshauthz-cli -- test envoy-config/policy-tests/*.yaml --junit target/policy-tests.xml
 
 e2e: build envoy compose-schema
+	cargo build --quiet -p meshauthz-cli  # e2e/tests/strict_readiness.rs runs the CLI
 	cargo test -p meshauthz-e2e -- --test-threads=2
 
 # ---- benchmarks -----------------------------------------------------------------------------

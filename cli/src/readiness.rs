@@ -60,7 +60,8 @@ fn get(admin: &str, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        // Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("{admin}: {e}"))?;
     let mut raw = Vec::new();
@@ -75,7 +76,31 @@ fn get(admin: &str, path: &str) -> Result<String, String> {
     if status.split_whitespace().nth(1) != Some("200") {
         return Err(format!("{admin}{path}: {status}"));
     }
-    Ok(body.to_string())
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        dechunk(body).ok_or_else(|| format!("{admin}{path}: bad chunked body"))
+    } else {
+        Ok(body.to_string())
+    }
+}
+
+/// An HTTP/1.1 chunked body, decoded.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 /// `name: value` lines of Envoy's `/stats` (text) into numbers.
@@ -343,7 +368,16 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{dechunk, utc};
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n7\r\n world\n\r\n0\r\n\r\n").as_deref(),
+            Some("hello world\n")
+        );
+        assert_eq!(dechunk("5\r\nhel"), None);
+    }
 
     #[test]
     fn utc_dates() {

@@ -48,6 +48,15 @@ fn admin(meshauthz: &'static str, uptime: u64, n: usize) -> (String, JoinHandle<
                     break;
                 }
             }
+            if first.trim_end().ends_with("HTTP/1.0") {
+                // As Envoy's admin does.
+                write!(
+                    s,
+                    "HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n"
+                )
+                .unwrap();
+                continue;
+            }
             let body = if first.contains("filter=server.uptime") {
                 format!("server.uptime: {uptime}\n")
             } else if first.contains("filter=meshauthz") {
@@ -55,10 +64,13 @@ fn admin(meshauthz: &'static str, uptime: u64, n: usize) -> (String, JoinHandle<
             } else {
                 String::new()
             };
+            // Chunked, as Envoy's admin answers HTTP/1.1.
+            let (a, b) = body.split_at(body.len() / 2);
             write!(
                 s,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                a.len(),
+                b.len()
             )
             .unwrap();
         }

@@ -214,7 +214,7 @@ impl Engine {
                     compose: vec!["podman-compose".into()],
                     env: vec![("CONTAINERS_CONF".into(), conf.display().to_string())],
                 };
-                match run(engine.cmd(["info"]).as_mut(), short) {
+                match run(&mut engine.cmd(["info"]), short) {
                     Ok(o) if o.ok() => return Ok(engine),
                     Ok(o) => reasons.push(format!("podman info failed: {}", o.last_line())),
                     Err(e) => reasons.push(format!("podman: {e}")),
@@ -227,7 +227,7 @@ impl Engine {
     }
 
     /// `docker` / `podman` with `args` and the engine's environment.
-    pub fn cmd<I, S>(&self, args: I) -> Box<Command>
+    pub fn cmd<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
@@ -237,7 +237,7 @@ impl Engine {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        Box::new(c)
+        c
     }
 
     /// The name users type for the compose command (`docker compose`, `podman-compose`).
@@ -247,8 +247,7 @@ impl Engine {
 
     fn image_exists(&self, tag: &str) -> bool {
         run(
-            self.cmd(["image", "inspect", "--format", "{{.Id}}", tag])
-                .as_mut(),
+            &mut self.cmd(["image", "inspect", "--format", "{{.Id}}", tag]),
             Duration::from_secs(30),
         )
         .is_ok_and(|o| o.ok())
@@ -426,7 +425,7 @@ impl Project {
             "container" => vec!["ps", "-a", "-q", "--filter", &filter],
             _ => vec!["network", "ls", "-q", "--filter", &filter],
         };
-        let out = run_ok(self.engine.cmd(args).as_mut(), Duration::from_secs(60))?;
+        let out = run_ok(&mut self.engine.cmd(args), Duration::from_secs(60))?;
         Ok(out.stdout.split_whitespace().map(str::to_string).collect())
     }
 
@@ -443,12 +442,12 @@ impl Project {
         if !containers.is_empty() {
             let mut args = vec!["rm".to_string(), "-f".into()];
             args.extend(containers);
-            let _ = run(self.engine.cmd(args).as_mut(), COMPOSE_TIMEOUT);
+            let _ = run(&mut self.engine.cmd(args), COMPOSE_TIMEOUT);
         }
         if !networks.is_empty() {
             let mut args = vec!["network".to_string(), "rm".into()];
             args.extend(networks);
-            let _ = run(self.engine.cmd(args).as_mut(), Duration::from_secs(60));
+            let _ = run(&mut self.engine.cmd(args), Duration::from_secs(60));
         }
         let (containers, networks) = self.leftovers()?;
         self.started = false;
@@ -467,18 +466,16 @@ impl Project {
     /// The container of `service`.
     pub fn container(&self, service: &str) -> Result<String> {
         let out = run_ok(
-            self.engine
-                .cmd([
-                    "ps",
-                    "-a",
-                    "--filter",
-                    &format!("label=com.docker.compose.project={}", self.name),
-                    "--filter",
-                    &format!("label=com.docker.compose.service={service}"),
-                    "--format",
-                    "{{.Names}}",
-                ])
-                .as_mut(),
+            &mut self.engine.cmd([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.name),
+                "--filter",
+                &format!("label=com.docker.compose.service={service}"),
+                "--format",
+                "{{.Names}}",
+            ]),
             Duration::from_secs(30),
         )?;
         match out.stdout.split_whitespace().next() {
@@ -495,14 +492,14 @@ impl Project {
         let name = self.container(service)?;
         let mut all = vec!["exec", name.as_str()];
         all.extend_from_slice(args);
-        run(self.engine.cmd(all).as_mut(), EXEC_TIMEOUT)
+        run(&mut self.engine.cmd(all), EXEC_TIMEOUT)
     }
 
     /// The service container's standard output (its own log lines on stderr are left out).
     pub fn stdout(&self, service: &str) -> Result<String> {
         let name = self.container(service)?;
         Ok(run_ok(
-            self.engine.cmd(["logs", name.as_str()]).as_mut(),
+            &mut self.engine.cmd(["logs", name.as_str()]),
             Duration::from_secs(30),
         )?
         .stdout)
@@ -514,9 +511,9 @@ impl Project {
             return String::new();
         };
         run(
-            self.engine
-                .cmd(["logs", "--tail", &n.to_string(), name.as_str()])
-                .as_mut(),
+            &mut self
+                .engine
+                .cmd(["logs", "--tail", &n.to_string(), name.as_str()]),
             Duration::from_secs(30),
         )
         .map(|o| o.stdout + &o.stderr)
@@ -527,14 +524,12 @@ impl Project {
     pub fn address(&self, service: &str) -> Result<String> {
         let name = self.container(service)?;
         let out = run_ok(
-            self.engine
-                .cmd([
-                    "inspect",
-                    "--format",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                    name.as_str(),
-                ])
-                .as_mut(),
+            &mut self.engine.cmd([
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                name.as_str(),
+            ]),
             Duration::from_secs(30),
         )?;
         match out.stdout.split_whitespace().next() {
@@ -550,9 +545,7 @@ impl Project {
     pub fn restart(&self, service: &str) -> Result<()> {
         let name = self.container(service)?;
         run_ok(
-            self.engine
-                .cmd(["restart", "-t", "2", name.as_str()])
-                .as_mut(),
+            &mut self.engine.cmd(["restart", "-t", "2", name.as_str()]),
             Duration::from_secs(120),
         )?;
         Ok(())
@@ -563,9 +556,12 @@ impl Project {
         self.container(service)
             .and_then(|name| {
                 run(
-                    self.engine
-                        .cmd(["inspect", "--format", "{{.State.Running}}", name.as_str()])
-                        .as_mut(),
+                    &mut self.engine.cmd([
+                        "inspect",
+                        "--format",
+                        "{{.State.Running}}",
+                        name.as_str(),
+                    ]),
                     Duration::from_secs(30),
                 )
             })

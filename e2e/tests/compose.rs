@@ -552,6 +552,8 @@ fn compose_sandbox_plays_the_story_on_a_container_engine() {
     )
     .unwrap();
     let text = format!("{}{}", out.stdout, out.stderr);
+    // The whole story, shown by `cargo test -- --nocapture` and with a failure.
+    eprintln!("{text}");
     if let Some(line) = text
         .lines()
         .find(|l| l.contains("skipped: no container engine"))

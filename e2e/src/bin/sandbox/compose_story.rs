@@ -152,16 +152,14 @@ pub fn main(o: &Options, cli: &Path) -> Result<ExitCode> {
     // One container run: whether this engine can run a container at all.
     if let Some((_, image)) = vars.iter().find(|(k, _)| k == "MESHAUTHZ_ENVOY_IMAGE") {
         let probe = meshauthz_e2e::compose::run(
-            engine
-                .cmd([
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    image.as_str(),
-                    "--version",
-                ])
-                .as_mut(),
+            &mut engine.cmd([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                image.as_str(),
+                "--version",
+            ]),
             Duration::from_secs(120),
         )?;
         if !probe.ok() {
@@ -276,14 +274,18 @@ fn project_kept(project: &Project, o: &Options) {
 
 /// Restart the server sidecars (a new configuration) and wait until they are ready and the client
 /// sidecar sends to the server's new address (a restarted container gets a new address; the
-/// client's `STRICT_DNS` cluster picks it up at its next refresh, every 5 s).
+/// client's `STRICT_DNS` cluster picks it up at its next refresh, every 5 s). podman 4.3's DNS
+/// (aardvark-dns 1.4) was seen to answer nothing, or time out for up to 40 s, after restarts, so
+/// the client must keep the new address for 12 s (two refreshes) before the story goes on.
 fn restart_servers(project: &Project, o: &Options) -> Result<()> {
     project.restart("server")?;
     project.restart("server-tcp")?;
     wait_all_ready(project, o)?;
     let server = project.address("server")?;
     let want = format!("server_mtls::{server}:8080::health_flags::healthy");
-    let deadline = Instant::now() + READY;
+    let settled = Duration::from_secs(12);
+    let deadline = Instant::now() + READY + READY;
+    let mut since: Option<Instant> = None;
     loop {
         let clusters = http10(o.client_admin, "GET", "/clusters")
             .map(|(_, body)| body)
@@ -293,11 +295,17 @@ fn restart_servers(project: &Project, o: &Options) -> Result<()> {
             .filter(|l| l.contains("::health_flags::"))
             .collect();
         if hosts == [want.as_str()] {
-            break;
+            let t = *since.get_or_insert_with(Instant::now);
+            if t.elapsed() >= settled {
+                break;
+            }
+        } else {
+            since = None;
         }
         if Instant::now() > deadline {
             return Err(Error(format!(
-                "the client sidecar did not switch to the server's address {server} within {READY:?}: {hosts:?}"
+                "the client sidecar did not settle on the server's address {server} within {:?}: {hosts:?}",
+                READY + READY
             )));
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -751,6 +759,18 @@ fn story(
                 project.log_tail(service, 20)
             );
         }
+        let clusters = http10(o.client_admin, "GET", "/clusters")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        println!(
+            "--- client sidecar hosts (server at {}) ---\n{}",
+            project.address("server").unwrap_or_default(),
+            clusters
+                .lines()
+                .filter(|l| l.contains("::health_flags::") || l.contains("::cx_connect_fail::"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     Ok(s.failed.is_empty())
 }

@@ -167,7 +167,11 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         ),
     ];
     for (k, base) in o.baseline_modules.iter().enumerate() {
-        let n = if k == 0 { String::new() } else { (k + 1).to_string() };
+        let n = if k == 0 {
+            String::new()
+        } else {
+            (k + 1).to_string()
+        };
         let file = base
             .file_name()
             .map(|f| f.to_string_lossy().to_string())

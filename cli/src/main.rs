@@ -360,7 +360,7 @@ fn plugin_config_value(
     http_ports: &[u16],
     files: &[String],
     with_workload: bool,
-) -> Result<serde_json::Value, ExitCode> {
+) -> Result<String, ExitCode> {
     let set = read(files, &workload.namespace)?;
     workload.engine(&set)?;
     let config = PluginConfig {
@@ -372,7 +372,9 @@ fn plugin_config_value(
         // their authorization to meshauthz_http.
         http_ports: http_ports.to_vec(),
     };
-    config.write().map_err(|d| {
+    // The text, written one policy at a time (a `Value` of the whole would take several times
+    // its memory).
+    config.write_json().map_err(|d| {
         print_diagnostics("plugin configuration", &d);
         ExitCode::FAILURE
     })
@@ -381,6 +383,10 @@ fn plugin_config_value(
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
     let config = plugin_config_value(&args.workload, &[], &args.http_ports, &args.files, false)?;
+    let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| {
+        eprintln!("error: internal error: the plugin configuration is not JSON: {e}");
+        ExitCode::FAILURE
+    })?;
     let attachment = render::Attachment {
         name: &args.name,
         namespace: &args.workload.namespace,

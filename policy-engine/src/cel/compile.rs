@@ -590,10 +590,12 @@ impl Compiler {
                     call.args.last().map(|a| &a.expr),
                     Some(Expr::Literal(Val::String(_)))
                 ) {
-                    return Err("the pattern of `matches` must be a constant string: a pattern \
+                    return Err(
+                        "the pattern of `matches` must be a constant string: a pattern \
                                 computed at run time (from a header, a claim) would be compiled \
                                 at each request, at a cost the caller chooses"
-                        .to_string());
+                            .to_string(),
+                    );
                 }
                 self.constant_special(call, |pattern| {
                     Regex::new(pattern)

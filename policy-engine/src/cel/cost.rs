@@ -358,17 +358,19 @@ fn inline(name: &str, args: usize) -> bool {
 
 /// The number of nodes of a tree.
 fn tree_size(e: &IdedExpr) -> u64 {
-    let sum = |xs: &mut dyn Iterator<Item = &IdedExpr>| {
-        xs.map(tree_size).fold(0u64, u64::saturating_add)
-    };
+    let sum =
+        |xs: &mut dyn Iterator<Item = &IdedExpr>| xs.map(tree_size).fold(0u64, u64::saturating_add);
     1 + match &e.expr {
         Expr::Select(s) => tree_size(&s.operand),
         Expr::List(l) => sum(&mut l.elements.iter()),
-        Expr::Map(m) => sum(&mut m.entries.iter().filter_map(|x| match &x.expr {
-            EntryExpr::MapEntry(entry) => Some([&entry.key, &entry.value]),
-            EntryExpr::StructField(_) => None,
-        })
-        .flatten()),
+        Expr::Map(m) => sum(&mut m
+            .entries
+            .iter()
+            .filter_map(|x| match &x.expr {
+                EntryExpr::MapEntry(entry) => Some([&entry.key, &entry.value]),
+                EntryExpr::StructField(_) => None,
+            })
+            .flatten()),
         Expr::Call(c) => sum(&mut c.target.iter().map(|t| &**t).chain(&c.args)),
         Expr::Comprehension(c) => sum(&mut [
             &*c.iter_range,
@@ -559,7 +561,11 @@ impl<'a> Estimator<'a> {
             if let (1 | 2, Some(first)) = (call.args.len(), call.args.first()) {
                 children = sat(&[children, self.estimate(first)?.0]);
             }
-            let copied = call.args.iter().map(tree_size).fold(0u64, u64::saturating_add);
+            let copied = call
+                .args
+                .iter()
+                .map(tree_size)
+                .fold(0u64, u64::saturating_add);
             children = children.saturating_add(copied);
         }
         let scalar = |work: u64| Ok((children.saturating_add(work), Shape::Scalar));

@@ -10,8 +10,8 @@
 
 use std::cell::Cell;
 
-use cel_parser::ast::{CallExpr, EntryExpr, Expr, IdedExpr};
 use cel_interpreter::extractors::Arguments;
+use cel_parser::ast::{CallExpr, EntryExpr, Expr, IdedExpr};
 use serde_json::json;
 
 use super::cost::{creates, value_shallow};
@@ -53,7 +53,10 @@ fn nested_macros_over_literal_lists_are_refused_with_the_estimate() {
     assert!(src.len() < MAX_SOURCE, "{} bytes", src.len());
     let err = compile_err(&src);
     assert!(err.contains("may cost up to"), "{err}");
-    assert!(err.contains(&format!("budget of {EXPRESSION_BUDGET}")), "{err}");
+    assert!(
+        err.contains(&format!("budget of {EXPRESSION_BUDGET}")),
+        "{err}"
+    );
     // 3 levels of 200 (7 s per request before).
     let err = compile_err(&nested_all(3, 200));
     assert!(err.contains("may cost up to"), "{err}");
@@ -79,7 +82,11 @@ fn small_nested_macros_are_accepted() {
 fn products_of_inputs_are_refused() {
     for src in [
         // map/filter chains: the accumulator is copied at each step (quadratic).
-        &format!("{}.map(x, {}.map(y, x + y)).size() > 0", list(150), list(150)),
+        &format!(
+            "{}.map(x, {}.map(y, x + y)).size() > 0",
+            list(150),
+            list(150)
+        ),
         &format!("{}.filter(x, x > 0).map(x, x * 2).size() > 0", list(1000)),
         // String repetition in a macro.
         &format!(
@@ -125,7 +132,9 @@ fn over_budget_is_reported_at_the_value_with_object_and_field() {
 fn half_budget_expression() -> (String, u64) {
     for n in (10..2000).step_by(10) {
         let src = format!("{}.all(a, {}.all(b, a != b || a == 0))", list(n), list(n));
-        let cost = CelExpression::compile(&src).map(|e| e.cost()).unwrap_or(u64::MAX);
+        let cost = CelExpression::compile(&src)
+            .map(|e| e.cost())
+            .unwrap_or(u64::MAX);
         if cost > EXPRESSION_BUDGET / 2 && cost <= EXPRESSION_BUDGET {
             return (src, cost);
         }
@@ -233,7 +242,10 @@ fn over_limit_error_never_widens_access() {
     };
     let (engine, _) =
         crate::Engine::compile(&set, &workload, &crate::MeshConfig::default()).unwrap();
-    let long: String = format!("/{}", "b".repeat(usize::try_from(MAX_STRING_BYTES).unwrap()));
+    let long: String = format!(
+        "/{}",
+        "b".repeat(usize::try_from(MAX_STRING_BYTES).unwrap())
+    );
     for (path, allowed) in [("/public", true), ("/admin", false), (long.as_str(), false)] {
         let attrs = Attributes {
             http: Some(HttpAttributes {
@@ -244,7 +256,12 @@ fn over_limit_error_never_widens_access() {
             ..conn()
         };
         let decision = engine.check(crate::Protocol::Http, &attrs);
-        assert_eq!(decision.allowed(), allowed, "{}", &path[..path.len().min(20)]);
+        assert_eq!(
+            decision.allowed(),
+            allowed,
+            "{}",
+            &path[..path.len().min(20)]
+        );
     }
 }
 
@@ -294,7 +311,11 @@ fn instrument(e: &mut IdedExpr) {
         }
         _ => {}
     }
-    let tick = if creates(e) { "@tick_create" } else { "@tick_read" };
+    let tick = if creates(e) {
+        "@tick_create"
+    } else {
+        "@tick_read"
+    };
     let inner = std::mem::take(e);
     *e = IdedExpr {
         id: inner.id,
@@ -339,7 +360,11 @@ fn instrumentation_counts_iterations() {
     let e = instrumented(&format!("{}.all(x, x >= 0)", list(500))).unwrap();
     let (result, n) = steps(&e, &conn());
     assert_eq!(result, Ok(true));
-    assert!(n > 500 * 5 && n <= e.cost(), "{n} steps, bound {}", e.cost());
+    assert!(
+        n > 500 * 5 && n <= e.cost(),
+        "{n} steps, bound {}",
+        e.cost()
+    );
 }
 
 /// SplitMix64: a deterministic generator, so a failure reproduces.
@@ -406,7 +431,12 @@ impl Gen {
             1 => format!("'{}'", "z".repeat(self.rng.below(300))),
             2 => format!("{} + {}", self.string(depth - 1), self.string(depth - 1)),
             3 => format!("string({})", self.int(depth - 1)),
-            4 => format!("({} ? {} : {})", self.boolean(depth - 1), self.var(), self.var()),
+            4 => format!(
+                "({} ? {} : {})",
+                self.boolean(depth - 1),
+                self.var(),
+                self.var()
+            ),
             _ => format!("{}[0]", self.list(depth - 1)),
         }
     }
@@ -448,7 +478,10 @@ impl Gen {
 
     fn boolean(&mut self, depth: usize) -> String {
         if depth == 0 {
-            return self.rng.pick(&["true", "has(request.headers.x_a)"]).to_string();
+            return self
+                .rng
+                .pick(&["true", "has(request.headers.x_a)"])
+                .to_string();
         }
         let d = depth - 1;
         match self.rng.below(12) {
@@ -514,12 +547,7 @@ impl Adversarial {
         Adversarial {
             path: format!("/{}", f(max - 1)),
             host: f(max),
-            principal: format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                f(third),
-                f(third),
-                f(third)
-            ),
+            principal: format!("spiffe://{}/ns/{}/sa/{}", f(third), f(third), f(third)),
             header_names,
             header_values,
             jwt,
@@ -586,8 +614,14 @@ fn accepted_expressions_evaluate_within_their_estimate() {
     );
     // The generator must exercise both sides of the budget.
     assert!(accepted > 300, "only {accepted} accepted");
-    assert!(refused_for_cost > 20, "only {refused_for_cost} refused for cost");
+    assert!(
+        refused_for_cost > 20,
+        "only {refused_for_cost} refused for cost"
+    );
     assert!(with_macros > 30, "only {with_macros} with macros");
     // The bound is not vacuous: some evaluation comes within a factor 10 of it.
-    assert!(worst_ratio > 0.1, "closest evaluation used {worst_ratio} of its bound");
+    assert!(
+        worst_ratio > 0.1,
+        "closest evaluation used {worst_ratio} of its bound"
+    );
 }

@@ -18,9 +18,9 @@ mod syntax;
 mod vars;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod cost_tests;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Arc;

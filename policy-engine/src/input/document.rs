@@ -29,9 +29,11 @@ pub(crate) fn read(text: &str, loader: &mut Loader<'_>) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Before any parser: deep nesting is refused in linear time (libyaml is quadratic in it).
     if let Err(e) = limits::check_depth(text) {
-        loader
-            .diagnostics
-            .push(Diagnostic::error(None, "", format!("cannot read the input: {e}")));
+        loader.diagnostics.push(Diagnostic::error(
+            None,
+            "",
+            format!("cannot read the input: {e}"),
+        ));
         return;
     }
     let trimmed = text.trim_start();

@@ -39,6 +39,7 @@ impl std::fmt::Display for TextError {
 /// The first character YAML refuses (libyaml's printable set: tab, line breaks, and everything
 /// from space up except DEL, C1 controls other than NEL, U+FEFF inside the text, U+FFFE/U+FFFF).
 /// A leading byte-order mark is allowed (the caller strips it).
+#[cfg(feature = "yaml")]
 pub(crate) fn check_yaml_characters(text: &str) -> Result<(), TextError> {
     let (mut line, mut column) = (1, 1);
     let mut chars = text.chars().peekable();
@@ -71,6 +72,7 @@ pub(crate) fn check_yaml_characters(text: &str) -> Result<(), TextError> {
     Ok(())
 }
 
+#[cfg(feature = "yaml")]
 fn is_break(c: char) -> bool {
     matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
 }
@@ -114,7 +116,11 @@ impl Scanner<'_> {
     /// The length of the line break at `pos + ahead` (0: none): `\n`, `\r`, `\r\n`, NEL, LS, PS.
     fn break_len(&self, ahead: usize) -> usize {
         let at = self.pos + ahead;
-        match self.text.get(at..at + 3).unwrap_or_else(|| self.text.get(at..).unwrap_or(&[])) {
+        match self
+            .text
+            .get(at..at + 3)
+            .unwrap_or_else(|| self.text.get(at..).unwrap_or(&[]))
+        {
             [b'\r', b'\n', ..] => 2,
             [b'\n' | b'\r', ..] => 1,
             [0xC2, 0x85, ..] => 2,
@@ -217,8 +223,7 @@ impl Scanner<'_> {
             }
             if self.flow == 0 && indent == 0 {
                 let rest = self.text.get(self.pos..).unwrap_or(&[]);
-                if (rest.starts_with(b"---") || rest.starts_with(b"...")) && self.blank_or_end(3)
-                {
+                if (rest.starts_with(b"---") || rest.starts_with(b"...")) && self.blank_or_end(3) {
                     self.block.clear();
                     self.pos += 3;
                     continues_plain = self.tokens()?;
@@ -446,7 +451,10 @@ mod tests {
         assert_eq!(depth_error(&"[".repeat(65)), Some((1, 65)));
         assert_eq!(depth_error(&"[".repeat(64)), None);
         // Siblings do not add up.
-        assert_eq!(depth_error(&format!("[{}1]", "[[1]],".repeat(10_000))), None);
+        assert_eq!(
+            depth_error(&format!("[{}1]", "[[1]],".repeat(10_000))),
+            None
+        );
     }
 
     #[test]
@@ -455,9 +463,13 @@ mod tests {
         assert!(depth_error(&"- ".repeat(100_000)).is_some());
         assert_eq!(depth_error(&format!("{}x\n", "- ".repeat(64))), None);
         // Nested mappings by indentation.
-        let nested: String = (0..70).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let nested: String = (0..70)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         assert_eq!(depth_error(&nested), Some((65, 65)));
-        let shallow: String = (0..60).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let shallow: String = (0..60)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         assert_eq!(depth_error(&shallow), None);
         // Flow inside block adds up.
         let mixed = format!("{shallow}{}[[[[[[", " ".repeat(60));
@@ -499,6 +511,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "yaml")]
     #[test]
     fn control_characters_are_found_where_they_are() {
         let e = check_yaml_characters("a: 1\nname: x\u{0}y\n").unwrap_err();
@@ -506,8 +519,7 @@ mod tests {
         assert!(e.message.contains("U+0000"), "{e}");
         assert!(check_yaml_characters("a: \"é\t\u{1F600}\"\r\n").is_ok());
         assert_eq!(
-            check_yaml_characters("a\r\nb\u{7f}")
-                .map_err(|e| (e.line, e.column)),
+            check_yaml_characters("a\r\nb\u{7f}").map_err(|e| (e.line, e.column)),
             Err((2, 2))
         );
     }

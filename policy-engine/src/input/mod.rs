@@ -167,6 +167,16 @@ pub(crate) struct Loader<'o> {
     seen: HashMap<ObjectRef, String>,
     /// Names added to `seen` since the checkpoint, if one is taken (to roll them back).
     seen_log: Option<Vec<ObjectRef>>,
+    /// When checking what was written ([`Loader::expecting`]): each object is compared with the
+    /// next expected one and dropped instead of kept.
+    expect: Option<Expect<'o>>,
+}
+
+struct Expect<'o> {
+    set: &'o PolicySet,
+    authorization_policies: usize,
+    peer_authentications: usize,
+    all_equal: bool,
 }
 
 /// What [`Loader::rollback`] returns to.
@@ -184,7 +194,32 @@ impl<'o> Loader<'o> {
             diagnostics: Vec::new(),
             seen: HashMap::new(),
             seen_log: None,
+            expect: None,
         }
+    }
+
+    /// A loader that compares every object with `set` (in the writer's order: the
+    /// AuthorizationPolicies, then the PeerAuthentications) and keeps none: reading back what
+    /// was written costs one object, not a second copy of the set.
+    pub(crate) fn expecting(origin: Origin<'o>, set: &'o PolicySet) -> Self {
+        let mut loader = Loader::new(origin);
+        loader.expect = Some(Expect {
+            set,
+            authorization_policies: 0,
+            peer_authentications: 0,
+            all_equal: true,
+        });
+        loader
+    }
+
+    /// With [`Loader::expecting`]: whether every object read equals the expected one and all
+    /// of them were read.
+    pub(crate) fn matches_expected(&self) -> bool {
+        self.expect.as_ref().is_some_and(|e| {
+            e.all_equal
+                && e.authorization_policies == e.set.authorization_policies.len()
+                && e.peer_authentications == e.set.peer_authentications.len()
+        })
     }
 
     pub(crate) fn object(&mut self, raw: RawObject) {
@@ -196,6 +231,18 @@ impl<'o> Loader<'o> {
             &mut self.seen,
             self.seen_log.as_mut(),
         );
+        if let Some(e) = &mut self.expect {
+            if let Some(p) = self.set.authorization_policies.pop() {
+                let expected = e.set.authorization_policies.get(e.authorization_policies);
+                e.all_equal &= expected == Some(&p);
+                e.authorization_policies += 1;
+            }
+            if let Some(p) = self.set.peer_authentications.pop() {
+                let expected = e.set.peer_authentications.get(e.peer_authentications);
+                e.all_equal &= expected == Some(&p);
+                e.peer_authentications += 1;
+            }
+        }
     }
 
     /// Starts remembering what is loaded, so that it can be undone (a fast path that gives up).

@@ -172,8 +172,21 @@ impl PluginConfig {
     /// proportional to the text.
     pub fn write_json(&self) -> Result<String, Diagnostics> {
         let text = self.to_json_text();
-        let (back, _warnings) = decode(text.as_bytes())?;
-        if back != *self {
+        // The policies are compared one by one as they are read, not decoded into a copy.
+        let loader = Loader::expecting(Origin::PluginConfig, &self.policies);
+        let ((back, _warnings), policies_match) = decode_with(text.as_bytes(), loader)?;
+        let PluginConfig {
+            policies: _,
+            workload,
+            mesh,
+            plaintext_filter_chains,
+            http_ports,
+        } = &back;
+        let settings_match = *workload == self.workload
+            && *mesh == self.mesh
+            && *plaintext_filter_chains == self.plaintext_filter_chains
+            && *http_ports == self.http_ports;
+        if !(policies_match && settings_match) {
             return Err(Diagnostics(vec![Diagnostic::error(
                 None,
                 "",
@@ -195,6 +208,15 @@ fn strings(items: &[String]) -> Value {
 /// parsing, and each policy is decoded as soon as it is read (the document is never held as one
 /// `Value`).
 pub fn decode(bytes: &[u8]) -> Result<(PluginConfig, Diagnostics), Diagnostics> {
+    decode_with(bytes, Loader::new(Origin::PluginConfig)).map(|(cfg, _)| cfg)
+}
+
+/// [`decode`] with the policies going to `loader`; also whether they matched what `loader`
+/// expected (see [`Loader::expecting`]).
+fn decode_with(
+    bytes: &[u8],
+    mut loader: Loader<'_>,
+) -> Result<((PluginConfig, Diagnostics), bool), Diagnostics> {
     let fail = |message: String| Err(Diagnostics(vec![Diagnostic::error(None, "", message)]));
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return fail(
@@ -208,7 +230,6 @@ pub fn decode(bytes: &[u8]) -> Result<(PluginConfig, Diagnostics), Diagnostics> 
     if let Err(e) = super::limits::check_depth(text) {
         return fail(format!("the plugin configuration is not valid JSON: {e}"));
     }
-    let mut loader = Loader::new(Origin::PluginConfig);
     let mut de = serde_json::Deserializer::from_str(text);
     let top = match TopLevel(&mut loader)
         .deserialize(&mut de)
@@ -218,7 +239,10 @@ pub fn decode(bytes: &[u8]) -> Result<(PluginConfig, Diagnostics), Diagnostics> 
         Err(e) => return fail(format!("the plugin configuration is not valid JSON: {e}")),
     };
     match top {
-        Top::Object { settings, policies } => decode_settings(&settings, policies, loader),
+        Top::Object { settings, policies } => {
+            let matched = loader.matches_expected();
+            decode_settings(&settings, policies, loader).map(|cfg| (cfg, matched))
+        }
         Top::Other(value) => fail(format!(
             "the plugin configuration must be a JSON object, found {}",
             super::decode::describe(&value)
@@ -555,6 +579,8 @@ mod tests {
         // decode(write(x)) == x
         let written = cfg.write().unwrap().to_string();
         assert_eq!(decode(written.as_bytes()).unwrap().0, cfg);
+        // The text writer (one policy at a time) writes the same bytes.
+        assert_eq!(cfg.write_json().unwrap(), written);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub(super) struct Split {
 
 /// A YAML document that is a block mapping with `items:` at column 0 followed by a block
 /// sequence, one document only (no `---`), `\n` line breaks and no tabs in indentation.
+#[cfg(feature = "yaml")]
 pub(super) fn yaml(text: &str) -> Option<Split> {
     if text.contains(['\r', '\u{85}', '\u{2028}', '\u{2029}']) {
         return None;
@@ -137,7 +138,10 @@ pub(super) fn json(text: &str) -> Option<Split> {
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         i += 1;
     }
     i
@@ -196,6 +200,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
+    #[cfg(feature = "yaml")]
     #[test]
     fn splits_kubectl_yaml() {
         let text = "apiVersion: v1\nitems:\n- a: 1\n  b: [1]\n# c\n- x\nkind: List\n";

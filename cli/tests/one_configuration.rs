@@ -16,7 +16,8 @@
     clippy::expect_used,
     clippy::unwrap_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use meshauthz_e2e::assert::assert_ok;

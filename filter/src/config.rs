@@ -75,26 +75,6 @@ pub struct Compiled {
     pub labels: crate::verdict::Labels,
 }
 
-fn named_ports(set: &policy_engine::PolicySet, engine: &Engine) -> Vec<u16> {
-    let mut ports: Vec<u16> = engine.mtls().ports.keys().copied().collect();
-    for ap in &set.authorization_policies {
-        for rule in ap.spec.rules.iter().flatten().flatten() {
-            for to in rule.to.iter().flatten().flatten() {
-                if let Some(op) = &to.operation {
-                    for p in op.ports.iter().chain(&op.not_ports) {
-                        if let Ok(p) = p.parse::<u16>() {
-                            ports.push(p);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 /// Compiles the decoded policies for the workload. Errors are one line each.
 pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<String>> {
     let workload = match &cfg.workload {
@@ -130,7 +110,7 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
         .cloned()
         .chain(compile_warnings.0.iter().map(|d| format!("policies: {d}")))
         .collect();
-    let named_ports = named_ports(set, &engine);
+    let named_ports = engine.named_ports().to_vec();
     Ok(Compiled {
         authz: Box::new(engine),
         plaintext_filter_chains: cfg.plaintext_filter_chains.clone(),
@@ -143,7 +123,6 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
@@ -232,11 +211,11 @@ mod tests {
         let compiled = compile(&cfg, &NodeWorkload::default()).unwrap();
         assert_eq!(compiled.http_ports, vec![8080]);
         assert_eq!(
-            compiled.authz.mtls_mode(8080),
+            compiled.authz.mtls_mode_at(Some(8080)),
             policy_engine::MtlsMode::Strict
         );
         assert_eq!(
-            compiled.authz.mtls_mode(9000),
+            compiled.authz.mtls_mode_at(Some(9000)),
             policy_engine::MtlsMode::Permissive
         );
         assert!(compiled.named_ports.contains(&9000));
@@ -275,7 +254,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &node).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode(80),
+            compiled.authz.mtls_mode_at(Some(80)),
             policy_engine::MtlsMode::Strict
         );
         let other = NodeWorkload {
@@ -285,7 +264,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &other).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode(80),
+            compiled.authz.mtls_mode_at(Some(80)),
             policy_engine::MtlsMode::Permissive
         );
         // Labels present but unreadable: refused rather than read as "no labels".

@@ -11,8 +11,7 @@
 //! * `compile/load_and_compile/1000`: `load_str` + `Engine::compile` of 1,000 ALLOW policies.
 //!
 //! Sample sizes and times are small so the whole run stays within about three minutes on 2 cores.
-#![allow(
-    clippy::expect_used,
+#![expect(
     clippy::panic,
     reason = "a benchmark that cannot set up has nothing to measure"
 )]

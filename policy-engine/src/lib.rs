@@ -5,14 +5,24 @@
 //! load_str / load_value   YAML/JSON -> PolicySet (validated; errors name object, field path, expectation)
 //! Engine::compile         PolicySet + Workload + MeshConfig -> Engine (applicable policies, indexed)
 //! Engine::check           Attributes -> Decision (allowed?, which rule, audit hint, dry-run shadows)
-//! Engine::mtls_mode       port -> PeerAuthentication mode
+//! Engine::mtls_mode_at    port (or unknown port) -> PeerAuthentication mode
+//! Engine::named_ports     the ports the configuration names
 //! PluginConfig::write     PolicySet + settings -> the module's JSON configuration
 //! plugin_config::decode   that JSON -> PluginConfig (the module's one and only reader)
 //! ```
 //!
-//! Where each AuthorizationPolicy field is matched: `source.*` in [`authz::source`],
-//! `operation.*` in [`authz::operation`], `when` keys in [`authz::condition`], the wildcard forms
-//! in [`authz::string_match`], path templates in [`authz::path_template`].
+//! Where things live (arrows point down: a module uses only those below it):
+//!
+//! | module | what |
+//! |---|---|
+//! | [`input`] | reading and validating YAML/JSON into [`model`] (Istio's messages, field paths); [`plugin_config`], the module's configuration |
+//! | `engine` | [`Engine`]: compile once, then answer checks and the mode/port questions |
+//! | `authz` | AuthorizationPolicy: applicability, compiled rules, `CompiledAuthz::check` |
+//! | `authz/source.rs`, `operation.rs`, `condition.rs` | one type per field: `principals` is `source::Principal`, its compilation beside its match |
+//! | `peer_authn` | PeerAuthentication levels and `portLevelMtls` -> [`ResolvedMtls`] |
+//! | [`cel`] | `meshauthz.io/cel` conditions |
+//! | [`path`] | the forwarded and the normalized path |
+//! | `workload`, `attributes`, `decision`, [`model`], [`error`] | the types the others share: [`Workload`], [`MeshConfig`], [`Attributes`], [`Decision`], the Istio objects, diagnostics |
 
 #![warn(unreachable_pub)]
 

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::ObjectRef;
+
 /// `metadata` of a Kubernetes object; only what Istio's semantics use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -13,6 +15,17 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     /// `metadata.creationTimestamp`; `None` sorts first (Go's zero time).
     pub creation_timestamp: Option<Timestamp>,
+}
+
+impl ObjectMeta {
+    /// `kind namespace/name`, as diagnostics name an object.
+    pub(crate) fn object_ref(&self, kind: &str) -> ObjectRef {
+        ObjectRef {
+            kind: kind.to_string(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// An RFC 3339 instant as seconds and nanoseconds since the Unix epoch. Ordered.
@@ -97,6 +110,8 @@ pub struct RuleTo {
     pub operation: Option<Operation>,
 }
 
+/// `rules[i].from[j].source`. Each field is compiled and matched by one type in
+/// `src/authz/source.rs` (`principals` by `Principal`, ...).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     pub principals: Vec<String>,
@@ -115,6 +130,8 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
+/// `rules[i].to[j].operation`. Each field is compiled and matched by one type in
+/// `src/authz/operation.rs` (`paths` by `Path`, ...).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Operation {
     pub hosts: Vec<String>,
@@ -127,7 +144,8 @@ pub struct Operation {
     pub not_paths: Vec<String>,
 }
 
-/// `rules[i].when[j]`.
+/// `rules[i].when[j]`. Compiled and matched in `src/authz/condition.rs` (keys on the source or
+/// the operation by their field's type).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Condition {
     pub key: String,
@@ -161,6 +179,12 @@ pub struct PeerAuthentication {
     pub api_version: String,
     pub meta: ObjectMeta,
     pub spec: PeerAuthenticationSpec,
+}
+
+impl PeerAuthentication {
+    pub(crate) fn object_ref(&self) -> ObjectRef {
+        self.meta.object_ref("PeerAuthentication")
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -200,7 +224,14 @@ pub fn parse_go_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// meshauthz has no external authorizer; ignoring a CUSTOM policy would widen access.
+pub(crate) const CUSTOM_UNSUPPORTED: &str = "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it";
+
 impl AuthorizationPolicy {
+    pub(crate) fn object_ref(&self) -> ObjectRef {
+        self.meta.object_ref("AuthorizationPolicy")
+    }
+
     /// Whether the policy is evaluated without being enforced. An unparsable value enforces the
     /// policy (Istio's builder does the same; validation rejects it anyway).
     pub fn dry_run(&self) -> bool {

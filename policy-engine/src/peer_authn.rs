@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Diagnostic, Diagnostics, ObjectRef};
+use crate::error::{Diagnostic, Diagnostics};
 use crate::model::{MtlsMode, PeerAuthentication, PolicySet};
 use crate::workload::{MeshConfig, Workload};
 
@@ -27,14 +27,6 @@ pub struct ResolvedMtls {
 impl ResolvedMtls {
     pub fn mode(&self, port: u16) -> MtlsMode {
         self.ports.get(&port).copied().unwrap_or(self.default_mode)
-    }
-}
-
-fn object_ref(pa: &PeerAuthentication) -> ObjectRef {
-    ObjectRef {
-        kind: "PeerAuthentication".to_string(),
-        namespace: pa.meta.namespace.clone(),
-        name: pa.meta.name.clone(),
     }
 }
 
@@ -74,7 +66,7 @@ pub(crate) fn resolve(
         .filter(|pa| pa.meta.namespace == root && has_labels(pa))
     {
         warnings.push(Diagnostic::warning(
-            Some(object_ref(pa)),
+            Some(pa.object_ref()),
             "spec.selector",
             "a PeerAuthentication in the root namespace with a selector is ignored (Istio applies root-namespace policies mesh-wide only)",
         ));
@@ -114,7 +106,7 @@ pub(crate) fn resolve(
                 .filter(|pa| pa.meta.namespace == ns && !has_labels(pa) && !std::ptr::eq(*pa, w))
             {
                 warnings.push(Diagnostic::warning(
-                    Some(object_ref(pa)),
+                    Some(pa.object_ref()),
                     "",
                     format!(
                         "{level}-level PeerAuthentication is already defined by {}/{} (the oldest wins); this one is ignored",

@@ -2,6 +2,8 @@
 //! Natively with `cargo test`, and in wasm32-unknown-unknown under node with wasm-bindgen-test
 //! (`make test-wasm`): the files are embedded at build time by `build.rs`, so both see the same
 //! cases. Every failing case is reported, then the test fails.
+// `allow`, not `expect`: natively the functions are `#[test]` and clippy already permits the
+// panics; under wasm32 they are `#[wasm_bindgen_test]`, which clippy does not know as tests.
 #![allow(clippy::panic, reason = "a test reports failure by panicking")]
 
 mod support;

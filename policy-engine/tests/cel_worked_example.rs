@@ -1,10 +1,9 @@
 //! The worked example of `CEL.md`, through the loader and the engine: what the documentation
 //! promises for each request is what the engine decides.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::collections::BTreeMap;

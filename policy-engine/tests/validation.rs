@@ -20,11 +20,10 @@
 
 // The cases are YAML text: without the `yaml` feature `load_str` reads JSON only.
 #![cfg(feature = "yaml")]
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
 use std::io::Write as _;

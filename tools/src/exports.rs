@@ -107,7 +107,6 @@ pub fn rewrite(wasm: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// A module with a type section, an export section and a custom section.

@@ -174,7 +174,6 @@ fn rewrite_destination_ports(v: &mut Value, map: &BTreeMap<u16, u16>) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use serde_json::json;
 

@@ -1131,7 +1131,6 @@ pub fn plan(pv: &mut PolicyValues, mesh: &MeshConfig, listeners: &[Listener], ht
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn values(vs: &[Variant]) -> Vec<(&str, bool)> {

@@ -1,9 +1,22 @@
 //! `rules[].when[]`: conditions on Istio's attribute keys, plus the meshauthz CEL extension.
+//!
+//! Keys on the source and the operation reuse their field's type (`source.principal` is
+//! [`super::source::Principal`], `destination.port` is [`super::operation::Port`], ...). The
+//! keys with no `source`/`operation` field have their type here, compilation and match side by
+//! side: [`DestinationIp`], [`Sni`], [`Claim`] (`request.auth.claims[..]`, `audiences`,
+//! `presenter`), [`Header`] (`request.headers[..]`), [`Metadata`]
+//! (`experimental.envoy.filters.*`), [`Cel`] (`meshauthz.io/cel`).
 
-use super::rule::{Field, Matcher};
-use super::source::{principals, request_principal, service_account, trust_domains};
+use ipnet::IpNet;
+
+use super::operation::Port;
+use super::rule::{Ctx, Field, FieldMatcher, Matcher, PathView};
+use super::source::{
+    Namespace, Principal, RemoteIp, RequestPrincipal, ServiceAccount, SourceIp, TrustDomain,
+};
 use super::string_match::StrMatch;
-use super::values::{cidr, field, port, FieldCtx, Polarity, RuleDropped};
+use super::values::{cidr, field, FieldCtx, InvalidValue, Polarity, RuleDropped, Scope};
+use crate::attributes::Requirements;
 use crate::cel::{CelExpression, CEL_CONDITION_KEY};
 use crate::model::{Action, Condition};
 
@@ -20,106 +33,299 @@ pub(crate) fn bracketed(rest: &str) -> Option<Vec<&str>> {
     Some(parts)
 }
 
-fn one(m: Matcher) -> Result<Vec<Matcher>, String> {
-    Ok(vec![m])
-}
-
 /// Compiles one condition. An unknown key drops the rule for every action (Istio's
 /// `model.New` fails; validation rejects such keys anyway).
 pub(crate) fn compile(ctx: &FieldCtx<'_>, c: &Condition) -> Result<Option<Field>, RuleDropped> {
+    use Scope::{Connection, HttpOnly};
     let key = c.key.as_str();
     let (v, nv) = (&c.values, &c.not_values);
-    let claim = |path: Vec<Box<str>>| {
-        move |val: &str, _: Polarity| {
-            one(Matcher::Claim {
-                path: path.clone(),
-                value: StrMatch::istio(val),
-            })
-        }
-    };
     match key {
-        "source.ip" => field(ctx, false, v, nv, |x, _| one(Matcher::SourceIp(cidr(x)?))),
-        "remote.ip" => field(ctx, false, v, nv, |x, _| one(Matcher::RemoteIp(cidr(x)?))),
-        "source.namespace" => field(ctx, false, v, nv, |x, _| {
-            one(Matcher::Namespace(StrMatch::namespace(x)))
+        "source.ip" => field(ctx, Connection, v, nv, |x, _| SourceIp::compile(x)),
+        "remote.ip" => field(ctx, Connection, v, nv, |x, _| RemoteIp::compile(x)),
+        "source.namespace" => field(ctx, Connection, v, nv, |x, _| Namespace::compile(x)),
+        "source.principal" => field(ctx, Connection, v, nv, |x, _| Principal::compile(ctx, x)),
+        "source.serviceAccount" => field(ctx, Connection, v, nv, |x, _| {
+            ServiceAccount::compile(ctx, x)
         }),
-        "source.principal" => field(ctx, false, v, nv, |x, _| Ok(principals(ctx, x))),
-        "source.serviceAccount" => field(ctx, false, v, nv, |x, _| one(service_account(ctx, x))),
-        "source.trustDomain" => field(ctx, false, v, nv, |x, _| Ok(trust_domains(ctx, x))),
-        "destination.ip" => field(ctx, false, v, nv, |x, _| {
-            one(Matcher::DestinationIp(cidr(x)?))
-        }),
-        "destination.port" => field(ctx, false, v, nv, |x, _| one(Matcher::Port(port(x)?))),
-        "connection.sni" => field(ctx, false, v, nv, |x, _| {
-            one(Matcher::Sni(StrMatch::istio(x)))
-        }),
-        "request.auth.principal" => field(ctx, true, v, nv, |x, _| one(request_principal(x))),
-        "request.auth.audiences" => field(ctx, true, v, nv, claim(vec!["aud".into()])),
-        "request.auth.presenter" => field(ctx, true, v, nv, claim(vec!["azp".into()])),
-        CEL_CONDITION_KEY => {
-            // The expression decides on its own whether it is HTTP only (it reads `request.*`).
-            let exprs: Vec<CelExpression> = v
-                .iter()
-                .chain(nv)
-                .filter_map(|s| CelExpression::compile(s).ok())
-                .collect();
-            let http_only = exprs.iter().any(CelExpression::is_http_only);
-            field(ctx, http_only, v, nv, |x, polarity| {
-                let expression = CelExpression::compile(x)?;
-                // An error never widens access: DENY/AUDIT conditions count it as matched, ALLOW as not
-                // matched; in `notValues` the other way round, so the condition as a whole follows.
-                let restrictive_match = ctx.action != Action::Allow;
-                let on_error = match polarity {
-                    Polarity::Positive => restrictive_match,
-                    Polarity::Negative => !restrictive_match,
-                };
-                one(Matcher::Cel {
-                    expression: Box::new(expression),
-                    on_error,
-                })
-            })
+        "source.trustDomain" => field(ctx, Connection, v, nv, |x, _| TrustDomain::compile(ctx, x)),
+        "destination.ip" => field(ctx, Connection, v, nv, |x, _| DestinationIp::compile(x)),
+        "destination.port" => field(ctx, Connection, v, nv, |x, _| Port::compile(x)),
+        "connection.sni" => field(ctx, Connection, v, nv, |x, _| Sni::compile(x)),
+        "request.auth.principal" => {
+            field(ctx, HttpOnly, v, nv, |x, _| RequestPrincipal::compile(x))
         }
+        "request.auth.audiences" => field(ctx, HttpOnly, v, nv, |x, _| Claim::compile(&["aud"], x)),
+        "request.auth.presenter" => field(ctx, HttpOnly, v, nv, |x, _| Claim::compile(&["azp"], x)),
+        CEL_CONDITION_KEY => Cel::compile_field(ctx, v, nv),
         _ => {
             if let Some(rest) = key.strip_prefix("request.headers") {
                 let name = match bracketed(rest).as_deref() {
                     Some([name]) => name.to_ascii_lowercase(),
                     _ => return Err(RuleDropped),
                 };
-                field(ctx, true, v, nv, |x, _| {
-                    one(Matcher::Header {
-                        name: name.as_str().into(),
-                        value: StrMatch::header(x),
-                    })
-                })
+                field(ctx, HttpOnly, v, nv, |x, _| Header::compile(&name, x))
             } else if let Some(rest) = key.strip_prefix("request.auth.claims") {
                 let Some(path) = bracketed(rest) else {
                     return Err(RuleDropped);
                 };
-                field(
-                    ctx,
-                    true,
-                    v,
-                    nv,
-                    claim(path.into_iter().map(Into::into).collect()),
-                )
+                field(ctx, HttpOnly, v, nv, |x, _| Claim::compile(&path, x))
             } else if let Some(rest) = key.strip_prefix("experimental.") {
                 let Some((filter, k)) = rest.strip_suffix(']').and_then(|r| r.split_once('['))
                 else {
                     return Err(RuleDropped);
                 };
-                field(ctx, false, v, nv, |x, _| {
-                    let list = x.starts_with('[') && x.ends_with(']');
-                    let value = StrMatch::istio(x.trim_matches(|c| c == '[' || c == ']'));
-                    one(Matcher::Metadata {
-                        filter: filter.into(),
-                        key: k.into(),
-                        value,
-                        list,
-                    })
+                field(ctx, Connection, v, nv, |x, _| {
+                    Metadata::compile(filter, k, x)
                 })
             } else {
                 Err(RuleDropped)
             }
         }
+    }
+}
+
+// ---- destination.ip -------------------------------------------------------------------------------
+
+/// `destination.ip`: the local address the connection arrived on.
+#[derive(Debug)]
+pub(crate) struct DestinationIp(IpNet);
+
+impl DestinationIp {
+    fn compile(v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+        Ok(vec![Matcher::DestinationIp(DestinationIp(cidr(v)?))])
+    }
+}
+
+impl FieldMatcher for DestinationIp {
+    fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
+        ctx.attrs
+            .destination_ip
+            .is_some_and(|ip| self.0.contains(&ip))
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        req.destination_ip = true;
+    }
+    fn cost(&self) -> u8 {
+        0
+    }
+}
+
+// ---- connection.sni -------------------------------------------------------------------------------
+
+/// `connection.sni`: the TLS server name the client requested.
+#[derive(Debug)]
+pub(crate) struct Sni(StrMatch);
+
+impl Sni {
+    fn compile(v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+        Ok(vec![Matcher::Sni(Sni(StrMatch::istio(v)))])
+    }
+}
+
+impl FieldMatcher for Sni {
+    fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
+        ctx.attrs.sni.is_some_and(|s| self.0.matches(s))
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        req.sni = true;
+    }
+    fn cost(&self) -> u8 {
+        1
+    }
+}
+
+// ---- request.auth.claims, audiences, presenter ----------------------------------------------------
+
+/// `request.auth.claims[a][b]`, `request.auth.audiences` (`aud`), `request.auth.presenter`
+/// (`azp`): a string claim that matches, or a list claim with an element that matches.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    path: Vec<Box<str>>,
+    value: StrMatch,
+}
+
+/// `jwt_authn` turns these space-delimited string claims into lists (`scope`, `permission`).
+const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
+
+impl Claim {
+    fn compile(path: &[&str], v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+        Ok(vec![Matcher::Claim(Claim {
+            path: path.iter().map(|&k| k.into()).collect(),
+            value: StrMatch::istio(v),
+        })])
+    }
+}
+
+impl FieldMatcher for Claim {
+    fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
+        let Some(mut v) = ctx.http().and_then(|h| h.jwt) else {
+            return false;
+        };
+        for key in &self.path {
+            match v.get(&**key) {
+                Some(next) => v = next,
+                None => return false,
+            }
+        }
+        let split = matches!(&*self.path, [k] if SPACE_DELIMITED_CLAIMS.contains(&&**k));
+        match v {
+            serde_json::Value::String(s) if split => s.split(' ').any(|p| self.value.matches(p)),
+            serde_json::Value::String(s) => self.value.matches(s),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .any(|i| i.as_str().is_some_and(|s| self.value.matches(s))),
+            _ => false,
+        }
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        req.jwt = true;
+    }
+    fn cost(&self) -> u8 {
+        3
+    }
+}
+
+// ---- request.headers[name] ------------------------------------------------------------------------
+
+/// `request.headers[name]`: `*` means present (even empty). A header sent several times matches
+/// when any one of its values does (Envoy 1.40 RBAC).
+#[derive(Debug)]
+pub(crate) struct Header {
+    name: Box<str>,
+    value: StrMatch,
+}
+
+impl Header {
+    fn compile(name: &str, v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+        Ok(vec![Matcher::Header(Header {
+            name: name.into(),
+            value: StrMatch::header(v),
+        })])
+    }
+}
+
+impl FieldMatcher for Header {
+    fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
+        ctx.http()
+            .is_some_and(|h| h.header_values(&self.name).any(|v| self.value.matches(v)))
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        req.add_header(&self.name);
+    }
+    fn cost(&self) -> u8 {
+        2
+    }
+}
+
+// ---- experimental.envoy.filters.<filter>[<key>] ---------------------------------------------------
+
+/// `experimental.envoy.filters.<filter>[<key>]`: a string value, or with `[v]` a list element.
+#[derive(Debug)]
+pub(crate) struct Metadata {
+    filter: Box<str>,
+    key: Box<str>,
+    value: StrMatch,
+    list: bool,
+}
+
+impl Metadata {
+    fn compile(filter: &str, key: &str, v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+        Ok(vec![Matcher::Metadata(Metadata {
+            filter: filter.into(),
+            key: key.into(),
+            value: StrMatch::istio(v.trim_matches(|c| c == '[' || c == ']')),
+            list: v.starts_with('[') && v.ends_with(']'),
+        })])
+    }
+}
+
+impl FieldMatcher for Metadata {
+    fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
+        let v = ctx
+            .attrs
+            .dynamic_metadata
+            .and_then(|md| md.get(&*self.filter))
+            .and_then(|f| f.get(&*self.key));
+        match (v, self.list) {
+            (Some(serde_json::Value::Array(items)), true) => items
+                .iter()
+                .any(|i| i.as_str().is_some_and(|s| self.value.matches(s))),
+            (Some(serde_json::Value::String(s)), false) => self.value.matches(s),
+            _ => false,
+        }
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        req.add_dynamic_metadata(&self.filter);
+    }
+    fn cost(&self) -> u8 {
+        3
+    }
+}
+
+// ---- meshauthz.io/cel -----------------------------------------------------------------------------
+
+/// `meshauthz.io/cel`: a boolean CEL expression. `on_error` is what a failed evaluation counts
+/// as, chosen so that an error never widens access.
+#[derive(Debug)]
+pub(crate) struct Cel {
+    expression: Box<CelExpression>,
+    on_error: bool,
+}
+
+impl Cel {
+    /// The whole field: each expression is compiled once, and the expressions decide together
+    /// whether the field is HTTP only (one of them reads `request.*`).
+    fn compile_field(
+        ctx: &FieldCtx<'_>,
+        values: &[String],
+        not_values: &[String],
+    ) -> Result<Option<Field>, RuleDropped> {
+        let compile = |list: &[String]| -> Vec<Result<CelExpression, InvalidValue>> {
+            list.iter()
+                .map(|s| CelExpression::compile(s).map_err(|_| InvalidValue))
+                .collect()
+        };
+        let (values, not_values) = (compile(values), compile(not_values));
+        let http_only = values
+            .iter()
+            .chain(&not_values)
+            .flatten()
+            .any(CelExpression::is_http_only);
+        let scope = if http_only {
+            Scope::HttpOnly
+        } else {
+            Scope::Connection
+        };
+        field(ctx, scope, values, not_values, |expression, polarity| {
+            // An error never widens access: DENY/AUDIT conditions count it as matched, ALLOW as
+            // not matched; in `notValues` the other way round, so the condition follows.
+            let restrictive_match = ctx.action != Action::Allow;
+            let on_error = match polarity {
+                Polarity::Positive => restrictive_match,
+                Polarity::Negative => !restrictive_match,
+            };
+            Ok(vec![Matcher::Cel(Cel {
+                expression: Box::new(expression?),
+                on_error,
+            })])
+        })
+    }
+}
+
+impl FieldMatcher for Cel {
+    fn matches(&self, ctx: &Ctx<'_>, view: PathView) -> bool {
+        match self.expression.evaluate(&ctx.cel_attrs(view)) {
+            Ok(b) => b,
+            Err(_) => {
+                ctx.count_cel_error();
+                self.on_error
+            }
+        }
+    }
+    fn add_requirements(&self, req: &mut Requirements) {
+        self.expression.add_requirements(req);
+    }
+    fn cost(&self) -> u8 {
+        9
     }
 }

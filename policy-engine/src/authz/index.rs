@@ -9,7 +9,6 @@
 use rustc_hash::FxHashMap;
 
 use super::rule::{Clause, CompiledRule, Ctx, Matcher};
-use super::string_match::StrMatch;
 use crate::decision::RuleId;
 
 /// Below this many rules a linear scan is cheaper than hashing.
@@ -44,25 +43,21 @@ fn required_keys<'r, T>(
 
 fn exact_principal(m: &Matcher) -> Option<&str> {
     match m {
-        Matcher::Principal(s) => s.exact(),
+        Matcher::Principal(p) => p.exact(),
         _ => None,
     }
 }
 
-/// An exact namespace without `/` (the matcher is "contains `/ns/<ns>/`").
 fn exact_namespace(m: &Matcher) -> Option<&str> {
     match m {
-        Matcher::Namespace(StrMatch::Contains(c)) => c
-            .strip_prefix("/ns/")
-            .and_then(|r| r.strip_suffix('/'))
-            .filter(|ns| !ns.contains('/')),
+        Matcher::Namespace(n) => n.exact(),
         _ => None,
     }
 }
 
 fn port(m: &Matcher) -> Option<u16> {
     match m {
-        Matcher::Port(p) => Some(*p),
+        Matcher::Port(p) => Some(p.number()),
         _ => None,
     }
 }

@@ -1,8 +1,12 @@
-//! AuthorizationPolicy: which policies apply to a workload, their compiled rules, the decision.
+//! AuthorizationPolicy: which policies apply to a workload, their compiled rules, the decision
+//! ([`CompiledAuthz::check`], each step under the Istio sentence it implements).
 //!
-//! Where each field is matched: `source.*` in [`source`], `operation.*` in [`operation`], `when`
-//! keys in [`condition`]; the wildcard forms in [`string_match`], path templates in
-//! [`path_template`], the structure (rule, clause, field) in [`rule`], the index in [`index`].
+//! Each field has one type that compiles it and matches it, side by side (Envoy's
+//! `Matcher::create`): `source.*` in [`source`] (`principals` is [`source::Principal`]),
+//! `operation.*` in [`operation`], `when` keys in [`condition`]. Around them: the structure
+//! (rule, clause, field, the per-check context) in [`rule`], the TCP/HTTP-only and invalid-value
+//! rules in [`values`], the wildcard forms in [`string_match`], path templates in
+//! [`path_template`], trust-domain aliases in [`trust_domain`], the rule index in [`index`].
 
 mod condition;
 mod index;
@@ -16,8 +20,8 @@ mod values;
 
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
-use crate::error::{Diagnostic, Diagnostics, ObjectRef};
-use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule};
+use crate::error::{Diagnostic, Diagnostics};
+use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule, CUSTOM_UNSUPPORTED};
 use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
 use rule::{CompiledRule, Ctx};
@@ -67,14 +71,6 @@ pub(crate) struct CompiledAuthz {
     need_normalized: bool,
 }
 
-fn object_ref(p: &AuthorizationPolicy) -> ObjectRef {
-    ObjectRef {
-        kind: "AuthorizationPolicy".into(),
-        namespace: p.meta.namespace.clone(),
-        name: p.meta.name.clone(),
-    }
-}
-
 /// Istio `WorkloadPolicyMatcher.ShouldAttachPolicy` for a sidecar workload.
 fn applies(
     p: &AuthorizationPolicy,
@@ -88,7 +84,7 @@ fn applies(
     }
     if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
         warnings.push(Diagnostic::warning(
-            Some(object_ref(p)),
+            Some(p.object_ref()),
             "spec.targetRefs",
             "policies with targetRef/targetRefs attach to gateways and waypoints, not to sidecar workloads: not applied",
         ));
@@ -167,7 +163,7 @@ pub(crate) fn compile(
     for p in applicable {
         let Ok(policy_id) = u32::try_from(infos.len()) else {
             errors.push(Diagnostic::error(
-                Some(object_ref(p)),
+                Some(p.object_ref()),
                 "",
                 "too many policies",
             ));
@@ -184,9 +180,9 @@ pub(crate) fn compile(
             (Action::Custom, _) => {
                 // Never ignore a policy silently: ignoring it would widen access.
                 errors.push(Diagnostic::error(
-                    Some(object_ref(p)),
+                    Some(p.object_ref()),
                     "spec.action",
-                    "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it",
+                    CUSTOM_UNSUPPORTED,
                 ));
                 continue;
             }
@@ -308,13 +304,19 @@ impl CompiledAuthz {
         req
     }
 
-    /// AUDIT on its own, then DENY, then ALLOW (Istio's filter order), and the dry-run shadows.
+    /// Istio's decision procedure, each step under the sentence of the AuthorizationPolicy
+    /// reference (istio.io, `security/v1/authorization_policy.proto`) that it implements.
     pub(crate) fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
+        // Istio decides by the port's filter chain: on a TCP chain the rules were compiled
+        // without HTTP-only fields (an ALLOW rule naming one is dropped, a DENY or AUDIT rule
+        // ignores it), istio-semantics.md §6.
         let chain = match protocol {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
         let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        // "A match occurs when at least one rule matches the request." (Policies of one action
+        // are ORed; the first rule in Istio's policy order is reported.)
         let first = |b: &Bucket| {
             if b.rules.is_empty() {
                 None
@@ -323,16 +325,31 @@ impl CompiledAuthz {
             }
         };
 
+        // "Istio Authorization Policy also supports the AUDIT action to decide whether to log
+        // requests. AUDIT policies do not affect whether requests are allowed or denied to the
+        // workload."
         let audit_rule = first(&chain.audit);
+
+        // "1. If there are any CUSTOM policies that match the request, evaluate and deny the
+        // request if the evaluation result is deny." meshauthz refuses CUSTOM policies when
+        // compiling (there is no external authorizer), so none is left here.
         let cause = if let Some(r) = first(&chain.deny) {
+            // "2. If there are any DENY policies that match the request, deny the request."
             Cause::DenyRule(r)
         } else if !chain.allow.has_policy {
+            // "3. If there are no ALLOW policies for the workload, allow the request."
+            // (An ALLOW policy with no rule that can match still counts: it denies everything.)
             Cause::NoAllowPolicy
         } else if let Some(r) = first(&chain.allow) {
+            // "4. If any of the ALLOW policies match the request, allow the request."
             Cause::AllowRule(r)
         } else {
+            // "5. Deny the request."
             Cause::NoAllowRuleMatched
         };
+
+        // `istio.io/dry-run`: "dry-run the policy without actually enforcing it". Each dry-run
+        // action is evaluated like an enforced one and only reported (Envoy `shadow_rules`).
         let shadow_deny = chain.shadow_deny.has_policy.then(|| {
             let rule = first(&chain.shadow_deny);
             ShadowResult {
@@ -360,7 +377,6 @@ impl CompiledAuthz {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::indexing_slicing)]
     use super::*;
     use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleFrom, RuleTo, Source};
     use crate::{Engine, HttpAttributes};

@@ -12,6 +12,10 @@ use crate::model::Action;
 #[derive(Debug)]
 pub(crate) struct RuleDropped;
 
+/// A value that does not compile (validation refuses it; a policy set built by hand may not).
+#[derive(Debug)]
+pub(crate) struct InvalidValue;
+
 /// What compiling a rule needs to know.
 pub(crate) struct FieldCtx<'a> {
     pub(crate) protocol: Protocol,
@@ -27,22 +31,34 @@ impl FieldCtx<'_> {
     }
 }
 
-/// Compiles one field. `http_only` fields on a TCP chain follow the rule above; so does a value
-/// for which `compile` fails. Returns `Ok(None)` when nothing of the field remains.
-pub(crate) fn field<F>(
+/// Whether a field exists only on HTTP requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Also on TCP connections.
+    Connection,
+    /// `hosts`, `methods`, `paths`, `requestPrincipals`, `request.*` keys.
+    HttpOnly,
+}
+
+/// Compiles one field from its values and not-values (each compiled once by `compile`). An
+/// HTTP-only field on a TCP chain follows the rule above; so does a value for which `compile`
+/// fails. Returns `Ok(None)` when nothing of the field remains.
+pub(crate) fn field<T, F>(
     ctx: &FieldCtx<'_>,
-    http_only: bool,
-    values: &[String],
-    not_values: &[String],
-    compile: F,
+    scope: Scope,
+    values: impl IntoIterator<Item = T>,
+    not_values: impl IntoIterator<Item = T>,
+    mut compile: F,
 ) -> Result<Option<Field>, RuleDropped>
 where
-    F: Fn(&str, Polarity) -> Result<Vec<Matcher>, String>,
+    F: FnMut(T, Polarity) -> Result<Vec<Matcher>, InvalidValue>,
 {
-    if values.is_empty() && not_values.is_empty() {
+    let mut values = values.into_iter().peekable();
+    let mut not_values = not_values.into_iter().peekable();
+    if values.peek().is_none() && not_values.peek().is_none() {
         return Ok(None);
     }
-    if http_only && ctx.protocol == Protocol::Tcp {
+    if scope == Scope::HttpOnly && ctx.protocol == Protocol::Tcp {
         return if ctx.narrows() {
             Err(RuleDropped)
         } else {
@@ -50,15 +66,19 @@ where
         };
     }
     let mut out = Field::default();
-    for (list, polarity, target) in [
-        (values, Polarity::Positive, &mut out.values),
-        (not_values, Polarity::Negative, &mut out.not_values),
+    for (polarity, list) in [
+        (
+            Polarity::Positive,
+            &mut values as &mut dyn Iterator<Item = T>,
+        ),
+        (Polarity::Negative, &mut not_values),
     ] {
         for v in list {
             match compile(v, polarity) {
-                Ok(ms) => target.extend(ms),
-                Err(_) if ctx.narrows() => return Err(RuleDropped),
-                Err(_) => {}
+                Ok(ms) if polarity == Polarity::Positive => out.values.extend(ms),
+                Ok(ms) => out.not_values.extend(ms),
+                Err(InvalidValue) if ctx.narrows() => return Err(RuleDropped),
+                Err(InvalidValue) => {}
             }
         }
     }
@@ -76,18 +96,17 @@ pub(crate) enum Polarity {
 }
 
 /// `ipBlocks` and friends: a CIDR, or a bare IP meaning /32 or /128.
-pub(crate) fn cidr(v: &str) -> Result<IpNet, String> {
+pub(crate) fn cidr(v: &str) -> Result<IpNet, InvalidValue> {
     if v.contains('/') {
-        v.parse::<IpNet>()
-            .map_err(|e| format!("bad CIDR range ({v}): {e}"))
+        v.parse::<IpNet>().map_err(|_| InvalidValue)
     } else {
         v.parse::<std::net::IpAddr>()
             .map(IpNet::from)
-            .map_err(|_| format!("bad IP address ({v})"))
+            .map_err(|_| InvalidValue)
     }
 }
 
 /// `ports`, `destination.port`.
-pub(crate) fn port(v: &str) -> Result<u16, String> {
-    v.parse::<u16>().map_err(|e| format!("bad port ({v}): {e}"))
+pub(crate) fn port(v: &str) -> Result<u16, InvalidValue> {
+    v.parse::<u16>().map_err(|_| InvalidValue)
 }

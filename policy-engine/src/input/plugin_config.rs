@@ -518,7 +518,6 @@ fn workload(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Option<Worklo
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
     use serde_json::json;
 
     use super::*;

@@ -3,12 +3,9 @@
 //! `tests/validation/*.yaml`.
 
 // Most cases are YAML text; without the `yaml` feature only the JSON ones run.
-#![cfg_attr(not(feature = "yaml"), allow(unused_imports, dead_code))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+#![cfg_attr(
+    not(feature = "yaml"),
+    expect(unused_imports, dead_code, reason = "the YAML cases are compiled out")
 )]
 
 use std::collections::BTreeMap;

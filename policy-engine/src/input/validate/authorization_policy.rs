@@ -2,10 +2,7 @@
 //! meshauthz's refusal of CUSTOM.
 
 use super::{condition, metadata, selector, too_many, values, FieldPath, Findings};
-use crate::model::{Action, AuthorizationPolicy, Operation, Rule, Source};
-
-/// meshauthz has no external authorizer; ignoring a CUSTOM policy would widen access.
-pub(crate) const CUSTOM_UNSUPPORTED: &str = "CUSTOM action is not supported by meshauthz (no external authorizer); refusing the policy rather than ignoring it";
+use crate::model::{Action, AuthorizationPolicy, Operation, Rule, Source, CUSTOM_UNSUPPORTED};
 
 const DENY_HTTP_ONLY_WARNING: &str = "configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to the use of only HTTP attributes in a DENY rule; it is recommended to explicitly specify the port";
 

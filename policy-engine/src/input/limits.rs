@@ -433,7 +433,6 @@ impl Scanner<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn depth_error(text: &str) -> Option<(usize, usize)> {

@@ -197,7 +197,6 @@ fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[cfg(feature = "yaml")]

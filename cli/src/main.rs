@@ -569,7 +569,7 @@ fn plugin_config_value(
     http_ports: &[u16],
     set: PolicySet,
     with_workload: bool,
-) -> Result<serde_json::Value, ExitCode> {
+) -> Result<String, ExitCode> {
     workload.engine(&set)?;
     let config = PluginConfig {
         policies: set,
@@ -580,7 +580,9 @@ fn plugin_config_value(
         // their authorization to meshauthz_http.
         http_ports: http_ports.to_vec(),
     };
-    config.write().map_err(|d| {
+    // The compact text, written one policy at a time (a `Value` of the whole document would
+    // take several times its memory: issue 8).
+    config.write_json().map_err(|d| {
         print_diagnostics("plugin configuration", &d);
         failure()
     })
@@ -701,6 +703,10 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
     }
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
     let config = plugin_config_value(&args.workload, &[], &args.http_ports, set, false)?;
+    let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| {
+        eprintln!("error: internal error: the plugin configuration is not JSON: {e}");
+        failure()
+    })?;
     let attachment = render::Attachment {
         name: &args.name,
         namespace: &args.workload.namespace,
@@ -810,7 +816,9 @@ fn main() -> ExitCode {
             .and_then(|set| plugin_config_value(workload, plaintext_chains, http_ports, set, true))
             .map(|c| {
                 if *pretty || std::io::stdout().is_terminal() {
-                    match serde_json::to_string_pretty(&c) {
+                    match serde_json::from_str::<serde_json::Value>(&c)
+                        .and_then(|v| serde_json::to_string_pretty(&v))
+                    {
                         Ok(text) => println!("{text}"),
                         Err(_) => println!("{c}"),
                     }

@@ -208,8 +208,10 @@ fn duplicate_keys_are_refused_by_every_command() {
         args.push(&f);
         let out = run(&args, "");
         assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        // JSON input gets a JSON error, with its line and column (issue 8).
         assert!(
-            out.stderr.contains("duplicate entry with key \"action\""),
+            out.stderr
+                .contains("cannot parse JSON: duplicate key \"action\" at line 2 column"),
             "{}",
             out.stderr
         );

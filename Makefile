@@ -78,15 +78,18 @@ test-wasm: targets wasm-bindgen
 test-filter: build
 	cargo test -p meshauthz-filter
 
+# The CLI's tests, then the policy unit tests shipped for the sample policies (JUnit report in
+# target/policy-tests.xml for CI systems).
 test-cli:
 	cargo test -p meshauthz-cli
+	cargo run --quiet -p meshauthz-cli -- test envoy-config/policy-tests/*.yaml --junit target/policy-tests.xml
 
 # ---- fuzzing (fuzz/, see SECURITY.md) -------------------------------------------------------
 # libFuzzer through libfuzzer-sys on the stable toolchain: cargo-fuzz's coverage flags, no
 # sanitizer (safe Rust), debug assertions and overflow checks on. The host target is named so the
 # flags do not reach build scripts and proc macros. Each target runs from a scratch corpus plus
 # the checked-in seeds (fuzz/corpus/<target>, built from the decision cases by `make fuzz-corpus`).
-FUZZ_TARGETS   := policy check cel
+FUZZ_TARGETS   := policy check cel request_path
 FUZZ_DIR       := target/fuzz
 FUZZ_HOST      = $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN       = $(FUZZ_DIR)/$(FUZZ_HOST)/release
@@ -104,7 +107,7 @@ FUZZ_SECONDS   ?= 600
 .PHONY: fuzz fuzz-smoke fuzz-build fuzz-corpus
 fuzz-build:
 	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" cargo build --quiet --release --manifest-path fuzz/Cargo.toml \
-	  --target-dir $(FUZZ_DIR) --target $(FUZZ_HOST) --bin policy --bin check --bin cel
+	  --target-dir $(FUZZ_DIR) --target $(FUZZ_HOST) $(FUZZ_TARGETS:%=--bin %)
 
 # A short run of each target (part of `make test`); findings are written to $(FUZZ_DIR)/artifacts.
 fuzz-smoke: fuzz-build
@@ -133,6 +136,7 @@ fuzz-corpus: fuzz-build
 	  $(FUZZ_BIN)/$$t -merge=1 -timeout=5 fuzz/corpus/$$t $(FUZZ_DIR)/seeds/$$t 2>&1 | grep 'MERGE-OUTER: .* new files' || exit 1; done
 
 e2e: build envoy compose-schema
+	cargo build --quiet -p meshauthz-cli  # e2e/tests/strict_readiness.rs runs the CLI
 	cargo test -p meshauthz-e2e -- --test-threads=2 --skip $(COMPOSE_STORY_TEST)
 
 # The compose sandbox's story on a container engine (e2e/tests/compose.rs), alone: its containers

@@ -16,8 +16,57 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        write!(
+            f,
+            "{} {}/{}",
+            shorten(&self.kind),
+            shorten(&self.namespace),
+            shorten(&self.name)
+        )
     }
+}
+
+/// How many characters of one value (a run without spaces) a message shows.
+pub const MAX_VALUE_CHARS: usize = 100;
+/// How many characters of a whole message are shown.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Cuts what is too long to be read in a message: every run of more than [`MAX_VALUE_CHARS`]
+/// characters without a space (a 10 MB object name, a long key), and the whole text after
+/// [`MAX_MESSAGE_CHARS`], each marked `… (N bytes)` with the length of what was cut from.
+/// Messages stay readable and their size bounded whatever the input holds.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    let long_run = text
+        .split(char::is_whitespace)
+        .any(|run| run.len() > MAX_VALUE_CHARS && run.chars().count() > MAX_VALUE_CHARS);
+    if !long_run && text.len() <= MAX_MESSAGE_CHARS {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let run_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (run, after) = rest.split_at(run_end);
+        match run.char_indices().nth(MAX_VALUE_CHARS) {
+            Some((cut, _)) => {
+                out.push_str(run.get(..cut).unwrap_or(""));
+                out.push_str(&format!("… ({} bytes)", run.len()));
+            }
+            None => out.push_str(run),
+        }
+        let space_end = after
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(after.len());
+        let (spaces, next) = after.split_at(space_end);
+        out.push_str(spaces);
+        rest = next;
+    }
+    if let Some((cut, _)) = out.char_indices().nth(MAX_MESSAGE_CHARS) {
+        let total = out.len();
+        out.truncate(cut);
+        out.push_str(&format!("… ({total} bytes)"));
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,29 +91,34 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error. Long values in `path` and `message` are cut ([`shorten`]).
     pub fn error(
         object: Option<ObjectRef>,
         path: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Diagnostic {
-            severity: Severity::Error,
-            object,
-            path: path.into(),
-            message: message.into(),
-        }
+        Self::new(Severity::Error, object, path.into(), message.into())
     }
 
+    /// A warning. Long values in `path` and `message` are cut ([`shorten`]).
     pub fn warning(
         object: Option<ObjectRef>,
         path: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
+        Self::new(Severity::Warning, object, path.into(), message.into())
+    }
+
+    fn new(severity: Severity, object: Option<ObjectRef>, path: String, message: String) -> Self {
+        let cut = |s: String| match shorten(&s) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(short) => short,
+        };
         Diagnostic {
-            severity: Severity::Warning,
+            severity,
             object,
-            path: path.into(),
-            message: message.into(),
+            path: cut(path),
+            message: cut(message),
         }
     }
 

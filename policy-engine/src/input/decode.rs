@@ -33,7 +33,7 @@ impl Decoder {
 
     /// A problem that leaves the decoded value as the input meant it (an unknown field is
     /// ignored; what remains is what Istio would see).
-    fn report(&mut self, path: &FieldPath, message: impl Into<String>) {
+    pub(crate) fn report(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic::error(
             self.object.clone(),
             path.as_str(),

@@ -15,6 +15,7 @@ mod authorization_policy;
 mod decode;
 mod document;
 mod field_path;
+mod limits;
 mod metadata;
 pub(crate) mod overlap;
 mod peer_authentication;
@@ -81,13 +82,14 @@ impl Origin<'_> {
 
 /// Parses and validates `text` (YAML or JSON). On success returns the objects and the warnings;
 /// on failure every error and warning found.
+///
+/// Each object is decoded into the typed model as soon as it is read and its JSON value dropped,
+/// so memory stays proportional to the input (see `document.rs` for how a List is read item by
+/// item).
 pub fn load_str(text: &str, opts: &LoadOptions) -> Result<(PolicySet, Diagnostics), Diagnostics> {
-    let mut diagnostics = Vec::new();
-    let mut objects = Vec::new();
-    for (n, value) in document::parse_documents(text, &mut diagnostics) {
-        objects.extend(document::objects_of_document(n, value, &mut diagnostics));
-    }
-    warn_if_empty(load_objects(objects, diagnostics, opts.into()))
+    let mut loader = Loader::new(opts.into());
+    document::read(text, &mut loader);
+    warn_if_empty(loader.finish())
 }
 
 /// Like [`load_str`] for input that is already JSON: one object, an array of objects, or a
@@ -96,9 +98,9 @@ pub fn load_value(
     value: &serde_json::Value,
     opts: &LoadOptions,
 ) -> Result<(PolicySet, Diagnostics), Diagnostics> {
-    let mut diagnostics = Vec::new();
-    let objects = document::objects_of_document(1, value.clone(), &mut diagnostics);
-    warn_if_empty(load_objects(objects, diagnostics, opts.into()))
+    let mut loader = Loader::new(opts.into());
+    document::objects_of_document(1, value.clone(), &mut loader);
+    warn_if_empty(loader.finish())
 }
 
 impl<'a> From<&'a LoadOptions> for Origin<'a> {
@@ -126,60 +128,159 @@ fn warn_if_empty(
     })
 }
 
-/// The `policies` of a plugin configuration: each item one object, named `policies[i]` in
-/// messages (see [`Origin::PluginConfig`]).
-pub(crate) fn load_plugin_config_policies(
-    items: &[Value],
-    path: &str,
-) -> Result<(PolicySet, Diagnostics), Diagnostics> {
-    let mut diagnostics = Vec::new();
-    let mut objects = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let origin = format!("{path}[{i}]");
-        match item {
-            Value::Object(map) if !document::is_list(map) => objects.push(RawObject {
-                origin,
-                value: item.clone(),
-            }),
-            Value::Object(_) | Value::Array(_) => diagnostics.push(Diagnostic::error(
-                None,
-                origin,
-                "expected one AuthorizationPolicy or PeerAuthentication object: the plugin configuration carries the objects already flattened (`meshauthz plugin-config` writes it), not Lists",
-            )),
-            other => diagnostics.push(Diagnostic::error(
-                None,
-                origin,
-                format!(
-                    "expected an AuthorizationPolicy or PeerAuthentication object, found {}",
-                    decode::describe(other)
-                ),
-            )),
+/// One item of the `policies` of a plugin configuration, named `policies[i]` in messages (see
+/// [`Origin::PluginConfig`]), handed to `loader` (made with [`Origin::PluginConfig`]).
+pub(crate) fn load_plugin_config_policy(loader: &mut Loader<'_>, item: Value, origin: String) {
+    match item {
+        Value::Object(ref map) if !document::is_list(map) => loader.object(RawObject {
+            origin,
+            value: item,
+        }),
+        Value::Object(_) | Value::Array(_) => loader.diagnostics.push(Diagnostic::error(
+            None,
+            origin,
+            "expected one AuthorizationPolicy or PeerAuthentication object: the plugin configuration carries the objects already flattened (`meshauthz plugin-config` writes it), not Lists",
+        )),
+        other => loader.diagnostics.push(Diagnostic::error(
+            None,
+            origin,
+            format!(
+                "expected an AuthorizationPolicy or PeerAuthentication object, found {}",
+                decode::describe(&other)
+            ),
+        )),
+    }
+}
+
+/// Writes `set` as the JSON objects [`load_plugin_config_policy`] reads back to `set`.
+pub(crate) fn write_policy(set: &PolicySet, out: &mut impl FnMut(Value)) {
+    write::policy_set(set, out);
+}
+
+/// Receives the objects as they are read: decodes and validates each at once, keeps the typed
+/// result and the diagnostics, and remembers names to find duplicates.
+pub(crate) struct Loader<'o> {
+    origin: Origin<'o>,
+    set: PolicySet,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+    /// (kind, namespace, name) -> where it was first seen.
+    seen: HashMap<ObjectRef, String>,
+    /// Names added to `seen` since the checkpoint, if one is taken (to roll them back).
+    seen_log: Option<Vec<ObjectRef>>,
+    /// When checking what was written ([`Loader::expecting`]): each object is compared with the
+    /// next expected one and dropped instead of kept.
+    expect: Option<Expect<'o>>,
+}
+
+struct Expect<'o> {
+    set: &'o PolicySet,
+    authorization_policies: usize,
+    peer_authentications: usize,
+    all_equal: bool,
+}
+
+/// What [`Loader::rollback`] returns to.
+pub(crate) struct Checkpoint {
+    authorization_policies: usize,
+    peer_authentications: usize,
+    diagnostics: usize,
+}
+
+impl<'o> Loader<'o> {
+    pub(crate) fn new(origin: Origin<'o>) -> Self {
+        Loader {
+            origin,
+            set: PolicySet::default(),
+            diagnostics: Vec::new(),
+            seen: HashMap::new(),
+            seen_log: None,
+            expect: None,
         }
     }
-    load_objects(objects, diagnostics, Origin::PluginConfig)
-}
 
-/// Writes `set` as the JSON objects [`load_plugin_config_policies`] reads back to `set`.
-pub(crate) fn write_policies(set: &PolicySet) -> Vec<Value> {
-    write::policy_set(set)
-}
-
-fn load_objects(
-    objects: Vec<RawObject>,
-    mut diagnostics: Vec<Diagnostic>,
-    opts: Origin<'_>,
-) -> Result<(PolicySet, Diagnostics), Diagnostics> {
-    let mut set = PolicySet::default();
-    // (kind, namespace, name) -> where it was first seen.
-    let mut seen: HashMap<ObjectRef, String> = HashMap::new();
-    for raw in objects {
-        load_object(raw, opts, &mut set, &mut diagnostics, &mut seen);
+    /// A loader that compares every object with `set` (in the writer's order: the
+    /// AuthorizationPolicies, then the PeerAuthentications) and keeps none: reading back what
+    /// was written costs one object, not a second copy of the set.
+    pub(crate) fn expecting(origin: Origin<'o>, set: &'o PolicySet) -> Self {
+        let mut loader = Loader::new(origin);
+        loader.expect = Some(Expect {
+            set,
+            authorization_policies: 0,
+            peer_authentications: 0,
+            all_equal: true,
+        });
+        loader
     }
-    let diagnostics = Diagnostics(diagnostics);
-    if diagnostics.has_errors() {
-        Err(diagnostics)
-    } else {
-        Ok((set, diagnostics))
+
+    /// With [`Loader::expecting`]: whether every object read equals the expected one and all
+    /// of them were read.
+    pub(crate) fn matches_expected(&self) -> bool {
+        self.expect.as_ref().is_some_and(|e| {
+            e.all_equal
+                && e.authorization_policies == e.set.authorization_policies.len()
+                && e.peer_authentications == e.set.peer_authentications.len()
+        })
+    }
+
+    pub(crate) fn object(&mut self, raw: RawObject) {
+        load_object(
+            raw,
+            self.origin,
+            &mut self.set,
+            &mut self.diagnostics,
+            &mut self.seen,
+            self.seen_log.as_mut(),
+        );
+        if let Some(e) = &mut self.expect {
+            if let Some(p) = self.set.authorization_policies.pop() {
+                let expected = e.set.authorization_policies.get(e.authorization_policies);
+                e.all_equal &= expected == Some(&p);
+                e.authorization_policies += 1;
+            }
+            if let Some(p) = self.set.peer_authentications.pop() {
+                let expected = e.set.peer_authentications.get(e.peer_authentications);
+                e.all_equal &= expected == Some(&p);
+                e.peer_authentications += 1;
+            }
+        }
+    }
+
+    /// Starts remembering what is loaded, so that it can be undone (a fast path that gives up).
+    pub(crate) fn checkpoint(&mut self) -> Checkpoint {
+        self.seen_log = Some(Vec::new());
+        Checkpoint {
+            authorization_policies: self.set.authorization_policies.len(),
+            peer_authentications: self.set.peer_authentications.len(),
+            diagnostics: self.diagnostics.len(),
+        }
+    }
+
+    /// Forgets everything loaded since `checkpoint`.
+    pub(crate) fn rollback(&mut self, checkpoint: Checkpoint) {
+        self.set
+            .authorization_policies
+            .truncate(checkpoint.authorization_policies);
+        self.set
+            .peer_authentications
+            .truncate(checkpoint.peer_authentications);
+        self.diagnostics.truncate(checkpoint.diagnostics);
+        for object in self.seen_log.take().unwrap_or_default() {
+            self.seen.remove(&object);
+        }
+    }
+
+    /// Stops remembering (what was loaded since the checkpoint stays).
+    pub(crate) fn commit(&mut self) {
+        self.seen_log = None;
+    }
+
+    pub(crate) fn finish(self) -> Result<(PolicySet, Diagnostics), Diagnostics> {
+        let diagnostics = Diagnostics(self.diagnostics);
+        if diagnostics.has_errors() {
+            Err(diagnostics)
+        } else {
+            Ok((self.set, diagnostics))
+        }
     }
 }
 
@@ -190,6 +291,7 @@ fn load_object(
     set: &mut PolicySet,
     diagnostics: &mut Vec<Diagnostic>,
     seen: &mut HashMap<ObjectRef, String>,
+    seen_log: Option<&mut Vec<ObjectRef>>,
 ) {
     let Value::Object(map) = &raw.value else {
         return;
@@ -296,6 +398,9 @@ fn load_object(
                 ),
             ));
         } else {
+            if let Some(log) = seen_log {
+                log.push(object.clone());
+            }
             seen.insert(object, raw.origin);
         }
     }

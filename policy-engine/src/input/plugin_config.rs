@@ -29,10 +29,15 @@
 
 use std::collections::BTreeMap;
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::decode::Decoder;
+use super::decode::{unknown_field_message, Decoder};
+use super::document::StrictValue;
 use super::field_path::FieldPath;
+use super::{Loader, Origin};
 use crate::error::{Diagnostic, Diagnostics};
 use crate::model::PolicySet;
 use crate::workload::{MeshConfig, Workload};
@@ -104,13 +109,19 @@ impl PluginConfig {
         }
     }
 
-    /// The JSON document, every key written (defaults included).
+    /// The JSON document, every key written (defaults included). For large policy sets prefer
+    /// [`PluginConfig::write_json`], which never holds the whole document as a `Value`.
     pub fn to_value(&self) -> Value {
+        let mut m = self.settings();
+        let mut policies = Vec::new();
+        super::write_policy(&self.policies, &mut |p| policies.push(p));
+        m.insert("policies".into(), Value::Array(policies));
+        Value::Object(m)
+    }
+
+    /// Every key but `policies`.
+    fn settings(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert(
-            "policies".into(),
-            Value::Array(super::write_policies(&self.policies)),
-        );
         if let Some(w) = &self.workload {
             let labels: Map<String, Value> = w
                 .labels
@@ -143,24 +154,78 @@ impl PluginConfig {
         if self.enforce != EnforceMode::Separate {
             m.insert("enforce".into(), self.enforce.as_str().into());
         }
-        Value::Object(m)
+        m
+    }
+
+    /// The JSON text of [`PluginConfig::to_value`] (the same bytes), written one policy at a
+    /// time: memory is the text and one policy's `Value`, not a `Value` of the whole document
+    /// (several times the text).
+    fn to_json_text(&self) -> String {
+        let mut settings = self.settings();
+        // The placeholder keeps the keys in the order `to_value` writes them.
+        settings.insert("policies".into(), Value::Null);
+        let mut out = String::from("{");
+        for (i, (key, value)) in settings.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::String(key.clone()).to_string());
+            out.push(':');
+            if key == "policies" {
+                out.push('[');
+                let mut first = true;
+                super::write_policy(&self.policies, &mut |p| {
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str(&p.to_string());
+                });
+                out.push(']');
+            } else {
+                out.push_str(&value.to_string());
+            }
+        }
+        out.push('}');
+        out
     }
 
     /// The writer: the JSON document, after checking that [`decode`] reads it back to exactly
     /// `self` without an error. So nothing is ever written that the module would refuse (an
     /// empty trust domain, a policy that does not validate) or read differently.
     pub fn write(&self) -> Result<Value, Diagnostics> {
-        let value = self.to_value();
-        let text = value.to_string();
-        let (back, _warnings) = decode(text.as_bytes())?;
-        if back != *self {
+        self.write_json()?;
+        Ok(self.to_value())
+    }
+
+    /// [`PluginConfig::write`] as JSON text (compact; what the CLI prints), with a memory cost
+    /// proportional to the text.
+    pub fn write_json(&self) -> Result<String, Diagnostics> {
+        let text = self.to_json_text();
+        // The policies are compared one by one as they are read, not decoded into a copy.
+        let loader = Loader::expecting(Origin::PluginConfig, &self.policies);
+        let ((back, _warnings), policies_match) = decode_with(text.as_bytes(), loader)?;
+        let PluginConfig {
+            policies: _,
+            workload,
+            mesh,
+            plaintext_filter_chains,
+            http_ports,
+            enforce,
+        } = &back;
+        let settings_match = *workload == self.workload
+            && *mesh == self.mesh
+            && *plaintext_filter_chains == self.plaintext_filter_chains
+            && *http_ports == self.http_ports
+            && *enforce == self.enforce;
+        if !(policies_match && settings_match) {
             return Err(Diagnostics(vec![Diagnostic::error(
                 None,
                 "",
                 "internal error: the plugin configuration does not read back as written; please report this",
             )]));
         }
-        Ok(value)
+        Ok(text)
     }
 }
 
@@ -170,7 +235,20 @@ fn strings(items: &[String]) -> Value {
 
 /// The decoder: the JSON document (UTF-8) to the typed configuration, with the policies' warnings;
 /// or every problem found, each with its field path.
+///
+/// The same guards as the user's input: nesting deeper than the loader's limit is refused before
+/// parsing, and each policy is decoded as soon as it is read (the document is never held as one
+/// `Value`).
 pub fn decode(bytes: &[u8]) -> Result<(PluginConfig, Diagnostics), Diagnostics> {
+    decode_with(bytes, Loader::new(Origin::PluginConfig)).map(|(cfg, _)| cfg)
+}
+
+/// [`decode`] with the policies going to `loader`; also whether they matched what `loader`
+/// expected (see [`Loader::expecting`]).
+fn decode_with(
+    bytes: &[u8],
+    mut loader: Loader<'_>,
+) -> Result<((PluginConfig, Diagnostics), bool), Diagnostics> {
     let fail = |message: String| Err(Diagnostics(vec![Diagnostic::error(None, "", message)]));
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return fail(
@@ -180,43 +258,166 @@ pub fn decode(bytes: &[u8]) -> Result<(PluginConfig, Diagnostics), Diagnostics> 
     let Ok(text) = std::str::from_utf8(bytes) else {
         return fail("the plugin configuration is not UTF-8 text".to_string());
     };
-    let value = match super::document::parse_json_strict(text) {
-        Ok(v) => v,
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Err(e) = super::limits::check_depth(text) {
+        return fail(format!("the plugin configuration is not valid JSON: {e}"));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = match TopLevel(&mut loader)
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+    {
+        Ok(top) => top,
         Err(e) => return fail(format!("the plugin configuration is not valid JSON: {e}")),
     };
-    decode_value(&value)
+    match top {
+        Top::Object { settings, policies } => {
+            let matched = loader.matches_expected();
+            decode_settings(&settings, policies, loader).map(|cfg| (cfg, matched))
+        }
+        Top::Other(value) => fail(format!(
+            "the plugin configuration must be a JSON object, found {}",
+            super::decode::describe(&value)
+        )),
+    }
 }
 
-fn decode_value(value: &Value) -> Result<(PluginConfig, Diagnostics), Diagnostics> {
+/// The document's top level as read: the settings as values, the policies already handed to the
+/// loader.
+enum Top {
+    Object {
+        settings: Map<String, Value>,
+        policies: Option<Policies>,
+    },
+    Other(Value),
+}
+
+enum Policies {
+    /// A list: its items went to the loader.
+    Loaded,
+    /// Anything else (an error).
+    Other(Value),
+}
+
+struct TopLevel<'l, 'o>(&'l mut Loader<'o>);
+struct PoliciesSeed<'l, 'o>(&'l mut Loader<'o>);
+
+/// A visitor that reads values as [`StrictValue`] does, except maps (`TopLevel`) or lists
+/// (`PoliciesSeed`).
+macro_rules! strict_scalars {
+    ($out:expr) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            StrictValue.visit_bool(v).map($out)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            StrictValue.visit_i64(v).map($out)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            StrictValue.visit_u64(v).map($out)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            StrictValue.visit_f64(v).map($out)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            StrictValue.visit_str(v).map($out)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            StrictValue.visit_unit().map($out)
+        }
+    };
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_, '_> {
+    type Value = Top;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_, '_> {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    strict_scalars!(Top::Other);
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Top, A::Error> {
+        StrictValue.visit_seq(seq).map(Top::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut settings = Map::new();
+        let mut policies = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if settings.contains_key(&key) || (key == "policies" && policies.is_some()) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            if key == "policies" {
+                policies = Some(map.next_value_seed(PoliciesSeed(&mut *self.0))?);
+            } else {
+                let value = map.next_value_seed(StrictValue)?;
+                settings.insert(key, value);
+            }
+        }
+        Ok(Top::Object { settings, policies })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for PoliciesSeed<'_, '_> {
+    type Value = Policies;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Policies, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PoliciesSeed<'_, '_> {
+    type Value = Policies;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of policies")
+    }
+    strict_scalars!(Policies::Other);
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Policies, A::Error> {
+        StrictValue.visit_map(map).map(Policies::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Policies, A::Error> {
+        let mut i = 0;
+        while let Some(item) = seq.next_element_seed(StrictValue)? {
+            super::load_plugin_config_policy(self.0, item, format!("policies[{i}]"));
+            i += 1;
+        }
+        Ok(Policies::Loaded)
+    }
+}
+
+fn decode_settings(
+    map: &Map<String, Value>,
+    policies: Option<Policies>,
+    loader: Loader<'_>,
+) -> Result<(PluginConfig, Diagnostics), Diagnostics> {
     let mut dec = Decoder::new(None);
     let root = FieldPath::root();
-    let Some(map) = dec.object(value, &root, KEYS) else {
-        return Err(Diagnostics(vec![Diagnostic::error(
-            None,
-            "",
-            format!(
-                "the plugin configuration must be a JSON object, found {}",
-                super::decode::describe(value)
-            ),
-        )]));
-    };
+    for name in map.keys() {
+        if !KEYS.contains(&name.as_str()) {
+            dec.report(&root.field(name), unknown_field_message(name, KEYS));
+        }
+    }
     let mut cfg = PluginConfig::new(PolicySet::default());
     let mut diagnostics = Diagnostics::default();
 
     let policies_path = root.field("policies");
-    match map.get("policies") {
-        Some(Value::Array(items)) => match super::load_plugin_config_policies(items, "policies") {
+    match policies {
+        Some(Policies::Loaded) => match loader.finish() {
             Ok((set, warnings)) => {
                 cfg.policies = set;
                 diagnostics.extend(warnings);
             }
             Err(errors) => diagnostics.extend(errors),
         },
-        Some(other) => dec.error(
+        Some(Policies::Other(other)) => dec.error(
             &policies_path,
             format!(
                 "expected a list of AuthorizationPolicy/PeerAuthentication objects, found {}",
-                super::decode::describe(other)
+                super::decode::describe(&other)
             ),
         ),
         None => dec.error(
@@ -421,6 +622,8 @@ mod tests {
         // decode(write(x)) == x
         let written = cfg.write().unwrap().to_string();
         assert_eq!(decode(written.as_bytes()).unwrap().0, cfg);
+        // The text writer (one policy at a time) writes the same bytes.
+        assert_eq!(cfg.write_json().unwrap(), written);
     }
 
     #[test]

@@ -622,3 +622,192 @@ fn cel_compile_errors_are_reported_at_the_value() {
         }
     }
 }
+
+// ---- Hostile and unusual input (issue 8): bounded work, exact positions, bounded messages ----
+
+const POLICY_YAML: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: a\nspec:\n  action: ALLOW\n  rules: [{}]\n";
+
+fn only_error(d: &Diagnostics) -> String {
+    let errors: Vec<String> = d.errors().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{d}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn deep_nesting_is_refused_with_one_message() {
+    for (text, at) in [
+        // JSON (serde_json gives up at 128 levels; the YAML parser it fell back on took minutes).
+        (r#"{"a":"#.repeat(100_000), "line 1, column 321"),
+        // YAML flow and block nesting.
+        (
+            "a:\n  b: ".to_string() + &"[".repeat(100_000),
+            "line 2, column 68",
+        ),
+        ("- ".repeat(100_000), "line 1, column 129"),
+    ] {
+        let e = only_error(&load_err(&text));
+        assert!(
+            e.contains("nesting deeper than 64 levels") && e.contains(at),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_read() {
+    let bom = "\u{feff}";
+    assert_eq!(
+        load_ok(&format!("{bom}{POLICY_YAML}")).authorization_policies[0]
+            .meta
+            .name,
+        "a"
+    );
+    let json = r#"{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "j"}, "spec": {}}"#;
+    assert_eq!(
+        load_ok(&format!("{bom}{json}")).authorization_policies[0]
+            .meta
+            .name,
+        "j"
+    );
+}
+
+#[test]
+fn control_characters_are_reported_where_they_are() {
+    let text = POLICY_YAML.replace("name: a", "name: a\u{0}b");
+    let e = only_error(&load_err(&text));
+    assert!(
+        e.contains("U+0000") && e.contains("line 4, column 10"),
+        "{e}"
+    );
+}
+
+#[test]
+fn json_errors_are_json_errors() {
+    let dup = "{\"apiVersion\": \"security.istio.io/v1\",\n \"kind\": \"AuthorizationPolicy\", \"metadata\": {\"name\": \"a\"}, \"spec\": {\"action\": \"DENY\", \"action\": \"ALLOW\"}}";
+    let e = only_error(&load_err(dup));
+    assert!(
+        e.contains("cannot parse JSON: duplicate key \"action\" at line 2 column")
+            && !e.contains("YAML"),
+        "{e}"
+    );
+    let trailing = "[{\"kind\": \"AuthorizationPolicy\"},\n]";
+    let e = only_error(&load_err(trailing));
+    assert!(
+        e.contains("cannot parse JSON") && e.contains("line 2"),
+        "{e}"
+    );
+    // Flow-style YAML still reads as YAML.
+    assert_eq!(
+        load_ok(
+            "{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {name: f}}"
+        )
+        .authorization_policies[0]
+            .meta
+            .name,
+        "f"
+    );
+}
+
+#[test]
+fn long_values_are_cut_in_messages() {
+    let name = "x".repeat(10_000_000);
+    let text = POLICY_YAML
+        .replace("name: a", &format!("name: {name}"))
+        .replace(
+            "action: ALLOW\n  rules: [{}]",
+            "action: NOPE\n  rules: 3\n  notAField: 1",
+        );
+    let d = load_err(&text);
+    let shown = d.to_string();
+    assert!(d.errors().count() >= 3, "{shown}");
+    assert!(shown.len() < 4_000, "{} bytes", shown.len());
+    assert!(shown.contains("… (10000000 bytes)"), "{shown}");
+    // The same through the module's decoder.
+    let doc = format!(
+        r#"{{"policies": [{{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {{"name": "{name}", "namespace": "n"}}, "spec": {{"action": "NOPE"}}}}]}}"#
+    );
+    let shown = plugin_config::decode(doc.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.len() < 2_000 && shown.contains("… (10000000 bytes)"),
+        "{} bytes",
+        shown.len()
+    );
+}
+
+#[test]
+fn the_plugin_configuration_refuses_deep_nesting_and_reads_a_byte_order_mark() {
+    let deep = format!(
+        r#"{{"policies": [], "workload": {}}}"#,
+        r#"{"a":"#.repeat(100_000)
+    );
+    let d = plugin_config::decode(deep.as_bytes()).unwrap_err();
+    let e = only_error(&d);
+    assert!(e.contains("nesting deeper than 64 levels"), "{e}");
+    let (cfg, _) = plugin_config::decode("\u{feff}{\"policies\": []}".as_bytes()).unwrap();
+    assert_eq!(cfg, plugin_config::PluginConfig::new(PolicySet::default()));
+}
+
+/// A kubectl List as `kubectl get -o yaml` prints it: `n` policies, a few of them in error.
+fn kubectl_list(n: usize, bad: &[usize]) -> (String, String) {
+    let mut list = String::from("apiVersion: v1\nitems:\n");
+    let mut docs = String::new();
+    for i in 0..n {
+        let action = if bad.contains(&i) { "NOPE" } else { "ALLOW" };
+        let object = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: |\n      {{\"kind\":\"AuthorizationPolicy\",\"spec\":{{\"rules\":[{{}}]}}}}\n  name: p{i}\n  namespace: ns{}\nspec:\n  action: {action}\n  rules:\n  - to:\n    - operation:\n        paths: [\"/a/{i}\"]\n",
+            i % 3
+        );
+        let indented: Vec<String> = object.lines().map(|l| format!("  {l}")).collect();
+        list.push_str(&format!("- {}\n", &indented.join("\n")[2..]));
+        docs.push_str(&format!("---\n{object}"));
+    }
+    list.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+    (list, docs)
+}
+
+#[test]
+fn a_list_read_item_by_item_reads_as_its_documents() {
+    let (list, docs) = kubectl_list(50, &[]);
+    let from_list = load_ok(&list);
+    assert_eq!(from_list.authorization_policies.len(), 50);
+    assert_eq!(from_list, load_ok(&docs));
+    // As JSON (`kubectl get -o json`), too.
+    let value: serde_json::Value = serde_yaml_ng::from_str(&list).unwrap();
+    assert_eq!(
+        load_ok(&serde_json::to_string_pretty(&value).unwrap()),
+        from_list
+    );
+    // Errors name the item.
+    let (list, _) = kubectl_list(5, &[1, 3]);
+    let shown = load_err(&list).to_string();
+    assert!(
+        shown.contains("AuthorizationPolicy ns1/p1: spec.action: Unsupported value: \"NOPE\"")
+            && shown.contains("ns0/p3"),
+        "{shown}"
+    );
+    // A duplicate across items is found, and only once.
+    let (list, _) = kubectl_list(4, &[]);
+    let dup = list.replace(
+        "name: p3\n    namespace: ns0",
+        "name: p0\n    namespace: ns0",
+    );
+    let shown = load_err(&dup).to_string();
+    assert!(
+        shown.contains("duplicate AuthorizationPolicy ns0/p0 (document 1, items[3]): already defined in document 1, items[0]"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_list_that_cannot_be_cut_is_read_whole() {
+    // An anchor in one item used in another: the items cannot be parsed apart.
+    let text = "apiVersion: v1\nitems:\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a}\n  spec: &spec\n    action: DENY\n    rules: [{}]\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: b}\n  spec: *spec\nkind: List\n";
+    let set = load_ok(text);
+    assert_eq!(set.authorization_policies.len(), 2);
+    assert_eq!(set.authorization_policies[1].spec.action, Action::Deny);
+    // `items` that is not a List's: an object with an unknown field.
+    let e = load_err(&format!("{POLICY_YAML}items:\n- a\n")).to_string();
+    assert!(e.contains("unknown field \"items\""), "{e}");
+}

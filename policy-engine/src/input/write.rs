@@ -14,14 +14,16 @@ use crate::model::{
     PolicyTargetReference, Rule, Source, WorkloadSelector,
 };
 
-/// Every object of `set` as JSON: the AuthorizationPolicies, then the PeerAuthentications, each
-/// in input order.
-pub(crate) fn policy_set(set: &PolicySet) -> Vec<Value> {
-    set.authorization_policies
-        .iter()
-        .map(authorization_policy)
-        .chain(set.peer_authentications.iter().map(peer_authentication))
-        .collect()
+/// Every object of `set` as JSON, one at a time (the whole set as one JSON value would take
+/// several times its memory): the AuthorizationPolicies, then the PeerAuthentications, each in
+/// input order.
+pub(crate) fn policy_set(set: &PolicySet, out: &mut impl FnMut(Value)) {
+    for p in &set.authorization_policies {
+        out(authorization_policy(p));
+    }
+    for p in &set.peer_authentications {
+        out(peer_authentication(p));
+    }
 }
 
 fn object(api_version: &str, kind: &str, meta: &ObjectMeta, spec: Map<String, Value>) -> Value {

@@ -2,7 +2,8 @@
 //! filters as istiod configures them.
 //!
 //! For each of Istio's builder goldens ([`golden`]): a real Envoy runs the golden's generated
-//! RBAC filters ([`bootstrap`]); requests generated from the policies' own values ([`probe`]) go
+//! RBAC filters ([`bootstrap`]); requests generated from the policies' own values ([`values`],
+//! [`variants`], [`plan`]; one walk over the rules, [`rules`]) go
 //! through it ([`wire`]); the engine evaluates the same requests from the golden's input
 //! policies; and the two answers are compared ([`compare`]): allowed or denied, which filter
 //! denied, the AUDIT `access_log_hint`, and the dry-run shadow results.
@@ -14,9 +15,13 @@
 pub mod bootstrap;
 pub mod compare;
 pub mod golden;
+pub mod plan;
 pub mod ports;
 pub mod probe;
 pub mod projection;
+pub mod rules;
+pub mod values;
+pub mod variants;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +37,8 @@ use crate::envoy::{free_port, Envoy};
 use crate::{err, policy, Error, Result, WorkDir};
 use compare::{Expected, Observed};
 use golden::{Chain, Golden};
-use probe::{Listener, Peer, PolicyValues, Probe};
+use probe::{Listener, Peer, Probe};
+use values::PolicyValues;
 
 /// How long the access log may take to show every probe.
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -110,7 +116,7 @@ pub struct Run {
     pub skipped: BTreeSet<String>,
     pub listeners: Vec<Listener>,
     pub elapsed: Duration,
-    /// Probes generated before sampling (see [`probe::MAX_PROBES_PER_GOLDEN`]).
+    /// Probes generated before sampling (see [`plan::MAX_PROBES_PER_GOLDEN`]).
     pub generated: usize,
 }
 
@@ -222,7 +228,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
     // The values come from the golden's policies as written (ports are listeners).
     let mut values = PolicyValues::collect(&policies);
     let _ = &prepared.policies;
-    let plan = probe::plan(
+    let plan = plan::plan(
         &mut values,
         &golden.mesh,
         &prepared.listeners,

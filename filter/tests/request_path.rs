@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use log::Level;
-use support::pairs::encode_pairs;
 use meshauthz_filter::config::Compiled;
 use meshauthz_filter::net::Conn;
 use meshauthz_filter::plugin::Plugin;
@@ -29,6 +28,7 @@ use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
     Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
 };
+use support::pairs::encode_pairs;
 
 // ---- fake host ------------------------------------------------------------------------------
 
@@ -1206,7 +1206,10 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
     let mode_for = |labels: &[(&str, &str)]| {
         let host = FakeHost::default()
             .with(&["xds", "node", "metadata", "NAMESPACE"], b"foo")
-            .with(&["xds", "node", "metadata", "LABELS"], &encode_pairs(labels));
+            .with(
+                &["xds", "node", "metadata", "LABELS"],
+                &encode_pairs(labels),
+            );
         let p = Plugin::new(Rc::new(VmState::default()));
         assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());

@@ -46,9 +46,7 @@ pub fn rewrite_filters(filters: &mut [Value], map: &BTreeMap<u16, u16>) {
 fn port_fields(site: &Site, at: &Value) -> &'static [&'static str] {
     match site.part {
         Part::Operation => &["ports", "notPorts"],
-        Part::Condition
-            if at.get("key").and_then(Value::as_str) == Some("destination.port") =>
-        {
+        Part::Condition if at.get("key").and_then(Value::as_str) == Some("destination.port") => {
             &["values", "notValues"]
         }
         _ => &[],

@@ -263,7 +263,8 @@ pub(super) fn host_variants(n: &Named) -> Vec<Variant> {
 
 /// The methods Envoy's HTTP/1 codec accepts (it answers 400 to any other token, before filters).
 /// `HEAD` and `CONNECT` are left out: neither carries an ordinary request through curl.
-pub(super) const KNOWN_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"];
+pub(super) const KNOWN_METHODS: [&str; 7] =
+    ["GET", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"];
 
 /// Methods: every method the codec accepts, marked by whether Istio's wildcard form of `n` matches
 /// it (exact, `X*` prefix, `*X` suffix, `*` presence).

@@ -114,6 +114,10 @@ pub struct Case {
     pub expect_load_error: Option<String>,
     /// Loading and compiling succeed with a warning whose text contains this.
     pub expect_warning: Option<String>,
+    /// Also played through a real Envoy running the module by `e2e/tests/cases.rs`: an HTTP
+    /// request whose `expect.allowed` must be what the caller sees (200 or Istio's 403).
+    #[serde(default)]
+    pub e2e: bool,
 }
 
 /// A header value: one string, or a list (the header sent several times).

@@ -78,8 +78,11 @@ test-wasm: targets wasm-bindgen
 test-filter: build
 	cargo test -p meshauthz-filter
 
+# The CLI's tests, then the policy unit tests shipped for the sample policies (JUnit report in
+# target/policy-tests.xml for CI systems).
 test-cli:
 	cargo test -p meshauthz-cli
+	cargo run --quiet -p meshauthz-cli -- test envoy-config/policy-tests/*.yaml --junit target/policy-tests.xml
 
 # ---- fuzzing (fuzz/, see SECURITY.md) -------------------------------------------------------
 # libFuzzer through libfuzzer-sys on the stable toolchain: cargo-fuzz's coverage flags, no
@@ -133,6 +136,7 @@ fuzz-corpus: fuzz-build
 	  $(FUZZ_BIN)/$$t -merge=1 -timeout=5 fuzz/corpus/$$t $(FUZZ_DIR)/seeds/$$t 2>&1 | grep 'MERGE-OUTER: .* new files' || exit 1; done
 
 e2e: build envoy compose-schema
+	cargo build --quiet -p meshauthz-cli  # e2e/tests/strict_readiness.rs runs the CLI
 	cargo test -p meshauthz-e2e -- --test-threads=2 --skip $(COMPOSE_STORY_TEST)
 
 # The compose sandbox's story on a container engine (e2e/tests/compose.rs), alone: its containers

@@ -17,10 +17,97 @@ pub struct Attachment<'a> {
     /// `oci://...`, `file://...`, `https://...`.
     pub url: &'a str,
     pub sha256: Option<&'a str>,
+    /// Where an EnvoyFilter's remote fetch goes (`None`: a local file, or a WasmPlugin, which
+    /// Istio's agent fetches itself).
+    pub remote: Option<&'a RemoteSource>,
     pub http_ports: &'a [u16],
     pub tcp_ports: &'a [u16],
     /// The filter's plugin configuration (policies and settings).
     pub plugin_config: &'a Value,
+}
+
+/// The host an `http(s)://` module URL is fetched from: Envoy's remote data source needs a
+/// cluster, which the EnvoyFilter adds.
+pub struct RemoteSource {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// The name of that cluster.
+pub const MODULE_CLUSTER: &str = "meshauthz-module-source";
+
+impl RemoteSource {
+    /// `None` for a `file://` URL.
+    pub fn parse(url: &str) -> Result<Option<RemoteSource>, String> {
+        let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("https://") {
+            (r, true, 443)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (r, false, 80)
+        } else {
+            return Ok(None);
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err("user information in the URL is not supported".into());
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            // An IPv6 literal: `[::1]` or `[::1]:8080`.
+            Some(v6) => match v6.split_once(']') {
+                Some((h, "")) => (h, None),
+                Some((h, p)) => (h, Some(p.strip_prefix(':').unwrap_or(p))),
+                None => return Err("unclosed `[` in the URL".into()),
+            },
+            None => match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {p:?} in the URL"))?,
+        };
+        if host.is_empty() {
+            return Err("no host in the URL".into());
+        }
+        Ok(Some(RemoteSource {
+            host: host.to_string(),
+            port,
+            tls,
+        }))
+    }
+
+    /// The cluster the fetch goes through (DNS-resolved; TLS verified against the system CAs
+    /// for `https`, and the module itself against `sha256` in any case).
+    fn cluster(&self) -> Value {
+        let mut cluster = json!({
+            "name": MODULE_CLUSTER,
+            "type": "STRICT_DNS",
+            "connect_timeout": "5s",
+            "load_assignment": {
+                "cluster_name": MODULE_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": self.host, "port_value": self.port}}}}]}]
+            }
+        });
+        if self.tls {
+            if let Some(o) = cluster.as_object_mut() {
+                o.insert("transport_socket".into(), json!({
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": self.host,
+                        "common_tls_context": {"validation_context": {
+                            "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                        }}
+                    }
+                }));
+            }
+        }
+        cluster
+    }
 }
 
 fn labels(a: &Attachment<'_>) -> Value {
@@ -215,7 +302,7 @@ fn wasm_filter(network: bool, root_id: &str, a: &Attachment<'_>, config: &Value)
     let code = match a.url.strip_prefix("file://") {
         Some(path) => json!({"local": {"filename": path}}),
         None => json!({"remote": {
-            "http_uri": {"uri": a.url, "cluster": "meshauthz-module-source", "timeout": "10s"},
+            "http_uri": {"uri": a.url, "cluster": MODULE_CLUSTER, "timeout": "10s"},
             "sha256": a.sha256.unwrap_or_default(),
             "retry_policy": {"num_retries": 3}
         }}),
@@ -280,6 +367,13 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
         }
     }
     patches.extend(peer_sans_patches(a.tcp_ports));
+    if let Some(remote) = a.remote {
+        // The cluster the remote fetch names (Envoy refuses a data source without it).
+        patches.push(
+            json!({"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND"},
+                            "patch": {"operation": "ADD", "value": remote.cluster()}}),
+        );
+    }
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",

@@ -120,7 +120,7 @@ fn an_authorization_policy_list_reaches_the_module() {
     for text in [&list, &bare, &nested] {
         let f = file("list.yaml", text);
         let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f], "");
-        assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+        assert_eq!(check.code, 3, "{}{}", check.stdout, check.stderr);
         assert!(check
             .stdout
             .starts_with("DENY: DENY rule ns[foo]-policy[deny-admin]-rule[0]"));
@@ -171,8 +171,13 @@ spec:
 #[test]
 fn an_object_without_namespace_is_placed_by_one_rule() {
     let f = file("no-namespace.yaml", NO_NAMESPACE);
-    let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f], "");
-    assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+    // mTLS: the STRICT PeerAuthentication would reset plaintext before authorization.
+    let peer = "--principal=spiffe://cluster.local/ns/x/sa/y";
+    let check = run(
+        &["check", "--namespace", "foo", peer, "--path", "/admin", &f],
+        "",
+    );
+    assert_eq!(check.code, 3, "DENY\n{}{}", check.stdout, check.stderr);
     let mode = run(&["mode", "--namespace", "foo", "--port", "8080", &f], "");
     assert_eq!(mode.stdout.trim(), "STRICT", "{}", mode.stderr);
     let (engine, json) = module(&["--namespace", "foo", &f], "");
@@ -182,8 +187,8 @@ fn an_object_without_namespace_is_placed_by_one_rule() {
     assert_eq!(engine.mtls_mode(8080), MtlsMode::Strict);
     assert!(!allows(&engine, "/admin"));
     // Without --namespace: `default` for the objects and the workload, in both.
-    let check = run(&["check", "--path", "/admin", &f], "");
-    assert_eq!(check.code, 2, "{}{}", check.stdout, check.stderr);
+    let check = run(&["check", peer, "--path", "/admin", &f], "");
+    assert_eq!(check.code, 3, "DENY\n{}{}", check.stdout, check.stderr);
     let (engine, json) = module(&[&f], "");
     assert_eq!(json["policies"][0]["metadata"]["namespace"], "default");
     assert_eq!(engine.mtls_mode(8080), MtlsMode::Strict);

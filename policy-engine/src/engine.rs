@@ -54,6 +54,12 @@ impl Engine {
         self.authz.check(protocol, attrs)
     }
 
+    /// Every AUDIT rule that matches this request or connection, in policy order: what an
+    /// explanation lists ([`Engine::check`] reports the first, the one Envoy logs).
+    pub fn audit_rules_matched(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Vec<RuleId> {
+        self.authz.audit_matches(protocol, attrs)
+    }
+
     /// The PeerAuthentication mode of a workload port (never `Unset`: resolved to its parent).
     pub fn mtls_mode(&self, port: u16) -> MtlsMode {
         self.mtls.mode(port)
@@ -173,6 +179,63 @@ mod tests {
         let uniform = engine(json!([]));
         assert!(!uniform.has_port_level_mtls());
         assert_eq!(uniform.mtls_mode_at(None), MtlsMode::Permissive);
+    }
+
+    #[test]
+    fn the_peer_authentication_that_set_each_mode() {
+        let e = engine(json!([
+            {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+             "metadata": {"name": "ns-wide", "namespace": "ns1"}, "spec": {"mtls": {"mode": "STRICT"}}},
+            {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+             "metadata": {"name": "pa", "namespace": "ns1"},
+             "spec": {"selector": {"matchLabels": {"app": "b"}},
+                      "portLevelMtls": {"8080": {"mode": "DISABLE"}}}}
+        ]));
+        assert_eq!(e.mtls().source(Some(8080)), Some("ns1/pa"));
+        assert_eq!(e.mtls().source(Some(9000)), Some("ns1/ns-wide"));
+        assert_eq!(e.mtls().source(None), Some("ns1/ns-wide"));
+        assert_eq!(engine(json!([])).mtls().source(Some(1)), None);
+    }
+
+    #[test]
+    fn every_matching_audit_rule_in_policy_order() {
+        let audit = |name: &str, rules: serde_json::Value| {
+            json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": name, "namespace": "ns1"},
+                   "spec": {"action": "AUDIT", "rules": rules}})
+        };
+        let e = engine(json!([
+            audit("b", json!([{"to": [{"operation": {"methods": ["GET"]}}]}])),
+            audit(
+                "a",
+                json!([{"to": [{"operation": {"methods": ["POST"]}}]},
+                              {"to": [{"operation": {"paths": ["/x"]}}]}])
+            ),
+        ]));
+        let headers = [];
+        let attrs = crate::Attributes {
+            http: Some(crate::HttpAttributes {
+                method: Some("GET"),
+                path: Some("/x"),
+                headers: &headers,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let names: Vec<String> = e
+            .audit_rules_matched(crate::Protocol::Http, &attrs)
+            .into_iter()
+            .map(|r| e.rule_name(r))
+            .collect();
+        assert_eq!(
+            names,
+            ["ns[ns1]-policy[a]-rule[1]", "ns[ns1]-policy[b]-rule[0]"]
+        );
+        let first = e.check(crate::Protocol::Http, &attrs).audit_rule;
+        assert_eq!(
+            first.map(|r| e.rule_name(r)).as_deref(),
+            Some("ns[ns1]-policy[a]-rule[1]")
+        );
     }
 
     #[test]

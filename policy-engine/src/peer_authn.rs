@@ -22,11 +22,22 @@ pub struct ResolvedMtls {
     pub ports: BTreeMap<u16, MtlsMode>,
     /// `namespace/name` of the policies that decided, mesh to workload.
     pub sources: Vec<String>,
+    /// `namespace/name` of the workload policy whose `portLevelMtls` gave [`Self::ports`].
+    pub port_source: Option<String>,
 }
 
 impl ResolvedMtls {
     pub fn mode(&self, port: u16) -> MtlsMode {
         self.ports.get(&port).copied().unwrap_or(self.default_mode)
+    }
+
+    /// `namespace/name` of the PeerAuthentication that set the mode of `port` (`None`: of the
+    /// ports without their own entry); `None` when no policy sets it (Istio's default, PERMISSIVE).
+    pub fn source(&self, port: Option<u16>) -> Option<&str> {
+        match port {
+            Some(p) if self.ports.contains_key(&p) => self.port_source.as_deref(),
+            _ => self.sources.last().map(String::as_str),
+        }
     }
 }
 
@@ -130,7 +141,11 @@ pub(crate) fn resolve(
     }
 
     let mut ports = BTreeMap::new();
-    if let Some(levels) = wl_pa.and_then(|pa| pa.spec.port_level_mtls.as_ref()) {
+    let mut port_source = None;
+    if let Some((pa, levels)) =
+        wl_pa.and_then(|pa| pa.spec.port_level_mtls.as_ref().map(|l| (pa, l)))
+    {
+        port_source = Some(format!("{}/{}", pa.meta.namespace, pa.meta.name));
         for (&port, &m) in levels {
             if let Ok(port) = u16::try_from(port) {
                 ports.insert(port, if m == MtlsMode::Unset { mode } else { m });
@@ -141,5 +156,6 @@ pub(crate) fn resolve(
         default_mode: mode,
         ports,
         sources,
+        port_source,
     }
 }

@@ -304,6 +304,25 @@ impl CompiledAuthz {
         req
     }
 
+    /// Every AUDIT rule that matches, in policy order (`check` reports only the first).
+    pub(crate) fn audit_matches(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Vec<RuleId> {
+        let chain = match protocol {
+            Protocol::Http => &self.http,
+            Protocol::Tcp => &self.tcp,
+        };
+        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        let mut matched = chain
+            .audit
+            .rules
+            .rules()
+            .iter()
+            .filter(|r| r.matches(&ctx))
+            .map(|r| r.id)
+            .collect::<Vec<_>>();
+        matched.sort_unstable();
+        matched
+    }
+
     /// Istio's decision procedure, each step under the sentence of the AuthorizationPolicy
     /// reference (istio.io, `security/v1/authorization_policy.proto`) that it implements.
     pub(crate) fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {

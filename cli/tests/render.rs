@@ -1,0 +1,240 @@
+//! Issue 9, "Render and attachments": `render` carries only the policies that can apply to the
+//! selected workloads, refuses a manifest over the Kubernetes API's 1.5 MiB, and an EnvoyFilter
+//! fetching a remote module has its digest and the cluster the fetch goes through.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail by panicking"
+)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+        .args(args)
+        .output()
+        .expect("run meshauthz");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn file(name: &str, text: &str) -> String {
+    let d = std::env::temp_dir().join(format!("meshauthz-render-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    yaml.split("\n---")
+        .map(|d| d.trim_start_matches("---"))
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml_ng::from_str(d).unwrap())
+        .collect()
+}
+
+/// `namespace/name` of the policies a WasmPlugin carries.
+fn carried(yaml: &str) -> Vec<String> {
+    let plugin = &docs(yaml)[0];
+    let mut names: Vec<String> = plugin["spec"]["pluginConfig"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["metadata"]["namespace"].as_str().unwrap(),
+                p["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn policy(ns: &str, name: &str, selector: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  {selector}\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [/{name}]}}}}]\n---\n"
+    )
+}
+
+#[test]
+fn render_carries_only_what_can_apply() {
+    let text = [
+        policy("foo", "ns-wide", ""),
+        policy("foo", "echo", "selector: {matchLabels: {app: echo}}"),
+        policy(
+            "foo",
+            "echo-v2",
+            "selector: {matchLabels: {app: echo, version: v2}}",
+        ),
+        policy("foo", "other-app", "selector: {matchLabels: {app: other}}"),
+        policy("bar", "other-ns", ""),
+        policy("istio-system", "mesh", ""),
+    ]
+    .concat();
+    let f = file("mixed.yaml", &text);
+    let out = run(&[
+        "render",
+        "wasmplugin",
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--http-port",
+        "8080",
+        &f,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A pod with app=echo may also carry version=v2: that policy stays.
+    assert_eq!(
+        carried(&out.stdout),
+        [
+            "foo/echo",
+            "foo/echo-v2",
+            "foo/ns-wide",
+            "istio-system/mesh"
+        ]
+    );
+    assert!(
+        out.stderr.contains("carrying 4 of 6 policies"),
+        "{}",
+        out.stderr
+    );
+    let all = run(&[
+        "render",
+        "wasmplugin",
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--all",
+        &f,
+    ]);
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    assert_eq!(carried(&all.stdout).len(), 6);
+}
+
+#[test]
+fn a_manifest_over_the_api_limit_is_refused_with_its_size() {
+    // 1,000 policies of 40 paths each: about 1.9 MB in each WasmPlugin.
+    let paths: Vec<String> = (0..40).map(|i| format!("/api/v1/resource-{i}/*")).collect();
+    let text: String = (0..1000)
+        .map(|i| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p{i:04}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: DENY\n  rules:\n  - to: [{{operation: {{ports: [\"8080\"], paths: [{}]}}}}]\n---\n",
+                paths.join(", ")
+            )
+        })
+        .collect();
+    let f = file("many.yaml", &text);
+    let mut args = vec![
+        "render",
+        "wasmplugin",
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--http-port",
+        "8080",
+    ];
+    args.push(&f);
+    let out = run(&args);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "nothing printed when refused");
+    assert!(
+        out.stderr
+            .contains("over the Kubernetes API's request limit of 1572864 bytes"),
+        "{}",
+        out.stderr
+    );
+    // Another workload's attachment does not carry them and fits.
+    args[5] = "app=other";
+    let out = run(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn a_remote_module_needs_its_digest_and_gets_its_cluster() {
+    let f = file("one.yaml", &policy("foo", "a", ""));
+    let base = ["render", "envoyfilter", "--namespace", "foo"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        a.push(&f);
+        run(&a)
+    };
+    let out = with(&["--url", "https://modules.example:8443/meshauthz.wasm"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(out.stderr.contains("needs --sha256"), "{}", out.stderr);
+    let out = with(&["--url", "oci://registry.example/meshauthz:0.1.0"]);
+    assert_eq!(out.code, 2);
+
+    let sha = "ab".repeat(32);
+    let out = with(&[
+        "--url",
+        "https://modules.example:8443/meshauthz.wasm",
+        "--sha256",
+        &sha,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ef = &docs(&out.stdout)[0];
+    let patches = ef["spec"]["configPatches"].as_array().unwrap();
+    let wasm =
+        &patches[0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"];
+    assert_eq!(wasm["sha256"], sha.as_str());
+    let cluster_name = wasm["http_uri"]["cluster"].as_str().unwrap();
+    let cluster = patches
+        .iter()
+        .find(|p| p["applyTo"] == "CLUSTER")
+        .expect("the cluster the fetch names")["patch"]["value"]
+        .clone();
+    assert_eq!(cluster["name"], cluster_name);
+    let addr = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        ["address"]["socket_address"];
+    assert_eq!(addr["address"], "modules.example");
+    assert_eq!(addr["port_value"], 8443);
+    assert_eq!(
+        cluster["transport_socket"]["typed_config"]["sni"],
+        "modules.example"
+    );
+
+    // A local module: no cluster; its digest is computed for the WasmPlugin.
+    let module = file("m.wasm", "\0asm-module-bytes");
+    let url = format!("file://{module}");
+    let out = with(&["--url", &url]);
+    assert_eq!(out.code, 0);
+    assert!(!out.stdout.contains("applyTo: CLUSTER"));
+    let out = run(&[
+        "render",
+        "wasmplugin",
+        "--namespace",
+        "foo",
+        "--url",
+        &url,
+        &f,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plugin = &docs(&out.stdout)[0];
+    // sha256 of "\0asm-module-bytes".
+    let want = {
+        let o = Command::new("sha256sum").arg(&module).output().unwrap();
+        String::from_utf8(o.stdout).unwrap()[..64].to_string()
+    };
+    assert_eq!(plugin["spec"]["sha256"], want.as_str());
+}

@@ -240,6 +240,19 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
     }
     let listeners = prepared.listeners;
     let port_of = |p: &Probe| listeners.get(p.listener).copied();
+    // Both answers for a probe and Envoy's observed one, with the harness's own check.
+    let record = |p: &Probe, l: Listener, observed: Observed, log: Option<&Value>| {
+        let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
+        let harness = check_model(p, l.port, log, golden.chain == Chain::Http);
+        Record {
+            probe: p.clone(),
+            port: l.port,
+            policy_port: l.policy_port,
+            expected,
+            observed,
+            harness,
+        }
+    };
 
     let mut records = Vec::new();
     match golden.chain {
@@ -266,17 +279,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
                 let Some(l) = port_of(p) else { continue };
                 let log = by_id.get(&p.id.to_string());
                 let status = seen.get(&p.id).map_or(0, |s| s.status);
-                let observed = compare::observe_http(status, log);
-                let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
-                let harness = check_model(p, l.port, log, true);
-                records.push(Record {
-                    probe: p.clone(),
-                    port: l.port,
-                    policy_port: l.policy_port,
-                    expected,
-                    observed,
-                    harness,
-                });
+                records.push(record(p, l, compare::observe_http(status, log), log));
             }
         }
         Chain::Tcp => {
@@ -294,17 +297,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
                 let log = entries
                     .iter()
                     .find(|e| tcp_entry_matches(e, p, l.port, local));
-                let observed = compare::observe_tcp(&seen, log);
-                let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
-                let harness = check_model(p, l.port, log, false);
-                records.push(Record {
-                    probe: p.clone(),
-                    port: l.port,
-                    policy_port: l.policy_port,
-                    expected,
-                    observed,
-                    harness,
-                });
+                records.push(record(p, l, compare::observe_tcp(&seen, log), log));
             }
         }
     }

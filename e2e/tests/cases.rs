@@ -32,6 +32,9 @@ use meshauthz_e2e::workspace_root;
 use policy_engine::{load_str, LoadOptions, MeshConfig, PluginConfig, Workload};
 use support::{Case, CaseFile, HeaderValue, ListenerSpec, MeshSpec, ProtocolSpec, WorkloadSpec};
 
+/// The cases one Envoy plays: policies, mesh, workload, and each case with its file name.
+type Group = (String, MeshSpec, WorkloadSpec, Vec<(String, Case)>);
+
 /// Why a tagged case cannot be played on the wire, if it cannot.
 fn unplayable(case: &Case) -> Option<&'static str> {
     let r = &case.request;
@@ -136,8 +139,7 @@ fn tagged_decision_cases_hold_through_envoy() {
         .collect();
     files.sort();
     // (policies, mesh, workload) -> the cases to play on one Envoy.
-    let mut groups: BTreeMap<String, (String, MeshSpec, WorkloadSpec, Vec<(String, Case)>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut problems = Vec::new();
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();

@@ -283,7 +283,14 @@ pub fn run_matching(files: &[(&str, &str)], filter: &str) -> Report {
             }
             report.cases += 1;
             report.names.push(case.name.clone());
-            let problems = run_case(&parsed, case);
+            let mut problems = run_case(&parsed, case);
+            if case.e2e && (case.expect.is_none() || case.protocol != ProtocolSpec::Http) {
+                problems.push(
+                    "tagged `e2e: true` but not an HTTP decision (`expect`, protocol http): \
+                     e2e/tests/cases.rs could not play it"
+                        .to_string(),
+                );
+            }
             if !problems.is_empty() {
                 let mut msg = format!("{file}: case {:?}:", case.name);
                 for p in problems {

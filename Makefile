@@ -89,7 +89,7 @@ test-cli:
 # sanitizer (safe Rust), debug assertions and overflow checks on. The host target is named so the
 # flags do not reach build scripts and proc macros. Each target runs from a scratch corpus plus
 # the checked-in seeds (fuzz/corpus/<target>, built from the decision cases by `make fuzz-corpus`).
-FUZZ_TARGETS   := policy check cel
+FUZZ_TARGETS   := policy check cel request_path
 FUZZ_DIR       := target/fuzz
 FUZZ_HOST      = $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN       = $(FUZZ_DIR)/$(FUZZ_HOST)/release
@@ -107,7 +107,7 @@ FUZZ_SECONDS   ?= 600
 .PHONY: fuzz fuzz-smoke fuzz-build fuzz-corpus
 fuzz-build:
 	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" cargo build --quiet --release --manifest-path fuzz/Cargo.toml \
-	  --target-dir $(FUZZ_DIR) --target $(FUZZ_HOST) --bin policy --bin check --bin cel
+	  --target-dir $(FUZZ_DIR) --target $(FUZZ_HOST) $(FUZZ_TARGETS:%=--bin %)
 
 # A short run of each target (part of `make test`); findings are written to $(FUZZ_DIR)/artifacts.
 fuzz-smoke: fuzz-build

@@ -101,7 +101,7 @@ pub fn instructions(o: &Opts, rows: &[(&Variant, &Counted)]) -> Result<String> {
         let i = per(c);
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0} k | {:.2} | {:+.0} k | {:.0} |",
+            "| {} | {} | {} | {:.1} k | {:.3} | {:+.1} k | {:.0} |",
             v.key,
             v.what,
             v.policies(),

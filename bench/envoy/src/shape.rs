@@ -1,7 +1,8 @@
 //! The benchmark's one transformation of the sidecar template
 //! (`envoy-config/envoy/server-http.yaml`): the route answers with a direct response 200 (no
 //! upstream, so only the filter chain is measured), the access log is dropped, and each filter
-//! chain keeps only the filters of the variant. The mTLS listener, the HCM settings and the
+//! chain keeps only the filters of the variant (meshauthz's network companions, the
+//! `set_filter_state` of the peer SANs and `meshauthz_net`, only in meshauthz variants). The mTLS listener, the HCM settings and the
 //! meshauthz filters are the template's own.
 
 use std::path::Path;
@@ -61,7 +62,13 @@ pub fn shape(config: &str, chain: Chain, rbac: &[Value], noop_module: &Path) -> 
     for fc in list(&mut v, "/static_resources/listeners/0/filter_chains")? {
         let filters = list(fc, "/filters")?;
         let keep_net = matches!(chain, Chain::Meshauthz { net: true, .. });
-        filters.retain(|f| keep_net || name(f) != "envoy.filters.network.wasm");
+        let meshauthz = matches!(chain, Chain::Meshauthz { .. });
+        filters.retain(|f| match name(f) {
+            "envoy.filters.network.wasm" => keep_net,
+            // meshauthz's companion (the peer certificate's SANs as filter state).
+            "envoy.filters.network.set_filter_state" => meshauthz,
+            _ => true,
+        });
         let hcm = filters
             .iter_mut()
             .find(|f| name(f) == "envoy.filters.network.http_connection_manager")
@@ -177,6 +184,7 @@ mod tests {
         let hcm = "envoy.filters.network.http_connection_manager";
         let rbac = "envoy.filters.http.rbac";
         let router = "envoy.filters.http.router";
+        let sfs = "envoy.filters.network.set_filter_state";
         let realistic = Mix::Realistic {
             audit: true,
             first: false,
@@ -206,7 +214,7 @@ mod tests {
             (
                 FULL,
                 &[],
-                vec!["envoy.filters.network.wasm", hcm],
+                vec![sfs, "envoy.filters.network.wasm", hcm],
                 vec![
                     "meshauthz_http".into(),
                     format!("{rbac} LOG"),
@@ -222,7 +230,7 @@ mod tests {
                     enforce: true,
                 },
                 &[],
-                vec![hcm],
+                vec![sfs, hcm],
                 vec![
                     "meshauthz_http".into(),
                     "meshauthz_http_enforce".into(),

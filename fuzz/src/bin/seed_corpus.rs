@@ -81,6 +81,23 @@ fn main() -> Result<(), String> {
             if seen.insert(policies.to_string()) {
                 write(&out.join("policy"), format!("\0{policies}").as_bytes())?;
                 cel_expressions(policies, &mut expressions);
+                // The module's configuration: the same objects as JSON, the cases' workload.
+                let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(policies)
+                    .filter_map(|d| <Value as serde::Deserialize>::deserialize(d).ok())
+                    .filter(|v| !v.is_null())
+                    .collect();
+                let workload = case
+                    .get("workload")
+                    .or_else(|| doc.get("workload"))
+                    .cloned()
+                    .unwrap_or_else(
+                        || serde_json::json!({"namespace": "ns1", "labels": {"app": "b"}}),
+                    );
+                let config = serde_json::json!({"policies": objects, "workload": workload});
+                write(
+                    &out.join("request_path"),
+                    format!("\0{config}\n#host\n").as_bytes(),
+                )?;
             }
             let mut request = case.get("request").cloned().unwrap_or(Value::Null);
             if case.get("protocol").and_then(Value::as_str) == Some("tcp") {

@@ -603,13 +603,16 @@ fn accepted_expressions_evaluate_within_their_estimate() {
                     "`{src}`: {n} steps, bound {} ({result:?})",
                     e.cost()
                 );
-                worst_ratio = worst_ratio.max(n as f64 / e.cost() as f64);
+                if e.cost() > 1000 {
+                    worst_ratio = worst_ratio.max(n as f64 / e.cost() as f64);
+                }
             }
         }
     }
     eprintln!(
         "{accepted} accepted ({with_macros} with macros), {refused_for_cost} refused for cost, \
-         closest: {worst_ratio:.3} of the bound"
+         closest of those over 1000 units: \
+         {worst_ratio:.3} of the bound"
     );
     // The generator must exercise both sides of the budget.
     let share = |n: usize| n as f64 / cases as f64;
@@ -619,7 +622,7 @@ fn accepted_expressions_evaluate_within_their_estimate() {
         "only {refused_for_cost} refused for cost"
     );
     assert!(share(with_macros) > 0.02, "only {with_macros} with macros");
-    // The bound is not vacuous: some evaluation comes within a factor 10 of it.
+    // The bound is not vacuous: some costly evaluation comes within a factor 10 of it.
     assert!(
         worst_ratio > 0.1,
         "closest evaluation used {worst_ratio} of its bound"

@@ -22,6 +22,8 @@ help:
 	@echo "make sandbox-stop  stop the sandbox"
 	@echo "make test          every test: engine (native and wasm32), filter, end to end"
 	@echo "make build         the proxy-wasm module ($(MODULE))"
+	@echo "make test-matrix   the e2e suite against every supported Envoy release (README, Envoy versions)"
+	@echo "make soak          one million requests with live policy updates; Envoy RSS curve (BENCHMARKS.md)"
 	@echo "make bench         benchmarks: engine (criterion) and Envoy throughput (see BENCHMARKS.md)"
 
 # ---- set-up ---------------------------------------------------------------------------------
@@ -80,6 +82,26 @@ test-cli:
 
 e2e: build envoy compose-schema
 	cargo test -p meshauthz-e2e -- --test-threads=2
+
+# The e2e suite against each supported Envoy release, one after another (README, "Envoy
+# versions"). 1.38.3 is left out: its wheel is built without V8 ("Envoy was compiled without
+# support for it"), so it cannot run a Wasm module; 1.38.2 stands for the 1.38 line. Each release
+# is installed into .tools/envoy-<v>; the logs go to target/matrix/<v>.log; the summary to
+# target/matrix/summary.txt. CI runs the default ENVOY_VERSION only (`make e2e`).
+MATRIX_VERSIONS ?= 1.36.2 1.37.0 1.38.2 1.39.3 1.40.0
+.PHONY: test-matrix
+test-matrix: build compose-schema
+	@mkdir -p target/matrix; : > target/matrix/summary.txt
+	@cargo test --quiet -p meshauthz-e2e --no-run
+	@fail=0; for v in $(MATRIX_VERSIONS); do \
+	  $(MAKE) --no-print-directory envoy ENVOY_VERSION=$$v || { echo "$$v: install failed" | tee -a target/matrix/summary.txt; fail=1; continue; }; \
+	  echo "== Envoy $$v: e2e suite (log: target/matrix/$$v.log)"; \
+	  if MESHAUTHZ_ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -p meshauthz-e2e -- --test-threads=2 > target/matrix/$$v.log 2>&1; \
+	  then r=pass; else r=FAIL; fail=1; fi; \
+	  p=$$(grep -Eo '[0-9]+ passed' target/matrix/$$v.log | awk '{s+=$$1} END {print s+0}'); \
+	  f=$$(grep -Eo '[0-9]+ failed' target/matrix/$$v.log | awk '{s+=$$1} END {print s+0}'); \
+	  echo "$$v: $$r ($$p passed, $$f failed)" | tee -a target/matrix/summary.txt; \
+	done; exit $$fail
 
 # ---- benchmarks -----------------------------------------------------------------------------
 .PHONY: bench bench-engine bench-envoy oha

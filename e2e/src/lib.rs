@@ -21,6 +21,7 @@ pub mod certs;
 pub mod client;
 pub mod differential;
 pub mod envoy;
+pub mod load;
 pub mod policy;
 pub mod sandbox;
 pub mod sidecar;

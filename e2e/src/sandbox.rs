@@ -274,8 +274,17 @@ pub struct EnvoyPaths {
 
 /// `server-http.yaml` rendered for the sandbox.
 pub fn render_server(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> Result<String> {
+    render_server_from(&template(HTTP_TEMPLATE)?, ports, paths, plugin)
+}
+
+fn render_server_from(
+    text: &str,
+    ports: &Ports,
+    paths: &EnvoyPaths,
+    plugin: &Value,
+) -> Result<String> {
     render(
-        &template(HTTP_TEMPLATE)?,
+        text,
         &BTreeMap::from([
             ("ADMIN_PORT", ports.admin.to_string()),
             ("INBOUND_PORT", ports.inbound.to_string()),
@@ -289,9 +298,14 @@ pub fn render_server(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> Resul
 }
 
 /// `server-tcp.yaml` rendered for the compose sandbox (TCP echo behind it).
-pub fn render_server_tcp(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> Result<String> {
+fn render_server_tcp_from(
+    text: &str,
+    ports: &Ports,
+    paths: &EnvoyPaths,
+    plugin: &Value,
+) -> Result<String> {
     render(
-        &template(TCP_TEMPLATE)?,
+        text,
         &BTreeMap::from([
             ("ADMIN_PORT", ports.tcp_admin.to_string()),
             ("INBOUND_PORT", ports.tcp_inbound.to_string()),
@@ -306,8 +320,12 @@ pub fn render_server_tcp(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> R
 
 /// `client-sidecar.yaml` rendered for the sandbox.
 pub fn render_client(ports: &Ports, paths: &EnvoyPaths) -> Result<String> {
+    render_client_from(&template(CLIENT_TEMPLATE)?, ports, paths)
+}
+
+fn render_client_from(text: &str, ports: &Ports, paths: &EnvoyPaths) -> Result<String> {
     render(
-        &template(CLIENT_TEMPLATE)?,
+        text,
         &BTreeMap::from([
             ("ADMIN_PORT", ports.client_admin.to_string()),
             ("OUTBOUND_PORT", ports.client.to_string()),
@@ -779,10 +797,19 @@ impl Sandbox {
     }
 }
 
+// ---- the compose sandbox ---------------------------------------------------------------------
+
 /// Where the compose sandbox mounts the certificates inside the Envoy containers.
 pub const COMPOSE_CERT_DIR: &str = "/etc/meshauthz/certs";
 /// Where the compose sandbox mounts the module inside the Envoy containers.
 pub const COMPOSE_MODULE: &str = "/etc/meshauthz/meshauthz.wasm";
+/// The application's service name on the compose network.
+pub const COMPOSE_APP_HOST: &str = "echo";
+/// The server sidecar's service name on the compose network.
+pub const COMPOSE_SERVER_HOST: &str = "server";
+/// The sandbox-only policy allowing the known callers' addresses (`ipBlocks`), a template with
+/// `{{CLIENT_ADDRESS}}` and `{{LEGACY_ADDRESS}}` filled in once the containers have addresses.
+pub const COMPOSE_SOURCES_POLICY: &str = "30-allow-known-sources.yaml";
 
 /// The paths the compose sandbox's Envoy containers see (access logs go to the container's stdout).
 pub fn compose_paths() -> EnvoyPaths {
@@ -796,28 +823,116 @@ pub fn compose_paths() -> EnvoyPaths {
     }
 }
 
-/// Write the compose sandbox's inputs into `out` (`envoy-config/sandbox/generated/`):
-/// `envoy/<template name>` for every template (rendered for the container paths), `certs/`,
-/// `meshauthz.wasm` (a copy of the built module), `plugin-config.json`. Returns the files written.
-pub fn render_compose(out: &Path, cli: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
+fn replace_once(text: &str, name: &str, from: &str, to: &str) -> Result<String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => err(format!(
+            "envoy-config/envoy/{name}: expected `{from}` once (found {n} times); the compose rendering (e2e/src/sandbox.rs, for_containers) must follow the template"
+        )),
+    }
+}
+
+/// A template made fit for a container with its own address: the listeners named by `listen`
+/// (port placeholders) bind 0.0.0.0 instead of 127.0.0.1, and the one upstream cluster (port
+/// placeholder `upstream`) reaches `host` by name (`STRICT_DNS` instead of `STATIC`).
+pub fn for_containers(
+    text: &str,
+    name: &str,
+    listen: &[&str],
+    upstream: &str,
+    host: &str,
+) -> Result<String> {
+    let mut out = text.to_string();
+    for port in listen {
+        out = replace_once(
+            &out,
+            name,
+            &format!("address: 127.0.0.1, port_value: {{{{{port}}}}}"),
+            &format!("address: 0.0.0.0, port_value: {{{{{port}}}}}"),
+        )?;
+    }
+    out = replace_once(
+        &out,
+        name,
+        &format!("address: 127.0.0.1, port_value: {{{{{upstream}}}}}"),
+        &format!("address: {host}, port_value: {{{{{upstream}}}}}"),
+    )?;
+    replace_once(&out, name, "type: STATIC", "type: STRICT_DNS")
+}
+
+/// `server-http.yaml` rendered for the `server` container (upstream `echo:8090`).
+pub fn compose_server_http(plugin: &Value) -> Result<String> {
+    let text = for_containers(
+        &template(HTTP_TEMPLATE)?,
+        HTTP_TEMPLATE,
+        &["ADMIN_PORT", "INBOUND_PORT"],
+        "APP_PORT",
+        COMPOSE_APP_HOST,
+    )?;
+    render_server_from(&text, &Ports::default(), &compose_paths(), plugin)
+}
+
+/// `server-tcp.yaml` rendered for the `server-tcp` container (upstream `echo:9090`).
+pub fn compose_server_tcp(plugin: &Value) -> Result<String> {
+    let text = for_containers(
+        &template(TCP_TEMPLATE)?,
+        TCP_TEMPLATE,
+        &["ADMIN_PORT", "INBOUND_PORT"],
+        "APP_PORT",
+        COMPOSE_APP_HOST,
+    )?;
+    render_server_tcp_from(&text, &Ports::default(), &compose_paths(), plugin)
+}
+
+/// `client-sidecar.yaml` rendered for the `client` container (upstream `server:8080`).
+pub fn compose_client() -> Result<String> {
+    let text = for_containers(
+        &template(CLIENT_TEMPLATE)?,
+        CLIENT_TEMPLATE,
+        &["ADMIN_PORT", "OUTBOUND_PORT"],
+        "UPSTREAM_PORT",
+        COMPOSE_SERVER_HOST,
+    )?;
+    render_client_from(&text, &Ports::default(), &compose_paths())
+}
+
+/// The sources policy (`envoy-config/sandbox/30-allow-known-sources.yaml`) for these addresses.
+pub fn compose_sources_policy(client: &str, legacy: &str) -> Result<String> {
+    let path = workspace_root()
+        .join("envoy-config/sandbox")
+        .join(COMPOSE_SOURCES_POLICY);
+    let text = fs::read_to_string(&path)
+        .map_err(|e| Error(format!("cannot read {}: {e}", path.display())))?;
+    render(
+        &text,
+        &BTreeMap::from([
+            ("CLIENT_ADDRESS", client.to_string()),
+            ("LEGACY_ADDRESS", legacy.to_string()),
+        ]),
+    )
+}
+
+/// The policy files of the compose sandbox's server sidecars: the sample policies for `mode`,
+/// then `extra` (the rendered sources policy, once the addresses are known).
+pub fn compose_policy_files(mode: Mode, extra: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = policy_files(&workspace_root().join("envoy-config/policies"), mode)?;
+    files.extend(extra.iter().cloned());
+    Ok(files)
+}
+
+/// Write the server sidecars' configurations (`generated/envoy/server-{http,tcp}.yaml`) and
+/// `generated/plugin-config.json` for these policies, rewriting the files in place (a running
+/// container's bind mount keeps seeing them). Returns the files written.
+pub fn render_compose_servers(out: &Path, cli: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let ports = Ports::default();
-    let policies = workspace_root().join("envoy-config/policies");
-    let files = policy_files(&policies, mode)?;
-    let http = plugin_config(cli, &files, Some(ports.inbound))?;
-    let tcp = plugin_config(cli, &files, None)?;
+    let http = plugin_config(cli, files, Some(ports.inbound))?;
+    let tcp = plugin_config(cli, files, None)?;
     let envoy_dir = out.join("envoy");
-    let certs = out.join("certs");
     fs::create_dir_all(&envoy_dir)?;
-    let pki = Pki::generate(&certs)?;
-    pki.client(CLIENT_NS, CLIENT_SA)?;
-    let module = out.join("meshauthz.wasm");
-    fs::copy(module_path()?, &module)?;
-    let paths = compose_paths();
-    let mut written = vec![module];
+    let mut written = Vec::new();
     for (name, text) in [
-        (HTTP_TEMPLATE, render_server(&ports, &paths, &http)?),
-        (CLIENT_TEMPLATE, render_client(&ports, &paths)?),
-        (TCP_TEMPLATE, render_server_tcp(&ports, &paths, &tcp)?),
+        (HTTP_TEMPLATE, compose_server_http(&http)?),
+        (TCP_TEMPLATE, compose_server_tcp(&tcp)?),
     ] {
         let path = envoy_dir.join(name);
         fs::write(&path, text)?;
@@ -826,6 +941,45 @@ pub fn render_compose(out: &Path, cli: &Path, mode: Mode) -> Result<Vec<PathBuf>
     let plugin = out.join("plugin-config.json");
     fs::write(&plugin, serde_json::to_string_pretty(&http)?)?;
     written.push(plugin);
+    Ok(written)
+}
+
+/// Write the compose sandbox's inputs into `out` (`envoy-config/sandbox/generated/`):
+/// `envoy/<template name>` for every template (rendered for the containers), `certs/` (kept when
+/// complete), `meshauthz.wasm` (a copy of the built module), `plugin-config.json`. Returns the
+/// files written.
+pub fn render_compose(
+    out: &Path,
+    cli: &Path,
+    mode: Mode,
+    extra: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
+    let envoy_dir = out.join("envoy");
+    let certs = out.join("certs");
+    fs::create_dir_all(&envoy_dir)?;
+    // Keep the certificates of an earlier rendering: running containers trust that CA (only the
+    // server sidecars restart for the STRICT step).
+    let client = format!("client-{CLIENT_NS}-{CLIENT_SA}");
+    let have_certs = ["ca.crt", "server.crt", "server.key"]
+        .iter()
+        .map(|f| f.to_string())
+        .chain([format!("{client}.crt"), format!("{client}.key")])
+        .all(|f| certs.join(f).is_file());
+    if !have_certs {
+        let pki = Pki::generate(&certs)?;
+        pki.client(CLIENT_NS, CLIENT_SA)?;
+    }
+    let module = out.join("meshauthz.wasm");
+    fs::copy(module_path()?, &module)?;
+    let mut written = vec![module];
+    written.extend(render_compose_servers(
+        out,
+        cli,
+        &compose_policy_files(mode, extra)?,
+    )?);
+    let client = envoy_dir.join(CLIENT_TEMPLATE);
+    fs::write(&client, compose_client()?)?;
+    written.push(client);
     written.push(certs);
     Ok(written)
 }

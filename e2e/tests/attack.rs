@@ -24,7 +24,7 @@ use meshauthz_e2e::assert::{assert_denied, assert_ok};
 use meshauthz_e2e::client::{self, TcpOutcome, Transport};
 use meshauthz_e2e::envoy::free_port;
 use meshauthz_e2e::policy;
-use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_e2e::sidecar::{remove_filter, Sidecar, TCP_TEMPLATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -196,6 +196,82 @@ spec:
             .send()
             .unwrap(),
     );
+}
+
+/// The rendered HTTP template without `meshauthz_net`. The VM configuration is anchored
+/// (`&meshauthz_vm`) in that filter, so the HTTP filters' aliases get it inline.
+fn without_meshauthz_net(config: &str) -> meshauthz_e2e::Result<String> {
+    let lines: Vec<&str> = config.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "vm_config: &meshauthz_vm")
+        .expect("the template anchors the VM configuration");
+    let body: Vec<&str> = lines[at + 1..at + 4].iter().map(|l| l.trim()).collect();
+    let inline = format!("vm_config: {{{}}}", body.join(", "));
+    let out = remove_filter(
+        config,
+        "envoy.filters.network.wasm",
+        "root_id: meshauthz_net",
+        1,
+    )?;
+    Ok(out.replace("vm_config: *meshauthz_vm", &inline))
+}
+
+/// Issue 7 §2 without `meshauthz_net` (a `WasmPlugin` install on HTTP ports only): the HTTP
+/// stage reads the SAN list from connection filter state itself, with the same result. And
+/// without the `set_filter_state` companion, a certificate is refused wherever a policy reads the
+/// principal: the module cannot know how many SANs it has.
+#[test]
+fn two_san_certificate_without_the_network_stage_and_without_the_companion() {
+    let no_net = Sidecar::builder("attack-two-sans-no-net")
+        .policies(DENY_BLOCKED)
+        .transform(without_meshauthz_net)
+        .start()
+        .unwrap();
+    let cert = no_net
+        .pki
+        .client_with_uris("admin-blocked", &[ADMIN, BLOCKED])
+        .unwrap();
+    assert_denied(
+        &no_net
+            .get("/", Transport::mtls(&no_net.pki, &cert))
+            .send()
+            .unwrap(),
+    );
+    assert_ok(
+        &no_net
+            .get("/", no_net.mtls("foo", "admin").unwrap())
+            .send()
+            .unwrap(),
+    );
+
+    let no_companion = Sidecar::builder("attack-no-san-companion")
+        .policies(DENY_BLOCKED)
+        .transform(|c| {
+            remove_filter(
+                c,
+                "envoy.filters.network.set_filter_state",
+                "meshauthz.peer_sans",
+                1,
+            )
+        })
+        .start()
+        .unwrap();
+    assert_denied(
+        &no_companion
+            .get("/", no_companion.mtls("foo", "admin").unwrap())
+            .send()
+            .unwrap(),
+    );
+    no_companion
+        .envoy
+        .wait_log_contains(
+            "SAN list (connection filter state meshauthz.peer_sans) is missing",
+            WAIT,
+        )
+        .unwrap();
+    // Plaintext carries no certificate: the policies decide as before.
+    assert_ok(&no_companion.get("/", Transport::Plaintext).send().unwrap());
 }
 
 /// Issue 7 §2, TCP: the same certificates on a TCP port are closed before any byte reaches the

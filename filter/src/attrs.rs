@@ -83,6 +83,52 @@ pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
+/// Why a peer certificate's identity cannot be taken as Envoy RBAC would take it. Such a
+/// certificate is refused wherever a policy reads the principal: Envoy's `authenticated`
+/// matcher tries every URI SAN, every DNS SAN and the subject, and matching fewer could let a
+/// DENY miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// No SAN list in connection filter state: the `set_filter_state` companion is not on this
+    /// filter chain (or runs after `meshauthz_net`).
+    NoSanList,
+    /// The certificate carries more than one SAN (URI and DNS counted together), or a SAN with a
+    /// separator in it: one identity cannot stand for it.
+    SeveralSans,
+}
+
+impl Unseen {
+    pub fn message(self) -> &'static str {
+        match self {
+            Unseen::NoSanList => "the peer certificate's SAN list (connection filter state meshauthz.peer_sans) is missing: put envoy.filters.network.set_filter_state with on_downstream_tls_handshake first on the filter chain (see the templates): connection denied",
+            Unseen::SeveralSans => "the peer certificate carries more than one SAN: Envoy RBAC would match every one of them, meshauthz matches one identity: connection denied",
+        }
+    }
+}
+
+/// The one SAN of the peer SAN list `<uri,uri,...> <dns,dns,...>` (connection filter state
+/// `meshauthz.peer_sans`, see `names::PEER_SANS`), `None` for none. Counting splits at every comma
+/// and space, so a SAN that contains one is counted twice: refused, never matched in pieces.
+pub fn single_san(sans: &str) -> Result<Option<&str>, Unseen> {
+    let (uris, dns) = sans.split_once(' ').ok_or(Unseen::SeveralSans)?;
+    let all = [uris, dns];
+    let count: usize = all
+        .iter()
+        .map(|list| {
+            if list.is_empty() {
+                0
+            } else {
+                list.split([',', ' ']).count()
+            }
+        })
+        .sum();
+    match count {
+        0 => Ok(None),
+        1 => Ok(all.into_iter().find(|l| !l.is_empty())),
+        _ => Err(Unseen::SeveralSans),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +210,27 @@ mod tests {
         }
         // A count far larger than the buffer.
         assert_eq!(decode_pairs(&[0xff, 0xff, 0xff, 0x7f]), None);
+    }
+
+    #[test]
+    fn one_san_is_the_identity_several_are_refused() {
+        let one = "spiffe://cluster.local/ns/foo/sa/admin";
+        assert_eq!(single_san(&format!("{one} ")), Ok(Some(one)));
+        assert_eq!(single_san(" client.foo.svc"), Ok(Some("client.foo.svc")));
+        assert_eq!(single_san(" "), Ok(None));
+        // As Envoy 1.40 writes a certificate with two URI SANs and a DNS SAN.
+        for sans in [
+            "spiffe://cluster.local/ns/foo/sa/admin,spiffe://cluster.local/ns/default/sa/blocked ",
+            "spiffe://cluster.local/ns/foo/sa/admin x.example",
+            " a.example,b.example",
+            // A SAN with a separator inside is never read as one identity.
+            "spiffe://td/a,b ",
+            "spiffe://td/a b ",
+            // Not what the companion writes.
+            "",
+            "spiffe://td/a",
+        ] {
+            assert_eq!(single_san(sans), Err(Unseen::SeveralSans), "{sans:?}");
+        }
     }
 }

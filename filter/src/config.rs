@@ -211,11 +211,11 @@ mod tests {
         let compiled = compile(&cfg, &NodeWorkload::default()).unwrap();
         assert_eq!(compiled.http_ports, vec![8080]);
         assert_eq!(
-            compiled.authz.mtls_mode(8080),
+            compiled.authz.mtls_mode_at(Some(8080)),
             policy_engine::MtlsMode::Strict
         );
         assert_eq!(
-            compiled.authz.mtls_mode(9000),
+            compiled.authz.mtls_mode_at(Some(9000)),
             policy_engine::MtlsMode::Permissive
         );
         assert!(compiled.named_ports.contains(&9000));
@@ -254,7 +254,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &node).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode(80),
+            compiled.authz.mtls_mode_at(Some(80)),
             policy_engine::MtlsMode::Strict
         );
         let other = NodeWorkload {
@@ -264,7 +264,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &other).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode(80),
+            compiled.authz.mtls_mode_at(Some(80)),
             policy_engine::MtlsMode::Permissive
         );
         // Labels present but unreadable: refused rather than read as "no labels".

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use policy_engine::{Attributes, Decision, HttpAttributes, MtlsMode, Protocol};
 
-use crate::attrs::{decode_bool, decode_port, decode_str, parse_ip};
+use crate::attrs::{decode_bool, decode_port, decode_str, parse_ip, single_san, Unseen};
 use crate::names::{JWT_AUTHN, PEER_SANS};
 use crate::traits::{Authorizer, Host};
 use crate::vm::ConnFacts;
@@ -28,29 +28,6 @@ fn header(host: &dyn Host, name: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-/// Why a peer certificate's identity cannot be taken as Envoy RBAC would take it. Such a
-/// certificate is refused wherever a policy reads the principal: Envoy's `authenticated`
-/// matcher tries every URI SAN, every DNS SAN and the subject, and matching fewer could let a
-/// DENY miss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unseen {
-    /// No SAN list in connection filter state: the `set_filter_state` companion is not on this
-    /// filter chain (or runs after `meshauthz_net`).
-    NoSanList,
-    /// The certificate carries more than one SAN (URI and DNS counted together), or a SAN with a
-    /// separator in it: one identity cannot stand for it.
-    SeveralSans,
-}
-
-impl Unseen {
-    pub fn message(self) -> &'static str {
-        match self {
-            Unseen::NoSanList => "the peer certificate's SAN list (connection filter state meshauthz.peer_sans) is missing: put envoy.filters.network.set_filter_state with on_downstream_tls_handshake first on the filter chain (see the templates): connection denied",
-            Unseen::SeveralSans => "the peer certificate carries more than one SAN: Envoy RBAC would match every one of them, meshauthz matches one identity: connection denied",
-        }
-    }
-}
-
 /// The peer identity as Envoy RBAC's `authenticated` principal sees it, for a certificate with at
 /// most one SAN: that SAN (URI or DNS), else the subject. Read from the SAN list Envoy's
 /// `set_filter_state` companion wrote ([`crate::names::PEER_SANS`]); proxy-wasm itself exposes
@@ -63,28 +40,6 @@ pub(crate) fn peer_identity(host: &dyn Host) -> Result<Option<String>, Unseen> {
     match single_san(&sans)? {
         Some(san) => Ok(Some(san.to_string())),
         None => Ok(prop_str(host, &["connection", "subject_peer_certificate"])),
-    }
-}
-
-/// The one SAN of `<uri,uri,...> <dns,dns,...>`, `None` for none. Counting splits at every comma
-/// and space, so a SAN that contains one is counted twice: refused, never matched in pieces.
-fn single_san(sans: &str) -> Result<Option<&str>, Unseen> {
-    let (uris, dns) = sans.split_once(' ').ok_or(Unseen::SeveralSans)?;
-    let all = [uris, dns];
-    let count: usize = all
-        .iter()
-        .map(|list| {
-            if list.is_empty() {
-                0
-            } else {
-                list.split([',', ' ']).count()
-            }
-        })
-        .sum();
-    match count {
-        0 => Ok(None),
-        1 => Ok(all.into_iter().find(|l| !l.is_empty())),
-        _ => Err(Unseen::SeveralSans),
     }
 }
 
@@ -122,15 +77,6 @@ impl Transport {
     }
 }
 
-/// The mTLS mode at `port`; an unknown port where ports differ is taken as STRICT (the strictest).
-pub(crate) fn mode_at(authz: &dyn Authorizer, port: Option<u16>) -> MtlsMode {
-    match port {
-        Some(p) => authz.mtls_mode(p),
-        None if authz.port_specific_mtls() => MtlsMode::Strict,
-        None => authz.mtls_mode(0),
-    }
-}
-
 /// `facts`: what `meshauthz_net` recorded for this connection, if anything; else the host is
 /// asked.
 pub(crate) fn transport(
@@ -147,7 +93,7 @@ pub(crate) fn transport(
             .unwrap_or(false),
     };
     let need_port =
-        always_port || authz.requirements().destination_port || authz.port_specific_mtls();
+        always_port || authz.requirements().destination_port || authz.has_port_level_mtls();
     let port = match facts {
         _ if !need_port => None,
         Some(f) => f.port,
@@ -155,7 +101,7 @@ pub(crate) fn transport(
             .property(&["destination", "port"])
             .and_then(|b| decode_port(&b)),
     };
-    let mode = mode_at(authz, port);
+    let mode = authz.mtls_mode_at(port);
     Transport { mtls, port, mode }
 }
 
@@ -274,31 +220,4 @@ pub(crate) fn evaluate(
         }),
     };
     authz.check(protocol, &attrs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_san_is_the_identity_several_are_refused() {
-        let one = "spiffe://cluster.local/ns/foo/sa/admin";
-        assert_eq!(single_san(&format!("{one} ")), Ok(Some(one)));
-        assert_eq!(single_san(" client.foo.svc"), Ok(Some("client.foo.svc")));
-        assert_eq!(single_san(" "), Ok(None));
-        // As Envoy 1.40 writes a certificate with two URI SANs and a DNS SAN.
-        for sans in [
-            "spiffe://cluster.local/ns/foo/sa/admin,spiffe://cluster.local/ns/default/sa/blocked ",
-            "spiffe://cluster.local/ns/foo/sa/admin x.example",
-            " a.example,b.example",
-            // A SAN with a separator inside is never read as one identity.
-            "spiffe://td/a,b ",
-            "spiffe://td/a b ",
-            // Not what the companion writes.
-            "",
-            "spiffe://td/a",
-        ] {
-            assert_eq!(single_san(sans), Err(Unseen::SeveralSans), "{sans:?}");
-        }
-    }
 }

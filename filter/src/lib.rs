@@ -2,12 +2,16 @@
 //! stock Envoy. See `filter/README.md` for the configuration, the filter order and the
 //! fail-closed behaviour.
 //!
+//! This crate is the request path, independent of the host: it does not depend on proxy-wasm.
+//! The module is the thin cdylib in `module/` (`module/src/host.rs`: `ProxyHost` implements
+//! [`traits::Host`] with proxy-wasm host calls and forwards each callback to its stage here); the
+//! tests drive the same path with a fake host.
+//!
 //! One file per step of the data path; each imports only the ones listed below it, so that the
-//! arrows point down and every file reads alone:
+//! arrows point down and every file reads alone (`tests/layout.rs` checks the order):
 //!
 //! | file | step |
 //! |---|---|
-//! | [`host`] | the proxy-wasm adapter: the only file that uses proxy-wasm; forwards callbacks to the stages |
 //! | [`http`] | HTTP stages: decide per request, enforce (`403`) |
 //! | [`net`] | network stages: transport check, connection facts, TCP decisions, enforce (close) |
 //! | [`enforce`] | the one enforce step both share: the verdict from filter state, the AUDIT companion check |
@@ -25,7 +29,6 @@ pub mod attrs;
 pub mod config;
 pub mod enforce;
 pub mod fetch;
-pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod names;

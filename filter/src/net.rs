@@ -9,9 +9,7 @@ use policy_engine::{MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64};
 use crate::enforce::{self, Keys};
-use crate::fetch::{
-    evaluate, mode_at, peer_identity, principal, prop_ip, prop_str, transport, Transport,
-};
+use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::names::{
     FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
 };
@@ -58,26 +56,29 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
         host.set_filter_state(PEER_IP, ip.to_string().as_bytes());
     }
     let chain = prop_str(host, &["xds", "filter_chain_name"]);
-    let plaintext = chain.is_some_and(|name| c.plaintext_filter_chains.contains(&name));
+    let plaintext = chain
+        .as_ref()
+        .is_some_and(|name| c.plaintext_filter_chains.contains(name));
     let authz = c.authz.as_ref();
     // The port is read when the mode depends on it (and always for the plaintext counters).
-    let port = if plaintext || authz.port_specific_mtls() {
+    let port = if plaintext || authz.has_port_level_mtls() {
         host.property(&["destination", "port"])
             .and_then(|b| decode_port(&b))
     } else {
         None
     };
-    let mode = mode_at(authz, port);
+    let mode = authz.mtls_mode_at(port);
     if plaintext {
         let rejected = mode == MtlsMode::Strict;
         plugin.count(|m| m.plaintext_id(port, !rejected));
         if rejected {
             return conn.close(host);
         }
-    } else if mode == MtlsMode::Disable {
-        // Not a plaintext chain (TLS, or a chain missing from plaintextFilterChains) on a
-        // DISABLE port: Istio has only plaintext chains there, so a TLS client fails. Reset
-        // before the handshake, as Istio's missing filter chain does.
+    } else if mode == MtlsMode::Disable && chain.is_some() {
+        // A named chain not listed in plaintextFilterChains (TLS) on a DISABLE port: Istio has
+        // only plaintext chains there, so a TLS client fails. Reset before the handshake, as
+        // Istio's missing filter chain does. (A chain the host does not name is checked at
+        // first data, when `connection.mtls` tells.)
         plugin.count(|m| m.disable_tls_rejected);
         return conn.close(host);
     }

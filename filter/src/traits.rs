@@ -29,10 +29,12 @@ pub trait Host {
 /// use a scripted one to drive every action path.
 pub trait Authorizer {
     fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision;
-    fn mtls_mode(&self, port: u16) -> MtlsMode;
+    /// The mTLS mode at `port`; at an unknown port (`None`) the engine's answer, which never
+    /// admits more than any port would.
+    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode;
     /// Whether some port has its own mode (`portLevelMtls`): only then is the port fetched for
     /// the transport check.
-    fn port_specific_mtls(&self) -> bool;
+    fn has_port_level_mtls(&self) -> bool;
     fn requirements(&self) -> &Requirements;
     fn rule_name(&self, id: RuleId) -> String;
 }
@@ -41,11 +43,11 @@ impl Authorizer for Engine {
     fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
         Engine::check(self, protocol, attrs)
     }
-    fn mtls_mode(&self, port: u16) -> MtlsMode {
-        Engine::mtls_mode(self, port)
+    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+        Engine::mtls_mode_at(self, port)
     }
-    fn port_specific_mtls(&self) -> bool {
-        !self.mtls().ports.is_empty()
+    fn has_port_level_mtls(&self) -> bool {
+        Engine::has_port_level_mtls(self)
     }
     fn requirements(&self) -> &Requirements {
         Engine::requirements(self)

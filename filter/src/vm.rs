@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use crate::attrs::Unseen;
 use crate::config::Compiled;
-use crate::fetch::Unseen;
 use crate::names::{ROOT_HTTP, ROOT_HTTP_ENFORCE, ROOT_NET, ROOT_NET_ENFORCE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

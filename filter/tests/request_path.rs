@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use log::Level;
-use meshauthz::config::Compiled;
-use meshauthz::net::Conn;
-use meshauthz::plugin::Plugin;
-use meshauthz::traits::{Authorizer, Flow, Host};
-use meshauthz::vm::VmState;
-use meshauthz::{http, metrics, names, net};
+use meshauthz_filter::config::Compiled;
+use meshauthz_filter::net::Conn;
+use meshauthz_filter::plugin::Plugin;
+use meshauthz_filter::traits::{Authorizer, Flow, Host};
+use meshauthz_filter::vm::VmState;
+use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
     Attributes, Cause, Decision, MtlsMode, Protocol, Requirements, RuleId, ShadowResult,
 };
@@ -218,14 +218,20 @@ impl Authorizer for Scripted {
         });
         self.decision
     }
-    fn mtls_mode(&self, port: u16) -> MtlsMode {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map(|(_, m)| *m)
-            .unwrap_or(self.default_mode)
+    /// As the engine answers it: at an unknown port STRICT when ports differ.
+    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+        match port {
+            Some(port) => self
+                .ports
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, m)| *m)
+                .unwrap_or(self.default_mode),
+            None if self.has_port_level_mtls() => MtlsMode::Strict,
+            None => self.default_mode,
+        }
     }
-    fn port_specific_mtls(&self) -> bool {
+    fn has_port_level_mtls(&self) -> bool {
         !self.ports.is_empty()
     }
     fn requirements(&self) -> &Requirements {
@@ -689,7 +695,7 @@ fn tls_on_a_disable_port_is_refused() {
         let mut s = Setup::new(allow(Cause::NoAllowPolicy));
         s.ports = vec![(9000, MtlsMode::Disable)];
         let (net, _, _) = s.build(&host);
-        net.stage.set(Some(meshauthz::vm::Stage::NetDecide));
+        net.stage.set(Some(meshauthz_filter::vm::Stage::NetDecide));
         let mut conn = Conn::default();
         let flow = net::new_connection(&host, &net, &mut conn);
         assert_eq!(flow == Flow::Stop, reset, "{chain} {port}");
@@ -1212,7 +1218,7 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
         let p = Plugin::new(Rc::new(VmState::default()));
         assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());
-        p.compiled().unwrap().authz.mtls_mode(8080)
+        p.compiled().unwrap().authz.mtls_mode_at(Some(8080))
     };
     assert_eq!(
         mode_for(&[("app", "echo"), ("version", "v1")]),

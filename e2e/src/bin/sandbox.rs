@@ -9,6 +9,16 @@
 //! sandbox hints                    print the commands to try by hand
 //! sandbox echo --port N --dir D    the echo application (what `up` runs detached)
 //! sandbox render-compose [--out D] [--strict]   inputs of envoy-config/sandbox/docker-compose.yaml
+//! sandbox compose [COMPOSE FLAGS]   the compose sandbox on Docker or podman: build local images
+//!                                  (podman), up, play the story, down (also on failure); exit 1 if
+//!                                  a step misbehaved, 0 with one line saying why if no engine runs
+//!
+//! COMPOSE FLAGS: --project (meshauthz-sandbox) --compose-dir (envoy-config/sandbox; another folder
+//!             gets a copy of the compose file) --work (target/sandbox-compose: images, containers.conf)
+//!             --compose-admin-port (19901) --compose-client-admin-port (19902)
+//!             --compose-tcp-admin-port (19903)
+//!             --keep (leave it running after the story)
+//! sandbox compose-down [--project P]   stop what `sandbox compose --keep` (or an interrupted run) left
 //!
 //! PORT FLAGS: --port (server inbound, 8080) --admin-port (9901) --app-port (8090)
 //!             --client-port (8000) --client-admin-port (9902)
@@ -29,6 +39,9 @@ use meshauthz_e2e::sandbox::{
 use meshauthz_e2e::{workspace_root, Error, Result};
 use serde_json::Value;
 
+#[path = "sandbox/compose_story.rs"]
+mod compose_story;
+
 struct Args {
     command: String,
     rest: Vec<String>,
@@ -39,6 +52,7 @@ struct Args {
     strict: bool,
     hints: bool,
     echo_port: Option<u16>,
+    compose: compose_story::Options,
 }
 
 fn port_arg(flag: &str, value: Option<&String>) -> Result<u16> {
@@ -53,7 +67,7 @@ fn parse_args() -> Result<Args> {
     let mut it = argv.iter();
     let command = it.next().cloned().ok_or_else(|| {
         Error(
-            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose (see the source header)"
+            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down (see the source header)"
                 .into(),
         )
     })?;
@@ -67,6 +81,7 @@ fn parse_args() -> Result<Args> {
         strict: false,
         hints: false,
         echo_port: None,
+        compose: compose_story::Options::default(),
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -94,6 +109,33 @@ fn parse_args() -> Result<Args> {
                 )
             }
             "--strict" => a.strict = true,
+            "--keep" => a.compose.keep = true,
+            "--project" => {
+                a.compose.project = it
+                    .next()
+                    .filter(|p| {
+                        !p.is_empty()
+                            && p.chars()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    })
+                    .ok_or_else(|| Error("--project needs a name of [a-z0-9-]".into()))?
+                    .clone()
+            }
+            "--compose-dir" => {
+                a.compose.dir = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| Error("--compose-dir needs a path".into()))?,
+                )
+            }
+            "--work" => {
+                a.compose.work = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| Error("--work needs a path".into()))?,
+                )
+            }
+            "--compose-admin-port" => a.compose.server_admin = port_arg(flag, it.next())?,
+            "--compose-client-admin-port" => a.compose.client_admin = port_arg(flag, it.next())?,
+            "--compose-tcp-admin-port" => a.compose.tcp_admin = port_arg(flag, it.next())?,
             "--hints" => a.hints = true,
             other if other.starts_with("--") => {
                 return Err(Error(format!("unknown flag {other}")));
@@ -186,13 +228,15 @@ fn run() -> Result<ExitCode> {
             } else {
                 Mode::Permissive
             };
-            for p in render_compose(&args.out, &sb.cli, mode)? {
+            for p in render_compose(&args.out, &sb.cli, mode, &[])? {
                 println!("wrote {}", shown(&p));
             }
             Ok(ExitCode::SUCCESS)
         }
+        "compose" => compose_story::main(&args.compose, &sb.cli),
+        "compose-down" => compose_story::down(&args.compose),
         other => Err(Error(format!(
-            "unknown command {other:?}: up|demo|ci|mode|down|hints|echo|render-compose"
+            "unknown command {other:?}: up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down"
         ))),
     }
 }

@@ -555,7 +555,12 @@ fn accepted_expressions_evaluate_within_their_estimate() {
     let mut rng_seed = 0x5eed_u64;
     let (mut accepted, mut refused_for_cost, mut with_macros) = (0, 0, 0);
     let mut worst_ratio = 0.0f64;
-    for _ in 0..1500 {
+    // MESHAUTHZ_CEL_CASES=20000 for a longer run.
+    let cases: u64 = std::env::var("MESHAUTHZ_CEL_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    for _ in 0..cases {
         rng_seed = rng_seed.wrapping_add(1);
         let mut g = Gen {
             rng: Rng(rng_seed),
@@ -607,12 +612,13 @@ fn accepted_expressions_evaluate_within_their_estimate() {
          closest: {worst_ratio:.3} of the bound"
     );
     // The generator must exercise both sides of the budget.
-    assert!(accepted > 300, "only {accepted} accepted");
+    let share = |n: usize| n as f64 / cases as f64;
+    assert!(share(accepted) > 0.3, "only {accepted} accepted");
     assert!(
-        refused_for_cost > 20,
+        share(refused_for_cost) > 0.05,
         "only {refused_for_cost} refused for cost"
     );
-    assert!(with_macros > 30, "only {with_macros} with macros");
+    assert!(share(with_macros) > 0.02, "only {with_macros} with macros");
     // The bound is not vacuous: some evaluation comes within a factor 10 of it.
     assert!(
         worst_ratio > 0.1,

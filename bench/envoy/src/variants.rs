@@ -1,0 +1,304 @@
+//! The variants a run measures: which filters the server Envoy runs, and on which policies.
+
+use std::path::PathBuf;
+
+use crate::mix::Mix;
+use crate::options::{Mode, Opts};
+
+/// Which filters a variant's listener runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// HTTP connection manager with the router only.
+    NoFilter,
+    /// Envoy's RBAC filters with the policies as istiod writes them, then the router.
+    Rbac,
+    /// The meshauthz stages kept from the template: the network filter, the HTTP decide stage,
+    /// the RBAC LOG companion, the HTTP enforce stage.
+    Meshauthz {
+        net: bool,
+        decide: bool,
+        log: bool,
+        enforce: bool,
+    },
+    /// `filters` copies of the no-op proxy-wasm filter (`bench/noop-filter`, one VM), each making
+    /// `calls` host calls of kind `call` (see the module) per request: the floor of any proxy-wasm
+    /// filter in this Envoy, and what a host call costs. With `stripped`, the module as
+    /// `meshauthz-strip-exports` leaves it (as `make build` leaves meshauthz's), else with every
+    /// callback the SDK exports.
+    Noop {
+        filters: usize,
+        calls: u32,
+        call: &'static str,
+        stripped: bool,
+    },
+}
+
+pub const FULL: Chain = Chain::Meshauthz {
+    net: true,
+    decide: true,
+    log: true,
+    enforce: true,
+};
+
+#[derive(Clone)]
+pub struct Variant {
+    pub key: String,
+    pub what: String,
+    pub chain: Chain,
+    /// The mix's size N (see [`Mix`]; [`Variant::policies`] is the number of policies).
+    pub size: usize,
+    pub mix: Mix,
+    /// Another build of the meshauthz module (`--baseline-module`); `None`: the current one.
+    pub module: Option<PathBuf>,
+}
+
+impl Variant {
+    /// How many policies the workload has.
+    pub fn policies(&self) -> usize {
+        self.mix.policies(self.size)
+    }
+
+    /// Does the variant authorize (so a principal no policy names must get 403)?
+    pub fn authorizes(&self) -> bool {
+        self.size > 0
+            && matches!(
+                self.chain,
+                Chain::Rbac | Chain::Meshauthz { decide: true, .. }
+            )
+    }
+}
+
+const UNIFORM: Mix = Mix::Uniform { audit: false };
+const UNIFORM_AUDIT: Mix = Mix::Uniform { audit: true };
+
+fn realistic(audit: bool, first: bool) -> Mix {
+    Mix::Realistic { audit, first }
+}
+
+fn v(key: &str, what: &str, chain: Chain, size: usize, mix: Mix) -> Variant {
+    Variant {
+        key: key.to_string(),
+        what: what.to_string(),
+        chain,
+        size,
+        mix,
+        module: None,
+    }
+}
+
+/// Issue 12's realistic mix: native RBAC and meshauthz, matched by the last and the first
+/// ALLOW policy, with and without the AUDIT policy. Native RBAC is left out at 10,000 (about
+/// 10 ms per request when matched late: nothing to learn, and a run would take hours).
+fn realistic_variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    for (n, first) in [
+        (10, false),
+        (1000, false),
+        (1000, true),
+        (10_000, false),
+        (10_000, true),
+    ] {
+        let at = if first { "first" } else { "last" };
+        let suffix = if first { "-first" } else { "" };
+        if n <= 1000 {
+            out.push(v(
+                &format!("rb-{n}{suffix}"),
+                &format!("Envoy RBAC (istiod style), realistic mix, {at} ALLOW"),
+                Chain::Rbac,
+                n,
+                realistic(true, first),
+            ));
+        }
+        out.push(v(
+            &format!("rc-{n}{suffix}"),
+            &format!("meshauthz, full chain, realistic mix, {at} ALLOW"),
+            FULL,
+            n,
+            realistic(true, first),
+        ));
+    }
+    for n in [10, 1000] {
+        if n == 10 {
+            out.push(v(
+                "rb-10-noaudit",
+                "Envoy RBAC (istiod style), realistic mix without AUDIT, last ALLOW",
+                Chain::Rbac,
+                n,
+                realistic(false, false),
+            ));
+        }
+        out.push(v(
+            &format!("rc-{n}-noaudit"),
+            "meshauthz, full chain, realistic mix without AUDIT, last ALLOW",
+            FULL,
+            n,
+            realistic(false, false),
+        ));
+    }
+    out
+}
+
+pub fn variants(o: &Opts) -> Vec<Variant> {
+    let mut out = vec![
+        v("a", "no authz filter", Chain::NoFilter, 0, UNIFORM),
+        v(
+            "b-10",
+            "Envoy RBAC (istiod style)",
+            Chain::Rbac,
+            10,
+            UNIFORM,
+        ),
+        v(
+            "b-1000",
+            "Envoy RBAC (istiod style)",
+            Chain::Rbac,
+            1000,
+            UNIFORM,
+        ),
+        v("c-10", "meshauthz, full chain", FULL, 10, UNIFORM),
+        v("c-1000", "meshauthz, full chain", FULL, 1000, UNIFORM),
+        v("c-10000", "meshauthz, full chain", FULL, 10_000, UNIFORM),
+        v(
+            "d-10",
+            "meshauthz, full chain, + AUDIT policy (migration)",
+            FULL,
+            10,
+            UNIFORM_AUDIT,
+        ),
+    ];
+    for (k, base) in o.baseline_modules.iter().enumerate() {
+        let n = if k == 0 {
+            String::new()
+        } else {
+            (k + 1).to_string()
+        };
+        let file = base
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for (key, mix) in [
+            ("c-10", UNIFORM),
+            ("d-10", UNIFORM_AUDIT),
+            ("rc-10", realistic(true, false)),
+            ("rc-1000", realistic(true, false)),
+        ] {
+            let size = if key == "rc-1000" { 1000 } else { 10 };
+            let mut b = v(
+                &format!("{key}-base{n}"),
+                &format!("{key} with {file}"),
+                FULL,
+                size,
+                mix,
+            );
+            b.module = Some(base.clone());
+            out.push(b);
+        }
+    }
+    out.extend(realistic_variants());
+    if o.breakdown && o.mode == Mode::Timed {
+        out.extend(breakdown());
+    }
+    out.retain(|v| v.size <= o.max_policies);
+    if o.mode != Mode::Timed && o.only.is_empty() {
+        // Under callgrind each Envoy starts 5-10 times slower: the realistic mix only.
+        out.retain(|v| v.chain == Chain::NoFilter || matches!(v.mix, Mix::Realistic { .. }));
+    }
+    if !o.only.is_empty() {
+        out.retain(|v| v.chain == Chain::NoFilter || o.only.contains(&v.key));
+    }
+    out
+}
+
+/// meshauthz's chain taken apart at N = 10, and the floor of any proxy-wasm filter.
+fn breakdown() -> Vec<Variant> {
+    let m = |net, decide, log, enforce| Chain::Meshauthz {
+        net,
+        decide,
+        log,
+        enforce,
+    };
+    let mut out = Vec::new();
+    for (key, what, chain) in [
+        (
+            "m-net",
+            "meshauthz_net only (network filter)",
+            m(true, false, false, false),
+        ),
+        (
+            "m-decide",
+            "meshauthz_http (decide) only",
+            m(false, true, false, false),
+        ),
+        ("m-enforce", "decide + enforce", m(false, true, false, true)),
+        (
+            "m-log",
+            "decide + RBAC LOG + enforce",
+            m(false, true, true, true),
+        ),
+        (
+            "m-rbaclog",
+            "RBAC LOG companion only",
+            m(false, false, true, false),
+        ),
+    ] {
+        out.push(v(key, what, chain, 10, UNIFORM));
+    }
+    out.push(v(
+        "m-decide0",
+        "meshauthz_http (decide) only, no policy",
+        m(false, true, false, false),
+        0,
+        UNIFORM,
+    ));
+    let noop = |filters, calls, call, stripped| Chain::Noop {
+        filters,
+        calls,
+        call,
+        stripped,
+    };
+    for (key, what, chain) in [
+        (
+            "w-noop-sdk",
+            "1 no-op proxy-wasm filter, all SDK exports",
+            noop(1, 0, "get", false),
+        ),
+        (
+            "w-noop",
+            "1 no-op proxy-wasm filter, stripped exports",
+            noop(1, 0, "get", true),
+        ),
+        (
+            "w-noop2",
+            "2 no-op filters (one VM), stripped",
+            noop(2, 0, "get", true),
+        ),
+        (
+            "w-get8",
+            "w-noop + 8 get_property(connection.mtls)",
+            noop(1, 8, "get", true),
+        ),
+        (
+            "w-header8",
+            "w-noop + 8 get_http_request_header(:path)",
+            noop(1, 8, "header", true),
+        ),
+        (
+            "w-headers8",
+            "w-noop + 8 get_http_request_headers (all)",
+            noop(1, 8, "headers", true),
+        ),
+        (
+            "w-set8",
+            "w-noop + 8 set_property (filter state)",
+            noop(1, 8, "set", true),
+        ),
+        (
+            "w-count8",
+            "w-noop + 8 increment_metric",
+            noop(1, 8, "count", true),
+        ),
+    ] {
+        out.push(v(key, what, chain, 0, UNIFORM));
+    }
+    out
+}

@@ -312,7 +312,11 @@ impl CompiledAuthz {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        let ctx = Ctx::new(
+            attrs,
+            self.need_normalized && protocol == Protocol::Http,
+            self.repeated_headers,
+        );
         let mut matched = chain
             .audit
             .rules

@@ -366,3 +366,38 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// The release of the Envoy binary the tests run (`envoy --version`: `<sha>/1.40.0/Clean/...`),
+/// as `(major, minor, patch)`.
+pub fn version() -> Result<(u32, u32, u32)> {
+    static VERSION: std::sync::OnceLock<std::result::Result<(u32, u32, u32), String>> =
+        std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| read_version().map_err(|e| e.0))
+        .clone()
+        .map_err(Error)
+}
+
+fn read_version() -> Result<(u32, u32, u32)> {
+    let out = Command::new(envoy_binary()?).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split('/')
+        .find_map(|part| {
+            let mut nums = part.trim().split('.').map(|n| n.parse::<u32>().ok());
+            match (nums.next(), nums.next(), nums.next(), nums.next()) {
+                (Some(Some(a)), Some(Some(b)), Some(Some(c)), None) => Some((a, b, c)),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| Error(format!("cannot read the Envoy release from {text:?}")))
+}
+
+/// How this Envoy's RBAC header matcher reads a header sent several times (README, "Envoy
+/// versions"): the comma-joined value up to 1.37, any one value from 1.38.2 on.
+pub fn repeated_headers() -> Result<policy_engine::RepeatedHeaders> {
+    Ok(if version()? < (1, 38, 0) {
+        policy_engine::RepeatedHeaders::Joined
+    } else {
+        policy_engine::RepeatedHeaders::AnyValue
+    })
+}

@@ -23,6 +23,7 @@ pub mod client;
 pub mod compose;
 pub mod differential;
 pub mod envoy;
+pub mod load;
 pub mod policy;
 pub mod sandbox;
 pub mod sidecar;

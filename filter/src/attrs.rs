@@ -130,24 +130,13 @@ pub fn single_san(sans: &str) -> Result<Option<&str>, Unseen> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+#[path = "../tests/support/pairs.rs"]
+mod encode;
 
-    /// Encodes pairs like Envoy does (for the tests).
-    pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (k, v) in pairs {
-            out.extend((k.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            out.extend(k.as_bytes());
-            out.push(0);
-            out.extend(v.as_bytes());
-            out.push(0);
-        }
-        out
-    }
+#[cfg(test)]
+mod tests {
+    use super::encode::encode_pairs;
+    use super::*;
 
     #[test]
     fn int64_is_eight_bytes_little_endian() {

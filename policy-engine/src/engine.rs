@@ -1,7 +1,7 @@
 //! The compiled view of a policy set for one workload: parse, validate and compile once, then
 //! answer many checks.
 
-use crate::attributes::{Attributes, Requirements};
+use crate::attributes::{Attributes, RepeatedHeaders, Requirements};
 use crate::authz::{CompiledAuthz, PolicyInfo};
 use crate::decision::{Decision, Protocol, RuleId};
 use crate::error::Diagnostics;
@@ -46,6 +46,15 @@ impl Engine {
             },
             warnings,
         ))
+    }
+
+    /// How `request.headers[..]` conditions read a header sent several times: the module keeps
+    /// the default, [`RepeatedHeaders::Strict`]; the differential test sets the reading of the
+    /// Envoy release it compares with.
+    #[must_use]
+    pub fn with_repeated_headers(mut self, reading: RepeatedHeaders) -> Engine {
+        self.authz.repeated_headers = reading;
+        self
     }
 
     /// Istio's decision for one request (`Protocol::Http`) or connection (`Protocol::Tcp`): AUDIT

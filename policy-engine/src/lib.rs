@@ -38,7 +38,7 @@ pub mod path;
 mod peer_authn;
 mod workload;
 
-pub use attributes::{Attributes, HttpAttributes, Requirements};
+pub use attributes::{Attributes, HttpAttributes, RepeatedHeaders, Requirements};
 pub use authz::PolicyInfo;
 pub use decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 pub use engine::Engine;

@@ -193,17 +193,23 @@ pub fn observe_http(status: u16, log: Option<&Value>) -> Observed {
         (403, Some(403)) if rbac_denied => Some(false),
         _ => None,
     };
+    let what = format!(
+        "HTTP {status} (access log: {} {details})",
+        code.map_or("no entry".to_string(), |c| c.to_string())
+    );
+    observed(allowed, &details, what, log)
+}
+
+/// What Envoy did (`allowed`, in words `what`), with the rest read from the access-log entry.
+fn observed(allowed: Option<bool>, details: &str, what: String, log: Option<&Value>) -> Observed {
     Observed {
         allowed,
         denied_by_rule: if allowed == Some(false) {
-            denied_by_rule(&details)
+            denied_by_rule(details)
         } else {
             None
         },
-        what: format!(
-            "HTTP {status} (access log: {} {details})",
-            code.map_or("no entry".to_string(), |c| c.to_string())
-        ),
+        what,
         hint: hint(log.and_then(|l| l.get("hint"))),
         shadow: shadows(log),
     }
@@ -217,34 +223,25 @@ pub fn observe_tcp(seen: &TcpSeen, log: Option<&Value>) -> Observed {
         TcpSeen::Closed(_) => Some(false),
         TcpSeen::Timeout => None,
     };
-    Observed {
-        allowed,
-        denied_by_rule: if allowed == Some(false) {
-            denied_by_rule(&details)
-        } else {
-            None
+    let what = format!(
+        "{} (access log: {})",
+        match seen {
+            TcpSeen::Echoed => "echoed".to_string(),
+            TcpSeen::Closed(s) if s.is_empty() => "connection closed".to_string(),
+            TcpSeen::Closed(s) => format!("connection closed ({s})"),
+            TcpSeen::Timeout => "no answer".to_string(),
         },
-        what: format!(
-            "{} (access log: {})",
-            match seen {
-                TcpSeen::Echoed => "echoed".to_string(),
-                TcpSeen::Closed(s) if s.is_empty() => "connection closed".to_string(),
-                TcpSeen::Closed(s) => format!("connection closed ({s})"),
-                TcpSeen::Timeout => "no answer".to_string(),
-            },
-            if log.is_some() {
-                if details.is_empty() {
-                    "-"
-                } else {
-                    &details
-                }
+        if log.is_some() {
+            if details.is_empty() {
+                "-"
             } else {
-                "no entry"
+                &details
             }
-        ),
-        hint: hint(log.and_then(|l| l.get("hint"))),
-        shadow: shadows(log),
-    }
+        } else {
+            "no entry"
+        }
+    );
+    observed(allowed, &details, what, log)
 }
 
 /// Where the engine and Envoy differ for one probe, in words (empty when they agree).

@@ -2,7 +2,8 @@
 //! filters as istiod configures them.
 //!
 //! For each of Istio's builder goldens ([`golden`]): a real Envoy runs the golden's generated
-//! RBAC filters ([`bootstrap`]); requests generated from the policies' own values ([`probe`]) go
+//! RBAC filters ([`bootstrap`]); requests generated from the policies' own values ([`values`],
+//! [`variants`], [`plan`]; one walk over the rules, [`rules`]) go
 //! through it ([`wire`]); the engine evaluates the same requests from the golden's input
 //! policies; and the two answers are compared ([`compare`]): allowed or denied, which filter
 //! denied, the AUDIT `access_log_hint`, and the dry-run shadow results.
@@ -14,9 +15,13 @@
 pub mod bootstrap;
 pub mod compare;
 pub mod golden;
+pub mod plan;
 pub mod ports;
 pub mod probe;
 pub mod projection;
+pub mod rules;
+pub mod values;
+pub mod variants;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +37,8 @@ use crate::envoy::{free_port, Envoy};
 use crate::{err, policy, Error, Result, WorkDir};
 use compare::{Expected, Observed};
 use golden::{Chain, Golden};
-use probe::{Listener, Peer, PolicyValues, Probe};
+use probe::{Listener, Peer, Probe};
+use values::PolicyValues;
 
 /// How long the access log may take to show every probe.
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -110,7 +116,7 @@ pub struct Run {
     pub skipped: BTreeSet<String>,
     pub listeners: Vec<Listener>,
     pub elapsed: Duration,
-    /// Probes generated before sampling (see [`probe::MAX_PROBES_PER_GOLDEN`]).
+    /// Probes generated before sampling (see [`plan::MAX_PROBES_PER_GOLDEN`]).
     pub generated: usize,
 }
 
@@ -149,7 +155,10 @@ pub fn compile(docs: &[Value], golden: &Golden) -> Result<Engine> {
         })?;
     let (engine, _warnings) = Engine::compile(&set, &workload(), &golden.mesh)
         .map_err(|d| Error(format!("{}: the engine cannot compile:\n{d}", golden.name)))?;
-    Ok(engine)
+    // The module reads a repeated header the stricter way for every Envoy release
+    // (`RepeatedHeaders::Strict`, checked by the engine's cases); here the engine reads it as the
+    // Envoy under test does, so each release's own reading is checked against its RBAC.
+    Ok(engine.with_repeated_headers(crate::envoy::repeated_headers()?))
 }
 
 struct Prepared {
@@ -222,7 +231,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
     // The values come from the golden's policies as written (ports are listeners).
     let mut values = PolicyValues::collect(&policies);
     let _ = &prepared.policies;
-    let plan = probe::plan(
+    let plan = plan::plan(
         &mut values,
         &golden.mesh,
         &prepared.listeners,
@@ -234,6 +243,19 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
     }
     let listeners = prepared.listeners;
     let port_of = |p: &Probe| listeners.get(p.listener).copied();
+    // Both answers for a probe and Envoy's observed one, with the harness's own check.
+    let record = |p: &Probe, l: Listener, observed: Observed, log: Option<&Value>| {
+        let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
+        let harness = check_model(p, l.port, log, golden.chain == Chain::Http);
+        Record {
+            probe: p.clone(),
+            port: l.port,
+            policy_port: l.policy_port,
+            expected,
+            observed,
+            harness,
+        }
+    };
 
     let mut records = Vec::new();
     match golden.chain {
@@ -260,17 +282,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
                 let Some(l) = port_of(p) else { continue };
                 let log = by_id.get(&p.id.to_string());
                 let status = seen.get(&p.id).map_or(0, |s| s.status);
-                let observed = compare::observe_http(status, log);
-                let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
-                let harness = check_model(p, l.port, log, true);
-                records.push(Record {
-                    probe: p.clone(),
-                    port: l.port,
-                    policy_port: l.policy_port,
-                    expected,
-                    observed,
-                    harness,
-                });
+                records.push(record(p, l, compare::observe_http(status, log), log));
             }
         }
         Chain::Tcp => {
@@ -288,17 +300,7 @@ pub fn run(golden: &Golden, engine_input: Option<&str>) -> Result<Run> {
                 let log = entries
                     .iter()
                     .find(|e| tcp_entry_matches(e, p, l.port, local));
-                let observed = compare::observe_tcp(&seen, log);
-                let (expected, _) = compare::expect(&engine, golden.chain, p, l.port);
-                let harness = check_model(p, l.port, log, false);
-                records.push(Record {
-                    probe: p.clone(),
-                    port: l.port,
-                    policy_port: l.policy_port,
-                    expected,
-                    observed,
-                    harness,
-                });
+                records.push(record(p, l, compare::observe_tcp(&seen, log), log));
             }
         }
     }

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::rules::{self, Part, Site};
+
 /// The ports a golden names, on both sides.
 pub fn named_ports(policies: &[Value], filters: &[Value]) -> BTreeSet<u16> {
     let mut ports = BTreeSet::new();
@@ -17,7 +19,6 @@ pub fn named_ports(policies: &[Value], filters: &[Value]) -> BTreeSet<u16> {
             if let Ok(p) = s.parse::<u16>() {
                 ports.insert(p);
             }
-            None
         });
     }
     for f in filters {
@@ -40,49 +41,25 @@ pub fn rewrite_filters(filters: &mut [Value], map: &BTreeMap<u16, u16>) {
     }
 }
 
-fn rules(doc: &Value) -> impl Iterator<Item = &Value> {
-    doc.get("spec")
-        .and_then(|s| s.get("rules"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn strings_of(v: Option<&Value>) -> impl Iterator<Item = &str> {
-    v.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
-fn visit_policy_ports(doc: &Value, f: &mut dyn FnMut(&str) -> Option<String>) {
-    for rule in rules(doc) {
-        for to in rule
-            .get("to")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let op = to.get("operation");
-            for field in ["ports", "notPorts"] {
-                for s in strings_of(op.and_then(|o| o.get(field))) {
-                    f(s);
-                }
-            }
+/// The fields of a site that hold ports: `operation.ports` / `notPorts`, and a `when` on
+/// `destination.port`'s `values` / `notValues`.
+fn port_fields(site: &Site, at: &Value) -> &'static [&'static str] {
+    match site.part {
+        Part::Operation => &["ports", "notPorts"],
+        Part::Condition if at.get("key").and_then(Value::as_str) == Some("destination.port") => {
+            &["values", "notValues"]
         }
-        for c in rule
-            .get("when")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if c.get("key").and_then(Value::as_str) == Some("destination.port") {
-                for field in ["values", "notValues"] {
-                    for s in strings_of(c.get(field)) {
-                        f(s);
-                    }
-                }
-            }
+        _ => &[],
+    }
+}
+
+fn visit_policy_ports(doc: &Value, f: &mut dyn FnMut(&str)) {
+    for site in rules::sites(doc) {
+        let Some(at) = doc.pointer(&site.pointer) else {
+            continue;
+        };
+        for field in port_fields(&site, at) {
+            rules::strings(Some(at), field).for_each(&mut *f);
         }
     }
 }
@@ -103,31 +80,12 @@ fn map_list(list: Option<&mut Value>, map: &BTreeMap<u16, u16>) {
 }
 
 fn visit_policy_ports_mut(doc: &mut Value, map: &BTreeMap<u16, u16>) {
-    let Some(rules) = doc
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("rules"))
-        .and_then(Value::as_array_mut)
-    else {
-        return;
-    };
-    for rule in rules {
-        if let Some(tos) = rule.get_mut("to").and_then(Value::as_array_mut) {
-            for to in tos {
-                if let Some(op) = to.get_mut("operation") {
-                    for field in ["ports", "notPorts"] {
-                        map_list(op.get_mut(field), map);
-                    }
-                }
-            }
-        }
-        if let Some(whens) = rule.get_mut("when").and_then(Value::as_array_mut) {
-            for c in whens {
-                if c.get("key").and_then(Value::as_str) == Some("destination.port") {
-                    for field in ["values", "notValues"] {
-                        map_list(c.get_mut(field), map);
-                    }
-                }
-            }
+    for site in rules::sites(doc) {
+        let Some(at) = doc.pointer_mut(&site.pointer) else {
+            continue;
+        };
+        for field in port_fields(&site, at) {
+            map_list(at.get_mut(*field), map);
         }
     }
 }

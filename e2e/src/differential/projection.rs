@@ -459,18 +459,11 @@ fn project(base: &str, rule_index: usize, specs: Vec<Spec>) -> Result<Vec<Golden
         let stars = values.iter().filter(|v| *v == "*").count();
         let kept: Vec<String> = values.iter().filter(|v| *v != "*").cloned().collect();
         let conjuncts = match (spec.side, spec.index) {
-            (Side::Permission, Some(i)) => {
-                let pointer = format!("/permissions/0/andRules/rules/{i}");
-                vec![strip_presence(
-                    generated,
-                    &pointer,
-                    stars,
-                    values.len(),
-                    &what,
-                )?]
-            }
-            (Side::Principal, Some(i)) => {
-                let pointer = format!("/principals/{}/andIds/ids/{i}", spec.entry);
+            (side, Some(i)) => {
+                let pointer = match side {
+                    Side::Permission => format!("/permissions/0/andRules/rules/{i}"),
+                    Side::Principal => format!("/principals/{}/andIds/ids/{i}", spec.entry),
+                };
                 vec![strip_presence(
                     generated,
                     &pointer,

@@ -16,7 +16,7 @@ use super::source::{
 };
 use super::string_match::StrMatch;
 use super::values::{cidr, field, FieldCtx, InvalidValue, Polarity, RuleDropped, Scope};
-use crate::attributes::Requirements;
+use crate::attributes::{RepeatedHeaders, Requirements};
 use crate::cel::{CelExpression, CEL_CONDITION_KEY};
 use crate::model::{Action, Condition};
 
@@ -63,7 +63,9 @@ pub(crate) fn compile(ctx: &FieldCtx<'_>, c: &Condition) -> Result<Option<Field>
                     Some([name]) => name.to_ascii_lowercase(),
                     _ => return Err(RuleDropped),
                 };
-                field(ctx, HttpOnly, v, nv, |x, _| Header::compile(&name, x))
+                field(ctx, HttpOnly, v, nv, |x, polarity| {
+                    Header::compile(&name, x, Header::strict_needs_both(ctx.action, polarity))
+                })
             } else if let Some(rest) = key.strip_prefix("request.auth.claims") {
                 let Some(path) = bracketed(rest) else {
                     return Err(RuleDropped);
@@ -187,27 +189,55 @@ impl FieldMatcher for Claim {
 
 // ---- request.headers[name] ------------------------------------------------------------------------
 
-/// `request.headers[name]`: `*` means present (even empty). A header sent several times matches
-/// when any one of its values does (Envoy 1.40 RBAC).
+/// `request.headers[name]`: `*` means present (even empty). A header sent several times is read
+/// as [`RepeatedHeaders`] says: Envoy's RBAC reads it one way or the other depending on its
+/// release, the module takes the stricter reading for the rule's action.
 #[derive(Debug)]
 pub(crate) struct Header {
     name: Box<str>,
     value: StrMatch,
+    /// Under [`RepeatedHeaders::Strict`]: the matcher matches only when both readings do (a value
+    /// of an ALLOW rule, a `notValues` entry of a DENY/AUDIT rule), else when either does.
+    strict_both: bool,
 }
 
 impl Header {
-    fn compile(name: &str, v: &str) -> Result<Vec<Matcher>, InvalidValue> {
+    fn compile(name: &str, v: &str, strict_both: bool) -> Result<Vec<Matcher>, InvalidValue> {
         Ok(vec![Matcher::Header(Header {
             name: name.into(),
             value: StrMatch::header(v),
+            strict_both,
         })])
+    }
+
+    /// The stricter reading: the one that makes the rule match less for an ALLOW and more for a
+    /// DENY or AUDIT. A `notValues` entry matches when the header does NOT match, so its header
+    /// matcher takes the opposite reading.
+    fn strict_needs_both(action: Action, polarity: Polarity) -> bool {
+        let allow = action == Action::Allow;
+        match polarity {
+            Polarity::Positive => allow,
+            Polarity::Negative => !allow,
+        }
     }
 }
 
 impl FieldMatcher for Header {
     fn matches(&self, ctx: &Ctx<'_>, _: PathView) -> bool {
-        ctx.http()
-            .is_some_and(|h| h.header_values(&self.name).any(|v| self.value.matches(v)))
+        let Some(h) = ctx.http() else {
+            return false;
+        };
+        let any = || h.header_values(&self.name).any(|v| self.value.matches(v));
+        let joined = || {
+            h.header_joined(&self.name)
+                .is_some_and(|v| self.value.matches(&v))
+        };
+        match ctx.repeated_headers {
+            RepeatedHeaders::AnyValue => any(),
+            RepeatedHeaders::Joined => joined(),
+            RepeatedHeaders::Strict if self.strict_both => any() && joined(),
+            RepeatedHeaders::Strict => any() || joined(),
+        }
     }
     fn add_requirements(&self, req: &mut Requirements) {
         req.add_header(&self.name);

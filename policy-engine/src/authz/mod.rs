@@ -69,6 +69,8 @@ pub(crate) struct CompiledAuthz {
     tcp: ChainRules,
     /// Some HTTP DENY/AUDIT field reads the path: compute the normalized path.
     need_normalized: bool,
+    /// How `request.headers[..]` reads a repeated header.
+    pub(crate) repeated_headers: crate::attributes::RepeatedHeaders,
 }
 
 /// Istio `WorkloadPolicyMatcher.ShouldAttachPolicy` for a sidecar workload.
@@ -310,7 +312,11 @@ impl CompiledAuthz {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        let ctx = Ctx::new(
+            attrs,
+            self.need_normalized && protocol == Protocol::Http,
+            self.repeated_headers,
+        );
         let mut matched = chain
             .audit
             .rules
@@ -333,7 +339,11 @@ impl CompiledAuthz {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
         };
-        let ctx = Ctx::new(attrs, self.need_normalized && protocol == Protocol::Http);
+        let ctx = Ctx::new(
+            attrs,
+            self.need_normalized && protocol == Protocol::Http,
+            self.repeated_headers,
+        );
         // "A match occurs when at least one rule matches the request." (Policies of one action
         // are ORed; the first rule in Istio's policy order is reported.)
         let first = |b: &Bucket| {

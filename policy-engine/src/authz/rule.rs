@@ -204,10 +204,15 @@ pub(crate) struct Ctx<'a> {
     /// forwarded one.
     normalized: Option<String>,
     pub(crate) cel_errors: Cell<u32>,
+    pub(crate) repeated_headers: crate::attributes::RepeatedHeaders,
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(attrs: &'a Attributes<'a>, need_normalized: bool) -> Ctx<'a> {
+    pub(crate) fn new(
+        attrs: &'a Attributes<'a>,
+        need_normalized: bool,
+        repeated_headers: crate::attributes::RepeatedHeaders,
+    ) -> Ctx<'a> {
         let raw = attrs.http.as_ref().and_then(|h| h.path);
         let forwarded = raw.map(crate::path::url_path);
         let normalized = match (need_normalized, forwarded) {
@@ -222,6 +227,7 @@ impl<'a> Ctx<'a> {
             forwarded,
             normalized,
             cel_errors: Cell::new(0),
+            repeated_headers,
         }
     }
 

@@ -114,6 +114,10 @@ pub struct Case {
     pub expect_load_error: Option<String>,
     /// Loading and compiling succeed with a warning whose text contains this.
     pub expect_warning: Option<String>,
+    /// Also played through a real Envoy running the module by `e2e/tests/cases.rs`: an HTTP
+    /// request whose `expect.allowed` must be what the caller sees (200 or Istio's 403).
+    #[serde(default)]
+    pub e2e: bool,
 }
 
 /// A header value: one string, or a list (the header sent several times).
@@ -279,7 +283,14 @@ pub fn run_matching(files: &[(&str, &str)], filter: &str) -> Report {
             }
             report.cases += 1;
             report.names.push(case.name.clone());
-            let problems = run_case(&parsed, case);
+            let mut problems = run_case(&parsed, case);
+            if case.e2e && (case.expect.is_none() || case.protocol != ProtocolSpec::Http) {
+                problems.push(
+                    "tagged `e2e: true` but not an HTTP decision (`expect`, protocol http): \
+                     e2e/tests/cases.rs could not play it"
+                        .to_string(),
+                );
+            }
             if !problems.is_empty() {
                 let mut msg = format!("{file}: case {:?}:", case.name);
                 for p in problems {

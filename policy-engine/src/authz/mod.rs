@@ -639,7 +639,7 @@ mod tests {
                         Protocol::Http => &e.authz.http,
                         Protocol::Tcp => &e.authz.tcp,
                     };
-                    let ctx = Ctx::new(&attrs, e.authz.need_normalized);
+                    let ctx = Ctx::new(&attrs, e.authz.need_normalized, e.authz.repeated_headers);
                     for b in chain.buckets() {
                         assert_eq!(
                             b.rules.first_match(&ctx),

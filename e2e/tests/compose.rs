@@ -186,7 +186,7 @@ fn makefile_envoy_version() -> String {
 }
 
 #[test]
-fn compose_mounts_exactly_the_templates_the_e2e_suite_runs() {
+fn compose_runs_only_templates_the_e2e_suite_runs() {
     let doc = compose();
     let exercised = exercised();
     assert!(
@@ -243,10 +243,17 @@ fn compose_mounts_exactly_the_templates_the_e2e_suite_runs() {
         );
         assert!(mounted.insert(template.clone()), "{template} mounted twice");
     }
-    assert_eq!(
-        mounted, exercised,
-        "the compose sandbox must run exactly the Envoy templates the e2e suite runs"
+    // Every template the compose sandbox runs is one the e2e suite runs; the suite may run more
+    // (alternative chains such as the one-stage `server-http-decide.yaml`), but the sandbox plays
+    // the migration story on the full server, TCP and client templates.
+    assert!(
+        mounted.is_subset(&exercised),
+        "the compose sandbox runs a template the e2e suite does not: {:?}",
+        mounted.difference(&exercised).collect::<Vec<_>>()
     );
+    for t in [HTTP_TEMPLATE, TCP_TEMPLATE, CLIENT_TEMPLATE] {
+        assert!(mounted.contains(t), "the compose sandbox does not run {t}");
+    }
 }
 
 /// Absolute container paths a rendered configuration reads or writes.

@@ -427,6 +427,39 @@ fn is_true(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::Bool(true))) || v.and_then(Value::as_str) == Some("true")
 }
 
+/// Step 2's check, shared by both stories: the legacy (plaintext) call's access-log line is
+/// marked audited by the AUDIT policy (`access_log_hint`).
+fn check_audited_legacy(s: &mut Story, entry: Option<(String, Value)>) {
+    match entry {
+        Some((line, v)) => {
+            s.saw(&format!("access log: {line}"));
+            s.check(
+                field(&v, "chain") == "plaintext" && is_true(v.get("audit")),
+                "its access-log line says chain plaintext, audit true (access_log_hint, set by the AUDIT policy)",
+            );
+        }
+        None => {
+            s.check(false, "an access-log line for GET /legacy");
+        }
+    }
+}
+
+/// Step 3's opening, shared by both stories: the plaintext and audit counters as the server
+/// sidecar's admin endpoint shows them.
+fn counters_step(s: &mut Story, admin: u16) -> Result<Vec<(String, u64)>> {
+    s.step("Who still calls without mTLS? The plaintext counters and the audited log lines");
+    let stats = meshauthz_stats(s, admin)?;
+    s.saw(
+        &stats
+            .iter()
+            .filter(|(k, _)| k.contains(".plaintext.") || k.ends_with(".audited"))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    Ok(stats)
+}
+
 fn meshauthz_stats(story: &Story, admin: u16) -> Result<Vec<(String, u64)>> {
     // The module hands its counts to Envoy once per second (on_tick): let one flush pass.
     std::thread::sleep(Duration::from_millis(1500));
@@ -559,30 +592,10 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         c.exit == 0 && c.status == 200,
         "the plaintext call to the PERMISSIVE port succeeds (200)",
     );
-    match log_entry(&log, mark, "GET", "/legacy") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "chain") == "plaintext" && is_true(v.get("audit")),
-                "its access-log line says chain plaintext, audit true (access_log_hint, set by the AUDIT policy)",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /legacy");
-        }
-    }
+    check_audited_legacy(&mut s, log_entry(&log, mark, "GET", "/legacy"));
 
     // 3. Counters.
-    s.step("Who still calls without mTLS? The plaintext counters and the audited log lines");
-    let stats = meshauthz_stats(&s, p.admin)?;
-    s.saw(
-        &stats
-            .iter()
-            .filter(|(k, _)| k.contains(".plaintext.") || k.ends_with(".audited"))
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
+    let stats = counters_step(&mut s, p.admin)?;
     let accepted = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".accepted");
     s.check(
         accepted >= 1,

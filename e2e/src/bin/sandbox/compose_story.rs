@@ -591,30 +591,10 @@ fn story(
         r.exit == 0 && r.status == 200,
         "the plaintext call to the PERMISSIVE port succeeds (200)",
     );
-    match log_entry(project, mark, "GET", "/legacy") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "chain") == "plaintext" && is_true(v.get("audit")),
-                "its access-log line says chain plaintext, audit true (the AUDIT policy)",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /legacy");
-        }
-    }
+    super::check_audited_legacy(&mut s, log_entry(project, mark, "GET", "/legacy"));
 
     // 3. Counters.
-    s.step("Who still calls without mTLS? The plaintext counters and the audited log lines");
-    let stats = meshauthz_stats(&s, o.server_admin)?;
-    s.saw(
-        &stats
-            .iter()
-            .filter(|(k, _)| k.contains(".plaintext.") || k.ends_with(".audited"))
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
+    let stats = super::counters_step(&mut s, o.server_admin)?;
     let accepted = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.8080", ".accepted");
     s.check(
         accepted >= 1,

@@ -178,16 +178,16 @@ SOAK_UPDATE_EVERY ?= 3
 PYTHON_TOOLS      := $(TOOLS)/python
 .PHONY: soak soak-quick soak-plot
 soak: build envoy
-	cargo build --quiet -p meshauthz-e2e --bin soak
+	cargo build --quiet -p meshauthz-sandbox --bin soak
 	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds $(SOAK_MAX_SECONDS) --update-every $(SOAK_UPDATE_EVERY) --out target/soak
 	$(MAKE) --no-print-directory soak-plot
 
 soak-quick: build envoy
-	cargo build --quiet -p meshauthz-e2e --bin soak
+	cargo build --quiet -p meshauthz-sandbox --bin soak
 	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds 30 --update-every 2 --out target/soak-quick
 
 soak-plot: $(PYTHON_TOOLS)/matplotlib
-	PYTHONPATH=$(PYTHON_TOOLS) python3 e2e/soak/plot.py target/soak/rss.csv target/soak/rss.png
+	PYTHONPATH=$(PYTHON_TOOLS) python3 sandbox/soak/plot.py target/soak/rss.csv target/soak/rss.png
 	@echo "plot: target/soak/rss.png"
 $(PYTHON_TOOLS)/matplotlib:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
@@ -242,7 +242,7 @@ SANDBOX_RUN   := MESHAUTHZ_CLI=$(CURDIR)/target/debug/meshauthz $(SANDBOX_BIN)
 
 .PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin
 sandbox-bin:
-	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin sandbox
+	cargo build --quiet -p meshauthz-cli -p meshauthz-sandbox --bin meshauthz --bin sandbox
 
 ifeq ($(DEMO),1)
 sandbox: sandbox-demo
@@ -347,4 +347,4 @@ oci-image: build
 .PHONY: clean
 clean: sandbox-stop
 	cargo clean
-	rm -rf .sandbox e2e/.work envoy-config/sandbox/generated
+	rm -rf .sandbox harness/.work envoy-config/sandbox/generated

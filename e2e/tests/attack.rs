@@ -20,11 +20,11 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::policy;
-use meshauthz_e2e::sidecar::{remove_filter, Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::assert::{assert_denied, assert_ok};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::{remove_filter, Sidecar, TCP_TEMPLATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -200,7 +200,7 @@ spec:
 
 /// The rendered HTTP template without `meshauthz_net`. The VM configuration is anchored
 /// (`&meshauthz_vm`) in that filter, so the HTTP filters' aliases get it inline.
-fn without_meshauthz_net(config: &str) -> meshauthz_e2e::Result<String> {
+fn without_meshauthz_net(config: &str) -> meshauthz_harness::Result<String> {
     let lines: Vec<&str> = config.lines().collect();
     let at = lines
         .iter()

@@ -25,10 +25,10 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::access_log;
-use meshauthz_e2e::assert::{assert_denied, assert_ok, DENIED_BODY};
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::access_log;
+use meshauthz_harness::assert::{assert_denied, assert_ok, DENIED_BODY};
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok, assert_refused};
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sidecar::Sidecar;
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::assert::{assert_denied, assert_ok, assert_refused};
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_harness::{Error, Result};
 
 const TEMPLATE: &str = "server-http-decide.yaml";
 

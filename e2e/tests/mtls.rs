@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_ok, assert_reset};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::assert::{assert_ok, assert_reset};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::sidecar::{Sidecar, TCP_TEMPLATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -245,7 +245,7 @@ spec:
     // One access-log entry per connection that reached the TCP proxy, with the module's decision.
     let deadline = std::time::Instant::now() + WAIT;
     let entries = loop {
-        let e = meshauthz_e2e::access_log::json_lines(&strict.access_log);
+        let e = meshauthz_harness::access_log::json_lines(&strict.access_log);
         let mtls: Vec<_> = e.into_iter().filter(|v| v["chain"] == "mtls").collect();
         if mtls.len() >= 2 || std::time::Instant::now() > deadline {
             break mtls;

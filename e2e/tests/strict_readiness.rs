@@ -13,10 +13,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use meshauthz_e2e::assert::assert_ok;
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sandbox::default_cli;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::assert::assert_ok;
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::default_cli;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::{Error, Result};
 
 pub const USAGE: &str = "usage: bench-envoy --cli PATH [--oha PATH] [--instructions] [--rounds 7] [--seconds 2] \
 [--connections 4] [--warmup 500] [--requests 2000] [--max-policies 10000] [--no-breakdown] [--only KEY,KEY] \

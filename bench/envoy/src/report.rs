@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::{Error, Result};
 
 use crate::load::Sample;
 use crate::options::Opts;
@@ -127,7 +127,7 @@ pub fn startup(rows: &[(&Variant, &[Started])]) -> Result<String> {
         "| variant | chain | policies | module bytes | ready s | start-up CPU s |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|");
-    let current = meshauthz_e2e::module_path()?;
+    let current = meshauthz_harness::module_path()?;
     for (v, runs) in rows {
         let module = match v.chain {
             Chain::Meshauthz { .. } => {

@@ -14,22 +14,15 @@ use std::time::Duration;
 
 use meshauthz_harness::assert::{assert_denied, assert_ok, assert_refused};
 use meshauthz_harness::client::Transport;
+use meshauthz_harness::policy;
 use meshauthz_harness::sidecar::Sidecar;
 use meshauthz_harness::{Error, Result};
 
 const TEMPLATE: &str = "server-http-decide.yaml";
 
-const ALLOW_BAR: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#;
+fn allow_bar() -> String {
+    policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
+}
 
 const AUDIT_API: &str = r#"
 ---
@@ -60,7 +53,7 @@ fn decide_mode(config: &str) -> Result<String> {
 fn the_decide_stage_alone_allows_and_denies_like_istio() {
     let s = Sidecar::builder("decide-only")
         .template(TEMPLATE)
-        .policies(ALLOW_BAR)
+        .policies(&allow_bar())
         .transform(decide_mode)
         .start()
         .unwrap();
@@ -95,7 +88,7 @@ fn the_decide_stage_alone_allows_and_denies_like_istio() {
 fn audit_policies_without_their_companions_fail_closed() {
     let s = Sidecar::builder("decide-only-audit")
         .template(TEMPLATE)
-        .policies(&format!("{ALLOW_BAR}{AUDIT_API}"))
+        .policies(&format!("{}{AUDIT_API}", allow_bar()))
         .transform(decide_mode)
         .start()
         .unwrap();

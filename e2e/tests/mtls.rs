@@ -13,7 +13,8 @@ use std::time::Duration;
 use meshauthz_harness::assert::{assert_ok, assert_reset};
 use meshauthz_harness::client::{self, TcpOutcome, Transport};
 use meshauthz_harness::envoy::free_port;
-use meshauthz_harness::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -43,15 +44,7 @@ fn assert_plaintext_counted(s: &Sidecar, port: &str, counted: &str, n: u64) {
 #[test]
 fn strict_resets_plaintext_and_accepts_mtls() {
     let s = Sidecar::builder("strict")
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: STRICT}
-"#,
-        )
+        .policies(&policy::peer_authentication("foo", "STRICT"))
         .start()
         .unwrap();
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
@@ -65,15 +58,7 @@ spec:
 #[test]
 fn permissive_accepts_both() {
     let s = Sidecar::builder("permissive")
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: PERMISSIVE}
-"#,
-        )
+        .policies(&policy::peer_authentication("foo", "PERMISSIVE"))
         .start()
         .unwrap();
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
@@ -123,29 +108,17 @@ spec:
 /// Scenario 4d: a mesh-wide STRICT policy (root namespace) is overridden by the namespace's PERMISSIVE one.
 #[test]
 fn namespace_permissive_overrides_mesh_strict() {
-    let mesh_strict = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
-"#;
+    let mesh_strict = policy::peer_authentication("istio-system", "STRICT");
     let mesh_only = Sidecar::builder("mesh-strict")
-        .policies(mesh_strict)
+        .policies(&mesh_strict)
         .start()
         .unwrap();
     assert_reset(&mesh_only.get("/", Transport::Plaintext).send().unwrap());
 
     let both = Sidecar::builder("mesh-strict-ns-permissive")
         .policies(&format!(
-            r#"{mesh_strict}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: foo}}
-spec:
-  mtls: {{mode: PERMISSIVE}}
-"#
+            "{mesh_strict}---{}",
+            policy::peer_authentication("foo", "PERMISSIVE")
         ))
         .start()
         .unwrap();
@@ -162,26 +135,12 @@ spec:
 #[test]
 fn tcp_port_allow_by_principal_and_strict() {
     let s = Sidecar::builder("tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: STRICT}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#,
-        )
+        .tcp()
+        .policies(&format!(
+            "{}---{}",
+            policy::peer_authentication("foo", "STRICT"),
+            policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
+        ))
         .start()
         .unwrap();
     let pki = &s.pki;
@@ -207,21 +166,12 @@ spec:
 /// denied by the L4 ALLOW (closed, its bytes never echoed).
 #[test]
 fn tcp_port_counters_log_and_permissive_plaintext() {
-    let allow_bar = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#;
+    let allow_bar = policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"]);
     let strict = Sidecar::builder("tcp-strict-log")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies(&format!(
-            "{allow_bar}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: foo}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+            "{allow_bar}---{}",
+            policy::peer_authentication("foo", "STRICT")
         ))
         .start()
         .unwrap();
@@ -264,9 +214,8 @@ spec:
     assert!(denied.starts_with("deny "), "{entries:#?}");
 
     let permissive = Sidecar::builder("tcp-permissive")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
-        .policies(allow_bar)
+        .tcp()
+        .policies(&allow_bar)
         .start()
         .unwrap();
     let o = client::tcp_echo(permissive.port, b"ping-plain\n", WAIT).unwrap();

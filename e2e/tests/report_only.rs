@@ -199,7 +199,7 @@ spec:
         .unwrap();
     let port = s.port;
     assert_eq!(
-        client::tcp_echo(port, b"ping", WAIT).unwrap(),
+        client::tcp_echo(port, b"ping\n", WAIT).unwrap(),
         TcpOutcome::Echoed
     );
     let n = s.envoy.wait_stat_at_least(&stat(port, "report_only"), 1, WAIT).unwrap();

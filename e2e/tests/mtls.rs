@@ -233,7 +233,11 @@ spec:
     assert_eq!(
         strict
             .envoy
-            .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+            .wait_stat_at_least(
+                &plaintext_stat(&strict.port.to_string(), "rejected"),
+                2,
+                WAIT
+            )
             .unwrap(),
         2
     );
@@ -276,7 +280,7 @@ spec:
             || o == TcpOutcome::Reset,
         "plaintext denied by the L4 ALLOW: {o:?}"
     );
-    assert_plaintext_counted(&permissive, "other", "accepted", 1);
+    assert_plaintext_counted(&permissive, &permissive.port.to_string(), "accepted", 1);
     let bar = permissive.pki.client("foo", "bar").unwrap();
     let (o, e) =
         client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();

@@ -121,13 +121,24 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
 
     // The in-mesh caller, and the legacy plaintext caller: served (no reset), authorized as on
     // PERMISSIVE: the DENY rule still answers 403.
-    assert_ok(&s.get("/hello", s.mtls("istioinaction", "sleep").unwrap()).send().unwrap());
+    assert_ok(
+        &s.get("/hello", s.mtls("istioinaction", "sleep").unwrap())
+            .send()
+            .unwrap(),
+    );
     assert_ok(&s.get("/hello", Transport::Plaintext).send().unwrap());
     assert_denied(&s.get("/admin", Transport::Plaintext).send().unwrap());
-    assert_eq!(s.app.hits(), 2, "the two allowed requests reached the application");
+    assert_eq!(
+        s.app.hits(),
+        2,
+        "the two allowed requests reached the application"
+    );
 
     // Counted per connection (curl opens one per run), on the port's own counter.
-    let n = s.envoy.wait_stat_at_least(&stat(port, "report_only"), 2, WAIT).unwrap();
+    let n = s
+        .envoy
+        .wait_stat_at_least(&stat(port, "report_only"), 2, WAIT)
+        .unwrap();
     assert_eq!(n, 2, "report_only");
     assert_eq!(s.envoy.stat_or_zero(&stat(port, "rejected")).unwrap(), 0);
     assert_eq!(s.envoy.stat_or_zero(&stat(port, "accepted")).unwrap(), 0);
@@ -140,8 +151,10 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
     let logged = report_only_lines(&s);
     assert_eq!(logged.len(), 2, "{}", s.envoy.log());
     let access = wait_log_lines(&s, 3);
-    let plaintext: Vec<&serde_json::Value> =
-        access.iter().filter(|l| l["chain"] == "plaintext").collect();
+    let plaintext: Vec<&serde_json::Value> = access
+        .iter()
+        .filter(|l| l["chain"] == "plaintext")
+        .collect();
     assert_eq!(plaintext.len(), 2, "{access:?}");
     for entry in &plaintext {
         let src = entry["src"].as_str().unwrap();
@@ -172,9 +185,16 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
     // caller is reset before any byte reaches the application; mTLS still works.
     s.update_policies(&policies(None)).unwrap();
     assert_reset(&s.get("/hello", Transport::Plaintext).send().unwrap());
-    assert_ok(&s.get("/hello", s.mtls("istioinaction", "sleep").unwrap()).send().unwrap());
+    assert_ok(
+        &s.get("/hello", s.mtls("istioinaction", "sleep").unwrap())
+            .send()
+            .unwrap(),
+    );
     assert_eq!(s.app.hits(), 3, "the reset request reached the application");
-    let n = s.envoy.wait_stat_at_least(&stat(port, "rejected"), 1, WAIT).unwrap();
+    let n = s
+        .envoy
+        .wait_stat_at_least(&stat(port, "rejected"), 1, WAIT)
+        .unwrap();
     assert_eq!(n, 1, "rejected");
     assert_eq!(s.envoy.stat_or_zero(&stat(port, "report_only")).unwrap(), 2);
     assert_eq!(report_only_lines(&s).len(), 2, "no new report-only line");
@@ -202,7 +222,10 @@ spec:
         client::tcp_echo(port, b"ping\n", WAIT).unwrap(),
         TcpOutcome::Echoed
     );
-    let n = s.envoy.wait_stat_at_least(&stat(port, "report_only"), 1, WAIT).unwrap();
+    let n = s
+        .envoy
+        .wait_stat_at_least(&stat(port, "report_only"), 1, WAIT)
+        .unwrap();
     assert_eq!(n, 1);
     assert_eq!(s.envoy.stat_or_zero(&stat(port, "rejected")).unwrap(), 0);
     assert_eq!(s.app.hits(), 1);

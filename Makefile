@@ -193,8 +193,13 @@ $(PYTHON_TOOLS)/matplotlib:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy bench-instructions oha
-bench: bench-engine bench-envoy
+.PHONY: bench bench-engine bench-envoy bench-instructions bench-plot oha
+# The whole measurement behind BENCHMARKS.md: the engine alone, then issue 12's realistic mix in
+# Envoy (no filter, native RBAC, meshauthz full chain and one stage; 10 / 1,000 / 10,000
+# policies; with and without AUDIT), then its plots.
+bench: bench-engine
+	$(MAKE) bench-envoy BENCH_ARGS="--realistic $(BENCH_ARGS)"
+	$(MAKE) bench-plot
 
 bench-engine:
 	cargo bench -p meshauthz-policy-engine --bench engine
@@ -214,8 +219,12 @@ bench-envoy: build envoy oha
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
-	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
-	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
+	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md --csv target/bench-envoy.csv $(BENCH_ARGS)
+	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md, .csv)"
+
+# PNG plots of the last bench-envoy run's realistic-mix rows (target/bench-envoy/*.png).
+bench-plot: $(PYTHON_TOOLS)/matplotlib
+	PYTHONPATH=$(PYTHON_TOOLS) python3 bench/envoy/plot.py target/bench-envoy.csv target/bench-envoy
 
 # Instructions per request under callgrind, the figure that does not move with the machine's
 # load (BENCHMARKS.md, "Instructions per request"). Needs valgrind (Debian package `valgrind`).

@@ -64,6 +64,9 @@ fn timed(o: &Opts, work: &WorkDir, pki: &Pki) -> Result<String> {
         .iter()
         .map(|(s, samples)| (&s.variant, &s.started, samples.as_slice()))
         .collect();
+    if let Some(path) = &o.csv {
+        std::fs::write(path, report::timed_csv(&rows)?)?;
+    }
     report::timed(o, &rows)
 }
 

@@ -3,7 +3,8 @@
 //! - an HTTP echo application (the harness's [`meshauthz_harness::app::HttpEcho`], run detached by the `sandbox
 //!   echo` subcommand),
 //! - the server sidecar: Envoy on `envoy-config/envoy/server-http.yaml` (the template the e2e suite
-//!   runs) with meshauthz and the sample policies of `envoy-config/policies/`,
+//!   runs) with meshauthz and the sample policies of `envoy-config/policies/`, its listeners
+//!   served from a file (file-based LDS) so that a new policy set lands live ([`crate::live`]),
 //! - the in-mesh client sidecar: Envoy on `envoy-config/envoy/client-sidecar.yaml`, originating
 //!   mTLS as `spiffe://cluster.local/ns/istioinaction/sa/sleep`,
 //! - the legacy client: plain `curl` to the server port.

@@ -789,6 +789,14 @@ fn deny_status(c: &Curl) -> bool {
 /// refused, by the CLI and, sent anyway, by the module, the last good set staying in force.
 fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
     let root = workspace_root();
+    // Paths as a person in the workspace would type them (the CLI's messages repeat them).
+    let here = |p: &Path| -> PathBuf {
+        match std::env::current_dir() {
+            Ok(cwd) if cwd == root => p.strip_prefix(&root).unwrap_or(p).to_path_buf(),
+            _ => p.to_path_buf(),
+        }
+    };
+    let policies = here(&sb.policies);
     let debug_url = format!("http://127.0.0.1:{client}/debug");
     let hello_url = format!("http://127.0.0.1:{client}/hello");
     let log = sb.access_log();
@@ -804,7 +812,10 @@ fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
         "make sandbox-apply POLICIES=\"{} {LIVE_POLICY}\"",
         shown(&sb.policies)
     ));
-    let applied = sb.apply(&[sb.policies.clone(), root.join(LIVE_POLICY)], Check::Cli)?;
+    let applied = sb.apply(
+        &[policies.clone(), here(&root.join(LIVE_POLICY))],
+        Check::Cli,
+    )?;
     s.saw(&applied_report(&applied));
     check_live(s, &applied);
     let mark = access_log::lines(&log).len();
@@ -844,7 +855,7 @@ fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
             .copied()
             .unwrap_or(0)
     };
-    let typo_set = [sb.policies.clone(), root.join(LIVE_POLICY_TYPO)];
+    let typo_set = [policies.clone(), here(&root.join(LIVE_POLICY_TYPO))];
     match sb.apply(&typo_set, Check::Cli) {
         Ok(a) => {
             s.saw(&applied_report(&a));

@@ -278,7 +278,7 @@ sandbox-mode: sandbox-bin
 # A policy set (folders and/or files) sent to the running sandbox's server sidecar, live: Envoy's
 # file-based LDS, no restart. The CLI validates first and a refused set is not sent; UNCHECKED=1
 # sends it anyway (the module then refuses it and keeps the last good set). Exit 1 when refused.
-#   make sandbox-apply POLICIES="envoy-config/policies envoy-config/sandbox/live/40-deny-debug.yaml"
+#   make sandbox-apply POLICIES="envoy-config/policies envoy-config/sandbox/policies/40-deny-debug.yaml"
 sandbox-apply: sandbox-bin
 	@if [ -z "$(POLICIES)" ]; then echo "usage: make sandbox-apply POLICIES=<folder or files> [UNCHECKED=1]"; exit 2; fi
 	$(SANDBOX_RUN) apply $(if $(filter 1,$(UNCHECKED)),--unchecked) $(POLICIES)

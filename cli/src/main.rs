@@ -26,8 +26,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use policy_engine::{
-    load_str, Diagnostic, Diagnostics, Engine, LoadOptions, MeshConfig, PluginConfig, PolicySet,
-    Workload,
+    load_str, Action, Diagnostic, Diagnostics, EnforceMode, Engine, LoadOptions, MeshConfig,
+    PluginConfig, PolicySet, Workload,
 };
 use serde_json::json;
 
@@ -101,6 +101,11 @@ enum Command {
     /// PeerAuthentication set it.
     #[command(after_help = concat!(
         "Example:\n  meshauthz mode --namespace foo --label app=echo --port 8080 envoy-config/policies/*.yaml\n\n",
+        "Modes: DISABLE, PERMISSIVE, STRICT, and STRICT (report-only): a STRICT made report-only by the\n",
+        "PeerAuthentication's annotation meshauthz.io/strict-report-only (\"true\": every STRICT it sets;\n",
+        "\"8080,9000\": those ports' STRICT). The module then admits plaintext, authorizes it as on\n",
+        "PERMISSIVE, and counts (meshauthz.plaintext.<port>.report_only) and logs each connection it\n",
+        "would have reset. JSON: {\"mode\": \"STRICT\", \"reportOnly\": true, ...}.\n\n",
         "Exit status: 0 ok; 1 invalid input; 2 usage error."))]
     Mode {
         #[command(flatten)]
@@ -176,6 +181,12 @@ enum Command {
         /// at L4 with Istio's TCP semantics.
         #[arg(long = "http-port")]
         http_ports: Vec<u16>,
+        /// The chain the configuration is written for: `auto` follows the policy set (`decide`
+        /// when no AUDIT policy applies to the workload, else `separate`); `separate` always
+        /// (the full chain: add AUDIT policies later without re-rendering); `decide` refused
+        /// when an AUDIT policy applies.
+        #[arg(long, value_enum, default_value = "auto")]
+        enforce: Enforce,
         /// Indent the JSON (the default when standard output is a terminal).
         #[arg(long)]
         pretty: bool,
@@ -183,6 +194,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+}
+
+/// `--enforce`: which chain the plugin configuration (and `render`'s attachments) are for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Enforce {
+    /// `decide` when no AUDIT policy applies to the workload, else `separate`.
+    Auto,
+    /// The decide stage answers denials itself: one Wasm filter per request, no RBAC LOG
+    /// companion, no enforce stage. Refused when an AUDIT policy applies.
+    Decide,
+    /// Decide stage, RBAC LOG companion (the audit trail), enforce stage.
+    Separate,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -221,6 +244,12 @@ struct RenderArgs {
     /// TCP ports to attach to (L4 authorization).
     #[arg(long = "tcp-port")]
     tcp_ports: Vec<u16>,
+    /// The chain the configuration is written for: `auto` follows the policy set (`decide`
+    /// when no AUDIT policy applies to the workload, else `separate`); `separate` always
+    /// (the full chain: add AUDIT policies later without re-rendering); `decide` refused
+    /// when an AUDIT policy applies.
+    #[arg(long, value_enum, default_value = "auto")]
+    enforce: Enforce,
     /// Istio objects: YAML or JSON, multi-document, `kind: List`. `-` reads standard input.
     #[arg(required = true)]
     files: Vec<String>,
@@ -543,11 +572,14 @@ fn mode(
     let engine = workload.engine(&set)?;
     let m = engine.mtls();
     match (port, output) {
-        (Some(p), Output::Text) => println!("{}", engine.mtls_mode(p).as_str()),
-        (Some(p), Output::Json) => println!(
-            "{}",
-            json!({"port": p, "mode": engine.mtls_mode(p).as_str(), "source": m.source(Some(p))})
-        ),
+        (Some(p), Output::Text) => println!("{}", engine.mtls_mode_at(Some(p)).describe()),
+        (Some(p), Output::Json) => {
+            let mut v = explain::port_mode_json(engine.mtls_mode_at(Some(p)), m.source(Some(p)));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("port".into(), json!(p));
+            }
+            println!("{v}");
+        }
         (None, Output::Text) => {
             for line in explain::modes_by_port(&engine) {
                 println!("{line}");
@@ -562,15 +594,41 @@ fn mode(
 /// ([`PluginConfig::write`]): the policies as `read` loaded them (namespaces filled in, Lists
 /// flattened, merge keys resolved), compiled for the workload first, and checked to read back
 /// as written. In an Istio attachment the workload comes from the sidecar's node metadata
-/// instead (`with_workload = false`).
+/// instead (`with_workload = false`). Also the chain it was written for (`enforce`).
 fn plugin_config_value(
     workload: &WorkloadArgs,
     plaintext_chains: &[String],
     http_ports: &[u16],
     set: PolicySet,
     with_workload: bool,
-) -> Result<String, ExitCode> {
-    workload.engine(&set)?;
+    enforce: Enforce,
+) -> Result<(String, EnforceMode), ExitCode> {
+    let engine = workload.engine(&set)?;
+    // The AUDIT policies the module may apply: for a named workload exactly those the engine
+    // selected (the module refuses "decide" on the same test); in an attachment, whose pods may
+    // carry more labels than the selector, every AUDIT policy that may apply to one of them.
+    let audits: Vec<String> = if with_workload {
+        engine
+            .policies()
+            .iter()
+            .filter(|p| p.action == Action::Audit)
+            .map(|p| p.qualified_name())
+            .collect()
+    } else {
+        set.authorization_policies
+            .iter()
+            .filter(|p| {
+                p.spec.action == Action::Audit
+                    && may_apply(
+                        &p.meta.namespace,
+                        p.spec.selector.as_ref().map(|s| &s.match_labels),
+                        workload,
+                    )
+            })
+            .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
+            .collect()
+    };
+    let enforce = enforce_mode(enforce, &audits)?;
     let config = PluginConfig {
         policies: set,
         workload: with_workload.then(|| workload.workload()),
@@ -579,14 +637,34 @@ fn plugin_config_value(
         // meshauthz_net runs on HTTP ports too (STRICT, direct peer for ipBlocks) and must leave
         // their authorization to meshauthz_http.
         http_ports: http_ports.to_vec(),
-        enforce: policy_engine::EnforceMode::Separate,
+        enforce,
     };
     // The compact text, written one policy at a time (a `Value` of the whole document would
     // take several times its memory: issue 8).
-    config.write_json().map_err(|d| {
-        print_diagnostics("plugin configuration", &d);
-        failure()
-    })
+    config
+        .write_json()
+        .map(|text| (text, enforce))
+        .map_err(|d| {
+            print_diagnostics("plugin configuration", &d);
+            failure()
+        })
+}
+
+/// `--enforce` for a policy set whose applicable AUDIT policies are `audits` (`namespace/name`):
+/// `auto` is `decide` without AUDIT (one Wasm call per request), `separate` with; an explicit
+/// `decide` with AUDIT is refused here, as the module would refuse it.
+fn enforce_mode(requested: Enforce, audits: &[String]) -> Result<EnforceMode, ExitCode> {
+    match (requested, audits.is_empty()) {
+        (Enforce::Separate, _) | (Enforce::Auto, false) => Ok(EnforceMode::Separate),
+        (Enforce::Decide | Enforce::Auto, true) => Ok(EnforceMode::Decide),
+        (Enforce::Decide, false) => {
+            eprintln!(
+                "error: --enforce decide: AUDIT policies apply to this workload ({}): the audit trail needs the RBAC LOG companion and the enforce stage, and the module refuses \"decide\" with AUDIT policies; use --enforce auto or separate",
+                audits.join(", ")
+            );
+            Err(failure())
+        }
+    }
 }
 
 /// The Kubernetes API's default request limit (etcd's): a larger object is refused by the API
@@ -703,7 +781,23 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
         );
     }
     // Istio's sidecar inbound chains are not named `plaintext`; STRICT is Istio's own there.
-    let config = plugin_config_value(&args.workload, &[], &args.http_ports, set, false)?;
+    let (config, enforce) = plugin_config_value(
+        &args.workload,
+        &[],
+        &args.http_ports,
+        set,
+        false,
+        args.enforce,
+    )?;
+    if args.enforce == Enforce::Auto {
+        eprintln!(
+            "{}",
+            match enforce {
+                EnforceMode::Decide => "render: no AUDIT policy can apply: the decide stages alone (\"enforce\": \"decide\", one Wasm filter per request); --enforce separate renders the full chain",
+                EnforceMode::Separate => "render: AUDIT policies can apply: the full chain (decide stage, RBAC LOG companion, enforce stage)",
+            }
+        );
+    }
     let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| {
         eprintln!("error: internal error: the plugin configuration is not JSON: {e}");
         failure()
@@ -718,6 +812,7 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
         http_ports: &args.http_ports,
         tcp_ports: &args.tcp_ports,
         plugin_config: &config,
+        enforce,
     };
     let docs = match args.kind {
         RenderKind::Wasmplugin => render::wasm_plugins(&attachment),
@@ -811,11 +906,14 @@ fn main() -> ExitCode {
             workload,
             plaintext_chains,
             http_ports,
+            enforce,
             pretty,
             files,
         } => read(files, &workload.namespace)
-            .and_then(|set| plugin_config_value(workload, plaintext_chains, http_ports, set, true))
-            .map(|c| {
+            .and_then(|set| {
+                plugin_config_value(workload, plaintext_chains, http_ports, set, true, *enforce)
+            })
+            .map(|(c, _)| {
                 if *pretty || std::io::stdout().is_terminal() {
                     match serde_json::from_str::<serde_json::Value>(&c)
                         .and_then(|v| serde_json::to_string_pretty(&v))

@@ -5,8 +5,11 @@
 //! Filter order on the inbound HTTP chain, as the shipped Envoy configs have it:
 //! `meshauthz_http` (decides, sets filter state) -> `envoy.filters.http.rbac` in LOG mode keyed on
 //! `wasm.meshauthz_audit` (Envoy writes `envoy.common:access_log_hint`) -> `meshauthz_http_enforce`
-//! (answers 403 `RBAC: access denied`) -> router.
+//! (answers 403 `RBAC: access denied`) -> router. With [`EnforceMode::Decide`] (no AUDIT policy
+//! applies) only the decide stages are rendered: `meshauthz_http` answers the 403 itself and
+//! `meshauthz_net` closes a denied connection itself, one Wasm call per request.
 
+use policy_engine::EnforceMode;
 use serde_json::{json, Value};
 
 /// What to render.
@@ -24,6 +27,15 @@ pub struct Attachment<'a> {
     pub tcp_ports: &'a [u16],
     /// The filter's plugin configuration (policies and settings).
     pub plugin_config: &'a Value,
+    /// The chain's shape: `Separate` renders the enforce stages and the RBAC LOG companions,
+    /// `Decide` only the decide stages (the plugin configuration says the same).
+    pub enforce: EnforceMode,
+}
+
+impl Attachment<'_> {
+    fn separate(&self) -> bool {
+        self.enforce == EnforceMode::Separate
+    }
 }
 
 /// The host an `http(s)://` module URL is fetched from: Envoy's remote data source needs a
@@ -205,7 +217,9 @@ fn peer_sans_patches(tcp_ports: &[u16]) -> Vec<Value> {
 }
 
 /// `WasmPlugin`s: two HTTP stages and, when TCP ports are given, two network stages, plus the
-/// `EnvoyFilter` that places the RBAC LOG companion between the HTTP stages (a WasmPlugin cannot).
+/// `EnvoyFilter` that places the RBAC LOG companion between the HTTP stages (a WasmPlugin cannot)
+/// and the peer-SAN companions. In `Decide` mode: the decide stages only, and the EnvoyFilter
+/// (same name, so `kubectl apply` replaces it) carries only the peer-SAN companions.
 pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     let mut docs = Vec::new();
     let plugin = |suffix: &str, root_id: &str, phase: &str, ty: &str, match_ports: &[u16]| {
@@ -238,13 +252,15 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
         "HTTP",
         a.http_ports,
     ));
-    docs.push(plugin(
-        "http-enforce",
-        "meshauthz_http_enforce",
-        "STATS",
-        "HTTP",
-        a.http_ports,
-    ));
+    if a.separate() {
+        docs.push(plugin(
+            "http-enforce",
+            "meshauthz_http_enforce",
+            "STATS",
+            "HTTP",
+            a.http_ports,
+        ));
+    }
     if !a.tcp_ports.is_empty() {
         docs.push(plugin(
             "net",
@@ -254,26 +270,31 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
             &all_ports,
         ));
         // Only on TCP chains: there an HTTP-port verdict means a misdeclared port, refused.
-        docs.push(plugin(
-            "net-enforce",
-            "meshauthz_net_enforce",
-            "AUTHZ",
-            "NETWORK",
-            a.tcp_ports,
-        ));
+        if a.separate() {
+            docs.push(plugin(
+                "net-enforce",
+                "meshauthz_net_enforce",
+                "AUTHZ",
+                "NETWORK",
+                a.tcp_ports,
+            ));
+        }
     }
     // Istio names a WasmPlugin's filter `<namespace>.<name>`.
     let decide_filter = format!("{}.{}-http", a.namespace, a.name);
-    let mut audit_patches = vec![json!({"applyTo": "HTTP_FILTER",
-        "match": {
-            "context": "SIDECAR_INBOUND",
-            "listener": {"filterChain": {"filter": {
-                "name": "envoy.filters.network.http_connection_manager",
-                "subFilter": {"name": decide_filter}
-            }}}
-        },
-        "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
-    })];
+    let mut audit_patches = Vec::new();
+    if a.separate() {
+        audit_patches.push(json!({"applyTo": "HTTP_FILTER",
+            "match": {
+                "context": "SIDECAR_INBOUND",
+                "listener": {"filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": decide_filter}
+                }}}
+            },
+            "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
+        }));
+    }
     audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({
         "apiVersion": "networking.istio.io/v1alpha3",
@@ -323,7 +344,8 @@ fn wasm_filter(network: bool, root_id: &str, a: &Attachment<'_>, config: &Value)
 }
 
 /// One `EnvoyFilter` with the module (a local file, or a remote URL with `sha256`), its RBAC LOG
-/// companions and the migration access-log format, inserted into `SIDECAR_INBOUND`.
+/// companions and the migration access-log format, inserted into `SIDECAR_INBOUND`; in `Decide`
+/// mode the decide stages only (no RBAC LOG, no enforce stage).
 pub fn envoy_filter(a: &Attachment<'_>) -> Value {
     let http_match = |sub: &str| {
         json!({"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
@@ -334,11 +356,22 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
                "patch": {"operation": "INSERT_BEFORE", "value": value}})
     };
     let empty = json!({});
-    let mut patches = vec![
-        insert_before_router(wasm_filter(false, "meshauthz_http", a, a.plugin_config)),
-        insert_before_router(rbac_log_companion(false)),
-        insert_before_router(wasm_filter(false, "meshauthz_http_enforce", a, &empty)),
-        json!({
+    let mut patches = vec![insert_before_router(wasm_filter(
+        false,
+        "meshauthz_http",
+        a,
+        a.plugin_config,
+    ))];
+    if a.separate() {
+        patches.push(insert_before_router(rbac_log_companion(false)));
+        patches.push(insert_before_router(wasm_filter(
+            false,
+            "meshauthz_http_enforce",
+            a,
+            &empty,
+        )));
+    }
+    patches.push(json!({
             "applyTo": "NETWORK_FILTER",
             "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}}},
             "patch": {"operation": "MERGE", "value": {"typed_config": {
@@ -352,16 +385,16 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
                     }
                 }]
             }}}
-        }),
-    ];
+    }));
     if !a.tcp_ports.is_empty() {
         for port in a.tcp_ports {
             let m = json!({"context": "SIDECAR_INBOUND", "listener": {"portNumber": port, "filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}});
-            for value in [
-                wasm_filter(true, "meshauthz_net", a, a.plugin_config),
-                rbac_log_companion(true),
-                wasm_filter(true, "meshauthz_net_enforce", a, &empty),
-            ] {
+            let mut values = vec![wasm_filter(true, "meshauthz_net", a, a.plugin_config)];
+            if a.separate() {
+                values.push(rbac_log_companion(true));
+                values.push(wasm_filter(true, "meshauthz_net_enforce", a, &empty));
+            }
+            for value in values {
                 patches.push(json!({"applyTo": "NETWORK_FILTER", "match": m, "patch": {"operation": "INSERT_BEFORE", "value": value}}));
             }
         }

@@ -157,6 +157,10 @@ fn policy_files() -> Vec<String> {
 }
 
 fn render(kind: &str) -> String {
+    render_files(kind, &policy_files())
+}
+
+fn render_files(kind: &str, files: &[String]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
         .args([
             "render",
@@ -170,7 +174,7 @@ fn render(kind: &str) -> String {
             "--tcp-port",
             "9000",
         ])
-        .args(policy_files())
+        .args(files)
         .output()
         .expect("run meshauthz render");
     assert!(
@@ -206,6 +210,25 @@ fn rendered_attachments_are_valid_and_shipped_copies_are_current() {
             yaml_docs(&rendered),
             "{} is stale: run `make istio-manifests`",
             shipped_path.display()
+        );
+    }
+}
+
+/// Issue 12: without the AUDIT sample the attachments are the decide stages alone; they are valid
+/// too.
+#[test]
+fn decide_only_attachments_are_valid() {
+    let files: Vec<String> = policy_files()
+        .into_iter()
+        .filter(|f| !f.contains("audit"))
+        .collect();
+    for kind in ["wasmplugin", "envoyfilter"] {
+        let rendered = render_files(kind, &files);
+        assert!(rendered.contains(r#"decide"#), "{rendered}");
+        assert!(!rendered.contains("meshauthz_http_enforce"), "{rendered}");
+        validate(
+            &yaml_docs(&rendered),
+            &format!("meshauthz render {kind} (decide)"),
         );
     }
 }

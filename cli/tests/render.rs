@@ -238,3 +238,257 @@ fn a_remote_module_needs_its_digest_and_gets_its_cluster() {
     };
     assert_eq!(plugin["spec"]["sha256"], want.as_str());
 }
+
+fn audit(ns: &str, name: &str, selector: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  {selector}\n  action: AUDIT\n  rules:\n  - to: [{{operation: {{paths: [/{name}]}}}}]\n---\n"
+    )
+}
+
+/// The shape of a rendered set: object names, the filters the EnvoyFilters insert, and the
+/// `enforce` key of the plugin configuration (`None` when absent: the default, separate).
+struct Shape {
+    names: Vec<String>,
+    patched: Vec<String>,
+    enforce: Option<String>,
+}
+
+fn shape(yaml: &str) -> Shape {
+    let docs = docs(yaml);
+    let names = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut patched = Vec::new();
+    let mut enforce = None;
+    for d in &docs {
+        if d["kind"] == "WasmPlugin" {
+            enforce = d["spec"]["pluginConfig"]["enforce"]
+                .as_str()
+                .map(str::to_string);
+        }
+        for p in d["spec"]["configPatches"].as_array().into_iter().flatten() {
+            let value = &p["patch"]["value"];
+            let Some(name) = value["name"].as_str() else {
+                continue;
+            };
+            let root_id = value["typed_config"]["config"]["root_id"].as_str();
+            patched.push(root_id.unwrap_or(name).to_string());
+            if let Some(config) = value["typed_config"]["config"]["configuration"]["value"].as_str()
+            {
+                let config: Value = serde_json::from_str(config).unwrap();
+                if config.get("policies").is_some() {
+                    enforce = config["enforce"].as_str().map(str::to_string);
+                }
+            }
+        }
+    }
+    Shape {
+        names,
+        patched,
+        enforce,
+    }
+}
+
+fn render_with(kind: &str, extra: &[&str], file: &str) -> Out {
+    let mut args = vec![
+        "render",
+        kind,
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--http-port",
+        "8080",
+        "--tcp-port",
+        "9000",
+    ];
+    args.extend_from_slice(extra);
+    args.push(file);
+    run(&args)
+}
+
+/// Issue 12: without AUDIT the attachments are the decide stages alone (one Wasm call per
+/// request, `"enforce": "decide"`), with the peer-SAN companions kept; an AUDIT policy that may
+/// apply to a selected pod brings the full chain back.
+#[test]
+fn render_follows_the_policy_set() {
+    let no_audit = file(
+        "no-audit.yaml",
+        &[
+            policy("foo", "deny-admin", ""),
+            // An AUDIT policy for another app, and one in another namespace: they cannot apply.
+            audit("foo", "other-app", "selector: {matchLabels: {app: other}}"),
+            audit("bar", "other-ns", ""),
+        ]
+        .concat(),
+    );
+    let out = render_with("wasmplugin", &[], &no_audit);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the decide stages alone"),
+        "{}",
+        out.stderr
+    );
+    let s = shape(&out.stdout);
+    assert_eq!(
+        s.names,
+        [
+            "meshauthz-http",
+            "meshauthz-net",
+            "meshauthz-audit-companion"
+        ]
+    );
+    assert_eq!(s.enforce.as_deref(), Some("decide"));
+    // Only the SAN companions: first on the HTTP chains and on the TCP port's.
+    assert_eq!(
+        s.patched,
+        [
+            "envoy.filters.network.set_filter_state",
+            "envoy.filters.network.set_filter_state"
+        ]
+    );
+    let plugins = docs(&out.stdout);
+    // Without an enforce stage the network stage decides on TCP ports and watches HTTP ones.
+    assert_eq!(
+        plugins[1]["spec"]["match"][0]["ports"],
+        serde_json::json!([{"number": 8080}, {"number": 9000}])
+    );
+
+    let out = render_with("envoyfilter", &[], &no_audit);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = shape(&out.stdout);
+    assert_eq!(s.enforce.as_deref(), Some("decide"));
+    assert_eq!(
+        s.patched,
+        [
+            "meshauthz_http",
+            "meshauthz_net",
+            "envoy.filters.network.set_filter_state",
+            "envoy.filters.network.set_filter_state"
+        ]
+    );
+
+    // An AUDIT policy whose selector a selected pod may match (app=echo plus version=v2).
+    let with_audit = file(
+        "with-audit.yaml",
+        &[
+            policy("foo", "deny-admin", ""),
+            audit(
+                "foo",
+                "audit-v2",
+                "selector: {matchLabels: {app: echo, version: v2}}",
+            ),
+        ]
+        .concat(),
+    );
+    let full_wasmplugins = [
+        "meshauthz-http",
+        "meshauthz-http-enforce",
+        "meshauthz-net",
+        "meshauthz-net-enforce",
+        "meshauthz-audit-companion",
+    ];
+    let full_patches = [
+        "envoy.filters.http.rbac",
+        "envoy.filters.network.set_filter_state",
+        "envoy.filters.network.set_filter_state",
+    ];
+    let out = render_with("wasmplugin", &[], &with_audit);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("the full chain"), "{}", out.stderr);
+    let s = shape(&out.stdout);
+    assert_eq!(s.names, full_wasmplugins);
+    assert_eq!(s.patched, full_patches);
+    assert_eq!(s.enforce, None);
+    let out = render_with("envoyfilter", &[], &with_audit);
+    assert_eq!(
+        shape(&out.stdout).patched,
+        [
+            "meshauthz_http",
+            "envoy.filters.http.rbac",
+            "meshauthz_http_enforce",
+            "meshauthz_net",
+            "envoy.filters.network.rbac",
+            "meshauthz_net_enforce",
+            "envoy.filters.network.set_filter_state",
+            "envoy.filters.network.set_filter_state"
+        ]
+    );
+
+    // The full chain on request, without AUDIT (AUDIT policies can be added later without
+    // re-rendering the attachments).
+    let out = render_with("wasmplugin", &["--enforce", "separate"], &no_audit);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = shape(&out.stdout);
+    assert_eq!(s.names, full_wasmplugins);
+    assert_eq!(s.patched, full_patches);
+    assert_eq!(s.enforce, None);
+
+    // `decide` where an AUDIT policy may apply: refused as the module would refuse it.
+    let out = render_with("wasmplugin", &["--enforce", "decide"], &with_audit);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr
+            .contains("--enforce decide: AUDIT policies apply to this workload (foo/audit-v2)"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `plugin-config` follows the policies that apply to the named workload, exactly as the module
+/// selects them.
+#[test]
+fn plugin_config_follows_the_policies_that_apply() {
+    let f = file(
+        "pc.yaml",
+        &[
+            policy("foo", "deny-admin", ""),
+            audit(
+                "foo",
+                "audit-v2",
+                "selector: {matchLabels: {app: echo, version: v2}}",
+            ),
+        ]
+        .concat(),
+    );
+    let config = |labels: &[&str], extra: &[&str]| {
+        let mut args = vec!["plugin-config", "--namespace", "foo"];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        args.extend_from_slice(extra);
+        args.push(&f);
+        run(&args)
+    };
+    let enforce = |out: &Out| {
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        v.get("enforce").cloned()
+    };
+    // app=echo without version=v2: the AUDIT policy does not select it.
+    assert_eq!(
+        enforce(&config(&["app=echo"], &[])),
+        Some(Value::from("decide"))
+    );
+    assert_eq!(enforce(&config(&["app=echo", "version=v2"], &[])), None);
+    assert_eq!(
+        enforce(&config(&["app=echo"], &["--enforce", "separate"])),
+        None
+    );
+    assert_eq!(
+        enforce(&config(&["app=echo"], &["--enforce", "decide"])),
+        Some(Value::from("decide"))
+    );
+    let refused = config(&["app=echo", "version=v2"], &["--enforce", "decide"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stdout.is_empty());
+    assert!(
+        refused.stderr.contains("(foo/audit-v2)"),
+        "{}",
+        refused.stderr
+    );
+    let bad = config(&["app=echo"], &["--enforce", "inline"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}

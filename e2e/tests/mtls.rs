@@ -51,7 +51,8 @@ fn strict_resets_plaintext_and_accepts_mtls() {
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 1, "plaintext reached the application");
-    assert_plaintext_counted(&s, "other", "rejected", 2);
+    // Every port the workload serves has counters of its own (no policy names this one).
+    assert_plaintext_counted(&s, &s.port.to_string(), "rejected", 2);
 }
 
 /// Scenario 4b: PERMISSIVE accepts both.
@@ -64,7 +65,7 @@ fn permissive_accepts_both() {
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
     assert_ok(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 2);
-    assert_plaintext_counted(&s, "other", "accepted", 1);
+    assert_plaintext_counted(&s, &s.port.to_string(), "accepted", 1);
 }
 
 /// Scenario 4c: `portLevelMtls` on one workload: the "8080" port PERMISSIVE, the "8000" port
@@ -182,7 +183,11 @@ fn tcp_port_counters_log_and_permissive_plaintext() {
     assert_eq!(
         strict
             .envoy
-            .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+            .wait_stat_at_least(
+                &plaintext_stat(&strict.port.to_string(), "rejected"),
+                2,
+                WAIT
+            )
             .unwrap(),
         2
     );
@@ -224,7 +229,7 @@ fn tcp_port_counters_log_and_permissive_plaintext() {
             || o == TcpOutcome::Reset,
         "plaintext denied by the L4 ALLOW: {o:?}"
     );
-    assert_plaintext_counted(&permissive, "other", "accepted", 1);
+    assert_plaintext_counted(&permissive, &permissive.port.to_string(), "accepted", 1);
     let bar = permissive.pki.client("foo", "bar").unwrap();
     let (o, e) =
         client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();

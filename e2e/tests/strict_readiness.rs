@@ -120,6 +120,15 @@ fn plaintext_callers_make_a_port_not_ready_and_mtls_ones_do_not() {
         )),
         "{out}"
     );
-    assert!(out.contains("plaintext caller: GET /legacy (1)"), "{out}");
+    // The templates log the source address (`src`): the caller is named by its IP, with what
+    // it asked.
+    assert!(
+        out.contains("callers (access log): 127.0.0.1 (1: GET /legacy)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plaintext caller: 127.0.0.1 (1: GET /legacy)"),
+        "{out}"
+    );
     assert!(out.contains("1 audited"), "{out}");
 }

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::mesh::{
     plugin_config, shown, wait_until, write_replacing, Mode, Sandbox, SERVER_DRAIN_TIME,
-    STRICT_POLICY, WORKLOAD_NAMESPACE,
+    WORKLOAD_NAMESPACE,
 };
 
 /// Who validates a policy set before it is sent to Envoy.
@@ -284,11 +284,7 @@ impl Sandbox {
                 self.plugin_config_path(),
                 serde_json::to_string_pretty(&plugin)?,
             )?;
-            state.mode = if files.iter().any(|f| f.ends_with(STRICT_POLICY)) {
-                Mode::Strict
-            } else {
-                Mode::Permissive
-            };
+            state.mode = Mode::of(&files);
             state.policies = files;
             self.save_state(&state)?;
         }

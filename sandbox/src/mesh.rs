@@ -41,6 +41,9 @@ pub const CLIENT_SA: &str = "sleep";
 pub const CLIENT_TEMPLATE: &str = "client-sidecar.yaml";
 /// The policy file applied only in the STRICT step.
 pub const STRICT_POLICY: &str = "90-strict.yaml";
+/// The report-only step's PeerAuthentication (STRICT with `meshauthz.io/strict-report-only:
+/// "true"`), under the workspace: it replaces [`STRICT_POLICY`] between AUDIT and STRICT.
+pub const REPORT_ONLY_POLICY: &str = "envoy-config/sandbox/policies/90-strict-report-only.yaml";
 /// The SNI the client sidecar sends (the server does not route on it).
 pub const UPSTREAM_SNI: &str = "echo.foo.svc.cluster.local";
 /// The workload the sample policies select.
@@ -125,20 +128,40 @@ impl Ports {
 
 /// PeerAuthentication step of the story.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The sample policies without `90-strict.yaml`.
     Permissive,
+    /// The sample policies without `90-strict.yaml`, plus [`REPORT_ONLY_POLICY`]: STRICT,
+    /// report-only (`meshauthz.io/strict-report-only: "true"`).
+    ReportOnly,
     /// The sample policies with `90-strict.yaml`.
     Strict,
 }
 
 impl Mode {
-    /// `permissive` / `strict`.
+    /// `permissive` / `report-only` / `strict`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Permissive => "permissive",
+            Mode::ReportOnly => "report-only",
             Mode::Strict => "strict",
+        }
+    }
+
+    /// The mode a policy file list is in: STRICT with `90-strict.yaml`, report-only with
+    /// [`REPORT_ONLY_POLICY`]'s file, else PERMISSIVE.
+    pub fn of(files: &[PathBuf]) -> Mode {
+        let report_only = Path::new(REPORT_ONLY_POLICY).file_name();
+        if files
+            .iter()
+            .any(|f| f.file_name() == Some(STRICT_POLICY.as_ref()))
+        {
+            Mode::Strict
+        } else if files.iter().any(|f| f.file_name() == report_only) {
+            Mode::ReportOnly
+        } else {
+            Mode::Permissive
         }
     }
 }
@@ -198,7 +221,8 @@ pub fn default_dir() -> PathBuf {
     workspace_root().join(".sandbox")
 }
 
-/// The sample policy files for `mode`, sorted by name (`90-strict.yaml` only in STRICT).
+/// The sample policy files for `mode`, sorted by name (`90-strict.yaml` only in STRICT; in
+/// report-only, [`REPORT_ONLY_POLICY`] last).
 pub fn policy_files(policies: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(policies)
         .map_err(|e| Error(format!("cannot read {}: {e}", policies.display())))?
@@ -209,6 +233,9 @@ pub fn policy_files(policies: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
     files.sort();
     if mode == Mode::Strict && !files.iter().any(|p| p.ends_with(STRICT_POLICY)) {
         return err(format!("{} has no {STRICT_POLICY}", policies.display()));
+    }
+    if mode == Mode::ReportOnly {
+        files.push(workspace_root().join(REPORT_ONLY_POLICY));
     }
     Ok(files)
 }

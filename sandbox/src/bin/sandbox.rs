@@ -4,7 +4,9 @@
 //! sandbox up [PORT FLAGS]          start the loopback mesh (detached), stop a previous one first
 //! sandbox demo [--hints]           play the mTLS migration story against the running sandbox
 //! sandbox ci [PORT FLAGS]          up, demo, down (also on failure); exit 1 if a step misbehaved
-//! sandbox mode permissive|strict   the sample policies of that step, by a live update (no restart)
+//! sandbox mode permissive|report-only|strict   the sample policies of that step, by a live
+//!                                  update (no restart); report-only: 90-strict.yaml replaced by
+//!                                  envoy-config/sandbox/policies/90-strict-report-only.yaml
 //! sandbox apply [--unchecked] PATH...   send the policy set of PATH (folders, files) to the running
 //!                                  server sidecar by a live update (file-based LDS, no restart);
 //!                                  the CLI validates first (a refused set is not sent, exit 1);
@@ -41,7 +43,7 @@ use meshauthz_harness::{workspace_root, Error, Result};
 use meshauthz_sandbox::live::{Applied, Check};
 use meshauthz_sandbox::mesh::{
     default_cli, default_dir, plugin_config_args, policy_files, render_compose, shown, Mode, Ports,
-    Sandbox, CLIENT_NS, CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE,
+    Sandbox, CLIENT_NS, CLIENT_SA, REPORT_ONLY_POLICY, SAMPLE_DENY_PORT, SUPERVISE,
 };
 use serde_json::Value;
 
@@ -206,8 +208,13 @@ fn run() -> Result<ExitCode> {
         "mode" => {
             let mode = match args.rest.first().map(String::as_str) {
                 Some("strict") => Mode::Strict,
+                Some("report-only") => Mode::ReportOnly,
                 Some("permissive") => Mode::Permissive,
-                _ => return Err(Error("usage: sandbox mode permissive|strict".into())),
+                _ => {
+                    return Err(Error(
+                        "usage: sandbox mode permissive|report-only|strict".into(),
+                    ))
+                }
             };
             let applied = sb.set_mode(mode)?;
             println!("{}", applied_report(&applied));
@@ -672,10 +679,13 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         "the audited lines are the callers outside istioinaction, never the in-mesh client",
     );
 
-    // 4. STRICT, by a live update.
-    s.step("Switch the namespace to STRICT (90-strict.yaml), live: the running server sidecar gets the new set, no restart");
+    // 4. Report-only STRICT, by a live update.
+    report_only_steps(sb, &mut s, p.inbound, p.admin)?;
+
+    // 6. STRICT, by a live update.
+    s.step("Enforce: the namespace STRICT without the annotation (90-strict.yaml), live: the running server sidecar gets the new set, no restart");
     s.run(&format!(
-        "make sandbox-apply POLICIES={}    # or make sandbox-mode MODE=strict",
+        "make sandbox-mode MODE=strict    # the same as make sandbox-apply POLICIES={}",
         shown(&sb.policies)
     ));
     s.saw(&format!(
@@ -713,7 +723,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         &format!("the plaintext counter counts the reset ({rejected} rejected)"),
     );
 
-    // 5. DENY.
+    // 7. DENY.
     s.step("A DENY rule: nobody reaches /admin on port 8080, whatever the path tricks");
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/admin", p.client)])?;
@@ -769,9 +779,123 @@ fn demo(sb: &Sandbox) -> Result<bool> {
     Ok(s.failed.is_empty())
 }
 
+/// Steps 4 and 5: STRICT written down but report-only (plaintext still served, counted and
+/// logged with the caller), and `meshauthz strict-readiness` on the evidence: not ready.
+fn report_only_steps(sb: &Sandbox, s: &mut Story, inbound: u16, admin: u16) -> Result<()> {
+    s.step("Report-only STRICT, live: the namespace says STRICT with meshauthz.io/strict-report-only: \"true\"; plaintext is still served, counted and logged");
+    s.run("make sandbox-mode MODE=report-only");
+    s.saw(&format!(
+        "sends {} without 90-strict.yaml, plus {REPORT_ONLY_POLICY}",
+        shown(&sb.policies)
+    ));
+    let applied = sb.set_mode(Mode::ReportOnly)?;
+    s.saw(&applied_report(&applied));
+    check_live(s, &applied);
+    let server_log = sb.log("server");
+    let log_from = std::fs::metadata(&server_log).map(|m| m.len()).unwrap_or(0);
+    let c = curl(s, &[&format!("http://127.0.0.1:{inbound}/legacy")])?;
+    s.saw(&describe(&c));
+    s.check(
+        c.exit == 0 && c.status == 200,
+        "the legacy plaintext call is still served (200): STRICT is report-only",
+    );
+    let stats = meshauthz_stats(s, admin)?;
+    s.saw(
+        &stats
+            .iter()
+            .filter(|(k, _)| k.contains(".plaintext.") && k.contains(&inbound.to_string()))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let report_only = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".report_only");
+    s.check(
+        report_only >= 1,
+        &format!(
+            "wasmcustom.meshauthz.plaintext.{inbound}.report_only counts the connection STRICT would have reset ({report_only})"
+        ),
+    );
+    s.run(&format!(
+        "grep 'report-only STRICT' {}",
+        quote(&shown(&server_log))
+    ));
+    let mut line = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while line.is_none() && Instant::now() < deadline {
+        line = std::fs::read(&server_log).ok().and_then(|b| {
+            let from = usize::try_from(log_from).unwrap_or(usize::MAX);
+            String::from_utf8_lossy(b.get(from..).unwrap_or_default())
+                .lines()
+                .find(|l| l.contains("report-only STRICT: plaintext connection from 127.0.0.1:"))
+                .map(str::to_string)
+        });
+        if line.is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    s.saw(line.as_deref().unwrap_or("(no line)"));
+    s.check(
+        line.as_deref().is_some_and(|l| {
+            l.contains(&format!("to port {inbound} admitted")) && l.contains("would be reset")
+        }),
+        "Envoy's log names the caller (127.0.0.1:<port>) and the port, admitted although STRICT would reset it",
+    );
+
+    s.step(
+        "Is it safe to enforce? meshauthz strict-readiness reads the counters and the access log",
+    );
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let port = inbound.to_string();
+    let log = sb.access_log();
+    let args = [
+        "strict-readiness",
+        "--admin",
+        &admin_url,
+        "--access-log",
+        &shown(&log),
+        "--port",
+        &port,
+        "--min-uptime",
+        "0",
+    ];
+    s.run(&format!(
+        "{} {}",
+        shown(&sb.cli),
+        args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    ));
+    let mut cmd = Command::new(&sb.cli);
+    cmd.args(&args[..4])
+        .arg(&log)
+        .args(&args[5..])
+        .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| Error(format!("cannot run {}: {e}", sb.cli.display())))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.saw(text.trim_end());
+    let code = out.status.code().unwrap_or(-1);
+    s.saw(&format!("exit status {code}"));
+    s.check(
+        code == 5 && text.contains(&format!("port {inbound}: NOT READY")),
+        &format!("port {inbound}: NOT READY (exit status 5) while the legacy caller is there"),
+    );
+    s.check(
+        text.contains("would have been reset")
+            && text.contains("127.0.0.1")
+            && text.contains("GET /legacy"),
+        "it names what would have been reset and the caller (127.0.0.1, GET /legacy)",
+    );
+    s.saw("the legacy caller moves into the mesh (it now calls through a client sidecar); once strict-readiness stays READY, enforce:");
+    Ok(())
+}
+
 /// The sample DENY the story adds live, and the same with a typo (refused).
-const LIVE_POLICY: &str = "envoy-config/sandbox/live/40-deny-debug.yaml";
-const LIVE_POLICY_TYPO: &str = "envoy-config/sandbox/live/40-deny-debug-typo.yaml";
+const LIVE_POLICY: &str = "envoy-config/sandbox/policies/40-deny-debug.yaml";
+const LIVE_POLICY_TYPO: &str = "envoy-config/sandbox/policies/40-deny-debug-typo.yaml";
 
 /// A live update landed: Envoy applied the listener without a restart and the module took the set.
 fn check_live(s: &mut Story, a: &Applied) {
@@ -801,7 +925,7 @@ fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
     let hello_url = format!("http://127.0.0.1:{client}/hello");
     let log = sb.access_log();
 
-    s.step("A new policy, live: DENY /debug (envoy-config/sandbox/live/40-deny-debug.yaml) reaches the running server sidecar");
+    s.step("A new policy, live: DENY /debug (envoy-config/sandbox/policies/40-deny-debug.yaml) reaches the running server sidecar");
     let c = curl(s, &[&debug_url])?;
     s.saw(&describe(&c));
     s.check(

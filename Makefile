@@ -270,7 +270,8 @@ sandbox-stop:
 	 elif [ -f .sandbox/state.json ]; then echo "sandbox-stop: $(SANDBOX_BIN) is missing; run make sandbox-bin first"; exit 1; \
 	 else echo "sandbox: nothing to stop"; fi
 
-# The sample policies of a step (with or without 90-strict.yaml), sent live (no restart).
+# The sample policies of a step, sent live (no restart): MODE=permissive (without 90-strict.yaml),
+# report-only (envoy-config/sandbox/policies/90-strict-report-only.yaml instead), strict.
 MODE ?= strict
 sandbox-mode: sandbox-bin
 	$(SANDBOX_RUN) mode $(MODE)

@@ -1069,7 +1069,15 @@ fn print_hints(sb: &Sandbox) -> Result<()> {
     println!("  # a new policy set, live (file-based LDS, no restart); a folder or files");
     println!("  make sandbox-apply POLICIES=\"envoy-config/policies {LIVE_POLICY}\"");
     println!("  # the PeerAuthentication step (the sample policies with or without 90-strict.yaml, live)");
-    println!("  make sandbox-mode MODE=permissive     # or MODE=strict");
+    println!("  make sandbox-mode MODE=permissive     # or MODE=report-only, MODE=strict");
+    println!("  # is it safe to enforce STRICT?");
+    println!(
+        "  {} strict-readiness --admin http://127.0.0.1:{} --access-log {} --port {} --min-uptime 0",
+        shown(&sb.cli),
+        p.admin,
+        shown(&sb.access_log()),
+        p.inbound
+    );
     println!("  # stop everything");
     println!("  make sandbox-stop");
     Ok(())

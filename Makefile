@@ -141,6 +141,7 @@ fuzz-corpus: fuzz-build
 e2e: build envoy compose-schema
 	cargo build --quiet -p meshauthz-cli  # e2e/tests/strict_readiness.rs runs the CLI
 	cargo test -p meshauthz-e2e -- --test-threads=2 --skip $(COMPOSE_STORY_TEST)
+	cargo test -p meshauthz-harness -p meshauthz-sandbox  # the harness's and the tools' own unit tests
 
 # The compose sandbox's story on a container engine (e2e/tests/compose.rs), alone: its containers
 # compile the module and would slow the other e2e tests' Envoys past their start timeout.

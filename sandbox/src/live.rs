@@ -291,3 +291,81 @@ impl Sandbox {
         Ok(applied)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![expect(clippy::unwrap_used, reason = "tests")]
+    #![expect(clippy::indexing_slicing, reason = "tests")]
+
+    use super::*;
+    use meshauthz_harness::WorkDir;
+
+    #[test]
+    fn a_folder_gives_its_policy_files_sorted_and_a_file_is_taken_as_given() {
+        let w = WorkDir::new("live-expand").unwrap();
+        let dir = w.path().join("set");
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["20-b.yaml", "00-a.yml", "10-c.json", "README.md"] {
+            fs::write(dir.join(f), "").unwrap();
+        }
+        let extra = w.path().join("extra.yaml");
+        fs::write(&extra, "").unwrap();
+        let files = expand(&[dir.clone(), extra.clone()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names, ["00-a.yml", "10-c.json", "20-b.yaml", "extra.yaml"]);
+
+        let missing = expand(&[w.path().join("nope")]).unwrap_err();
+        assert!(missing.0.contains("no such file or folder"), "{missing}");
+        let empty = w.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        let none = expand(&[empty]).unwrap_err();
+        assert!(none.0.contains("has no policy file"), "{none}");
+        assert!(expand(&[]).is_err());
+    }
+
+    #[test]
+    fn an_unchecked_set_replaces_only_the_policies_of_the_last_good_configuration() {
+        let w = WorkDir::new("live-unchecked").unwrap();
+        let last = w.path().join("plugin-config.json");
+        fs::write(
+            &last,
+            r#"{"policies": [{"kind": "old"}], "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#,
+        )
+        .unwrap();
+        let f = w.path().join("p.yaml");
+        fs::write(
+            &f,
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {action: DENY, rules: [{to: [{operation: {path: [\"/x\"]}}]}]}\n---\nkind: PeerAuthentication\nmetadata: {name: b, namespace: other}\n",
+        )
+        .unwrap();
+        let c = unchecked_config(&last, &[f]).unwrap();
+        assert_eq!(c["httpPorts"], serde_json::json!([8080]));
+        assert_eq!(c["workload"]["namespace"], "foo");
+        let p = c["policies"].as_array().unwrap();
+        assert_eq!(p.len(), 2);
+        // Written as kubectl apply would place it; nothing else is checked or changed.
+        assert_eq!(p[0]["metadata"]["namespace"], WORKLOAD_NAMESPACE);
+        assert_eq!(
+            p[0]["spec"]["rules"][0]["to"][0]["operation"]["path"],
+            serde_json::json!(["/x"])
+        );
+        assert_eq!(p[1]["metadata"]["namespace"], "other");
+    }
+
+    #[test]
+    fn the_mode_follows_the_peer_authentication_file_in_the_set() {
+        let p = |names: &[&str]| -> Vec<PathBuf> { names.iter().map(PathBuf::from).collect() };
+        assert_eq!(Mode::of(&p(&["a/00-x.yaml"])), Mode::Permissive);
+        assert_eq!(
+            Mode::of(&p(&["a/00-x.yaml", crate::mesh::REPORT_ONLY_POLICY])),
+            Mode::ReportOnly
+        );
+        assert_eq!(
+            Mode::of(&p(&["a/00-x.yaml", "envoy-config/policies/90-strict.yaml"])),
+            Mode::Strict
+        );
+    }
+}

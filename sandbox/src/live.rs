@@ -294,9 +294,6 @@ impl Sandbox {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
-    #![expect(clippy::indexing_slicing, reason = "tests")]
-
     use super::*;
     use meshauthz_harness::WorkDir;
 

@@ -11,45 +11,10 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use common::{dir, file, run_in_root as run};
 use serde_json::Value;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .current_dir(workspace())
-        .output()
-        .expect("run meshauthz");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshauthz-operator-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn file(name: &str, text: &str) -> String {
-    let p = dir().join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 const SAMPLES: [&str; 4] = [
     "envoy-config/policies/00-mesh-permissive.yaml",

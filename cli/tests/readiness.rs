@@ -9,9 +9,10 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,17 +79,12 @@ fn admin(meshauthz: &'static str, uptime: u64, n: usize) -> (String, JoinHandle<
     (url, t)
 }
 
+/// `meshauthz strict-readiness ARGS`: its exit status, standard output and standard error.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .arg("strict-readiness")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["strict-readiness"];
+    all.extend_from_slice(args);
+    let out = common::run(&all);
+    (out.code, out.stdout, out.stderr)
 }
 
 const LEGACY: &str = "wasmcustom.meshauthz.audited: 1

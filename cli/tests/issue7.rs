@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{file, run, run_stdin};
+use common::{each_says, file, run, run_stdin};
 use policy_engine::{plugin_config, Attributes, Engine, HttpAttributes, MtlsMode, Protocol};
 use serde_json::Value;
 
@@ -27,6 +27,20 @@ fn module(args: &[&str], stdin: &str) -> (Engine, Value) {
         .unwrap_or_else(|d| panic!("the module refuses what plugin-config wrote:\n{d}"));
     let (engine, _) = Engine::compile(&cfg.policies, &cfg.workload.unwrap(), &cfg.mesh).unwrap();
     (engine, serde_json::from_str(&out.stdout).unwrap())
+}
+
+/// `meshauthz mode` of workload `foo` (`app=echo`) at `port`.
+fn echo_mode(port: &str, file: &str) -> common::Out {
+    run(&[
+        "mode",
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--port",
+        port,
+        file,
+    ])
 }
 
 fn allows(engine: &Engine, path: &str) -> bool {
@@ -159,20 +173,16 @@ fn duplicate_keys_are_refused_by_every_command() {
         r#"{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
             "metadata": {"name": "x", "namespace": "foo"}, "spec": {"action": "DENY", "action": "ALLOW"}}"#,
     );
-    for cmd in [&["validate"][..], &["plugin-config"][..]] {
-        let mut args = cmd.to_vec();
-        args.push(&f);
-        let out = run(&args);
-        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
-        // JSON input gets a JSON error, with its line and column (issue 8).
-        assert!(
-            out.stderr
-                .contains("cannot parse JSON: duplicate key \"action\" at line 2 column"),
-            "{}",
-            out.stderr
-        );
-        assert!(out.stderr.contains(&f), "no file name: {}", out.stderr);
-    }
+    // JSON input gets a JSON error, with its line and column (issue 8), and the file's name.
+    each_says(
+        &["validate", "plugin-config"],
+        &f,
+        1,
+        &[
+            "cannot parse JSON: duplicate key \"action\" at line 2 column",
+            &f,
+        ],
+    );
 }
 
 /// §1: a YAML merge key went to the module as a literal `"<<"` field.
@@ -212,16 +222,7 @@ fn port_keys_mean_one_port_everywhere() {
         )
     };
     let f = file("hex.yaml", &pa("0x1F92"));
-    let mode = run(&[
-        "mode",
-        "--namespace",
-        "foo",
-        "--label",
-        "app=echo",
-        "--port",
-        "8082",
-        &f,
-    ]);
+    let mode = echo_mode("8082", &f);
     assert_eq!(mode.stdout.trim(), "STRICT", "{}", mode.stderr);
     let (engine, json) = module(&["--namespace", "foo", "--label", "app=echo", &f], "");
     assert!(
@@ -231,18 +232,15 @@ fn port_keys_mean_one_port_everywhere() {
     assert_eq!(engine.mtls_mode(8082), MtlsMode::Strict);
 
     let f = file("leading-zero.yaml", &pa("08081"));
-    for cmd in ["validate", "plugin-config"] {
-        let out = run(&[cmd, &f]);
-        assert_eq!(out.code, 1, "{cmd}");
-        assert!(
-            out.stderr.contains(&f)
-                && out
-                    .stderr
-                    .contains("spec.portLevelMtls.08081: port key \"08081\" is ambiguous"),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config"],
+        &f,
+        1,
+        &[
+            &f,
+            "spec.portLevelMtls.08081: port key \"08081\" is ambiguous",
+        ],
+    );
 }
 
 /// §1: empty `--namespace` / `--trust-domain` were accepted (and the module then refused or
@@ -287,17 +285,14 @@ fn a_custom_tag_fails_with_the_file_name() {
         "tag.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: t, namespace: foo}\nspec: {action: !Deny DENY}\n",
     );
-    for cmd in ["validate", "plugin-config", "check"] {
-        let out = run(&[cmd, &f]);
-        assert_eq!(out.code, 1, "{cmd}");
-        assert!(
-            out.stderr.contains(&format!(
-                "{f}: error: document 1: YAML tag !Deny is not supported"
-            )),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config", "check"],
+        &f,
+        1,
+        &[&format!(
+            "{f}: error: document 1: YAML tag !Deny is not supported"
+        )],
+    );
 }
 
 /// §1: `plugin-config -` exited 1 without a message.
@@ -325,26 +320,21 @@ fn a_misspelt_kind_is_an_error_with_a_suggestion() {
         ("PeerAuthenticaton", "PeerAuthentication"),
     ] {
         let f = file("kind.yaml", &format!("apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: x, namespace: foo}}\nspec: {{action: DENY}}\n"));
-        for cmd in ["validate", "plugin-config"] {
-            let out = run(&[cmd, &f]);
-            assert_eq!(out.code, 1, "{cmd} {kind}: {}", out.stderr);
-            assert!(
-                out.stderr.contains(&format!(
-                    "kind: unknown kind {kind:?}; did you mean {suggestion:?}?"
-                )),
-                "{cmd} {kind}: {}",
-                out.stderr
-            );
-        }
+        each_says(
+            &["validate", "plugin-config"],
+            &f,
+            1,
+            &[&format!(
+                "kind: unknown kind {kind:?}; did you mean {suggestion:?}?"
+            )],
+        );
     }
     let f = file("kind.yaml", "apiVersion: security.istio.io/v1\nkind: AuthzPolicy\nmetadata: {name: x, namespace: foo}\n");
-    let out = run(&["validate", &f]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("unknown kind \"AuthzPolicy\" in group security.istio.io; did you mean"),
-        "{}",
-        out.stderr
+    each_says(
+        &["validate"],
+        &f,
+        1,
+        &["unknown kind \"AuthzPolicy\" in group security.istio.io; did you mean"],
     );
 }
 
@@ -365,16 +355,7 @@ metadata: {name: echo-strict, namespace: foo, creationTimestamp: "2026-01-01T00:
 spec: {selector: {matchLabels: {app: echo}}, mtls: {mode: STRICT}}
 "#,
     );
-    let out = run(&[
-        "mode",
-        "--namespace",
-        "foo",
-        "--label",
-        "app=echo",
-        "--port",
-        "80",
-        &f,
-    ]);
+    let out = echo_mode("80", &f);
     assert_eq!(out.stdout.trim(), "STRICT");
     assert!(
         out.stderr.contains("PeerAuthentication foo/echo-permissive: spec.selector: PeerAuthentications foo/echo-strict and foo/echo-permissive both select workload foo (app=echo); Istio applies only the oldest (creationTimestamp, then name): foo/echo-strict wins"),
@@ -399,22 +380,17 @@ spec:
     - source: {principals: ["spiffe://cluster.local/ns/foo/sa/admin"]}
 "#,
     );
-    let out = run(&["validate", &f]);
-    assert_eq!(out.code, 0);
-    assert!(
-        out.stderr.contains("warning: AuthorizationPolicy foo/deny-admin-sa: spec.rules[0].from[0].source.principals[0]: \"spiffe://cluster.local/ns/foo/sa/admin\" can never match"),
-        "{}",
-        out.stderr
+    each_says(
+        &["validate"],
+        &f,
+        0,
+        &["warning: AuthorizationPolicy foo/deny-admin-sa: spec.rules[0].from[0].source.principals[0]: \"spiffe://cluster.local/ns/foo/sa/admin\" can never match"],
     );
     let empty = file("empty.yaml", "# nothing here\n");
-    for cmd in ["validate", "plugin-config"] {
-        let out = run(&[cmd, &empty]);
-        assert_eq!(out.code, 0, "{cmd}");
-        assert!(
-            out.stderr
-                .contains(&format!("{empty}: warning: no policies")),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config"],
+        &empty,
+        0,
+        &[&format!("{empty}: warning: no policies")],
+    );
 }

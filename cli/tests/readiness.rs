@@ -107,9 +107,8 @@ wasmcustom.meshauthz.rbac.denied: 0
 #[test]
 fn plaintext_accepted_is_not_ready_and_names_the_callers() {
     let (url, t) = admin(LEGACY, 7200, 2);
-    let log = std::env::temp_dir().join(format!("meshauthz-readiness-{}.log", std::process::id()));
-    std::fs::write(
-        &log,
+    let log = common::file(
+        "access.log",
         concat!(
             r#"{"listener":"inbound_http","method":"GET","path":"/legacy","code":"200","chain":"plaintext","peer":null,"audit":"true"}"#,
             "\n",
@@ -117,16 +116,8 @@ fn plaintext_accepted_is_not_ready_and_names_the_callers() {
             "\n",
             "[2026-12-03T10:00:00.000Z] GET /old 200 peer=- hint=true decision=allow src=10.0.0.7:5555 chain=plaintext\n",
         ),
-    )
-    .unwrap();
-    let (code, out, err) = run(&[
-        "--admin",
-        &url,
-        "--access-log",
-        log.to_str().unwrap(),
-        "--port",
-        "8080",
-    ]);
+    );
+    let (code, out, err) = run(&["--admin", &url, "--access-log", &log, "--port", "8080"]);
     t.join().unwrap();
     assert_eq!(code, 5, "{out}{err}");
     assert!(
@@ -159,10 +150,8 @@ wasmcustom.meshauthz.rbac.denied: 0
 #[test]
 fn report_only_plaintext_is_not_ready_and_names_the_callers_by_address() {
     let (url, t) = admin(REPORT_ONLY, 7200, 2);
-    let log =
-        std::env::temp_dir().join(format!("meshauthz-readiness-ro-{}.log", std::process::id()));
-    std::fs::write(
-        &log,
+    let log = common::file(
+        "access-ro.log",
         concat!(
             r#"{"listener":"inbound_http","method":"GET","path":"/legacy","code":"200","chain":"plaintext","peer":null,"src":"10.1.2.3:40001","audit":"true"}"#,
             "\n",
@@ -173,9 +162,8 @@ fn report_only_plaintext_is_not_ready_and_names_the_callers_by_address() {
             r#"{"listener":"inbound_http","method":"GET","path":"/hello","code":"200","chain":"mtls","peer":"spiffe://cluster.local/ns/istioinaction/sa/sleep","src":"127.0.0.1:5000","audit":"false"}"#,
             "\n",
         ),
-    )
-    .unwrap();
-    let (code, out, err) = run(&["--admin", &url, "--access-log", log.to_str().unwrap()]);
+    );
+    let (code, out, err) = run(&["--admin", &url, "--access-log", &log]);
     t.join().unwrap();
     std::fs::remove_file(&log).ok();
     assert_eq!(code, 5, "{out}{err}");

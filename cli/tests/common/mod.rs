@@ -19,6 +19,14 @@ pub struct Out {
     pub stderr: String,
 }
 
+impl Out {
+    /// Standard output as the one JSON document `--output json` writes.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}{}", self.stdout, self.stderr))
+    }
+}
+
 /// The repository's root: the shipped files' paths (`envoy-config/...`) are relative to it.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -68,6 +76,22 @@ fn run_with(args: &[&str], dir: Option<&Path>, stdin: Option<&str>) -> Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8(out.stdout).expect("meshauthz writes UTF-8"),
         stderr: String::from_utf8(out.stderr).expect("meshauthz writes UTF-8"),
+    }
+}
+
+/// `meshauthz CMD FILE` exits with `code` and its standard error has every one of `says`, for each
+/// of `cmds`.
+pub fn each_says(cmds: &[&str], file: &str, code: i32, says: &[&str]) {
+    for cmd in cmds {
+        let out = run(&[cmd, file]);
+        assert_eq!(out.code, code, "{cmd}: {}", out.stderr);
+        for text in says {
+            assert!(
+                out.stderr.contains(text),
+                "{cmd}: no {text:?} in:\n{}",
+                out.stderr
+            );
+        }
     }
 }
 

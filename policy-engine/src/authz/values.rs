@@ -85,6 +85,10 @@ where
     // Istio matches the path the application receives; a DENY or AUDIT also matches the
     // normalized path, which can only tighten (see `crate::path`).
     out.also_normalized = ctx.action != Action::Allow && out.reads_path();
+    // Kept for the configuration's lifetime: no spare capacity (most fields have one value, and
+    // a grown Vec holds four).
+    out.values.shrink_to_fit();
+    out.not_values.shrink_to_fit();
     Ok(if out.is_empty() { None } else { Some(out) })
 }
 

@@ -178,23 +178,28 @@ SOAK_UPDATE_EVERY ?= 3
 PYTHON_TOOLS      := $(TOOLS)/python
 .PHONY: soak soak-quick soak-plot
 soak: build envoy
-	cargo build --quiet -p meshauthz-e2e --bin soak
+	cargo build --quiet -p meshauthz-sandbox --bin soak
 	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds $(SOAK_MAX_SECONDS) --update-every $(SOAK_UPDATE_EVERY) --out target/soak
 	$(MAKE) --no-print-directory soak-plot
 
 soak-quick: build envoy
-	cargo build --quiet -p meshauthz-e2e --bin soak
+	cargo build --quiet -p meshauthz-sandbox --bin soak
 	target/debug/soak --requests $(SOAK_REQUESTS) --max-seconds 30 --update-every 2 --out target/soak-quick
 
 soak-plot: $(PYTHON_TOOLS)/matplotlib
-	PYTHONPATH=$(PYTHON_TOOLS) python3 e2e/soak/plot.py target/soak/rss.csv target/soak/rss.png
+	PYTHONPATH=$(PYTHON_TOOLS) python3 sandbox/soak/plot.py target/soak/rss.csv target/soak/rss.png
 	@echo "plot: target/soak/rss.png"
 $(PYTHON_TOOLS)/matplotlib:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy bench-instructions oha
-bench: bench-engine bench-envoy
+.PHONY: bench bench-engine bench-envoy bench-instructions bench-plot oha
+# The whole measurement behind BENCHMARKS.md: the engine alone, then issue 12's realistic mix in
+# Envoy (no filter, native RBAC, meshauthz full chain and one stage; 10 / 1,000 / 10,000
+# policies; with and without AUDIT), then its plots.
+bench: bench-engine
+	$(MAKE) bench-envoy BENCH_ARGS="--realistic $(BENCH_ARGS)"
+	$(MAKE) bench-plot
 
 bench-engine:
 	cargo bench -p meshauthz-policy-engine --bench engine
@@ -214,8 +219,12 @@ bench-envoy: build envoy oha
 	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- target/$(WASM_TARGET)/release/bench_noop_stripped.wasm
 	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@echo "machine: nproc $$(nproc); $$(lscpu | awk -F: '/^Model name/{gsub(/^ +/,"",$$2); print $$2}'); load before: $$(cut -d' ' -f1-3 /proc/loadavg)"
-	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md $(BENCH_ARGS)
-	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md)"
+	target/debug/bench-envoy --oha $(OHA) --cli target/debug/meshauthz --out target/bench-envoy.md --csv target/bench-envoy.csv $(BENCH_ARGS)
+	@echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg) (results also in target/bench-envoy.md, .csv)"
+
+# PNG plots of the last bench-envoy run's realistic-mix rows (target/bench-envoy/*.png).
+bench-plot: $(PYTHON_TOOLS)/matplotlib
+	PYTHONPATH=$(PYTHON_TOOLS) python3 bench/envoy/plot.py target/bench-envoy.csv target/bench-envoy
 
 # Instructions per request under callgrind, the figure that does not move with the machine's
 # load (BENCHMARKS.md, "Instructions per request"). Needs valgrind (Debian package `valgrind`).
@@ -242,7 +251,7 @@ SANDBOX_RUN   := MESHAUTHZ_CLI=$(CURDIR)/target/debug/meshauthz $(SANDBOX_BIN)
 
 .PHONY: sandbox sandbox-stop sandbox-demo sandbox-mode sandbox-bin
 sandbox-bin:
-	cargo build --quiet -p meshauthz-cli -p meshauthz-e2e --bin meshauthz --bin sandbox
+	cargo build --quiet -p meshauthz-cli -p meshauthz-sandbox --bin meshauthz --bin sandbox
 
 ifeq ($(DEMO),1)
 sandbox: sandbox-demo
@@ -347,4 +356,4 @@ oci-image: build
 .PHONY: clean
 clean: sandbox-stop
 	cargo clean
-	rm -rf .sandbox e2e/.work envoy-config/sandbox/generated
+	rm -rf .sandbox harness/.work envoy-config/sandbox/generated

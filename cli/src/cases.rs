@@ -81,6 +81,8 @@ struct Case {
     connection: Option<TrafficSpec>,
     expect: Outcome,
     audit: Option<bool>,
+    /// A plaintext connection admitted only because the port's STRICT is report-only.
+    would_reset: Option<bool>,
     policy: Option<String>,
     rule: Option<u32>,
     dry_run: Option<DryRunSpec>,
@@ -369,6 +371,9 @@ fn compare(engine: &Engine, case: &Case, ev: &Evaluation) -> CaseResult {
         case.expect.as_str().into(),
         ev.outcome.as_str().into(),
     );
+    if let Some(want) = case.would_reset {
+        check("wouldReset", want.to_string(), ev.would_reset().to_string());
+    }
     let d = ev.decision.as_ref();
     if let Some(want) = case.audit {
         let got = d.is_some_and(|d| d.access_log_hint());

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use policy_engine::cel::CelExpression;
 use policy_engine::{
-    Action, Attributes, Cause, Decision, Engine, HttpAttributes, MtlsMode, PolicySet, Protocol,
-    RuleId, ShadowResult,
+    Action, Attributes, Cause, Decision, Engine, HttpAttributes, MtlsMode, PolicySet, PortMtls,
+    Protocol, RuleId, ShadowResult,
 };
 use serde_json::{json, Value};
 
@@ -65,6 +65,8 @@ pub struct Evaluation {
     pub port: Option<u16>,
     pub mtls: bool,
     pub mode: MtlsMode,
+    /// `mode` is STRICT made report-only (`meshauthz.io/strict-report-only`).
+    pub report_only: bool,
     /// `namespace/name` of the PeerAuthentication that set `mode`; `None`: Istio's default.
     pub mode_source: Option<String>,
     /// `None` when the transport was refused (nothing is authorized on a reset connection).
@@ -78,7 +80,8 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
     let mtls = t.principal.is_some();
     // The module's rule (filter/src/net.rs): the mode of the port, or at an unknown port the
     // engine's answer for it.
-    let mode = engine.mtls_mode_at(t.port);
+    let answer = engine.mtls_mode_at(t.port);
+    let (mode, report_only) = (answer.mode, answer.report_only);
     let mode_source = match t.port {
         Some(_) => engine.mtls().source(t.port),
         None if engine.has_port_level_mtls() => None,
@@ -86,7 +89,7 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
     }
     .map(str::to_string);
     let protocol = if t.tcp { Protocol::Tcp } else { Protocol::Http };
-    let refused = (mode == MtlsMode::Strict && !mtls) || (mode == MtlsMode::Disable && mtls);
+    let refused = (answer.resets_plaintext() && !mtls) || (mode == MtlsMode::Disable && mtls);
     if refused {
         return Evaluation {
             outcome: Outcome::Reset,
@@ -94,6 +97,7 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
             port: t.port,
             mtls,
             mode,
+            report_only,
             mode_source,
             decision: None,
             audit_rules: Vec::new(),
@@ -115,6 +119,7 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
         port: t.port,
         mtls,
         mode,
+        report_only,
         mode_source,
         decision: Some(d),
         audit_rules,
@@ -238,6 +243,21 @@ fn source_text(source: Option<&str>) -> String {
 }
 
 impl Evaluation {
+    /// A plaintext connection admitted only because the port's STRICT is report-only: the
+    /// module counts and logs it; without the annotation it would be reset.
+    pub fn would_reset(&self) -> bool {
+        self.report_only && self.mode == MtlsMode::Strict && !self.mtls
+    }
+
+    /// `STRICT`, `STRICT (report-only)`, ...
+    fn mode_text(&self) -> &'static str {
+        PortMtls {
+            mode: self.mode,
+            report_only: self.report_only,
+        }
+        .describe()
+    }
+
     /// Why, in one line.
     pub fn reason(&self, engine: &Engine) -> String {
         match &self.decision {
@@ -245,7 +265,7 @@ impl Evaluation {
                 "{} connection to {} in {} mode ({})",
                 if self.mtls { "TLS" } else { "plaintext" },
                 port_text(self.port),
-                self.mode.as_str(),
+                self.mode_text(),
                 source_text(self.mode_source.as_deref())
             ),
             Some(d) => match d.cause {
@@ -264,14 +284,21 @@ impl Evaluation {
 
     /// The explanation as a person reads it: the verdict line first.
     pub fn explain(&self, engine: &Engine) -> Vec<String> {
-        let mut lines = vec![format!("{}: {}", self.outcome.upper(), self.reason(engine))];
+        let verdict = if self.would_reset() {
+            format!("{} (report-only STRICT: would RESET)", self.outcome.upper())
+        } else {
+            self.outcome.upper().to_string()
+        };
+        let mut lines = vec![format!("{verdict}: {}", self.reason(engine))];
         lines.push(format!(
             "mTLS: {} {} ({}), {}",
             port_text(self.port),
-            self.mode.as_str(),
+            self.mode_text(),
             source_text(self.mode_source.as_deref()),
             if self.mtls {
                 "the connection is mTLS"
+            } else if self.would_reset() {
+                "the connection is plaintext: admitted, counted and logged by the module (reset once meshauthz.io/strict-report-only is removed)"
             } else {
                 "the connection is plaintext"
             }
@@ -343,6 +370,8 @@ impl Evaluation {
             "port": self.port,
             "mtls": self.mtls,
             "mtlsMode": self.mode.as_str(),
+            "mtlsReportOnly": self.report_only,
+            "wouldReset": self.would_reset(),
             "mtlsModeSource": self.mode_source,
         });
         let decided = match &self.decision {
@@ -378,25 +407,26 @@ impl Evaluation {
 pub fn modes_by_port(engine: &Engine) -> Vec<String> {
     let m = engine.mtls();
     let mut lines = Vec::new();
-    if m.ports.is_empty() {
+    let listed = m.listed_ports();
+    if listed.is_empty() {
         lines.push(format!(
             "mTLS: {} on every port ({})",
-            m.default_mode.as_str(),
+            m.default_answer().describe(),
             source_text(m.source(None))
         ));
         return lines;
     }
-    let listed: Vec<String> = m.ports.keys().map(u16::to_string).collect();
+    let names: Vec<String> = listed.iter().map(u16::to_string).collect();
     lines.push(format!(
         "mTLS: {} on ports other than {} ({})",
-        m.default_mode.as_str(),
-        listed.join(", "),
+        m.default_answer().describe(),
+        names.join(", "),
         source_text(m.source(None))
     ));
-    for (port, mode) in &m.ports {
+    for port in &listed {
         lines.push(format!(
             "mTLS: port {port} {} ({})",
-            mode.as_str(),
+            m.at(*port).describe(),
             source_text(m.source(Some(*port)))
         ));
     }
@@ -407,21 +437,22 @@ pub fn modes_by_port(engine: &Engine) -> Vec<String> {
     lines
 }
 
-/// `mode` as JSON: the mode of every port.
+/// `mode` as JSON: the mode of every port (`reportOnly`: STRICT made report-only by
+/// `meshauthz.io/strict-report-only`).
 pub fn modes_json(engine: &Engine) -> Value {
     let m = engine.mtls();
     let ports: serde_json::Map<String, Value> = m
-        .ports
-        .iter()
-        .map(|(p, mode)| {
-            (
-                p.to_string(),
-                json!({"mode": mode.as_str(), "source": m.source(Some(*p))}),
-            )
-        })
+        .listed_ports()
+        .into_iter()
+        .map(|p| (p.to_string(), port_mode_json(m.at(p), m.source(Some(p)))))
         .collect();
     json!({
-        "default": {"mode": m.default_mode.as_str(), "source": m.source(None)},
+        "default": port_mode_json(m.default_answer(), m.source(None)),
         "ports": ports,
     })
+}
+
+/// `{mode, reportOnly, source}`.
+pub fn port_mode_json(answer: PortMtls, source: Option<&str>) -> Value {
+    json!({"mode": answer.mode.as_str(), "reportOnly": answer.report_only, "source": source})
 }

@@ -101,6 +101,11 @@ enum Command {
     /// PeerAuthentication set it.
     #[command(after_help = concat!(
         "Example:\n  meshauthz mode --namespace foo --label app=echo --port 8080 envoy-config/policies/*.yaml\n\n",
+        "Modes: DISABLE, PERMISSIVE, STRICT, and STRICT (report-only): a STRICT made report-only by the\n",
+        "PeerAuthentication's annotation meshauthz.io/strict-report-only (\"true\": every STRICT it sets;\n",
+        "\"8080,9000\": those ports' STRICT). The module then admits plaintext, authorizes it as on\n",
+        "PERMISSIVE, and counts (meshauthz.plaintext.<port>.report_only) and logs each connection it\n",
+        "would have reset. JSON: {\"mode\": \"STRICT\", \"reportOnly\": true, ...}.\n\n",
         "Exit status: 0 ok; 1 invalid input; 2 usage error."))]
     Mode {
         #[command(flatten)]
@@ -567,11 +572,14 @@ fn mode(
     let engine = workload.engine(&set)?;
     let m = engine.mtls();
     match (port, output) {
-        (Some(p), Output::Text) => println!("{}", engine.mtls_mode(p).as_str()),
-        (Some(p), Output::Json) => println!(
-            "{}",
-            json!({"port": p, "mode": engine.mtls_mode(p).as_str(), "source": m.source(Some(p))})
-        ),
+        (Some(p), Output::Text) => println!("{}", engine.mtls_mode_at(Some(p)).describe()),
+        (Some(p), Output::Json) => {
+            let mut v = explain::port_mode_json(engine.mtls_mode_at(Some(p)), m.source(Some(p)));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("port".into(), json!(p));
+            }
+            println!("{v}");
+        }
         (None, Output::Text) => {
             for line in explain::modes_by_port(&engine) {
                 println!("{line}");

@@ -1,7 +1,9 @@
 //! `meshauthz strict-readiness`: "is it safe to switch this port to STRICT?", answered from the
-//! module's counters on Envoy's admin endpoint (`wasmcustom.meshauthz.plaintext.<port>.accepted`
-//! and `.rejected`, `meshauthz.rbac.allowed`/`denied`, `server.uptime`) and, where given, the
-//! access log (which plaintext requests, from where, which of them AUDIT flagged).
+//! module's counters on Envoy's admin endpoint (`wasmcustom.meshauthz.plaintext.<port>.accepted`,
+//! `.rejected` and `.report_only`, `meshauthz.rbac.allowed`/`denied`, `server.uptime`) and, where
+//! given, the access log (which plaintext requests, from which source addresses, which of them
+//! AUDIT flagged). A plaintext connection admitted on a report-only STRICT port
+//! (`meshauthz.io/strict-report-only`) is the strongest evidence: it would have been reset.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -116,11 +118,13 @@ fn parse_stats(body: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// One port's plaintext counters (`other`: the ports no policy names).
+/// One port's plaintext counters (`other`: ports beyond the module's bound, or unknown).
 #[derive(Default, Debug)]
 struct PortCounts {
     accepted: u64,
     rejected: u64,
+    /// Admitted on a report-only STRICT port: each would have been reset.
+    report_only: u64,
 }
 
 /// What the access log says about plaintext and audited requests.
@@ -129,12 +133,37 @@ struct LogSummary {
     lines: u64,
     plaintext: u64,
     audited: u64,
-    /// Caller (source address when the log has one, else `METHOD path`) to count.
+    /// Caller (the source IP when the log has the source address, else `METHOD path`) to count.
     callers: BTreeMap<String, u64>,
+    /// Per caller IP: up to 3 distinct `METHOD path` of its plaintext requests.
+    samples: BTreeMap<String, Vec<String>>,
 }
 
-/// Reads the access log: the sandbox's JSON lines (`chain`, `peer`, `audit`, `method`, `path`,
-/// and `src`/`source` if present) or the `render` text format (`peer=`, `hint=`, `src=`,
+impl LogSummary {
+    /// The callers, most requests first: `10.0.0.7 (3: GET /legacy, GET /x)`.
+    fn callers_text(&self) -> Vec<String> {
+        let mut callers: Vec<(&String, &u64)> = self.callers.iter().collect();
+        callers.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        callers
+            .into_iter()
+            .map(|(who, n)| match self.samples.get(who) {
+                Some(s) if !s.is_empty() => format!("{who} ({n}: {})", s.join(", ")),
+                _ => format!("{who} ({n})"),
+            })
+            .collect()
+    }
+}
+
+/// The IP of `ip:port` (`[v6]:port`), or the text as it is.
+fn source_ip(src: &str) -> String {
+    match src.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => src.to_string(),
+    }
+}
+
+/// Reads the access log: the templates' JSON lines (`chain`, `peer`, `src`, `audit`, `method`,
+/// `path`; `source` is read as `src`) or the `render` text format (`peer=`, `hint=`, `src=`,
 /// `chain=`). A request is plaintext when its chain is `plaintext` or it has no peer identity.
 fn read_log(path: &str) -> Result<LogSummary, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--access-log {path}: {e}"))?;
@@ -172,15 +201,24 @@ fn read_log(path: &str) -> Result<LogSummary, String> {
             let src = [get("src"), get("source")]
                 .into_iter()
                 .find(|v| !v.is_empty() && *v != "-")
-                .map(str::to_string);
-            let who = src.unwrap_or_else(|| {
-                let (m, p) = (get("method"), get("path"));
-                if m.is_empty() && p.is_empty() {
-                    line.chars().take(80).collect()
-                } else {
-                    format!("{m} {p}")
+                .map(source_ip);
+            let (m, p) = (get("method"), get("path"));
+            let request = if m.is_empty() && p.is_empty() {
+                None
+            } else {
+                Some(format!("{m} {p}"))
+            };
+            let who = match (&src, &request) {
+                (Some(ip), _) => ip.clone(),
+                (None, Some(r)) => r.clone(),
+                (None, None) => line.chars().take(80).collect(),
+            };
+            if let (Some(ip), Some(r)) = (&src, request) {
+                let samples = s.samples.entry(ip.clone()).or_default();
+                if samples.len() < 3 && !samples.contains(&r) {
+                    samples.push(r);
                 }
-            });
+            }
             *s.callers.entry(who).or_default() += 1;
         }
     }
@@ -227,6 +265,7 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
         match outcome {
             "accepted" => entry.accepted = *v,
             "rejected" => entry.rejected = *v,
+            "report_only" => entry.report_only = *v,
             _ => {}
         }
     }
@@ -270,23 +309,48 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
             .collect()
     };
 
+    let callers = log.as_ref().map(LogSummary::callers_text);
+    let callers_clause = match &callers {
+        Some(c) if c.len() > 5 => format!(
+            "; callers (access log): {}, and {} more",
+            c.get(..5).unwrap_or_default().join(", "),
+            c.len() - 5
+        ),
+        Some(c) if !c.is_empty() => format!("; callers (access log): {}", c.join(", ")),
+        Some(_) => "; the access log names no plaintext caller".to_string(),
+        None => "; give --access-log to name the callers".to_string(),
+    };
+    let since_text = since
+        .as_deref()
+        .map_or_else(|| "Envoy started".to_string(), str::to_string);
     let mut worst = Verdict::Ready;
     let mut results = Vec::new();
     for (port, counted) in &selected {
-        let c = ports
-            .get(*counted)
-            .map_or((0, 0), |c| (c.accepted, c.rejected));
-        let (accepted, rejected) = c;
+        let zero = PortCounts::default();
+        let c = ports.get(*counted).unwrap_or(&zero);
+        let (accepted, rejected, report_only) = (c.accepted, c.rejected, c.report_only);
         let shared = *counted == "other";
         let scope = if shared {
-            format!("port {port}: counted with every port no policy names (plaintext.other)")
+            format!("port {port}: counted with the ports without counters of their own (plaintext.other)")
         } else {
             format!("port {port}")
         };
-        let (verdict, reason) = if accepted > 0 {
+        let (verdict, reason) = if report_only > 0 {
             (
                 Verdict::NotReady,
-                format!("{accepted} plaintext connection(s)/request(s) accepted: these callers would be reset under STRICT"),
+                format!(
+                    "{report_only} plaintext connection(s) would have been reset since {since_text} (report-only STRICT admitted them){}{callers_clause}",
+                    if accepted > 0 {
+                        format!(", and {accepted} accepted on PERMISSIVE")
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+        } else if accepted > 0 {
+            (
+                Verdict::NotReady,
+                format!("{accepted} plaintext connection(s)/request(s) accepted since {since_text}: these callers would be reset under STRICT{callers_clause}"),
             )
         } else if uptime.is_none_or(|u| u < o.min_uptime) {
             (
@@ -318,7 +382,15 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
             (Verdict::NotEnoughData, _) | (_, Verdict::NotEnoughData) => Verdict::NotEnoughData,
             _ => Verdict::Ready,
         };
-        results.push((port.clone(), scope, accepted, rejected, verdict, reason));
+        results.push((
+            port.clone(),
+            scope,
+            accepted,
+            rejected,
+            report_only,
+            verdict,
+            reason,
+        ));
     }
 
     if o.json {
@@ -328,12 +400,14 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
             "since": since,
             "decided": decided,
             "verdict": worst.as_str(),
-            "ports": results.iter().map(|(port, _, a, r, v, why)| json!({
+            "ports": results.iter().map(|(port, _, a, r, ro, v, why)| json!({
                 "port": port, "plaintextAccepted": a, "plaintextRejected": r,
+                "plaintextReportOnly": ro,
                 "verdict": v.as_str(), "reason": why,
             })).collect::<Vec<_>>(),
             "accessLog": log.as_ref().map(|l| json!({
                 "lines": l.lines, "plaintext": l.plaintext, "audited": l.audited, "callers": l.callers,
+                "requests": l.samples,
             })),
         });
         println!("{v}");
@@ -346,21 +420,24 @@ pub fn run(o: &Options<'_>) -> Result<Verdict, String> {
         ),
         None => println!("Envoy's uptime is unknown; {decided} requests/connections decided"),
     }
-    for (_, scope, accepted, rejected, verdict, reason) in &results {
+    for (_, scope, accepted, rejected, report_only, verdict, reason) in &results {
+        let report_only = if *report_only > 0 {
+            format!(", report-only {report_only}")
+        } else {
+            String::new()
+        };
         println!(
-            "{scope}: {} (plaintext accepted {accepted}, rejected {rejected}): {reason}",
+            "{scope}: {} (plaintext accepted {accepted}, rejected {rejected}{report_only}): {reason}",
             verdict.as_str().to_uppercase()
         );
     }
-    if let Some(l) = &log {
+    if let (Some(l), Some(callers)) = (&log, &callers) {
         println!(
             "access log: {} request(s), {} plaintext, {} audited (access_log_hint=true)",
             l.lines, l.plaintext, l.audited
         );
-        let mut callers: Vec<(&String, &u64)> = l.callers.iter().collect();
-        callers.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        for (who, n) in callers.iter().take(20) {
-            println!("  plaintext caller: {who} ({n})");
+        for who in callers.iter().take(20) {
+            println!("  plaintext caller: {who}");
         }
     }
     Ok(worst)

@@ -226,6 +226,143 @@ fn reset_comes_from_the_port_mode() {
     assert_eq!(out.stdout.lines().last().unwrap(), "4 passed, 0 failed");
 }
 
+const REPORT_ONLY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo, annotations: {meshauthz.io/strict-report-only: "8080"}}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+"#;
+
+#[test]
+fn report_only_strict_in_mode_check_and_test() {
+    let f = file("report-only.yaml", REPORT_ONLY);
+    let mode = |port: &str| run(&["mode", "--namespace", "foo", "--port", port, &f]);
+    let out = mode("8080");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "STRICT (report-only)\n");
+    assert_eq!(mode("9000").stdout, "STRICT\n");
+    let out = run(&["mode", "--namespace", "foo", "--output", "json", &f]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["default"]["reportOnly"], false);
+    assert_eq!(v["ports"]["8080"]["mode"], "STRICT");
+    assert_eq!(v["ports"]["8080"]["reportOnly"], true);
+    assert_eq!(v["ports"]["8080"]["source"], "foo/default");
+    let out = run(&["mode", "--namespace", "foo", &f]);
+    assert!(
+        out.stdout.contains(
+            "mTLS: port 8080 STRICT (report-only) (set by PeerAuthentication foo/default)"
+        ),
+        "{}",
+        out.stdout
+    );
+
+    // check: a plaintext request is authorized as on PERMISSIVE, and says it would be reset.
+    let check = |path: &str, port: &str| {
+        run(&[
+            "check",
+            "--namespace",
+            "foo",
+            "--port",
+            port,
+            "--path",
+            path,
+            &f,
+        ])
+    };
+    let out = check("/x", "8080");
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .starts_with("ALLOW (report-only STRICT: would RESET): "),
+        "{}",
+        out.stdout
+    );
+    let out = check("/admin", "8080");
+    assert_eq!(out.code, 3, "DENY still applies: {}", out.stdout);
+    assert!(
+        out.stdout.starts_with(
+            "DENY (report-only STRICT: would RESET): DENY rule ns[foo]-policy[deny-admin]-rule[0]"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(check("/x", "9000").code, 4, "the other ports are enforced");
+    let out = run(&[
+        "check",
+        "--namespace",
+        "foo",
+        "--port",
+        "8080",
+        "--output",
+        "json",
+        &f,
+    ]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "allow");
+    assert_eq!(v["mtlsMode"], "STRICT");
+    assert_eq!(v["mtlsReportOnly"], true);
+    assert_eq!(v["wouldReset"], true);
+    // mTLS is not "would reset".
+    let out = run(&[
+        "check",
+        "--namespace",
+        "foo",
+        "--port",
+        "8080",
+        "--principal",
+        "spiffe://cluster.local/ns/a/sa/b",
+        "--output",
+        "json",
+        &f,
+    ]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["wouldReset"], false);
+
+    // meshauthz test: `wouldReset` is an expectation.
+    let cases = file(
+        "report-only-cases.yaml",
+        &format!(
+            "policies: [{f}]\nworkload: {{namespace: foo}}\ncases:\n{}",
+            r#"- name: legacy caller is served but would be reset
+  request: {port: 8080, plaintext: true}
+  expect: allow
+  wouldReset: true
+- name: the enforced port resets
+  connection: {port: 9000, plaintext: true}
+  expect: reset
+- name: a wrong expectation fails
+  request: {port: 8080, plaintext: true}
+  expect: allow
+  wouldReset: false
+"#
+        ),
+    );
+    let out = run(&["test", &cases]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("wouldReset"), "{}", out.stdout);
+    assert_eq!(out.stdout.lines().last().unwrap(), "2 passed, 1 failed");
+
+    // A malformed annotation refuses the input, naming object, field and expectation.
+    let bad = file(
+        "report-only-bad.yaml",
+        &REPORT_ONLY.replace("\"8080\"", "\"yes\""),
+    );
+    let out = run(&["validate", &bad]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("PeerAuthentication foo/default: metadata.annotations[meshauthz.io/strict-report-only]: invalid value \"yes\""),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn broken_case_files_are_refused_with_the_reason() {
     for (cases, expect) in [

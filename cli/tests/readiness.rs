@@ -142,8 +142,67 @@ fn plaintext_accepted_is_not_ready_and_names_the_callers() {
         out.contains("access log: 3 request(s), 2 plaintext, 2 audited"),
         "{out}"
     );
-    assert!(out.contains("plaintext caller: 10.0.0.7:5555 (1)"), "{out}");
+    // A caller is named by its source IP (the source port changes with each connection).
+    assert!(out.contains("plaintext caller: 10.0.0.7 (1)"), "{out}");
     assert!(out.contains("plaintext caller: GET /legacy (1)"), "{out}");
+}
+
+const REPORT_ONLY: &str = "wasmcustom.meshauthz.plaintext.8080.accepted: 0
+wasmcustom.meshauthz.plaintext.8080.rejected: 0
+wasmcustom.meshauthz.plaintext.8080.report_only: 4
+wasmcustom.meshauthz.plaintext.9000.accepted: 0
+wasmcustom.meshauthz.plaintext.9000.rejected: 2
+wasmcustom.meshauthz.plaintext.9000.report_only: 0
+wasmcustom.meshauthz.plaintext.other.accepted: 0
+wasmcustom.meshauthz.plaintext.other.rejected: 0
+wasmcustom.meshauthz.plaintext.other.report_only: 0
+wasmcustom.meshauthz.rbac.allowed: 30
+wasmcustom.meshauthz.rbac.denied: 0
+";
+
+#[test]
+fn report_only_plaintext_is_not_ready_and_names_the_callers_by_address() {
+    let (url, t) = admin(REPORT_ONLY, 7200, 2);
+    let log =
+        std::env::temp_dir().join(format!("meshauthz-readiness-ro-{}.log", std::process::id()));
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"listener":"inbound_http","method":"GET","path":"/legacy","code":"200","chain":"plaintext","peer":null,"src":"10.1.2.3:40001","audit":"true"}"#,
+            "\n",
+            r#"{"listener":"inbound_http","method":"POST","path":"/orders","code":"200","chain":"plaintext","peer":null,"src":"10.1.2.3:40002","audit":"true"}"#,
+            "\n",
+            r#"{"listener":"inbound_http","method":"GET","path":"/x","code":"200","chain":"plaintext","peer":null,"src":"[fd00::7]:40003","audit":"true"}"#,
+            "\n",
+            r#"{"listener":"inbound_http","method":"GET","path":"/hello","code":"200","chain":"mtls","peer":"spiffe://cluster.local/ns/istioinaction/sa/sleep","src":"127.0.0.1:5000","audit":"false"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["--admin", &url, "--access-log", log.to_str().unwrap()]);
+    t.join().unwrap();
+    std::fs::remove_file(&log).ok();
+    assert_eq!(code, 5, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("port 8080:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("port 8080: NOT READY (plaintext accepted 0, rejected 0, report-only 4): 4 plaintext connection(s) would have been reset since "),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(
+            "callers (access log): 10.1.2.3 (2: GET /legacy, POST /orders), fd00::7 (1: GET /x)"
+        ),
+        "{line}"
+    );
+    // The port that is already enforced is ready; the whole answer is not.
+    assert!(
+        out.contains("port 9000: READY (plaintext accepted 0, rejected 2): already STRICT"),
+        "{out}"
+    );
+    assert!(out.contains("plaintext caller: 10.1.2.3 (2: GET /legacy, POST /orders)"));
 }
 
 #[test]
@@ -171,6 +230,16 @@ fn verdicts_ready_not_enough_data_and_json() {
     assert_eq!(v["ports"][0]["port"], "9000");
     assert_eq!(v["uptimeSeconds"], 7200);
     assert_eq!(v["decided"], 12);
+
+    // Report-only counts in JSON.
+    let (url, t) = admin(REPORT_ONLY, 7200, 2);
+    let (code, out, _) = run(&["--admin", &url, "--port", "8080", "--output", "json"]);
+    t.join().unwrap();
+    assert_eq!(code, 5, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "not ready");
+    assert_eq!(v["ports"][0]["plaintextReportOnly"], 4);
+    assert_eq!(v["ports"][0]["verdict"], "not ready");
 }
 
 #[test]

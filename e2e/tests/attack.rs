@@ -20,11 +20,11 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::policy;
-use meshauthz_e2e::sidecar::{remove_filter, Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::assert::{assert_denied, assert_ok};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::{remove_filter, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -200,7 +200,7 @@ spec:
 
 /// The rendered HTTP template without `meshauthz_net`. The VM configuration is anchored
 /// (`&meshauthz_vm`) in that filter, so the HTTP filters' aliases get it inline.
-fn without_meshauthz_net(config: &str) -> meshauthz_e2e::Result<String> {
+fn without_meshauthz_net(config: &str) -> meshauthz_harness::Result<String> {
     let lines: Vec<&str> = config.lines().collect();
     let at = lines
         .iter()
@@ -279,8 +279,7 @@ fn two_san_certificate_without_the_network_stage_and_without_the_companion() {
 #[test]
 fn two_san_certificate_is_closed_on_tcp() {
     let s = Sidecar::builder("attack-two-sans-tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies(DENY_BLOCKED)
         .start()
         .unwrap();
@@ -301,16 +300,7 @@ fn two_san_certificate_is_closed_on_tcp() {
 /// handshake fails (HTTP) or the connection never reaches the application (TCP).
 #[test]
 fn foreign_ca_certificate_is_refused() {
-    let allow_admin = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-admin, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/admin"]}
-"#;
+    let allow_admin = &policy::allow_principals("allow-admin", &["cluster.local/ns/foo/sa/admin"]);
     let s = Sidecar::builder("attack-foreign-ca")
         .policies(allow_admin)
         .start()
@@ -324,8 +314,7 @@ spec:
     assert_eq!(s.app.hits(), 0);
 
     let t = Sidecar::builder("attack-foreign-ca-tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies(allow_admin)
         .start()
         .unwrap();
@@ -345,8 +334,7 @@ fn tcp_port_declared_http_stays_closed() {
     let mut config = policy::plugin_config_yaml(ALLOW_NOTHING).unwrap();
     config["httpPorts"] = serde_json::json!([port]);
     let s = Sidecar::builder("attack-tcp-declared-http")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .inbound_port(port)
         .plugin_config(config)
         .start()
@@ -413,14 +401,7 @@ spec:
 // ---- DISABLE ---------------------------------------------------------------------------------
 
 fn disable_workload() -> String {
-    r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: DISABLE}
-"#
-    .to_string()
+    policy::peer_authentication("foo", "DISABLE")
 }
 
 fn disable_port(port: u16) -> String {
@@ -465,14 +446,12 @@ fn mtls_client_on_a_disable_http_port_is_refused() {
 #[test]
 fn mtls_client_on_a_disable_tcp_port_is_refused() {
     let workload = Sidecar::builder("attack-disable-tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies(&disable_workload())
         .start()
         .unwrap();
     let port_level = Sidecar::builder("attack-disable-tcp-port")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies_for_port(disable_port)
         .start()
         .unwrap();

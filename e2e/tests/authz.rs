@@ -25,10 +25,11 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::access_log;
-use meshauthz_e2e::assert::{assert_denied, assert_ok, DENIED_BODY};
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::access_log;
+use meshauthz_harness::assert::{assert_denied, assert_ok, DENIED_BODY};
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -36,19 +37,10 @@ const WAIT: Duration = Duration::from_secs(5);
 #[test]
 fn allow_by_principal() {
     let s = Sidecar::builder("allow-principal")
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#,
-        )
+        .policies(&policy::allow_principals(
+            "allow-bar",
+            &["cluster.local/ns/foo/sa/bar"],
+        ))
         .start()
         .unwrap();
     let bar = s.mtls("foo", "bar").unwrap();

@@ -24,11 +24,11 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use meshauthz_e2e::assert::DENIED_BODY;
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::sidecar::Sidecar;
-use meshauthz_e2e::workspace_root;
+use meshauthz_harness::assert::DENIED_BODY;
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_harness::workspace_root;
 use policy_engine::{load_str, LoadOptions, MeshConfig, PluginConfig, Workload};
 use support::{Case, CaseFile, HeaderValue, ListenerSpec, MeshSpec, ProtocolSpec, WorkloadSpec};
 

@@ -9,12 +9,12 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use meshauthz_e2e::assert::assert_ok;
-use meshauthz_e2e::certs::SERVER_SPIFFE;
-use meshauthz_e2e::client::{Request, Transport};
-use meshauthz_e2e::envoy::{free_port, Envoy};
-use meshauthz_e2e::sandbox::{render_client, EnvoyPaths, Ports};
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::assert::assert_ok;
+use meshauthz_harness::certs::SERVER_SPIFFE;
+use meshauthz_harness::client::{Request, Transport};
+use meshauthz_harness::envoy::{free_port, Envoy};
+use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_sandbox::mesh::{render_client, EnvoyPaths, Ports};
 
 const AUDIT_OUTSIDE_ISTIOINACTION: &str = r#"
 apiVersion: security.istio.io/v1
@@ -71,7 +71,7 @@ fn client_sidecar_originates_mtls_with_its_spiffe_identity() {
         xfcc.contains("URI=spiffe://cluster.local/ns/istioinaction/sa/sleep"),
         "the application saw XFCC {xfcc:?}"
     );
-    let entry = meshauthz_e2e::access_log::wait_for_request(
+    let entry = meshauthz_harness::access_log::wait_for_request(
         &server.access_log,
         "GET",
         "/hello",

@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::sandbox::{
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::sidecar::{HTTP_TEMPLATE, TCP_TEMPLATE};
+use meshauthz_harness::workspace_root;
+use meshauthz_sandbox::mesh::{
     compose_client, compose_server_http, compose_server_tcp, for_containers, CLIENT_TEMPLATE,
 };
-use meshauthz_e2e::sidecar::{HTTP_TEMPLATE, TCP_TEMPLATE};
-use meshauthz_e2e::workspace_root;
 use serde_json::{json, Value};
 
 const ENVOY_IMAGE: &str = "envoyproxy/envoy";
@@ -132,6 +132,11 @@ fn exercised() -> BTreeSet<String> {
     let mut files = Vec::new();
     rust_files(&e2e.join("src"), &mut files);
     rust_files(&e2e.join("tests"), &mut files);
+    // The harness the tests run on (its `sidecar` names the server templates), and the sandbox's
+    // renderers the tests run (`tests/client_sidecar.rs` runs the client sidecar's template
+    // through `meshauthz_sandbox::mesh::render_client`).
+    rust_files(&workspace_root().join("harness/src"), &mut files);
+    files.push(workspace_root().join("sandbox/src/mesh.rs"));
     let me = e2e.join("tests/compose.rs");
     let sources: String = files
         .iter()
@@ -349,7 +354,7 @@ fn connect(port: u16) -> TcpStream {
 /// The application container's configuration, run by the host's Envoy on loopback ports.
 #[test]
 fn compose_application_echoes_the_request_and_tcp_bytes() {
-    use meshauthz_e2e::{envoy_binary, WorkDir};
+    use meshauthz_harness::{envoy_binary, WorkDir};
     let work = WorkDir::new("compose-app").unwrap();
     let (http, tcp, admin) = (
         free_port().unwrap(),
@@ -458,9 +463,9 @@ fn container_rendering_fails_loudly_when_a_template_changes() {
 /// files, are accepted by Envoy 1.40 (`--mode validate`): the compose sandbox starts.
 #[test]
 fn compose_configs_rendered_for_the_containers_pass_envoy_validate() {
-    use meshauthz_e2e::certs::Pki;
-    use meshauthz_e2e::sandbox::{compose_sources_policy, COMPOSE_CERT_DIR, COMPOSE_MODULE};
-    use meshauthz_e2e::{envoy_binary, module_path, policy, WorkDir};
+    use meshauthz_harness::certs::Pki;
+    use meshauthz_harness::{envoy_binary, module_path, policy, WorkDir};
+    use meshauthz_sandbox::mesh::{compose_sources_policy, COMPOSE_CERT_DIR, COMPOSE_MODULE};
 
     let work = WorkDir::new("compose-validate").unwrap();
     let certs = work.path().join("certs");
@@ -534,9 +539,9 @@ fn compose_configs_rendered_for_the_containers_pass_envoy_validate() {
 /// passes (`make test` installs podman where it can).
 #[test]
 fn compose_sandbox_plays_the_story_on_a_container_engine() {
-    use meshauthz_e2e::compose::run;
-    use meshauthz_e2e::sandbox::default_cli;
-    use meshauthz_e2e::WorkDir;
+    use meshauthz_harness::default_cli;
+    use meshauthz_harness::WorkDir;
+    use meshauthz_sandbox::compose::run;
 
     let cli = default_cli();
     assert!(
@@ -544,11 +549,17 @@ fn compose_sandbox_plays_the_story_on_a_container_engine() {
         "the meshauthz CLI is not built at {} (make sandbox-bin, or set MESHAUTHZ_CLI)",
         cli.display()
     );
+    let sandbox = meshauthz_sandbox::sandbox_binary();
+    assert!(
+        sandbox.is_file(),
+        "the sandbox is not built at {} (make sandbox-bin, or set MESHAUTHZ_SANDBOX)",
+        sandbox.display()
+    );
     let work = WorkDir::new("compose-story").unwrap();
     let project = format!("meshauthz-test-{}", std::process::id());
     let ports: Vec<String> = (0..3).map(|_| free_port().unwrap().to_string()).collect();
     let out = run(
-        Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        Command::new(&sandbox)
             .args(["compose", "--project", &project, "--compose-dir"])
             .arg(work.path())
             .args(["--compose-admin-port", &ports[0]])

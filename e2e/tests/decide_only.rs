@@ -14,27 +14,19 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok, assert_refused};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::policy;
-use meshauthz_e2e::sidecar::Sidecar;
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::assert::{assert_denied, assert_ok, assert_refused};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_harness::{Error, Result};
 
 const TEMPLATE: &str = "server-http-decide.yaml";
 const TCP_TEMPLATE: &str = "server-tcp-decide.yaml";
 const WAIT: Duration = Duration::from_secs(5);
 
-const ALLOW_BAR: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#;
+fn allow_bar() -> String {
+    policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
+}
 
 const AUDIT_API: &str = r#"
 ---
@@ -65,7 +57,7 @@ fn decide_mode(config: &str) -> Result<String> {
 fn the_decide_stage_alone_allows_and_denies_like_istio() {
     let s = Sidecar::builder("decide-only")
         .template(TEMPLATE)
-        .policies(ALLOW_BAR)
+        .policies(&allow_bar())
         .transform(decide_mode)
         .start()
         .unwrap();
@@ -100,7 +92,7 @@ fn the_decide_stage_alone_allows_and_denies_like_istio() {
 fn audit_policies_without_their_companions_fail_closed() {
     let s = Sidecar::builder("decide-only-audit")
         .template(TEMPLATE)
-        .policies(&format!("{ALLOW_BAR}{AUDIT_API}"))
+        .policies(&format!("{}{AUDIT_API}", allow_bar()))
         .transform(decide_mode)
         .start()
         .unwrap();
@@ -133,7 +125,7 @@ fn the_network_stage_alone_allows_and_closes_like_istio() {
     let s = Sidecar::builder("decide-only-tcp")
         .template(TCP_TEMPLATE)
         .tcp_app()
-        .plugin_config(tcp_decide_config(&format!("{ALLOW_BAR}{strict}")))
+        .plugin_config(tcp_decide_config(&format!("{}{strict}", allow_bar())))
         .start()
         .unwrap();
     let text = s.envoy.config_text();
@@ -163,7 +155,7 @@ fn tcp_audit_policies_without_their_companions_fail_closed() {
     let s = Sidecar::builder("decide-only-tcp-audit")
         .template(TCP_TEMPLATE)
         .tcp_app()
-        .plugin_config(tcp_decide_config(&format!("{ALLOW_BAR}{audit_all}")))
+        .plugin_config(tcp_decide_config(&format!("{}{audit_all}", allow_bar())))
         .start()
         .unwrap();
     // bar would be allowed (and audited): refused, the connection is closed unanswered.

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_denied, assert_refused};
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sidecar::{remove_filter, Sidecar};
+use meshauthz_harness::assert::{assert_denied, assert_refused};
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::sidecar::{remove_filter, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use meshauthz_e2e::app::{HttpEcho, TcpEcho};
-use meshauthz_e2e::certs::Pki;
-use meshauthz_e2e::client::{self, Request, TcpOutcome, Transport};
-use meshauthz_e2e::envoy::render;
-use meshauthz_e2e::sidecar::plugin_config_placeholder;
-use meshauthz_e2e::{policy, WorkDir};
+use meshauthz_harness::app::{HttpEcho, TcpEcho};
+use meshauthz_harness::certs::Pki;
+use meshauthz_harness::client::{self, Request, TcpOutcome, Transport};
+use meshauthz_harness::envoy::render;
+use meshauthz_harness::sidecar::plugin_config_placeholder;
+use meshauthz_harness::{policy, WorkDir};
 
 fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl").args(args).output().unwrap();

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::load::HttpClient;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::load::HttpClient;
+use meshauthz_harness::sidecar::Sidecar;
 
 /// How long updates land.
 const UPDATE_FOR: Duration = Duration::from_secs(30);

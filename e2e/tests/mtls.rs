@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
-use meshauthz_e2e::assert::{assert_ok, assert_reset};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::envoy::free_port;
-use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::assert::{assert_ok, assert_reset};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::envoy::free_port;
+use meshauthz_harness::policy;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -43,43 +44,28 @@ fn assert_plaintext_counted(s: &Sidecar, port: &str, counted: &str, n: u64) {
 #[test]
 fn strict_resets_plaintext_and_accepts_mtls() {
     let s = Sidecar::builder("strict")
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: STRICT}
-"#,
-        )
+        .policies(&policy::peer_authentication("foo", "STRICT"))
         .start()
         .unwrap();
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_reset(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 1, "plaintext reached the application");
-    assert_plaintext_counted(&s, "other", "rejected", 2);
+    // Every port the workload serves has counters of its own (no policy names this one).
+    assert_plaintext_counted(&s, &s.port.to_string(), "rejected", 2);
 }
 
 /// Scenario 4b: PERMISSIVE accepts both.
 #[test]
 fn permissive_accepts_both() {
     let s = Sidecar::builder("permissive")
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: PERMISSIVE}
-"#,
-        )
+        .policies(&policy::peer_authentication("foo", "PERMISSIVE"))
         .start()
         .unwrap();
     assert_ok(&s.get("/", s.mtls("foo", "bar").unwrap()).send().unwrap());
     assert_ok(&s.get("/", Transport::Plaintext).send().unwrap());
     assert_eq!(s.app.hits(), 2);
-    assert_plaintext_counted(&s, "other", "accepted", 1);
+    assert_plaintext_counted(&s, &s.port.to_string(), "accepted", 1);
 }
 
 /// Scenario 4c: `portLevelMtls` on one workload: the "8080" port PERMISSIVE, the "8000" port
@@ -123,29 +109,17 @@ spec:
 /// Scenario 4d: a mesh-wide STRICT policy (root namespace) is overridden by the namespace's PERMISSIVE one.
 #[test]
 fn namespace_permissive_overrides_mesh_strict() {
-    let mesh_strict = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
-"#;
+    let mesh_strict = policy::peer_authentication("istio-system", "STRICT");
     let mesh_only = Sidecar::builder("mesh-strict")
-        .policies(mesh_strict)
+        .policies(&mesh_strict)
         .start()
         .unwrap();
     assert_reset(&mesh_only.get("/", Transport::Plaintext).send().unwrap());
 
     let both = Sidecar::builder("mesh-strict-ns-permissive")
         .policies(&format!(
-            r#"{mesh_strict}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: foo}}
-spec:
-  mtls: {{mode: PERMISSIVE}}
-"#
+            "{mesh_strict}---{}",
+            policy::peer_authentication("foo", "PERMISSIVE")
         ))
         .start()
         .unwrap();
@@ -162,26 +136,12 @@ spec:
 #[test]
 fn tcp_port_allow_by_principal_and_strict() {
     let s = Sidecar::builder("tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
-        .policies(
-            r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: foo}
-spec:
-  mtls: {mode: STRICT}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#,
-        )
+        .tcp()
+        .policies(&format!(
+            "{}---{}",
+            policy::peer_authentication("foo", "STRICT"),
+            policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
+        ))
         .start()
         .unwrap();
     let pki = &s.pki;
@@ -207,21 +167,12 @@ spec:
 /// denied by the L4 ALLOW (closed, its bytes never echoed).
 #[test]
 fn tcp_port_counters_log_and_permissive_plaintext() {
-    let allow_bar = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
-"#;
+    let allow_bar = policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"]);
     let strict = Sidecar::builder("tcp-strict-log")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         .policies(&format!(
-            "{allow_bar}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: foo}}\nspec: {{mtls: {{mode: STRICT}}}}\n"
+            "{allow_bar}---{}",
+            policy::peer_authentication("foo", "STRICT")
         ))
         .start()
         .unwrap();
@@ -232,7 +183,11 @@ spec:
     assert_eq!(
         strict
             .envoy
-            .wait_stat_at_least(&plaintext_stat("other", "rejected"), 2, WAIT)
+            .wait_stat_at_least(
+                &plaintext_stat(&strict.port.to_string(), "rejected"),
+                2,
+                WAIT
+            )
             .unwrap(),
         2
     );
@@ -245,7 +200,7 @@ spec:
     // One access-log entry per connection that reached the TCP proxy, with the module's decision.
     let deadline = std::time::Instant::now() + WAIT;
     let entries = loop {
-        let e = meshauthz_e2e::access_log::json_lines(&strict.access_log);
+        let e = meshauthz_harness::access_log::json_lines(&strict.access_log);
         let mtls: Vec<_> = e.into_iter().filter(|v| v["chain"] == "mtls").collect();
         if mtls.len() >= 2 || std::time::Instant::now() > deadline {
             break mtls;
@@ -264,9 +219,8 @@ spec:
     assert!(denied.starts_with("deny "), "{entries:#?}");
 
     let permissive = Sidecar::builder("tcp-permissive")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
-        .policies(allow_bar)
+        .tcp()
+        .policies(&allow_bar)
         .start()
         .unwrap();
     let o = client::tcp_echo(permissive.port, b"ping-plain\n", WAIT).unwrap();
@@ -275,7 +229,7 @@ spec:
             || o == TcpOutcome::Reset,
         "plaintext denied by the L4 ALLOW: {o:?}"
     );
-    assert_plaintext_counted(&permissive, "other", "accepted", 1);
+    assert_plaintext_counted(&permissive, &permissive.port.to_string(), "accepted", 1);
     let bar = permissive.pki.client("foo", "bar").unwrap();
     let (o, e) =
         client::tls_tcp_echo(permissive.port, &permissive.pki, &bar, b"ping\n", WAIT).unwrap();

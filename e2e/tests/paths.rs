@@ -14,9 +14,9 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok};
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::assert::{assert_denied, assert_ok};
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::sidecar::Sidecar;
 
 /// The listener setting under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,10 +13,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use meshauthz_e2e::assert::assert_ok;
-use meshauthz_e2e::client::Transport;
-use meshauthz_e2e::sandbox::default_cli;
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::assert::assert_ok;
+use meshauthz_harness::client::Transport;
+use meshauthz_harness::default_cli;
+use meshauthz_harness::sidecar::Sidecar;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -120,6 +120,15 @@ fn plaintext_callers_make_a_port_not_ready_and_mtls_ones_do_not() {
         )),
         "{out}"
     );
-    assert!(out.contains("plaintext caller: GET /legacy (1)"), "{out}");
+    // The templates log the source address (`src`): the caller is named by its IP, with what
+    // it asked.
+    assert!(
+        out.contains("callers (access log): 127.0.0.1 (1: GET /legacy)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plaintext caller: 127.0.0.1 (1: GET /legacy)"),
+        "{out}"
+    );
     assert!(out.contains("1 audited"), "{out}");
 }

@@ -15,8 +15,8 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok};
-use meshauthz_e2e::sidecar::Sidecar;
+use meshauthz_harness::assert::{assert_denied, assert_ok};
+use meshauthz_harness::sidecar::Sidecar;
 
 /// (module, name) of every function import, and every export name, of a wasm module.
 fn imports_exports(wasm: &[u8]) -> (Vec<(String, String)>, Vec<String>) {
@@ -112,10 +112,10 @@ fn c_strings(bin: &[u8]) -> Vec<&[u8]> {
 
 #[test]
 fn module_imports_are_registered_by_this_envoy() {
-    let envoy = meshauthz_e2e::envoy_binary().unwrap();
-    let version = meshauthz_e2e::envoy::version().unwrap();
+    let envoy = meshauthz_harness::envoy_binary().unwrap();
+    let version = meshauthz_harness::envoy::version().unwrap();
     let bin = std::fs::read(&envoy).unwrap();
-    let wasm = std::fs::read(meshauthz_e2e::module_path().unwrap()).unwrap();
+    let wasm = std::fs::read(meshauthz_harness::module_path().unwrap()).unwrap();
     let (imports, exports) = imports_exports(&wasm);
     let strings = c_strings(&bin);
     // A string literal may share its tail with a longer one (linker string merging).

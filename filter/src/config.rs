@@ -232,11 +232,11 @@ mod tests {
         let compiled = compile(&cfg, &NodeWorkload::default()).unwrap();
         assert_eq!(compiled.http_ports, vec![8080]);
         assert_eq!(
-            compiled.authz.mtls_mode_at(Some(8080)),
+            compiled.authz.mtls_mode_at(Some(8080)).mode,
             policy_engine::MtlsMode::Strict
         );
         assert_eq!(
-            compiled.authz.mtls_mode_at(Some(9000)),
+            compiled.authz.mtls_mode_at(Some(9000)).mode,
             policy_engine::MtlsMode::Permissive
         );
         assert!(compiled.named_ports.contains(&9000));
@@ -275,7 +275,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &node).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode_at(Some(80)),
+            compiled.authz.mtls_mode_at(Some(80)).mode,
             policy_engine::MtlsMode::Strict
         );
         let other = NodeWorkload {
@@ -285,7 +285,7 @@ mod tests {
         };
         let compiled = compile(&cfg, &other).unwrap();
         assert_eq!(
-            compiled.authz.mtls_mode_at(Some(80)),
+            compiled.authz.mtls_mode_at(Some(80)).mode,
             policy_engine::MtlsMode::Permissive
         );
         // Labels present but unreadable: refused rather than read as "no labels".

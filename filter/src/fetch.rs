@@ -68,9 +68,21 @@ pub(crate) struct Transport {
     pub(crate) mtls: bool,
     pub(crate) port: Option<u16>,
     pub(crate) mode: MtlsMode,
+    /// `mode` is STRICT made report-only (`meshauthz.io/strict-report-only`).
+    pub(crate) report_only: bool,
 }
 
 impl Transport {
+    /// Plaintext on a STRICT port that is enforced: the stream is refused.
+    pub(crate) fn strict_refuses(&self) -> bool {
+        self.mode == MtlsMode::Strict && !self.report_only && !self.mtls
+    }
+
+    /// Plaintext on a report-only STRICT port: admitted, counted and logged.
+    pub(crate) fn strict_reports(&self) -> bool {
+        self.mode == MtlsMode::Strict && self.report_only && !self.mtls
+    }
+
     /// Whether the peer is authenticated. DISABLE: the workload does not authenticate peers; a
     /// TLS connection there is refused by the stages, and were it not, its certificate would
     /// grant nothing: no principal, not mTLS.
@@ -103,8 +115,13 @@ pub(crate) fn transport(
             .property(&["destination", "port"])
             .and_then(|b| decode_port(&b)),
     };
-    let mode = authz.mtls_mode_at(port);
-    Transport { mtls, port, mode }
+    let answer = authz.mtls_mode_at(port);
+    Transport {
+        mtls,
+        port,
+        mode: answer.mode,
+        report_only: answer.report_only,
+    }
 }
 
 /// Owned attribute values fetched from the host, borrowed by [`Attributes`].

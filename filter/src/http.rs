@@ -9,7 +9,8 @@ use policy_engine::{EnforceMode, MtlsMode, Protocol};
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
 use crate::enforce::{self, audit_needs_enforce_stage, Keys};
-use crate::fetch::{evaluate, principal, prop_ip, transport};
+use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
+use crate::metrics::Plaintext;
 use crate::names::{
     FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
     HTTP_SHADOW,
@@ -51,12 +52,17 @@ fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     let facts = recorded_conn(host, plugin);
     let facts = facts.as_deref();
     let t = transport(host, authz, false, facts);
-    if t.mode == MtlsMode::Strict && !t.mtls {
+    if t.strict_refuses() {
         // Normally the network filter has already reset such a connection; this is the HTTP
         // filter's own guarantee, whatever the filter order.
-        let m = plugin.metrics.borrow();
-        m.add(m.plaintext_id(t.port, false), 1);
+        plugin.count_plaintext(host, t.port, Plaintext::Rejected);
         return Verdict::deny("deny mtls-strict-plaintext", false);
+    }
+    if t.strict_reports() && facts.is_none() {
+        // Report-only STRICT without a network stage that counted the connection: counted and
+        // logged per request. The request is then authorized as on a PERMISSIVE port.
+        let source = prop_str(host, &["source", "address"]);
+        plugin.report_plaintext(host, t.port, source.as_deref(), "request");
     }
     if t.mode == MtlsMode::Disable && t.mtls {
         // Istio has only plaintext filter chains on a DISABLE port: a TLS client fails there.

@@ -25,13 +25,66 @@ pub const PROTOCOL_MISMATCH: &str = "meshauthz.protocol_mismatch";
 /// TLS connections reset on a DISABLE port (Istio has only plaintext filter chains there).
 pub const DISABLE_TLS_REJECTED: &str = "meshauthz.disable_tls_rejected";
 
-/// `meshauthz.plaintext.<port>.accepted|rejected`; `<port>` is `other` for ports that no policy
-/// names.
-pub fn plaintext_name(port: Option<u16>, accepted: bool) -> String {
-    let outcome = if accepted { "accepted" } else { "rejected" };
+/// What happened to a plaintext connection (or request) on a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plaintext {
+    /// Admitted: the port is PERMISSIVE (or DISABLE).
+    Accepted,
+    /// Reset (or refused): the port is STRICT.
+    Rejected,
+    /// Admitted only because the port's STRICT is report-only (`meshauthz.io/strict-report-only`):
+    /// it would be reset without the annotation.
+    ReportOnly,
+}
+
+impl Plaintext {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plaintext::Accepted => "accepted",
+            Plaintext::Rejected => "rejected",
+            Plaintext::ReportOnly => "report_only",
+        }
+    }
+}
+
+/// How many ports get counters of their own; connections to further ports (and to a port the
+/// host did not report) are counted in `meshauthz.plaintext.other.*`. Each port costs three
+/// Envoy stats.
+pub const MAX_PORT_METRICS: usize = 64;
+
+/// `meshauthz.plaintext.<port>.accepted|rejected|report_only`; `<port>` is `other` for a port
+/// the host did not report, or beyond the first [`MAX_PORT_METRICS`] ports seen.
+pub fn plaintext_name(port: Option<u16>, outcome: Plaintext) -> String {
+    let outcome = outcome.as_str();
     match port {
         Some(p) => format!("meshauthz.plaintext.{p}.{outcome}"),
         None => format!("meshauthz.plaintext.other.{outcome}"),
+    }
+}
+
+/// The plaintext counters of one port (or of `other`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortCounters {
+    pub accepted: Option<u32>,
+    pub rejected: Option<u32>,
+    pub report_only: Option<u32>,
+}
+
+impl PortCounters {
+    fn define(host: &dyn Host, port: Option<u16>) -> PortCounters {
+        PortCounters {
+            accepted: host.define_counter(&plaintext_name(port, Plaintext::Accepted)),
+            rejected: host.define_counter(&plaintext_name(port, Plaintext::Rejected)),
+            report_only: host.define_counter(&plaintext_name(port, Plaintext::ReportOnly)),
+        }
+    }
+
+    fn id(&self, outcome: Plaintext) -> Option<u32> {
+        match outcome {
+            Plaintext::Accepted => self.accepted,
+            Plaintext::Rejected => self.rejected,
+            Plaintext::ReportOnly => self.report_only,
+        }
     }
 }
 
@@ -51,9 +104,10 @@ pub struct Metrics {
     pub fail_closed: Option<u32>,
     pub protocol_mismatch: Option<u32>,
     pub disable_tls_rejected: Option<u32>,
-    /// Per named port: (port, accepted, rejected).
-    pub plaintext: Vec<(u16, Option<u32>, Option<u32>)>,
-    pub plaintext_other: (Option<u32>, Option<u32>),
+    /// Per port, in the order first seen (the ports the configuration names first), at most
+    /// [`MAX_PORT_METRICS`].
+    ports: RefCell<Vec<(u16, PortCounters)>>,
+    pub plaintext_other: PortCounters,
     /// Counts not yet handed to the host: (id, sum). A host call costs about 1 µs of Envoy CPU,
     /// so the request path counts here and [`Metrics::flush`] runs from `on_tick`.
     pending: RefCell<Vec<(u32, i64)>>,
@@ -74,27 +128,52 @@ impl Metrics {
             fail_closed: host.define_counter(FAIL_CLOSED),
             protocol_mismatch: host.define_counter(PROTOCOL_MISMATCH),
             disable_tls_rejected: host.define_counter(DISABLE_TLS_REJECTED),
-            plaintext: Vec::new(),
-            plaintext_other: (
-                host.define_counter(&plaintext_name(None, true)),
-                host.define_counter(&plaintext_name(None, false)),
-            ),
+            ports: RefCell::new(Vec::new()),
+            plaintext_other: PortCounters::define(host, None),
             pending: RefCell::new(Vec::new()),
         }
     }
 
-    /// Defines the per-port plaintext counters of the ports a configuration names.
+    /// Defines the per-port plaintext counters of the ports a configuration names, so that
+    /// they show (at zero) before any traffic.
     pub fn define_ports(&mut self, host: &dyn Host, ports: &[u16]) {
         for &port in ports {
-            if self.plaintext.iter().any(|(p, _, _)| *p == port) {
-                continue;
-            }
-            self.plaintext.push((
-                port,
-                host.define_counter(&plaintext_name(Some(port), true)),
-                host.define_counter(&plaintext_name(Some(port), false)),
-            ));
+            self.see_port(host, port);
         }
+    }
+
+    /// A connection or request to `port` was seen: its counters are defined the first time
+    /// (three host calls, once per port and root context), while fewer than
+    /// [`MAX_PORT_METRICS`] ports have their own. Returns its counters, or `None` when the port
+    /// is counted in `other`.
+    pub fn see_port(&self, host: &dyn Host, port: u16) -> Option<PortCounters> {
+        let mut ports = self.ports.borrow_mut();
+        if let Some((_, c)) = ports.iter().find(|(p, _)| *p == port) {
+            return Some(*c);
+        }
+        if ports.len() >= MAX_PORT_METRICS {
+            return None;
+        }
+        let c = PortCounters::define(host, Some(port));
+        ports.push((port, c));
+        Some(c)
+    }
+
+    /// The counter of a plaintext `outcome` at `port` (defined on first sight).
+    pub fn plaintext_id(
+        &self,
+        host: &dyn Host,
+        port: Option<u16>,
+        outcome: Plaintext,
+    ) -> Option<u32> {
+        port.and_then(|p| self.see_port(host, p))
+            .unwrap_or(self.plaintext_other)
+            .id(outcome)
+    }
+
+    /// The ports with counters of their own, in the order first seen.
+    pub fn counted_ports(&self) -> Vec<u16> {
+        self.ports.borrow().iter().map(|(p, _)| *p).collect()
     }
 
     /// Adds `by` to a counter (if defined) in VM memory; the host sees it at the next
@@ -117,18 +196,6 @@ impl Metrics {
             if n != 0 {
                 host.increment(id, n);
             }
-        }
-    }
-
-    pub fn plaintext_id(&self, port: Option<u16>, accepted: bool) -> Option<u32> {
-        let (a, r) = port
-            .and_then(|port| self.plaintext.iter().find(|(p, _, _)| *p == port))
-            .map(|(_, a, r)| (*a, *r))
-            .unwrap_or(self.plaintext_other);
-        if accepted {
-            a
-        } else {
-            r
         }
     }
 }

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
-use crate::attrs::{decode_port, decode_u64};
+use crate::attrs::{decode_port, decode_u64, parse_ip};
 use crate::enforce::{self, audit_needs_enforce_stage, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
+use crate::metrics::Plaintext;
 use crate::names::{
     FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
 };
@@ -25,6 +26,10 @@ pub struct Conn {
     closed: bool,
     /// The socket peer, read in `on_new_connection`.
     peer_ip: Option<IpAddr>,
+    /// The socket peer as Envoy gives it (`ip:port`), for the report-only log line.
+    peer: Option<String>,
+    /// This connection was counted and logged as plaintext on a report-only STRICT port.
+    reported: bool,
     /// Set when this connection's facts were recorded in [`crate::vm::VmState`].
     recorded: Option<u64>,
 }
@@ -51,7 +56,8 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
     };
     // Hand the direct peer to the HTTP filter: at L7 `source.address` may come from
     // X-Forwarded-For, which the client controls.
-    conn.peer_ip = prop_ip(host, &["source", "address"]);
+    conn.peer = prop_str(host, &["source", "address"]);
+    conn.peer_ip = conn.peer.as_deref().and_then(parse_ip);
     if let Some(ip) = conn.peer_ip {
         host.set_filter_state(PEER_IP, ip.to_string().as_bytes());
     }
@@ -67,14 +73,21 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
     } else {
         None
     };
-    let mode = authz.mtls_mode_at(port);
+    let answer = authz.mtls_mode_at(port);
     if plaintext {
-        let rejected = mode == MtlsMode::Strict;
-        plugin.count(|m| m.plaintext_id(port, !rejected));
-        if rejected {
+        if answer.resets_plaintext() {
+            plugin.count_plaintext(host, port, Plaintext::Rejected);
             return conn.close(host);
         }
-    } else if mode == MtlsMode::Disable && chain.is_some() {
+        if answer.reports_plaintext() {
+            // Report-only STRICT: admitted, counted and logged once for this connection; its
+            // requests are then authorized as on a PERMISSIVE port.
+            plugin.report_plaintext(host, port, conn.peer.as_deref(), "connection");
+            conn.reported = true;
+        } else {
+            plugin.count_plaintext(host, port, Plaintext::Accepted);
+        }
+    } else if answer.mode == MtlsMode::Disable && chain.is_some() {
         // A named chain not listed in plaintextFilterChains (TLS) on a DISABLE port: Istio has
         // only plaintext chains there, so a TLS client fails. Reset before the handshake, as
         // Istio's missing filter chain does. (A chain the host does not name is checked at
@@ -113,12 +126,20 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     };
     let authz = c.authz.as_ref();
     let t = transport(host, authz, true, None);
-    if t.mode == MtlsMode::Strict && !t.mtls {
+    plugin.see_port(host, t.port);
+    if t.strict_refuses() {
         // A plaintext connection on a chain not listed in plaintextFilterChains.
-        let m = plugin.metrics.borrow();
-        m.add(m.plaintext_id(t.port, false), 1);
-        m.add(m.denied, 1);
+        plugin.count_plaintext(host, t.port, Plaintext::Rejected);
+        plugin.count(|m| m.denied);
         return conn.close(host);
+    }
+    if t.strict_reports() && !conn.reported {
+        // Likewise, on a report-only STRICT port: admitted, counted and logged once.
+        if conn.peer.is_none() {
+            conn.peer = prop_str(host, &["source", "address"]);
+        }
+        plugin.report_plaintext(host, t.port, conn.peer.as_deref(), "connection");
+        conn.reported = true;
     }
     if t.mode == MtlsMode::Disable && t.mtls {
         // TLS on a DISABLE port that on_new_connection did not reset (the port became known

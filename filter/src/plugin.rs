@@ -9,7 +9,7 @@ use log::Level;
 
 use crate::attrs::{decode_pairs, decode_str};
 use crate::config::{self, Compiled, NodeWorkload};
-use crate::metrics::{bump, Metrics};
+use crate::metrics::{bump, Metrics, Plaintext};
 use crate::names::{ROOT_HTTP, ROOT_HTTP_ENFORCE, ROOT_NET, ROOT_NET_ENFORCE};
 use crate::traits::Host;
 use crate::vm::{Stage, VmState};
@@ -21,6 +21,8 @@ pub struct Plugin {
     pub(crate) metrics: RefCell<Metrics>,
     pub vm: Rc<VmState>,
     errors_logged: Cell<u32>,
+    /// Plaintext connections admitted on report-only STRICT ports, for the log's running count.
+    report_only_seen: Cell<u64>,
 }
 
 impl Plugin {
@@ -31,6 +33,7 @@ impl Plugin {
             metrics: RefCell::new(Metrics::default()),
             vm,
             errors_logged: Cell::new(0),
+            report_only_seen: Cell::new(0),
         }
     }
 
@@ -53,6 +56,47 @@ impl Plugin {
     pub(crate) fn count(&self, which: impl FnOnce(&Metrics) -> Option<u32>) {
         let m = self.metrics.borrow();
         m.add(which(&m), 1);
+    }
+
+    /// Counts a plaintext connection or request at `port` (its counters are defined the first
+    /// time the port is seen).
+    pub(crate) fn count_plaintext(&self, host: &dyn Host, port: Option<u16>, outcome: Plaintext) {
+        let m = self.metrics.borrow();
+        m.add(m.plaintext_id(host, port, outcome), 1);
+    }
+
+    /// A connection (or request) to `port` was seen: the port gets its plaintext counters (at
+    /// zero) if it has none yet, so that every port the workload serves shows.
+    pub(crate) fn see_port(&self, host: &dyn Host, port: Option<u16>) {
+        if let Some(p) = port {
+            self.metrics.borrow().see_port(host, p);
+        }
+    }
+
+    /// A plaintext connection (or, without a network stage, request) admitted on a report-only
+    /// STRICT port: counted in `meshauthz.plaintext.<port>.report_only` and logged at warning
+    /// level with the caller's address (`ip:port`): the first 256, then one in 256, each with
+    /// the running count (the counter has the exact number).
+    pub(crate) fn report_plaintext(
+        &self,
+        host: &dyn Host,
+        port: Option<u16>,
+        source: Option<&str>,
+        what: &str,
+    ) {
+        self.count_plaintext(host, port, Plaintext::ReportOnly);
+        let n = self.report_only_seen.get().saturating_add(1);
+        self.report_only_seen.set(n);
+        if n <= 256 || n % 256 == 0 {
+            let port = port.map_or_else(|| "an unknown port".to_string(), |p| format!("port {p}"));
+            host.log(
+                Level::Warn,
+                &format!(
+                    "report-only STRICT: plaintext {what} from {} to {port} admitted; it would be reset without meshauthz.io/strict-report-only (report-only plaintext {what}s so far: {n})",
+                    source.unwrap_or("an unknown address"),
+                ),
+            );
+        }
     }
 
     /// `on_tick`: hands the counts of this root's streams to the host.

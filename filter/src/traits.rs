@@ -4,7 +4,7 @@
 //! fake.
 
 use log::Level;
-use policy_engine::{Attributes, Decision, Engine, MtlsMode, Protocol, Requirements, RuleId};
+use policy_engine::{Attributes, Decision, Engine, PortMtls, Protocol, Requirements, RuleId};
 
 /// Everything the request path needs from the proxy. Implementations never panic.
 pub trait Host {
@@ -29,9 +29,9 @@ pub trait Host {
 /// use a scripted one to drive every action path.
 pub trait Authorizer {
     fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision;
-    /// The mTLS mode at `port`; at an unknown port (`None`) the engine's answer, which never
-    /// admits more than any port would.
-    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode;
+    /// The mTLS mode at `port` and whether its STRICT is report-only; at an unknown port
+    /// (`None`) the engine's answer, which never admits more than any port would.
+    fn mtls_mode_at(&self, port: Option<u16>) -> PortMtls;
     /// Whether some port has its own mode (`portLevelMtls`): only then is the port fetched for
     /// the transport check.
     fn has_port_level_mtls(&self) -> bool;
@@ -43,7 +43,7 @@ impl Authorizer for Engine {
     fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
         Engine::check(self, protocol, attrs)
     }
-    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+    fn mtls_mode_at(&self, port: Option<u16>) -> PortMtls {
         Engine::mtls_mode_at(self, port)
     }
     fn has_port_level_mtls(&self) -> bool {

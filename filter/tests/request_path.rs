@@ -26,8 +26,8 @@ use meshauthz_filter::traits::{Authorizer, Flow, Host};
 use meshauthz_filter::vm::VmState;
 use meshauthz_filter::{http, metrics, names, net};
 use policy_engine::{
-    Attributes, Cause, Decision, EnforceMode, MtlsMode, Protocol, Requirements, RuleId,
-    ShadowResult,
+    Attributes, Cause, Decision, EnforceMode, MtlsMode, PortMtls, Protocol, ReportOnly,
+    Requirements, RuleId, ShadowResult,
 };
 use support::pairs::encode_pairs;
 
@@ -199,6 +199,8 @@ struct Scripted {
     decision: Decision,
     default_mode: MtlsMode,
     ports: Vec<(u16, MtlsMode)>,
+    /// Which STRICT ports are report-only.
+    report_only: Option<ReportOnly>,
     req: Requirements,
     seen: Rc<RefCell<Vec<Seen>>>,
 }
@@ -226,21 +228,28 @@ impl Authorizer for Scripted {
         });
         self.decision
     }
-    /// As the engine answers it: at an unknown port STRICT when ports differ.
-    fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
-        match port {
+    /// As the engine answers it: at an unknown port enforced STRICT when ports differ.
+    fn mtls_mode_at(&self, port: Option<u16>) -> PortMtls {
+        let mode = match port {
             Some(port) => self
                 .ports
                 .iter()
                 .find(|(p, _)| *p == port)
                 .map(|(_, m)| *m)
                 .unwrap_or(self.default_mode),
-            None if self.has_port_level_mtls() => MtlsMode::Strict,
+            None if self.has_port_level_mtls() => return PortMtls::enforced(MtlsMode::Strict),
             None => self.default_mode,
-        }
+        };
+        let report_only = mode == MtlsMode::Strict
+            && match (&self.report_only, port) {
+                (Some(ReportOnly::All), _) => true,
+                (Some(r), Some(p)) => r.covers(p),
+                _ => false,
+            };
+        PortMtls { mode, report_only }
     }
     fn has_port_level_mtls(&self) -> bool {
-        !self.ports.is_empty()
+        !self.ports.is_empty() || matches!(self.report_only, Some(ReportOnly::Ports(_)))
     }
     fn requirements(&self) -> &Requirements {
         &self.req
@@ -280,6 +289,7 @@ struct Setup {
     decision: Decision,
     default_mode: MtlsMode,
     ports: Vec<(u16, MtlsMode)>,
+    report_only: Option<ReportOnly>,
     req: Requirements,
     http_ports: Vec<u16>,
     enforce: bool,
@@ -292,6 +302,7 @@ impl Setup {
             decision,
             default_mode: MtlsMode::Permissive,
             ports: Vec::new(),
+            report_only: None,
             req: Requirements {
                 mtls: true,
                 ..Requirements::default()
@@ -317,6 +328,7 @@ impl Setup {
                     decision: self.decision,
                     default_mode: self.default_mode,
                     ports: self.ports,
+                    report_only: self.report_only,
                     req: self.req,
                     seen: Rc::clone(&seen),
                 }),
@@ -1081,17 +1093,196 @@ fn strict_plaintext_chain_is_reset_on_new_connection() {
 }
 
 #[test]
-fn permissive_plaintext_is_accepted_and_counted() {
+fn permissive_plaintext_is_accepted_and_counted_per_port() {
+    // 9999 is a port no policy names: it gets counters of its own on first sight.
     let host = FakeHost::default()
         .chain("plaintext")
         .port(9999)
         .mtls(false);
     let (net, _, _) = Setup::new(allow(Cause::NoAllowPolicy)).build(&host);
+    assert!(!host
+        .metric_names
+        .borrow()
+        .iter()
+        .any(|n| n.starts_with("meshauthz.plaintext.9999.")));
     let mut conn = Conn::default();
     assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
     assert_eq!(host.closed(), 0);
     net.flush_metrics(&host);
-    assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 1);
+    assert_eq!(host.count("meshauthz.plaintext.9999.accepted"), 1);
+    assert_eq!(host.count("meshauthz.plaintext.other.accepted"), 0);
+    for outcome in ["rejected", "report_only"] {
+        let name = format!("meshauthz.plaintext.9999.{outcome}");
+        assert!(host.metric_names.borrow().contains(&name), "{name}");
+    }
+}
+
+#[test]
+fn per_port_counters_are_bounded_then_other() {
+    use meshauthz_filter::metrics::{Metrics, Plaintext, MAX_PORT_METRICS};
+    let host = FakeHost::default();
+    let m = Metrics::define(&host);
+    let ports: Vec<u16> = (1..=u16::try_from(MAX_PORT_METRICS).unwrap() + 5).collect();
+    for &p in &ports {
+        m.add(m.plaintext_id(&host, Some(p), Plaintext::Accepted), 1);
+    }
+    m.flush(&host);
+    assert_eq!(m.counted_ports().len(), MAX_PORT_METRICS);
+    for &p in &ports[..MAX_PORT_METRICS] {
+        assert_eq!(host.count(&format!("meshauthz.plaintext.{p}.accepted")), 1);
+    }
+    // The ports beyond the bound have no counters of their own: `other` counts them.
+    let beyond = &ports[MAX_PORT_METRICS..];
+    for p in beyond {
+        let name = format!("meshauthz.plaintext.{p}.accepted");
+        assert!(!host.metric_names.borrow().contains(&name), "{name}");
+    }
+    assert_eq!(
+        host.count("meshauthz.plaintext.other.accepted"),
+        beyond.len() as i64
+    );
+    // A port the host did not report is `other` too.
+    m.add(m.plaintext_id(&host, None, Plaintext::Rejected), 1);
+    m.flush(&host);
+    assert_eq!(host.count("meshauthz.plaintext.other.rejected"), 1);
+}
+
+// ---- report-only STRICT ---------------------------------------------------------------------
+
+/// The warnings logged so far.
+fn warnings(host: &FakeHost) -> Vec<String> {
+    host.logs
+        .borrow()
+        .iter()
+        .filter(|(l, _)| *l == Level::Warn)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
+#[test]
+fn report_only_strict_admits_plaintext_counts_logs_and_authorizes() {
+    let host = FakeHost::default()
+        .chain("plaintext")
+        .port(8080)
+        .mtls(false)
+        .with(&["source", "address"], b"10.1.2.3:45678")
+        .with(&["connection", "id"], &7u64.to_le_bytes());
+    let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
+    s.default_mode = MtlsMode::Strict;
+    s.report_only = Some(ReportOnly::All);
+    s.http_ports = vec![8080];
+    let (net, enforce, seen) = s.build(&host);
+    net.vm.net_decide.set(true);
+    let mut conn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(host.closed(), 0, "report-only: nothing is reset");
+    // Logged once for the connection, naming the caller and the port.
+    let logged = warnings(&host);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("report-only STRICT"), "{}", logged[0]);
+    assert!(
+        logged[0].contains("from 10.1.2.3:45678 to port 8080"),
+        "{}",
+        logged[0]
+    );
+    // Two requests on the connection: authorized as on PERMISSIVE (here the ALLOW policies do
+    // not match: 403), not counted or logged again.
+    for _ in 0..2 {
+        assert_eq!(request(&host, &net, &enforce).1, Flow::Stop);
+    }
+    assert_eq!(host.forbidden(), 2);
+    assert_eq!(seen.borrow().len(), 2);
+    assert!(!seen.borrow()[0].mtls);
+    assert_eq!(seen.borrow()[0].principal, None);
+    assert_eq!(warnings(&host).len(), 1);
+    net.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.plaintext.8080.report_only"), 1);
+    assert_eq!(host.count("meshauthz.plaintext.8080.rejected"), 0);
+    assert_eq!(host.count("meshauthz.plaintext.8080.accepted"), 0);
+}
+
+#[test]
+fn report_only_strict_allowed_request_goes_through() {
+    let host = FakeHost::default()
+        .chain("plaintext")
+        .port(8080)
+        .mtls(false)
+        .with(&["source", "address"], b"127.0.0.1:5000");
+    let mut s = Setup::new(allow(Cause::AllowRule(R0)));
+    s.default_mode = MtlsMode::Strict;
+    s.report_only = Some(ReportOnly::Ports([8080].into()));
+    let (net, enforce, _) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(
+        request(&host, &net, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(host.forbidden(), 0);
+    assert_eq!(host.closed(), 0);
+}
+
+#[test]
+fn strict_next_to_a_report_only_port_is_still_reset() {
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    s.report_only = Some(ReportOnly::Ports([8080].into()));
+    let host = FakeHost::default().chain("plaintext").port(9000);
+    let (net, _, _) = s.build(&host);
+    assert_eq!(
+        net::new_connection(&host, &net, &mut Conn::default()),
+        Flow::Stop
+    );
+    assert_eq!(host.closed(), 1);
+    net.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.plaintext.9000.rejected"), 1);
+    assert!(warnings(&host).is_empty());
+}
+
+#[test]
+fn report_only_on_a_chain_not_listed_as_plaintext_is_reported_at_first_data() {
+    let host = FakeHost::default()
+        .chain("odd")
+        .port(8080)
+        .mtls(false)
+        .with(&["source", "address"], b"10.0.0.9:1234");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    s.report_only = Some(ReportOnly::All);
+    let (net, _, _) = s.build(&host);
+    let mut conn = Conn::default();
+    assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+    assert_eq!(host.closed(), 0);
+    net.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.plaintext.8080.report_only"), 1);
+    let logged = warnings(&host);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains("10.0.0.9:1234"));
+}
+
+#[test]
+fn report_only_without_a_network_stage_counts_each_request() {
+    let host = FakeHost::default()
+        .port(8080)
+        .mtls(false)
+        .with(&["source", "address"], b"10.0.0.5:999");
+    let mut s = Setup::new(allow(Cause::NoAllowPolicy));
+    s.default_mode = MtlsMode::Strict;
+    s.report_only = Some(ReportOnly::All);
+    s.req.destination_port = true;
+    let (decide, enforce, _) = s.build(&host);
+    for _ in 0..2 {
+        assert_eq!(
+            request(&host, &decide, &enforce),
+            (Flow::Continue, Flow::Continue)
+        );
+    }
+    decide.flush_metrics(&host);
+    assert_eq!(host.count("meshauthz.plaintext.8080.report_only"), 2);
+    assert_eq!(warnings(&host).len(), 2);
+    assert!(warnings(&host)[0].contains("plaintext request from 10.0.0.5:999 to port 8080"));
 }
 
 #[test]
@@ -1311,7 +1502,7 @@ fn workload_defaults_to_the_node_metadata_istio_sets() {
         let p = Plugin::new(Rc::new(VmState::default()));
         assert!(p.configure(&host, names::ROOT_HTTP, Some(doc)));
         assert!(host.errors().is_empty(), "{:?}", host.errors());
-        p.compiled().unwrap().authz.mtls_mode_at(Some(8080))
+        p.compiled().unwrap().authz.mtls_mode_at(Some(8080)).mode
     };
     assert_eq!(
         mode_for(&[("app", "echo"), ("version", "v1")]),

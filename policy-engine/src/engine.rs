@@ -6,7 +6,7 @@ use crate::authz::{CompiledAuthz, PolicyInfo};
 use crate::decision::{Decision, Protocol, RuleId};
 use crate::error::Diagnostics;
 use crate::model::{MtlsMode, PolicySet};
-use crate::peer_authn::ResolvedMtls;
+use crate::peer_authn::{PortMtls, ResolvedMtls};
 use crate::workload::{MeshConfig, Workload};
 
 /// A policy set compiled for one workload.
@@ -74,25 +74,28 @@ impl Engine {
         self.mtls.mode(port)
     }
 
-    /// The mode at a port the host may not have reported. At an unknown port it is the
-    /// workload's mode when no port has its own; otherwise STRICT, the mode that refuses
-    /// plaintext and keeps the peer identity, so not knowing the port never admits more.
-    pub fn mtls_mode_at(&self, port: Option<u16>) -> MtlsMode {
+    /// The mode at a port the host may not have reported, and whether its STRICT is
+    /// report-only (`meshauthz.io/strict-report-only`): the one answer the module, `check`,
+    /// `mode` and `strict-readiness` read. At an unknown port it is the workload's answer when
+    /// no port has its own; otherwise enforced STRICT, the mode that refuses plaintext and
+    /// keeps the peer identity, so not knowing the port never admits more.
+    pub fn mtls_mode_at(&self, port: Option<u16>) -> PortMtls {
         match port {
-            Some(p) => self.mtls.mode(p),
-            None if self.has_port_level_mtls() => MtlsMode::Strict,
-            None => self.mtls.default_mode,
+            Some(p) => self.mtls.at(p),
+            None if self.has_port_level_mtls() => PortMtls::enforced(MtlsMode::Strict),
+            None => self.mtls.default_answer(),
         }
     }
 
-    /// Whether some port has its own mode (`portLevelMtls`): only then does the mode depend on
-    /// the port.
+    /// Whether the answer depends on the port: some port has its own mode (`portLevelMtls`),
+    /// or a report-only annotation lists ports.
     pub fn has_port_level_mtls(&self) -> bool {
-        !self.mtls.ports.is_empty()
+        !self.mtls.listed_ports().is_empty()
     }
 
     /// The ports the configuration names, sorted: `portLevelMtls` of the PeerAuthentication that
-    /// applies, and `ports` / `notPorts` of every AuthorizationPolicy that applies.
+    /// applies, the ports its report-only annotation lists, and `ports` / `notPorts` of every
+    /// AuthorizationPolicy that applies.
     pub fn named_ports(&self) -> &[u16] {
         &self.named_ports
     }
@@ -134,7 +137,7 @@ fn named_ports(
     mesh: &MeshConfig,
     mtls: &ResolvedMtls,
 ) -> Vec<u16> {
-    let mut ports: Vec<u16> = mtls.ports.keys().copied().collect();
+    let mut ports: Vec<u16> = mtls.listed_ports();
     let operations = set
         .authorization_policies
         .iter()
@@ -159,7 +162,7 @@ fn named_ports(
 mod tests {
     use serde_json::json;
 
-    use super::Engine;
+    use super::{Engine, PortMtls};
     use crate::model::MtlsMode;
     use crate::workload::{MeshConfig, Workload};
     use crate::LoadOptions;
@@ -188,14 +191,126 @@ mod tests {
     fn mode_at_an_unknown_port() {
         let mixed = engine(json!([peer_authn(json!({"8080": {"mode": "DISABLE"}}))]));
         assert!(mixed.has_port_level_mtls());
-        assert_eq!(mixed.mtls_mode_at(Some(8080)), MtlsMode::Disable);
-        assert_eq!(mixed.mtls_mode_at(Some(9000)), MtlsMode::Permissive);
+        assert_eq!(mixed.mtls_mode_at(Some(8080)).mode, MtlsMode::Disable);
+        assert_eq!(mixed.mtls_mode_at(Some(9000)).mode, MtlsMode::Permissive);
         // Ports differ and the port is unknown: the strictest answer.
-        assert_eq!(mixed.mtls_mode_at(None), MtlsMode::Strict);
+        assert_eq!(
+            mixed.mtls_mode_at(None),
+            PortMtls::enforced(MtlsMode::Strict)
+        );
 
         let uniform = engine(json!([]));
         assert!(!uniform.has_port_level_mtls());
-        assert_eq!(uniform.mtls_mode_at(None), MtlsMode::Permissive);
+        assert_eq!(uniform.mtls_mode_at(None).mode, MtlsMode::Permissive);
+    }
+
+    fn pa(name: &str, annotation: Option<&str>, spec: serde_json::Value) -> serde_json::Value {
+        let mut meta = json!({"name": name, "namespace": "ns1"});
+        if let Some(a) = annotation {
+            meta["annotations"] = json!({"meshauthz.io/strict-report-only": a});
+        }
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": meta, "spec": spec})
+    }
+
+    const REPORT_ONLY: PortMtls = PortMtls {
+        mode: MtlsMode::Strict,
+        report_only: true,
+    };
+    const STRICT: PortMtls = PortMtls::enforced(MtlsMode::Strict);
+
+    #[test]
+    fn report_only_strict_workload_wide() {
+        let e = engine(json!([pa(
+            "ns-wide",
+            Some("true"),
+            json!({"mtls": {"mode": "STRICT"}})
+        )]));
+        assert_eq!(e.mtls_mode_at(Some(8080)), REPORT_ONLY);
+        assert_eq!(e.mtls_mode_at(None), REPORT_ONLY);
+        assert!(!e.mtls_mode_at(Some(1)).resets_plaintext());
+        assert!(e.mtls_mode_at(Some(1)).reports_plaintext());
+        // The mode itself stays STRICT (what Istio would enforce).
+        assert_eq!(e.mtls_mode(8080), MtlsMode::Strict);
+
+        let off = engine(json!([pa(
+            "ns-wide",
+            Some("false"),
+            json!({"mtls": {"mode": "STRICT"}})
+        )]));
+        assert_eq!(off.mtls_mode_at(Some(8080)), STRICT);
+        assert!(off.mtls_mode_at(Some(8080)).resets_plaintext());
+    }
+
+    #[test]
+    fn report_only_strict_on_listed_ports() {
+        let e = engine(json!([pa(
+            "ns-wide",
+            Some("8080,9000"),
+            json!({"mtls": {"mode": "STRICT"}})
+        )]));
+        assert_eq!(e.mtls_mode_at(Some(8080)), REPORT_ONLY);
+        assert_eq!(e.mtls_mode_at(Some(9000)), REPORT_ONLY);
+        assert_eq!(e.mtls_mode_at(Some(8081)), STRICT);
+        // The port is unknown and ports differ: enforced.
+        assert_eq!(e.mtls_mode_at(None), STRICT);
+        assert!(e.has_port_level_mtls());
+        assert_eq!(e.named_ports(), [8080, 9000]);
+        assert_eq!(e.mtls().listed_ports(), [8080, 9000]);
+        assert_eq!(e.mtls().default_answer(), STRICT);
+    }
+
+    #[test]
+    fn report_only_follows_the_policy_that_set_the_strict() {
+        // The namespace's STRICT is report-only; the workload policy's own STRICT on 9000 is
+        // not (its annotation is absent); 8080 inherits (UNSET) the namespace's, report-only.
+        let e = engine(json!([
+            pa("ns-wide", Some("true"), json!({"mtls": {"mode": "STRICT"}})),
+            pa(
+                "wl",
+                None,
+                json!({"selector": {"matchLabels": {"app": "b"}},
+                                   "portLevelMtls": {"8080": {"mode": "UNSET"},
+                                                     "9000": {"mode": "STRICT"},
+                                                     "7000": {"mode": "PERMISSIVE"}}})
+            )
+        ]));
+        assert_eq!(e.mtls_mode_at(Some(8080)), REPORT_ONLY);
+        assert_eq!(e.mtls_mode_at(Some(9000)), STRICT);
+        assert_eq!(
+            e.mtls_mode_at(Some(7000)),
+            PortMtls::enforced(MtlsMode::Permissive)
+        );
+        assert_eq!(e.mtls_mode_at(Some(1)), REPORT_ONLY);
+
+        // The workload policy's annotation covers its own port entries only.
+        let e = engine(json!([
+            pa("ns-wide", None, json!({"mtls": {"mode": "STRICT"}})),
+            pa(
+                "wl",
+                Some("9000"),
+                json!({"selector": {"matchLabels": {"app": "b"}},
+                                            "portLevelMtls": {"9000": {"mode": "STRICT"},
+                                                              "9001": {"mode": "STRICT"}}})
+            )
+        ]));
+        assert_eq!(e.mtls_mode_at(Some(9000)), REPORT_ONLY);
+        assert_eq!(e.mtls_mode_at(Some(9001)), STRICT);
+        assert_eq!(e.mtls_mode_at(Some(1)), STRICT);
+
+        // A report-only workload policy whose mode is PERMISSIVE does not touch a STRICT it
+        // did not set.
+        let e = engine(json!([
+            pa("ns-wide", None, json!({"mtls": {"mode": "STRICT"}})),
+            pa(
+                "wl",
+                Some("true"),
+                json!({"selector": {"matchLabels": {"app": "b"}},
+                                            "portLevelMtls": {"9000": {"mode": "UNSET"}}})
+            )
+        ]));
+        assert_eq!(e.mtls_mode_at(Some(9000)), STRICT);
+        assert_eq!(e.mtls_mode_at(Some(1)), STRICT);
     }
 
     #[test]

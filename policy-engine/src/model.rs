@@ -185,6 +185,43 @@ impl PeerAuthentication {
     pub(crate) fn object_ref(&self) -> ObjectRef {
         self.meta.object_ref("PeerAuthentication")
     }
+
+    /// Which of the STRICT modes this object sets are report-only
+    /// ([`STRICT_REPORT_ONLY_ANNOTATION`]). `None`: none (no annotation, `"false"`, or a value
+    /// that does not parse: validation refuses those, and were one to get through, STRICT stays
+    /// enforced).
+    pub fn strict_report_only(&self) -> Option<ReportOnly> {
+        self.meta
+            .annotations
+            .get(STRICT_REPORT_ONLY_ANNOTATION)
+            .and_then(|v| crate::input::parse_strict_report_only(v).ok())
+            .flatten()
+    }
+}
+
+/// meshauthz's annotation on a PeerAuthentication: `"true"` makes every STRICT the object sets
+/// (workload-wide and per port) report-only; a comma-separated list of ports (`"8080,9000"`)
+/// only those ports' STRICT; `"false"` nothing. A report-only STRICT port admits plaintext (the
+/// request is then authorized as on PERMISSIVE) and the module counts and logs each plaintext
+/// connection it would have reset.
+pub const STRICT_REPORT_ONLY_ANNOTATION: &str = "meshauthz.io/strict-report-only";
+
+/// The value of [`STRICT_REPORT_ONLY_ANNOTATION`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportOnly {
+    /// `"true"`: every STRICT the object sets.
+    All,
+    /// A list of ports: the STRICT of those ports only.
+    Ports(std::collections::BTreeSet<u16>),
+}
+
+impl ReportOnly {
+    pub fn covers(&self, port: u16) -> bool {
+        match self {
+            ReportOnly::All => true,
+            ReportOnly::Ports(ports) => ports.contains(&port),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,11 +6,52 @@
 //! (creationTimestamp, then name). `UNSET` inherits the parent; the mesh's parent is PERMISSIVE.
 //! `portLevelMtls` comes only from the winning workload policy; an `UNSET` port entry takes the
 //! resolved workload mode.
+//!
+//! meshauthz adds report-only STRICT (`meshauthz.io/strict-report-only`): a STRICT is
+//! report-only when the annotation of the PeerAuthentication that set it covers the port.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Diagnostic, Diagnostics};
-use crate::model::{MtlsMode, PeerAuthentication, PolicySet};
+use crate::model::{MtlsMode, PeerAuthentication, PolicySet, ReportOnly};
+
+/// The mTLS answer for one port: Istio's mode, and whether a STRICT there is report-only
+/// (plaintext is admitted, counted and logged instead of reset). `report_only` is only ever true
+/// with `mode == Strict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMtls {
+    pub mode: MtlsMode,
+    pub report_only: bool,
+}
+
+impl PortMtls {
+    pub const fn enforced(mode: MtlsMode) -> PortMtls {
+        PortMtls {
+            mode,
+            report_only: false,
+        }
+    }
+
+    /// A plaintext connection is reset: STRICT, not report-only.
+    pub fn resets_plaintext(&self) -> bool {
+        self.mode == MtlsMode::Strict && !self.report_only
+    }
+
+    /// A plaintext connection is admitted only because the STRICT is report-only: it would be
+    /// reset were the annotation removed.
+    pub fn reports_plaintext(&self) -> bool {
+        self.mode == MtlsMode::Strict && self.report_only
+    }
+
+    /// `STRICT`, `STRICT (report-only)`, `PERMISSIVE`, `DISABLE`.
+    pub fn describe(&self) -> &'static str {
+        if self.reports_plaintext() {
+            "STRICT (report-only)"
+        } else {
+            self.mode.as_str()
+        }
+    }
+}
 use crate::workload::{MeshConfig, Workload};
 
 /// The resolved mode of every port of one workload.
@@ -24,11 +65,56 @@ pub struct ResolvedMtls {
     pub sources: Vec<String>,
     /// `namespace/name` of the workload policy whose `portLevelMtls` gave [`Self::ports`].
     pub port_source: Option<String>,
+    /// When [`Self::default_mode`] is STRICT: the `meshauthz.io/strict-report-only` of the
+    /// PeerAuthentication that set it (for the ports without their own entry).
+    pub default_report_only: Option<ReportOnly>,
+    /// The ports of [`Self::ports`] whose STRICT is report-only.
+    pub report_only_ports: BTreeSet<u16>,
 }
 
 impl ResolvedMtls {
     pub fn mode(&self, port: u16) -> MtlsMode {
         self.ports.get(&port).copied().unwrap_or(self.default_mode)
+    }
+
+    /// The answer at `port`: its mode and whether its STRICT is report-only.
+    pub fn at(&self, port: u16) -> PortMtls {
+        match self.ports.get(&port) {
+            Some(&mode) => PortMtls {
+                mode,
+                report_only: mode == MtlsMode::Strict && self.report_only_ports.contains(&port),
+            },
+            None => PortMtls {
+                mode: self.default_mode,
+                report_only: self.default_mode == MtlsMode::Strict
+                    && self
+                        .default_report_only
+                        .as_ref()
+                        .is_some_and(|r| r.covers(port)),
+            },
+        }
+    }
+
+    /// The answer for the ports without an entry of their own and not listed by a report-only
+    /// annotation (report-only only when the annotation is `"true"`).
+    pub fn default_answer(&self) -> PortMtls {
+        PortMtls {
+            mode: self.default_mode,
+            report_only: self.default_mode == MtlsMode::Strict
+                && self.default_report_only == Some(ReportOnly::All),
+        }
+    }
+
+    /// The ports whose answer may differ from [`Self::default_answer`], sorted: the
+    /// `portLevelMtls` entries and the ports a report-only annotation lists.
+    pub fn listed_ports(&self) -> Vec<u16> {
+        let mut ports: BTreeSet<u16> = self.ports.keys().copied().collect();
+        if self.default_mode == MtlsMode::Strict {
+            if let Some(ReportOnly::Ports(listed)) = &self.default_report_only {
+                ports.extend(listed);
+            }
+        }
+        ports.into_iter().collect()
     }
 
     /// `namespace/name` of the PeerAuthentication that set the mode of `port` (`None`: of the
@@ -130,25 +216,43 @@ pub(crate) fn resolve(
 
     let mut mode = MtlsMode::Permissive;
     let mut sources = Vec::new();
+    let mut mode_pa = None;
     for pa in [mesh_pa, ns_pa, wl_pa].into_iter().flatten() {
         match pa.spec.mtls.unwrap_or(MtlsMode::Unset) {
             MtlsMode::Unset => {}
             m => {
                 mode = m;
+                mode_pa = Some(pa);
                 sources.push(format!("{}/{}", pa.meta.namespace, pa.meta.name));
             }
         }
     }
+    // The report-only annotation of the policy that set the workload mode applies to it.
+    let default_report_only = mode_pa
+        .filter(|_| mode == MtlsMode::Strict)
+        .and_then(PeerAuthentication::strict_report_only);
 
     let mut ports = BTreeMap::new();
+    let mut report_only_ports = BTreeSet::new();
     let mut port_source = None;
     if let Some((pa, levels)) =
         wl_pa.and_then(|pa| pa.spec.port_level_mtls.as_ref().map(|l| (pa, l)))
     {
         port_source = Some(format!("{}/{}", pa.meta.namespace, pa.meta.name));
+        let own = pa.strict_report_only();
         for (&port, &m) in levels {
             if let Ok(port) = u16::try_from(port) {
-                ports.insert(port, if m == MtlsMode::Unset { mode } else { m });
+                // An UNSET entry takes the workload mode, and with it the report-only
+                // annotation of the policy that set it; an entry of its own, this policy's.
+                let (m, report_only) = if m == MtlsMode::Unset {
+                    (mode, default_report_only.as_ref())
+                } else {
+                    (m, own.as_ref())
+                };
+                if m == MtlsMode::Strict && report_only.is_some_and(|r| r.covers(port)) {
+                    report_only_ports.insert(port);
+                }
+                ports.insert(port, m);
             }
         }
     }
@@ -157,5 +261,7 @@ pub(crate) fn resolve(
         ports,
         sources,
         port_source,
+        default_report_only,
+        report_only_ports,
     }
 }

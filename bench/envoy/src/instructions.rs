@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::certs::{CertFiles, Pki};
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::certs::{CertFiles, Pki};
+use meshauthz_harness::{Error, Result};
 
 use crate::options::Opts;
 use crate::report::Counted;

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::certs::{CertFiles, Pki};
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::certs::{CertFiles, Pki};
+use meshauthz_harness::{Error, Result};
 use serde_json::Value;
 
 use crate::options::{number, Opts};

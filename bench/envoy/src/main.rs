@@ -26,8 +26,8 @@ mod variants;
 
 use std::time::Duration;
 
-use meshauthz_e2e::certs::Pki;
-use meshauthz_e2e::{Result, WorkDir};
+use meshauthz_harness::certs::Pki;
+use meshauthz_harness::{Result, WorkDir};
 
 use options::{Mode, Opts};
 use server::{Launch, Server};
@@ -64,10 +64,13 @@ fn timed(o: &Opts, work: &WorkDir, pki: &Pki) -> Result<String> {
         .iter()
         .map(|(s, samples)| (&s.variant, &s.started, samples.as_slice()))
         .collect();
+    if let Some(path) = &o.csv {
+        std::fs::write(path, report::timed_csv(&rows)?)?;
+    }
     report::timed(o, &rows)
 }
 
-fn overran(e: &meshauthz_e2e::Error) -> bool {
+fn overran(e: &meshauthz_harness::Error) -> bool {
     e.0.contains("overran")
 }
 

@@ -405,7 +405,8 @@ mod tests {
     #[test]
     fn uniform_yaml_parses_and_names_each_principal() {
         let docs =
-            meshauthz_e2e::policy::from_yaml(&Mix::Uniform { audit: true }.istio_yaml(3)).unwrap();
+            meshauthz_harness::policy::from_yaml(&Mix::Uniform { audit: true }.istio_yaml(3))
+                .unwrap();
         assert_eq!(docs.len(), 4);
         assert_eq!(
             docs[2]["spec"]["rules"][0]["from"][0]["source"]["principals"][0],
@@ -420,7 +421,7 @@ mod tests {
             audit: true,
             first: false,
         };
-        let docs = meshauthz_e2e::policy::from_yaml(&mix.istio_yaml(10)).unwrap();
+        let docs = meshauthz_harness::policy::from_yaml(&mix.istio_yaml(10)).unwrap();
         assert_eq!(docs.len(), 10);
         assert_eq!(mix.policies(10), 10);
         assert_eq!(docs[0]["spec"]["action"], "AUDIT");
@@ -444,7 +445,7 @@ mod tests {
             audit: false,
             first: false,
         };
-        let docs = meshauthz_e2e::policy::from_yaml(&without.istio_yaml(10)).unwrap();
+        let docs = meshauthz_harness::policy::from_yaml(&without.istio_yaml(10)).unwrap();
         assert_eq!(docs.len(), 9);
         assert!(docs.iter().all(|d| d["spec"]["action"] != "AUDIT"));
     }

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::{Error, Result};
 
 pub const USAGE: &str = "usage: bench-envoy --cli PATH [--oha PATH] [--instructions] [--rounds 7] [--seconds 2] \
 [--connections 4] [--warmup 500] [--requests 2000] [--max-policies 10000] [--no-breakdown] [--only KEY,KEY] \
-[--out FILE] [--baseline-module FILE]... [--startup REPEATS]";
+[--out FILE] [--csv FILE] [--realistic] [--baseline-module FILE]... [--startup REPEATS]";
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,10 @@ pub struct Opts {
     pub breakdown: bool,
     pub only: Vec<String>,
     pub out: Option<PathBuf>,
+    /// Timed mode: one row per variant as CSV (what `bench/envoy/plot.py` draws).
+    pub csv: Option<PathBuf>,
+    /// Only the no-filter variant and issue 12's realistic mix (every policy count and chain).
+    pub realistic_only: bool,
     /// Other builds of the module, each run as extra variants (`c-10-base`, `rc-10-base2`, ...).
     pub baseline_modules: Vec<PathBuf>,
 }
@@ -53,6 +57,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
         breakdown: true,
         only: Vec::new(),
         out: None,
+        csv: None,
+        realistic_only: false,
         baseline_modules: Vec::new(),
     };
     let mut args = args.into_iter();
@@ -78,6 +84,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Opts> {
             "--max-policies" => o.max_policies = number(&a, &value()?)?,
             "--no-breakdown" => o.breakdown = false,
             "--out" => o.out = Some(PathBuf::from(value()?)),
+            "--csv" => o.csv = Some(PathBuf::from(value()?)),
+            "--realistic" => o.realistic_only = true,
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
             "--baseline-module" => o.baseline_modules.push(PathBuf::from(value()?)),
             other => return Err(Error(format!("unknown argument {other:?}\n{USAGE}"))),

@@ -2,12 +2,13 @@
 
 use std::fmt::Write as _;
 
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::{Error, Result};
 
 use crate::load::Sample;
+use crate::mix::Mix;
 use crate::options::Opts;
 use crate::server::Started;
-use crate::variants::{Chain, Variant};
+use crate::variants::{Chain, Variant, DECIDE_ONLY, FULL};
 
 pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -23,14 +24,45 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// The timed run's table: per variant medians over rounds; ratio and added CPU per round
+/// One variant's figures in a timed run: medians over rounds; ratio and added CPU per round
 /// against the no-filter variant of the same round.
-pub fn timed(o: &Opts, rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
-    let base = rows
-        .iter()
+struct TimedRow {
+    rps: f64,
+    ratio: f64,
+    ratio_lo: f64,
+    ratio_hi: f64,
+    cpu_us: f64,
+    added_us: f64,
+}
+
+fn timed_row(samples: &[Sample], base: &[Sample]) -> TimedRow {
+    let pairs: Vec<(Sample, Sample)> = samples.iter().zip(base).map(|(a, b)| (*a, *b)).collect();
+    let ratios: Vec<f64> = pairs.iter().map(|(v, b)| v.rps / b.rps).collect();
+    TimedRow {
+        rps: median(samples.iter().map(|x| x.rps).collect()),
+        ratio_lo: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratio_hi: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ratio: median(ratios),
+        cpu_us: median(samples.iter().map(|x| x.cpu_us_per_request).collect()),
+        added_us: median(
+            pairs
+                .iter()
+                .map(|(v, b)| v.cpu_us_per_request - b.cpu_us_per_request)
+                .collect(),
+        ),
+    }
+}
+
+fn baseline<'a>(rows: &[(&Variant, &Started, &'a [Sample])]) -> Result<&'a [Sample]> {
+    rows.iter()
         .find(|(v, _, _)| v.chain == Chain::NoFilter)
         .map(|(_, _, s)| *s)
-        .ok_or_else(|| Error("no baseline variant".into()))?;
+        .ok_or_else(|| Error("no baseline variant".into()))
+}
+
+/// The timed run's table.
+pub fn timed(o: &Opts, rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
+    let base = baseline(rows)?;
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -43,27 +75,57 @@ pub fn timed(o: &Opts, rows: &[(&Variant, &Started, &[Sample])]) -> Result<Strin
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
     for (v, started, samples) in rows {
-        let pairs: Vec<(Sample, Sample)> =
-            samples.iter().zip(base).map(|(a, b)| (*a, *b)).collect();
-        let ratios: Vec<f64> = pairs.iter().map(|(v, b)| v.rps / b.rps).collect();
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let added: Vec<f64> = pairs
-            .iter()
-            .map(|(v, b)| v.cpu_us_per_request - b.cpu_us_per_request)
-            .collect();
+        let r = timed_row(samples, base);
         let _ = writeln!(
             t,
             "| {} | {} | {} | {:.0} | {:.3} | {:.3}-{:.3} | {:.1} | {:+.1} | {:.2} | {:.2} |",
             v.key,
             v.what,
             v.policies(),
-            median(samples.iter().map(|x| x.rps).collect()),
-            median(ratios),
-            lo,
-            hi,
-            median(samples.iter().map(|x| x.cpu_us_per_request).collect()),
-            median(added),
+            r.rps,
+            r.ratio,
+            r.ratio_lo,
+            r.ratio_hi,
+            r.cpu_us,
+            r.added_us,
+            started.ready_s,
+            started.cpu_s,
+        );
+    }
+    Ok(t)
+}
+
+/// The timed run as CSV, one row per variant (what `bench/envoy/plot.py` draws): `chain` is
+/// `none`, `rbac`, `full` (meshauthz's three stages), `decide` (one stage) or `other`.
+pub fn timed_csv(rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
+    let base = baseline(rows)?;
+    let mut t = String::from(
+        "key,chain,mix,audit,first,policies,rps,ratio,ratio_min,ratio_max,cpu_us,added_us,ready_s,startup_cpu_s\n",
+    );
+    for (v, started, samples) in rows {
+        let r = timed_row(samples, base);
+        let chain = match v.chain {
+            Chain::NoFilter => "none",
+            Chain::Rbac => "rbac",
+            c if c == FULL => "full",
+            c if c == DECIDE_ONLY => "decide",
+            _ => "other",
+        };
+        let (mix, audit, first) = match v.mix {
+            Mix::Uniform { audit } => ("uniform", audit, false),
+            Mix::Realistic { audit, first } => ("realistic", audit, first),
+        };
+        let _ = writeln!(
+            t,
+            "{},{chain},{mix},{audit},{first},{},{:.0},{:.4},{:.4},{:.4},{:.2},{:.2},{:.2},{:.2}",
+            v.key,
+            v.policies(),
+            r.rps,
+            r.ratio,
+            r.ratio_lo,
+            r.ratio_hi,
+            r.cpu_us,
+            r.added_us,
             started.ready_s,
             started.cpu_s,
         );
@@ -127,7 +189,7 @@ pub fn startup(rows: &[(&Variant, &[Started])]) -> Result<String> {
         "| variant | chain | policies | module bytes | ready s | start-up CPU s |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|");
-    let current = meshauthz_e2e::module_path()?;
+    let current = meshauthz_harness::module_path()?;
     for (v, runs) in rows {
         let module = match v.chain {
             Chain::Meshauthz { .. } => {

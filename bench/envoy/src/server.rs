@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::certs::{CertFiles, Pki};
-use meshauthz_e2e::envoy::{free_port, render, template, Envoy};
-use meshauthz_e2e::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE};
-use meshauthz_e2e::{module_path, Error, Result};
+use meshauthz_harness::certs::{CertFiles, Pki};
+use meshauthz_harness::envoy::{free_port, render, template, Envoy};
+use meshauthz_harness::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE};
+use meshauthz_harness::{module_path, Error, Result};
 use serde_json::{json, Value};
 
 use crate::load::cpu_seconds;

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::variants::Chain;
@@ -124,8 +124,8 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use meshauthz_e2e::envoy::{render, template};
-    use meshauthz_e2e::sidecar::HTTP_TEMPLATE;
+    use meshauthz_harness::envoy::{render, template};
+    use meshauthz_harness::sidecar::HTTP_TEMPLATE;
 
     use super::*;
     use crate::mix::Mix;

@@ -14,7 +14,7 @@ use policy_engine::MeshConfig;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{err, Error, Result};
+use meshauthz_harness::{err, Error, Result};
 
 /// Which filter chain istiod generated the filters for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

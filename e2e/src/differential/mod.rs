@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use policy_engine::{load_value, Engine, LoadOptions, Workload};
 use serde_json::Value;
 
-use crate::access_log;
-use crate::app::TcpEcho;
-use crate::certs::{CertFiles, Pki};
-use crate::envoy::{free_port, Envoy};
-use crate::{err, policy, Error, Result, WorkDir};
 use compare::{Expected, Observed};
 use golden::{Chain, Golden};
+use meshauthz_harness::access_log;
+use meshauthz_harness::app::TcpEcho;
+use meshauthz_harness::certs::{CertFiles, Pki};
+use meshauthz_harness::envoy::{free_port, Envoy};
+use meshauthz_harness::{err, policy, Error, Result, WorkDir};
 use probe::{Listener, Peer, Probe};
 use values::PolicyValues;
 
@@ -158,7 +158,7 @@ pub fn compile(docs: &[Value], golden: &Golden) -> Result<Engine> {
     // The module reads a repeated header the stricter way for every Envoy release
     // (`RepeatedHeaders::Strict`, checked by the engine's cases); here the engine reads it as the
     // Envoy under test does, so each release's own reading is checked against its RBAC.
-    Ok(engine.with_repeated_headers(crate::envoy::repeated_headers()?))
+    Ok(engine.with_repeated_headers(meshauthz_harness::envoy::repeated_headers()?))
 }
 
 struct Prepared {

@@ -21,7 +21,7 @@
 use serde_json::{json, Value};
 
 use super::golden::{builder_testdata, Chain, Golden};
-use crate::{err, Error, Result};
+use meshauthz_harness::{err, Error, Result};
 
 /// Where a field sits in the generated policy.
 #[derive(Clone, Copy, Debug)]
@@ -399,7 +399,7 @@ fn read_first(dir: &std::path::Path, name: &str) -> Result<Value> {
     let path = dir.join(name);
     let text =
         std::fs::read_to_string(&path).map_err(|e| Error(format!("{}: {e}", path.display())))?;
-    crate::policy::from_yaml(&text)?
+    meshauthz_harness::policy::from_yaml(&text)?
         .into_iter()
         .next()
         .ok_or_else(|| Error(format!("{}: empty", path.display())))

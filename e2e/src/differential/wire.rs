@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::probe::{Listener, Peer, Probe};
-use crate::certs::CertFiles;
-use crate::client::{s_client_echo, TcpOutcome};
-use crate::{Error, Result};
+use meshauthz_harness::certs::CertFiles;
+use meshauthz_harness::client::{s_client_echo, TcpOutcome};
+use meshauthz_harness::{Error, Result};
 
 /// The per-request and per-connection time limit.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -37,6 +37,8 @@ use decode::Decoder;
 use document::RawObject;
 use field_path::FieldPath;
 
+pub(crate) use peer_authentication::parse_strict_report_only;
+
 /// How to read the input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadOptions {

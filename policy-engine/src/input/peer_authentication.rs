@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::authorization_policy::decode_selector;
 use super::decode::Decoder;
 use super::field_path::FieldPath;
-use crate::model::{MtlsMode, PeerAuthenticationSpec};
+use crate::model::{MtlsMode, PeerAuthenticationSpec, ReportOnly};
 
 const SPEC_FIELDS: &[&str] = &["selector", "mtls", "portLevelMtls"];
 
@@ -95,6 +95,39 @@ fn decode_port_level_mtls(
     Some(out)
 }
 
+/// Reads the value of `meshauthz.io/strict-report-only` (the one parser: validation, the engine
+/// and the module call it). `Ok(None)`: `"false"`. The error says what was expected.
+pub(crate) fn parse_strict_report_only(value: &str) -> Result<Option<ReportOnly>, String> {
+    const EXPECTED: &str = "expected \"true\" (every STRICT this PeerAuthentication sets is report-only), \"false\", or a comma-separated list of port numbers such as \"8080,9000\" (only those ports' STRICT)";
+    match value {
+        "true" => return Ok(Some(ReportOnly::All)),
+        "false" => return Ok(None),
+        _ => {}
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    for item in value.split(',') {
+        let item = item.trim_matches(' ');
+        let port = match parse_port_key(item) {
+            PortKey::Port(p) => u16::try_from(p).ok().filter(|p| *p != 0),
+            _ => None,
+        };
+        let Some(port) = port else {
+            let what = if item.is_empty() {
+                "an empty item".to_string()
+            } else {
+                format!("{item:?}, which is not a port number (1..65535, plain decimal)")
+            };
+            return Err(format!("invalid value {value:?}: found {what}; {EXPECTED}"));
+        };
+        if !ports.insert(port) {
+            return Err(format!(
+                "invalid value {value:?}: port {port} is listed twice; {EXPECTED}"
+            ));
+        }
+    }
+    Ok(Some(ReportOnly::Ports(ports)))
+}
+
 /// How a `portLevelMtls` key reads.
 #[derive(Debug, PartialEq, Eq)]
 enum PortKey {
@@ -135,6 +168,48 @@ fn parse_port_key(key: &str) -> PortKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_report_only_values() {
+        assert_eq!(parse_strict_report_only("true"), Ok(Some(ReportOnly::All)));
+        assert_eq!(parse_strict_report_only("false"), Ok(None));
+        assert_eq!(
+            parse_strict_report_only("8080"),
+            Ok(Some(ReportOnly::Ports([8080].into())))
+        );
+        assert_eq!(
+            parse_strict_report_only("8080,9000"),
+            Ok(Some(ReportOnly::Ports([8080, 9000].into())))
+        );
+        assert_eq!(
+            parse_strict_report_only("9000, 8080"),
+            Ok(Some(ReportOnly::Ports([8080, 9000].into())))
+        );
+        for (bad, found) in [
+            ("yes", "\"yes\", which is not a port"),
+            ("True", "\"True\", which is not a port"),
+            ("1", ""),
+            ("", "an empty item"),
+            ("8080,", "an empty item"),
+            ("8080,,9000", "an empty item"),
+            ("0", "\"0\", which is not a port"),
+            ("65536", "\"65536\", which is not a port"),
+            ("08080", "\"08080\", which is not a port"),
+            ("+80", "\"+80\", which is not a port"),
+            ("80;90", "\"80;90\", which is not a port"),
+            ("8080,8080", "port 8080 is listed twice"),
+        ] {
+            match parse_strict_report_only(bad) {
+                // "1" is a port: a list of one.
+                Ok(Some(ReportOnly::Ports(p))) if bad == "1" => assert_eq!(p, [1].into()),
+                Err(e) => {
+                    assert!(e.contains(found), "{bad}: {e}");
+                    assert!(e.contains("comma-separated list of port numbers"), "{e}");
+                }
+                other => panic!("{bad:?} was accepted: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn only_plain_decimal_port_keys_are_ports() {

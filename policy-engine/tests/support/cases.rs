@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use policy_engine::path::ListenerNormalization;
 use policy_engine::{
     load_str, load_value, plugin_config, Attributes, Cause, Decision, Diagnostics, Engine,
-    HttpAttributes, LoadOptions, MeshConfig, MtlsMode, PluginConfig, Protocol, Requirements,
-    RuleId, ShadowResult, Workload,
+    HttpAttributes, LoadOptions, MeshConfig, MtlsMode, PluginConfig, PortMtls, Protocol,
+    Requirements, RuleId, ShadowResult, Workload,
 };
 use serde::Deserialize;
 
@@ -530,11 +530,16 @@ fn run_case_with(file: &CaseFile, case: &Case, front_end: FrontEnd) -> Vec<Strin
     problems
 }
 
-fn parse_mode(s: &str) -> Option<MtlsMode> {
+/// `STRICT_REPORT_ONLY`: STRICT made report-only by `meshauthz.io/strict-report-only`.
+fn parse_mode(s: &str) -> Option<PortMtls> {
     match s {
-        "DISABLE" => Some(MtlsMode::Disable),
-        "PERMISSIVE" => Some(MtlsMode::Permissive),
-        "STRICT" => Some(MtlsMode::Strict),
+        "DISABLE" => Some(PortMtls::enforced(MtlsMode::Disable)),
+        "PERMISSIVE" => Some(PortMtls::enforced(MtlsMode::Permissive)),
+        "STRICT" => Some(PortMtls::enforced(MtlsMode::Strict)),
+        "STRICT_REPORT_ONLY" => Some(PortMtls {
+            mode: MtlsMode::Strict,
+            report_only: true,
+        }),
         _ => None,
     }
 }
@@ -561,16 +566,16 @@ fn check_mtls(engine: &Engine, ports: &BTreeMap<String, String>, problems: &mut 
         };
         let Some(want_mode) = parse_mode(want) else {
             problems.push(format!(
-                "case file error: expectMtls[{key}] = {want:?} is not DISABLE, PERMISSIVE or STRICT"
+                "case file error: expectMtls[{key}] = {want:?} is not DISABLE, PERMISSIVE, STRICT or STRICT_REPORT_ONLY"
             ));
             continue;
         };
-        let got = engine.mtls_mode(port);
+        let got = engine.mtls_mode_at(Some(port));
         if got != want_mode {
             problems.push(format!(
                 "mTLS mode of port {key}: expected {}, got {}",
-                want_mode.as_str(),
-                got.as_str()
+                want_mode.describe(),
+                got.describe()
             ));
         }
     }

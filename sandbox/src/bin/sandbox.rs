@@ -29,14 +29,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::access_log;
-use meshauthz_e2e::app::HttpEcho;
-use meshauthz_e2e::client::CURL_RECV_ERROR;
-use meshauthz_e2e::sandbox::{
+use meshauthz_harness::access_log;
+use meshauthz_harness::app::HttpEcho;
+use meshauthz_harness::client::CURL_RECV_ERROR;
+use meshauthz_harness::{workspace_root, Error, Result};
+use meshauthz_sandbox::mesh::{
     default_cli, default_dir, plugin_config_args, policy_files, render_compose, shown, Mode, Ports,
     Sandbox, CLIENT_NS, CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE,
 };
-use meshauthz_e2e::{workspace_root, Error, Result};
 use serde_json::Value;
 
 #[path = "sandbox/compose_story.rs"]
@@ -241,7 +241,7 @@ fn run() -> Result<ExitCode> {
     }
 }
 
-fn report_down(stopped: &Result<Vec<meshauthz_e2e::sandbox::Proc>>) {
+fn report_down(stopped: &Result<Vec<meshauthz_sandbox::mesh::Proc>>) {
     match stopped {
         Ok(v) if v.is_empty() => println!("sandbox: nothing to stop"),
         Ok(v) => {

@@ -1,22 +1,22 @@
 //! `sandbox compose`: the compose sandbox on a real container engine, the migration story played
-//! against it, everything stopped afterwards (see `meshauthz_e2e::compose`).
+//! against it, everything stopped afterwards (see `meshauthz_sandbox::compose`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::compose::{wait_ready, Engine, Kind, Output, Project};
-use meshauthz_e2e::envoy::http10;
-use meshauthz_e2e::sandbox::{
+use meshauthz_harness::envoy::http10;
+use meshauthz_harness::{envoy_binary, workspace_root, Error, Result};
+use meshauthz_sandbox::compose::{wait_ready, Engine, Kind, Output, Project};
+use meshauthz_sandbox::mesh::{
     compose_policy_files, compose_sources_policy, render_compose, render_compose_servers, shown,
     Mode, CLIENT_NS, CLIENT_SA, COMPOSE_SOURCES_POLICY,
 };
-use meshauthz_e2e::{envoy_binary, workspace_root, Error, Result};
 use serde_json::Value;
 
 use super::{describe, field, is_true, meshauthz_stats, quote, sum_stats, Curl, Story};
-use meshauthz_e2e::client::CURL_RECV_ERROR;
+use meshauthz_harness::client::CURL_RECV_ERROR;
 
 /// `sandbox compose` flags.
 pub struct Options {
@@ -48,7 +48,7 @@ const READY: Duration = Duration::from_secs(60);
 
 /// The Envoy version of the binary the e2e suite runs (`.../1.40.0/Clean/RELEASE/...`).
 fn envoy_version(envoy: &Path) -> Result<String> {
-    let out = meshauthz_e2e::compose::run(
+    let out = meshauthz_sandbox::compose::run(
         std::process::Command::new(envoy).arg("--version"),
         Duration::from_secs(30),
     )?;
@@ -151,7 +151,7 @@ pub fn main(o: &Options, cli: &Path) -> Result<ExitCode> {
     let mut vars = images(&engine, &o.work)?;
     // One container run: whether this engine can run a container at all.
     if let Some((_, image)) = vars.iter().find(|(k, _)| k == "MESHAUTHZ_ENVOY_IMAGE") {
-        let probe = meshauthz_e2e::compose::run(
+        let probe = meshauthz_sandbox::compose::run(
             &mut engine.cmd([
                 "run",
                 "--rm",

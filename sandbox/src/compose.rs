@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::envoy::http10;
-use crate::{err, Error, Result};
+use meshauthz_harness::envoy::http10;
+use meshauthz_harness::{err, Error, Result};
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //! - `strict`: HTTP, PeerAuthentication STRICT: plaintext is reset.
 //! - `tcp`: TCP echo, ALLOW from 127.0.0.1.
 //!
-//! Clients (plaintext, the std client of `meshauthz_e2e::load`): two keep-alive and one
+//! Clients (plaintext, the std client of `meshauthz_harness::load`): two keep-alive and one
 //! short-connection client on `http` (allowed, denied, audited, unmatched in turn), one on
 //! `strict` (new connection each time), one TCP client (new connection each time).
 //! Every outcome is checked against the policies; a 5xx, an unexpected status, a failed
@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::load::{tcp_exchange, HttpClient, TcpResult};
-use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
-use meshauthz_e2e::{Error, Result};
+use meshauthz_harness::load::{tcp_exchange, HttpClient, TcpResult};
+use meshauthz_harness::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::{Error, Result};
 
 struct Args {
     requests: u64,

@@ -1,6 +1,6 @@
 //! The sandbox behind `make sandbox`: a small mesh on loopback that outlives the command.
 //!
-//! - an HTTP echo application (this crate's [`crate::app::HttpEcho`], run detached by the `sandbox
+//! - an HTTP echo application (the harness's [`meshauthz_harness::app::HttpEcho`], run detached by the `sandbox
 //!   echo` subcommand),
 //! - the server sidecar: Envoy on `envoy-config/envoy/server-http.yaml` (the template the e2e suite
 //!   runs) with meshauthz and the sample policies of `envoy-config/policies/`,
@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::certs::{Pki, SERVER_SPIFFE};
-use crate::envoy::{http10, render, template, READY_TIMEOUT};
-use crate::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE, TCP_TEMPLATE};
-use crate::{envoy_binary, err, module_path, workspace_root, Error, Result};
+use meshauthz_harness::certs::{Pki, SERVER_SPIFFE};
+pub use meshauthz_harness::default_cli;
+use meshauthz_harness::envoy::{http10, render, template, READY_TIMEOUT};
+use meshauthz_harness::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE, TCP_TEMPLATE};
+use meshauthz_harness::{envoy_binary, err, module_path, workspace_root, Error, Result};
 
 /// The in-mesh client's namespace and service account (its SPIFFE certificate).
 pub const CLIENT_NS: &str = "istioinaction";
@@ -172,14 +173,6 @@ pub struct Sandbox {
 /// The default sandbox folder: `<workspace>/.sandbox`.
 pub fn default_dir() -> PathBuf {
     workspace_root().join(".sandbox")
-}
-
-/// The CLI: `$MESHAUTHZ_CLI`, else `<workspace>/target/debug/meshauthz` (what `make sandbox` builds).
-pub fn default_cli() -> PathBuf {
-    match std::env::var_os("MESHAUTHZ_CLI") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join("target/debug/meshauthz"),
-    }
 }
 
 /// The sample policy files for `mode`, sorted by name (`90-strict.yaml` only in STRICT).

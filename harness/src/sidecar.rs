@@ -80,6 +80,11 @@ impl SidecarBuilder {
         self
     }
 
+    /// A TCP port: the TCP template ([`TCP_TEMPLATE`]) in front of a TCP echo.
+    pub fn tcp(self) -> Self {
+        self.template(TCP_TEMPLATE).tcp_app()
+    }
+
     /// Transform the rendered configuration (only for tests of broken deployments).
     pub fn transform(mut self, f: impl Fn(&str) -> Result<String> + 'static) -> Self {
         self.transform = Some(Box::new(f));

@@ -1,6 +1,6 @@
 """Plot the soak's Envoy RSS samples (`soak` writes <out>/rss.csv) as a PNG.
 
-Usage: python3 e2e/soak/plot.py target/soak/rss.csv target/soak/rss.png
+Usage: python3 sandbox/soak/plot.py target/soak/rss.csv target/soak/rss.png
 Needs matplotlib (`make soak` installs it into .tools/python).
 """
 import csv

@@ -24,6 +24,40 @@ pub fn from_yaml(yaml: &str) -> Result<Vec<Value>> {
 /// `meshauthz plugin-config --namespace foo`.
 pub const NAMESPACE: &str = "foo";
 
+/// An ALLOW policy `foo/<name>` for the workload (`app: echo`) whose one rule allows the
+/// `principals` (Istio's form, without `spiffe://`), on any port and request.
+pub fn allow_principals(name: &str, principals: &[&str]) -> String {
+    let list: Vec<String> = principals.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {{principals: [{}]}}
+"#,
+        list.join(", ")
+    )
+}
+
+/// The namespace-wide PeerAuthentication `<namespace>/default` with `mode` (`STRICT`,
+/// `PERMISSIVE`, `DISABLE`).
+pub fn peer_authentication(namespace: &str, mode: &str) -> String {
+    format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: {namespace}}}
+spec:
+  mtls: {{mode: {mode}}}
+"#
+    )
+}
+
 /// The plugin configuration for workload `foo/app=echo` in trust domain `cluster.local`, root
 /// namespace `istio-system`, plaintext filter chain named `plaintext`, no HTTP port.
 pub fn plugin_config_yaml(yaml: &str) -> Result<Value> {

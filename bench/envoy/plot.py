@@ -1,0 +1,94 @@
+"""Draw a timed `bench-envoy --realistic --csv FILE` run: throughput (ratio to no filter) and
+added server CPU per request against the number of policies, for Envoy's native RBAC (as istiod
+writes it), meshauthz's full chain and its one-stage chain, on issue 12's realistic mix.
+
+usage: python3 bench/envoy/plot.py target/bench-envoy.csv OUT_DIR
+writes OUT_DIR/throughput.png and OUT_DIR/cpu.png
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CHAINS = [
+    ("rbac", "native RBAC (istiod)", "tab:red"),
+    ("full", "meshauthz, full chain", "tab:blue"),
+    ("decide", "meshauthz, one stage (enforce: decide)", "tab:green"),
+]
+
+
+def load(path):
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["mix"] == "realistic"]
+
+
+def series(rows, chain, audit, first, column):
+    pts = []
+    for r in rows:
+        if r["chain"] != chain or r["audit"] != audit:
+            continue
+        policies = int(r["policies"])
+        # At 10 policies only the last ALLOW is measured: it stands for both lines.
+        if r["first"] != first and policies > 12:
+            continue
+        pts.append((policies, float(r[column])))
+    return sorted(pts)
+
+
+def draw(rows, column, ylabel, title, out, floor=None):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, audit in zip(axes, ["true", "false"]):
+        for chain, label, colour in CHAINS:
+            for first, style in [("false", "-"), ("true", "--")]:
+                pts = series(rows, chain, audit, first, column)
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                at = "first ALLOW" if first == "true" else "last ALLOW"
+                ax.plot(xs, ys, style, marker="o", color=colour, label=f"{label}, {at}")
+        if floor is not None:
+            ax.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("policies on the workload")
+        ax.set_title("with the AUDIT policy" if audit == "true" else "without AUDIT")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"plot: {out}")
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    rows = load(sys.argv[1])
+    if not rows:
+        sys.exit(f"{sys.argv[1]}: no realistic-mix rows (run bench-envoy with --realistic --csv)")
+    out = Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    draw(
+        rows,
+        "ratio",
+        "throughput / no filter (same round)",
+        "Envoy 1.40, one worker: requests per second against no authz filter",
+        out / "throughput.png",
+        floor=0.75,
+    )
+    draw(
+        rows,
+        "added_us",
+        "server CPU µs per request over no filter",
+        "Envoy 1.40, one worker: server CPU added per request",
+        out / "cpu.png",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+//! Tools apart from the tests (as rustls keeps `rustls-bench` apart): the sandbox of
+//! `make sandbox` and the soak of `make soak`, on the shared harness (`meshauthz-harness`).
+//!
+//! Layout:
+//! - [`mesh`]: the detached loopback mesh of `make sandbox` (ports, the sample policy files per
+//!   step, the rendered sidecars, the processes and their state file) and the compose inputs
+//!   (the same templates rendered for containers).
+//! - [`compose`]: the compose sandbox on a container engine (Docker or podman).
+//! - `src/bin/sandbox.rs`: the `sandbox` command (`up`, `demo`, `ci`, `mode`, `down`, `compose`,
+//!   ...); its loopback story there, the compose story in `src/bin/sandbox/compose_story.rs`.
+//! - `src/bin/soak.rs`: the `soak` command (`make soak`, `make soak-quick`); `soak/plot.py` draws
+//!   its memory curve.
+
+pub mod compose;
+pub mod mesh;
+
+use std::path::PathBuf;
+
+/// The `sandbox` binary, for the tests that run it (`e2e/tests/compose.rs`):
+/// `$MESHAUTHZ_SANDBOX`, else `target/debug/sandbox` (`make sandbox-bin`).
+pub fn sandbox_binary() -> PathBuf {
+    match std::env::var_os("MESHAUTHZ_SANDBOX") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => meshauthz_harness::workspace_root().join("target/debug/sandbox"),
+    }
+}

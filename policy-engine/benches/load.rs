@@ -102,11 +102,15 @@ fn linear_memory() -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a number argument picks one row (for wasm: one row per run,
-    // since linear memory only grows).
+    // `cargo bench` passes `--bench`; a first number picks one row, a second the number of runs
+    // (for wasm: one row and one run, since linear memory only grows: `-- 0 1`).
     let rows: &[(usize, usize)] = &[(1_000, 0), (0, 10_000), (1_000, 10_000)];
-    let only: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
-    let runs = 5;
+    let numbers: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let only = numbers.first().copied();
+    let runs = numbers.get(1).copied().unwrap_or(5).max(1);
     for (row, &(applicable, other)) in rows.iter().enumerate() {
         if only.is_some_and(|o| o != row) {
             continue;

@@ -175,6 +175,7 @@ pub(crate) fn compile(
 
     let mut errors = Diagnostics::default();
     let trust = TrustBundle::new(mesh);
+    let cel = values::CelCache::default();
     let mut infos = Vec::new();
     let mut compiled = CompiledAuthz::default();
     // Rules in policy order, with the bucket each goes to, per chain type.
@@ -235,6 +236,7 @@ pub(crate) fn compile(
                     action,
                     policy_namespace: &p.meta.namespace,
                     trust: &trust,
+                    cel: &cel,
                 };
                 if let Ok(r) = compile_rule(&ctx, id, rule) {
                     target.push((kind, r));

@@ -23,7 +23,15 @@ pub(crate) struct FieldCtx<'a> {
     /// The policy's namespace (`serviceAccounts: [sa]` means `<policy namespace>/sa`).
     pub(crate) policy_namespace: &'a str,
     pub(crate) trust: &'a super::trust_domain::TrustBundle,
+    /// The CEL expressions compiled so far in this compilation, by source text: an expression
+    /// written in many rules (and on both chain types) is compiled once and shared.
+    pub(crate) cel: &'a CelCache,
 }
+
+/// See [`FieldCtx::cel`]. `None`: the expression does not compile.
+pub(crate) type CelCache = std::cell::RefCell<
+    rustc_hash::FxHashMap<Box<str>, Option<std::rc::Rc<crate::cel::CelExpression>>>,
+>;
 
 impl FieldCtx<'_> {
     fn narrows(&self) -> bool {

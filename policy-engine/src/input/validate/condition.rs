@@ -4,7 +4,7 @@
 
 use super::values;
 use super::{FieldPath, Findings};
-use crate::cel::{CelExpression, CEL_CONDITION_KEY};
+use crate::cel::CEL_CONDITION_KEY;
 use crate::model::Condition;
 
 /// What the values of a key must look like.
@@ -151,8 +151,8 @@ pub(super) fn validate(f: &mut Findings, condition: &Condition, path: &FieldPath
                 ValueKind::Port => values::port(value),
                 ValueKind::ServiceAccount => values::service_account(key, value),
                 ValueKind::TrustDomain => values::trust_domain(key, value),
-                ValueKind::Cel => CelExpression::compile(value).map(|e| {
-                    cel_cost = cel_cost.saturating_add(e.cost());
+                ValueKind::Cel => f.cel_expression(value).map(|cost| {
+                    cel_cost = cel_cost.saturating_add(cost);
                 }),
             });
             if let Err(e) = result {

@@ -204,7 +204,10 @@ fn regex_perl_classes_are_ascii_as_in_re2() {
         Ok(true)
     );
     assert_eq!(
-        eval(word, &mtls_conn("spiffe://cluster.local/ns/\u{e9}quipe/sa/x")),
+        eval(
+            word,
+            &mtls_conn("spiffe://cluster.local/ns/\u{e9}quipe/sa/x")
+        ),
         Ok(false)
     );
     // `.` and a negated class still take any character.

@@ -3,5 +3,7 @@
 //!
 //! - [`exports`]: removes the proxy-wasm callback exports the module does not implement
 //!   (the `meshauthz-strip-exports` binary).
+//! - [`wasm`]: the module's sections, imports and exports (that tool's reader, and the tests').
 
 pub mod exports;
+pub mod wasm;

@@ -42,6 +42,13 @@ pub struct VmState {
     pub http_enforce: Cell<bool>,
     /// A `meshauthz_net_enforce` root was configured in this VM.
     pub net_enforce: Cell<bool>,
+    /// A `meshauthz_http` root was configured in this VM.
+    pub http_decide: Cell<bool>,
+    /// A `meshauthz_http` stage of this VM has published an audit flag (AUDIT policies applied
+    /// to a request). Never reset. While false, and `http_decide` is true, no request decided in
+    /// this VM can carry an audit flag, so `meshauthz_http_enforce` does not read it (one host
+    /// call less per request).
+    pub http_audit_seen: Cell<bool>,
     /// A `meshauthz_net` root was configured in this VM: only then can connection facts exist,
     /// and only then does the HTTP decide stage ask for `connection.id`.
     pub net_decide: Cell<bool>,

@@ -31,7 +31,7 @@ struct Lean {
 impl Host for Lean {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         Some(match path {
-            ["connection", "id"] => 7u64.to_le_bytes().to_vec(),
+            ["connection_id"] => 7u64.to_le_bytes().to_vec(),
             ["connection", "mtls"] => vec![1],
             ["destination", "port"] => 8080i64.to_le_bytes().to_vec(),
             ["source", "address"] => b"127.0.0.1:40000".to_vec(),

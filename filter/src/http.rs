@@ -12,7 +12,7 @@ use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
 use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
+    CONNECTION_ID, FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
     HTTP_SHADOW,
 };
 use crate::plugin::Plugin;
@@ -130,7 +130,7 @@ fn tcp_verdict_on_this_connection(host: &dyn Host, plugin: &Plugin) -> Option<Ve
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
-/// (`connection.id`) instead of one per fact. `None` (the caller asks the host for each fact, as
+/// (`connection_id`) instead of one per fact. `None` (the caller asks the host for each fact, as
 /// without a network stage) when no `meshauthz_net` runs in this VM or it recorded nothing for
 /// this connection id.
 fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
@@ -138,7 +138,7 @@ fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
         return None;
     }
     let id = host
-        .property(&["connection", "id"])
+        .property(&CONNECTION_ID)
         .and_then(|b| decode_u64(&b))?;
     plugin.vm.conn(id)
 }

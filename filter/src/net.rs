@@ -12,7 +12,7 @@ use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
+    CONNECTION_ID, FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
 };
 use crate::plugin::Plugin;
 use crate::traits::{Authorizer, Flow, Host};
@@ -186,7 +186,7 @@ fn record_conn(
     authz: &dyn Authorizer,
 ) {
     let Some(id) = host
-        .property(&["connection", "id"])
+        .property(&CONNECTION_ID)
         .and_then(|b| decode_u64(&b))
     else {
         return;

@@ -12,8 +12,8 @@ use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
 use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    CONNECTION_ID, FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
-    HTTP_SHADOW,
+    CONNECTION_ID, FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION,
+    HTTP_PORT_LABEL, HTTP_SHADOW,
 };
 use crate::plugin::Plugin;
 use crate::traits::{Flow, Host};
@@ -137,9 +137,7 @@ fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
     if !plugin.vm.net_decide.get() {
         return None;
     }
-    let id = host
-        .property(&CONNECTION_ID)
-        .and_then(|b| decode_u64(&b))?;
+    let id = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b))?;
     plugin.vm.conn(id)
 }
 

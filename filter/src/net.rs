@@ -185,10 +185,7 @@ fn record_conn(
     t: &Transport,
     authz: &dyn Authorizer,
 ) {
-    let Some(id) = host
-        .property(&CONNECTION_ID)
-        .and_then(|b| decode_u64(&b))
-    else {
+    let Some(id) = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b)) else {
         return;
     };
     // The identity is read once per connection, and only when the policies read it; a

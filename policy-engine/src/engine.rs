@@ -35,7 +35,7 @@ impl Engine {
         let mut requirements = authz.requirements();
         // The transport decision (STRICT) needs to know whether the peer is authenticated.
         requirements.mtls = true;
-        let named_ports = named_ports(set, &mtls);
+        let named_ports = named_ports(set, workload, mesh, &mtls);
         Ok((
             Engine {
                 policies,
@@ -94,7 +94,8 @@ impl Engine {
     }
 
     /// The ports the configuration names, sorted: `portLevelMtls` of the PeerAuthentication that
-    /// applies, the ports its report-only annotation lists, and `ports` / `notPorts` of every AuthorizationPolicy in the set.
+    /// applies, the ports its report-only annotation lists, and `ports` / `notPorts` of every
+    /// AuthorizationPolicy that applies.
     pub fn named_ports(&self) -> &[u16] {
         &self.named_ports
     }
@@ -128,11 +129,19 @@ impl Engine {
 }
 
 /// See [`Engine::named_ports`]. Values that are not ports are skipped (validation refuses them).
-fn named_ports(set: &PolicySet, mtls: &ResolvedMtls) -> Vec<u16> {
+/// Only the policies that apply to the workload are read: the others are never compiled, nor
+/// walked (issue 12: policies of other workloads cost nothing).
+fn named_ports(
+    set: &PolicySet,
+    workload: &Workload,
+    mesh: &MeshConfig,
+    mtls: &ResolvedMtls,
+) -> Vec<u16> {
     let mut ports: Vec<u16> = mtls.listed_ports();
     let operations = set
         .authorization_policies
         .iter()
+        .filter(|p| crate::authz::selects(p, workload, mesh) == Some(true))
         .flat_map(|p| p.spec.rules.iter().flatten().flatten())
         .flat_map(|rule| rule.to.iter().flatten().flatten())
         .filter_map(|to| to.operation.as_ref());

@@ -196,8 +196,9 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         }
     }
     out.extend(realistic_variants(o.mode));
+    // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
     // Under callgrind only when named (`--only w-noop,w-get8,...`): each is one more Envoy start.
-    if o.breakdown && (o.mode == Mode::Timed || !o.only.is_empty()) {
+    if o.breakdown && (o.mode != Mode::Instructions || !o.only.is_empty()) {
         out.extend(breakdown());
     }
     out.retain(|v| v.size <= o.max_policies);

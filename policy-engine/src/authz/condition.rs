@@ -7,6 +7,8 @@
 //! `presenter`), [`Header`] (`request.headers[..]`), [`Metadata`]
 //! (`experimental.envoy.filters.*`), [`Cel`] (`meshauthz.io/cel`).
 
+use std::rc::Rc;
+
 use ipnet::IpNet;
 
 use super::operation::Port;
@@ -298,7 +300,8 @@ impl FieldMatcher for Metadata {
 /// as, chosen so that an error never widens access.
 #[derive(Debug)]
 pub(crate) struct Cel {
-    expression: Box<CelExpression>,
+    /// Shared by every rule that writes the same expression.
+    expression: Rc<CelExpression>,
     on_error: bool,
 }
 
@@ -310,9 +313,19 @@ impl Cel {
         values: &[String],
         not_values: &[String],
     ) -> Result<Option<Field>, RuleDropped> {
-        let compile = |list: &[String]| -> Vec<Result<CelExpression, InvalidValue>> {
+        let compile = |list: &[String]| -> Vec<Result<Rc<CelExpression>, InvalidValue>> {
             list.iter()
-                .map(|s| CelExpression::compile(s).map_err(|_| InvalidValue))
+                .map(|s| {
+                    let known = ctx.cel.borrow().get(s.as_str()).cloned();
+                    let compiled = known.unwrap_or_else(|| {
+                        let compiled = CelExpression::compile(s).ok().map(Rc::new);
+                        ctx.cel
+                            .borrow_mut()
+                            .insert(s.as_str().into(), compiled.clone());
+                        compiled
+                    });
+                    compiled.ok_or(InvalidValue)
+                })
                 .collect()
         };
         let (values, not_values) = (compile(values), compile(not_values));
@@ -320,7 +333,7 @@ impl Cel {
             .iter()
             .chain(&not_values)
             .flatten()
-            .any(CelExpression::is_http_only);
+            .any(|e| e.is_http_only());
         let scope = if http_only {
             Scope::HttpOnly
         } else {
@@ -335,7 +348,7 @@ impl Cel {
                 Polarity::Negative => !restrictive_match,
             };
             Ok(vec![Matcher::Cel(Cel {
-                expression: Box::new(expression?),
+                expression: expression?,
                 on_error,
             })])
         })

@@ -176,7 +176,27 @@ impl RuleSet {
             }
         }
         set.rules = rules;
+        set.shrink();
         set
+    }
+
+    /// The index lives as long as the configuration: no spare capacity in its lists.
+    fn shrink(&mut self) {
+        for map in [&mut self.by_principal, &mut self.by_namespace] {
+            map.values_mut().for_each(Vec::shrink_to_fit);
+            map.shrink_to_fit();
+        }
+        for affixes in [
+            &mut self.by_principal_prefix,
+            &mut self.by_principal_suffix,
+            &mut self.by_namespace_prefix,
+        ] {
+            affixes.by_affix.values_mut().for_each(Vec::shrink_to_fit);
+            affixes.by_affix.shrink_to_fit();
+        }
+        self.by_port.values_mut().for_each(Vec::shrink_to_fit);
+        self.by_port.shrink_to_fit();
+        self.always.shrink_to_fit();
     }
 
     fn file(&mut self, key: SourceKey<'_>, pos: u32) {

@@ -80,21 +80,35 @@ fn applies(
     mesh: &MeshConfig,
     warnings: &mut Diagnostics,
 ) -> bool {
-    let ns = p.meta.namespace.as_str();
-    if ns != mesh.root_namespace && ns != workload.namespace {
-        return false;
-    }
-    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
+    let applies = selects(p, workload, mesh);
+    if applies == Some(false) {
         warnings.push(Diagnostic::warning(
             Some(p.object_ref()),
             "spec.targetRefs",
             "policies with targetRef/targetRefs attach to gateways and waypoints, not to sidecar workloads: not applied",
         ));
-        return false;
+    }
+    applies == Some(true)
+}
+
+/// [`applies`] without its warning: `Some(true)` when `p` applies to `workload`, `None` when its
+/// namespace or selector rules it out, `Some(false)` for a `targetRef(s)` policy of the workload's
+/// namespaces (not applied to a sidecar).
+pub(crate) fn selects(
+    p: &AuthorizationPolicy,
+    workload: &Workload,
+    mesh: &MeshConfig,
+) -> Option<bool> {
+    let ns = p.meta.namespace.as_str();
+    if ns != mesh.root_namespace && ns != workload.namespace {
+        return None;
+    }
+    if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
+        return Some(false);
     }
     match &p.spec.selector {
-        None => true,
-        Some(s) => workload.selected_by(&s.match_labels),
+        None => Some(true),
+        Some(s) => workload.selected_by(&s.match_labels).then_some(true),
     }
 }
 
@@ -120,8 +134,13 @@ fn compile_rule(ctx: &FieldCtx<'_>, id: RuleId, rule: &Rule) -> Result<CompiledR
     }
     for clause in from.iter_mut().chain(to.iter_mut()) {
         clause.sort_by_key(rule::Field::cost);
+        clause.shrink_to_fit();
     }
     when.sort_by_key(rule::Field::cost);
+    // Kept for the configuration's lifetime: no spare capacity.
+    from.shrink_to_fit();
+    to.shrink_to_fit();
+    when.shrink_to_fit();
     // An entry whose fields were all dropped (DENY/AUDIT on TCP) matches anything, which makes
     // the whole list match anything.
     if from.iter().any(Vec::is_empty) {
@@ -156,6 +175,7 @@ pub(crate) fn compile(
 
     let mut errors = Diagnostics::default();
     let trust = TrustBundle::new(mesh);
+    let cel = values::CelCache::default();
     let mut infos = Vec::new();
     let mut compiled = CompiledAuthz::default();
     // Rules in policy order, with the bucket each goes to, per chain type.
@@ -216,6 +236,7 @@ pub(crate) fn compile(
                     action,
                     policy_namespace: &p.meta.namespace,
                     trust: &trust,
+                    cel: &cel,
                 };
                 if let Ok(r) = compile_rule(&ctx, id, rule) {
                     target.push((kind, r));

@@ -43,6 +43,13 @@ impl TrustBundle {
         if td == "*" {
             return vec![principal.to_string()];
         }
+        // Without aliases, a principal of the mesh's own trust domain expands to itself (the loop
+        // below would rebuild the same text).
+        if let [only] = self.domains.as_slice() {
+            if only == td {
+                return vec![principal.to_string()];
+            }
+        }
         if !(td == CLUSTER_LOCAL || self.domains.iter().any(|d| domain_pattern_matches(td, d))) {
             return vec![principal.to_string()];
         }

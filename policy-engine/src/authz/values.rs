@@ -23,7 +23,15 @@ pub(crate) struct FieldCtx<'a> {
     /// The policy's namespace (`serviceAccounts: [sa]` means `<policy namespace>/sa`).
     pub(crate) policy_namespace: &'a str,
     pub(crate) trust: &'a super::trust_domain::TrustBundle,
+    /// The CEL expressions compiled so far in this compilation, by source text: an expression
+    /// written in many rules (and on both chain types) is compiled once and shared.
+    pub(crate) cel: &'a CelCache,
 }
+
+/// See [`FieldCtx::cel`]. `None`: the expression does not compile.
+pub(crate) type CelCache = std::cell::RefCell<
+    rustc_hash::FxHashMap<Box<str>, Option<std::rc::Rc<crate::cel::CelExpression>>>,
+>;
 
 impl FieldCtx<'_> {
     fn narrows(&self) -> bool {
@@ -85,6 +93,10 @@ where
     // Istio matches the path the application receives; a DENY or AUDIT also matches the
     // normalized path, which can only tighten (see `crate::path`).
     out.also_normalized = ctx.action != Action::Allow && out.reads_path();
+    // Kept for the configuration's lifetime: no spare capacity (most fields have one value, and
+    // a grown Vec holds four).
+    out.values.shrink_to_fit();
+    out.not_values.shrink_to_fit();
     Ok(if out.is_empty() { None } else { Some(out) })
 }
 

@@ -76,6 +76,11 @@ pub fn check_rule_budget<'s>(sources: impl IntoIterator<Item = &'s str>) -> Resu
         .into_iter()
         .filter_map(|s| CelExpression::compile(s).ok())
         .fold(0u64, |acc, e| acc.saturating_add(e.cost));
+    rule_budget(total)
+}
+
+/// [`check_rule_budget`] on the costs already known (validation compiles each expression once).
+pub(crate) fn rule_budget(total: u64) -> Result<(), String> {
     if total > RULE_BUDGET {
         return Err(format!(
             "the CEL expressions of this rule may cost up to {total} units together per \

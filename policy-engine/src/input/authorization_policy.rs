@@ -156,7 +156,11 @@ fn decode_rule(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Option<Rul
 /// `from[i].source`.
 fn decode_source(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Option<Source> {
     let map = dec.object(value, path, SOURCE_FIELDS)?;
-    let mut list = |name: &str| dec.string_list(map.get(name), &path.field(name));
+    // The path of a field is built only when the field is there (loading cost, issue 12).
+    let mut list = |name: &str| match map.get(name) {
+        None => Vec::new(),
+        value => dec.string_list(value, &path.field(name)),
+    };
     Some(Source {
         principals: list("principals"),
         not_principals: list("notPrincipals"),
@@ -178,7 +182,10 @@ fn decode_source(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Option<S
 /// `to[i].operation`. `ports` are strings in the CRD: `ports: [80]` is an error with a hint.
 fn decode_operation(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Option<Operation> {
     let map = dec.object(value, path, OPERATION_FIELDS)?;
-    let mut list = |name: &str| dec.string_list(map.get(name), &path.field(name));
+    let mut list = |name: &str| match map.get(name) {
+        None => Vec::new(),
+        value => dec.string_list(value, &path.field(name)),
+    };
     Some(Operation {
         hosts: list("hosts"),
         not_hosts: list("notHosts"),
@@ -199,7 +206,13 @@ fn decode_condition(dec: &mut Decoder, value: &Value, path: &FieldPath) -> Optio
         key: dec
             .opt_string(map.get("key"), &path.field("key"))
             .unwrap_or_default(),
-        values: dec.string_list(map.get("values"), &path.field("values")),
-        not_values: dec.string_list(map.get("notValues"), &path.field("notValues")),
+        values: match map.get("values") {
+            None => Vec::new(),
+            v => dec.string_list(v, &path.field("values")),
+        },
+        not_values: match map.get("notValues") {
+            None => Vec::new(),
+            v => dec.string_list(v, &path.field("notValues")),
+        },
     })
 }

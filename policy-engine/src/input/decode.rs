@@ -121,7 +121,11 @@ impl Decoder {
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| self.string(item, &path.index(i)).unwrap_or_default())
+                .map(|(i, item)| match item {
+                    // The common case without building the item's path.
+                    Value::String(s) => s.clone(),
+                    _ => self.string(item, &path.index(i)).unwrap_or_default(),
+                })
                 .collect(),
             Some(Value::String(s)) => {
                 self.error(

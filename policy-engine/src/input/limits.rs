@@ -362,7 +362,17 @@ impl Scanner<'_> {
     /// A quoted scalar from its opening quote to its closing one (across lines).
     fn quoted(&mut self, quote: u8) {
         self.pos += 1;
-        while let Some(c) = self.peek(0) {
+        loop {
+            // Bytes that cannot end the scalar, escape or break a line are skipped in one go
+            // (the common case; loading cost, issue 12).
+            let rest = self.text.get(self.pos..).unwrap_or(&[]);
+            self.pos += rest
+                .iter()
+                .position(|&b| matches!(b, b'"' | b'\\' | b'\'' | b'\n' | b'\r' | 0xC2 | 0xE2))
+                .unwrap_or(rest.len());
+            let Some(c) = self.peek(0) else {
+                break;
+            };
             if self.is_break(0) {
                 self.newline();
                 continue;

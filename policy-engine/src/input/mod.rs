@@ -21,6 +21,7 @@ pub(crate) mod overlap;
 mod peer_authentication;
 pub mod plugin_config;
 mod timestamp;
+pub(crate) use timestamp::format_rfc3339;
 mod validate;
 mod write;
 
@@ -172,6 +173,8 @@ pub(crate) struct Loader<'o> {
     /// When checking what was written ([`Loader::expecting`]): each object is compared with the
     /// next expected one and dropped instead of kept.
     expect: Option<Expect<'o>>,
+    /// CEL expressions compiled so far (validation compiles each distinct one once).
+    cel: validate::CelChecked,
 }
 
 struct Expect<'o> {
@@ -197,6 +200,7 @@ impl<'o> Loader<'o> {
             seen: HashMap::new(),
             seen_log: None,
             expect: None,
+            cel: validate::CelChecked::default(),
         }
     }
 
@@ -232,6 +236,7 @@ impl<'o> Loader<'o> {
             &mut self.diagnostics,
             &mut self.seen,
             self.seen_log.as_mut(),
+            &self.cel,
         );
         if let Some(e) = &mut self.expect {
             if let Some(p) = self.set.authorization_policies.pop() {
@@ -294,6 +299,7 @@ fn load_object(
     diagnostics: &mut Vec<Diagnostic>,
     seen: &mut HashMap<ObjectRef, String>,
     seen_log: Option<&mut Vec<ObjectRef>>,
+    cel: &validate::CelChecked,
 ) {
     let Value::Object(map) = &raw.value else {
         return;
@@ -366,7 +372,7 @@ fn load_object(
             ),
         );
     }
-    let mut findings = validate::Findings::new(object.clone());
+    let mut findings = validate::Findings::new(object.clone(), cel.clone());
     if kind == AUTHORIZATION_POLICY {
         let policy = AuthorizationPolicy {
             api_version,

@@ -128,19 +128,17 @@ fn validate_rule(f: &mut Findings, rule: &Rule, i: usize, path: &FieldPath, acti
     }
 
     let when_path = path.field("when");
+    let mut cel_cost = 0u64;
     for (j, condition) in rule.when.iter().flatten().enumerate() {
         let at = when_path.index(j);
         match condition {
             // Go reads a nil condition's key as "".
             None => f.error(&at, "`key` must not be empty"),
-            Some(c) => condition::validate(f, c, &at),
+            Some(c) => cel_cost = cel_cost.saturating_add(condition::validate(f, c, &at)),
         }
     }
     // The CEL expressions of one rule share a cost budget (issue 8).
-    let cel = rule.when.iter().flatten().flatten();
-    let cel = cel.filter(|c| c.key == crate::cel::CEL_CONDITION_KEY);
-    let sources = cel.flat_map(|c| c.values.iter().chain(&c.not_values));
-    if let Err(e) = crate::cel::check_rule_budget(sources.map(String::as_str)) {
+    if let Err(e) = crate::cel::rule_budget(cel_cost) {
         f.error(&when_path, e);
     }
 
@@ -186,11 +184,15 @@ impl<'a> ListField<'a> {
 
 fn check_lists(f: &mut Findings, lists: &[ListField<'_>], path: &FieldPath) {
     for list in lists {
-        let list_path = path.field(list.field);
+        if list.values.is_empty() {
+            continue;
+        }
+        // Paths are built only for a finding (loading cost, issue 12).
+        let list_path = || path.field(list.field);
         let name = list.go_name;
         if matches!(list.check, Check::ServiceAccount) && list.values.len() > 16 {
             // Also the CRD's `maxItems: 16`; Istio's message says the same.
-            f.error(&list_path, "may not have more than 16 values");
+            f.error(&list_path(), "may not have more than 16 values");
         }
         for (k, value) in list.values.iter().enumerate() {
             let result = values::non_empty(name, value).and_then(|()| match list.check {
@@ -201,7 +203,9 @@ fn check_lists(f: &mut Findings, lists: &[ListField<'_>], path: &FieldPath) {
                 Check::Port => values::port(value),
                 Check::PathTemplate => values::path_template(name, value),
             });
-            f.check(&list_path.index(k), result);
+            if result.is_err() {
+                f.check(&list_path().index(k), result);
+            }
         }
     }
 }

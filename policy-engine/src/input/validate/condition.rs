@@ -4,7 +4,7 @@
 
 use super::values;
 use super::{FieldPath, Findings};
-use crate::cel::{CelExpression, CEL_CONDITION_KEY};
+use crate::cel::CEL_CONDITION_KEY;
 use crate::model::Condition;
 
 /// What the values of a key must look like.
@@ -108,37 +108,40 @@ fn map_key(key: &str, prefix: &str, nested: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// One `when` entry at `path` (`spec.rules[i].when[j]`).
-pub(super) fn validate(f: &mut Findings, condition: &Condition, path: &FieldPath) {
+/// One `when` entry at `path` (`spec.rules[i].when[j]`). Returns the cost bound of its CEL
+/// expressions that compiled (the rule's budget is checked on the sum: each expression is
+/// compiled once here).
+pub(super) fn validate(f: &mut Findings, condition: &Condition, path: &FieldPath) -> u64 {
+    let mut cel_cost = 0u64;
     let key = condition.key.as_str();
     if key.is_empty() {
         f.absent(&path.field("key"), "`key` must not be empty");
-        return;
+        return cel_cost;
     }
     if condition.values.is_empty() && condition.not_values.is_empty() {
         f.absent(
             path,
             format!("at least one of `values` or `notValues` must be set for key {key}"),
         );
-        return;
+        return cel_cost;
     }
     for (list, label, field) in [
         (&condition.values, "value", "values"),
         (&condition.not_values, "notValue", "notValues"),
     ] {
-        let prefix = format!("invalid `{label}` for `key` {key}");
+        let prefix = || format!("invalid `{label}` for `key` {key}");
         let kind = match classify(key) {
             Ok(kind) => kind,
             // Istio checks the key once per list, even an empty one: it reports twice.
             Err(e) => {
-                f.error(&path.field("key"), format!("{prefix}: {e}"));
+                f.error(&path.field("key"), format!("{}: {e}", prefix()));
                 continue;
             }
         };
         if kind == ValueKind::ServiceAccount && list.len() > 16 {
             f.error(
                 &path.field(field),
-                format!("{prefix}: may not have more than 16 values"),
+                format!("{}: may not have more than 16 values", prefix()),
             );
         }
         for (k, value) in list.iter().enumerate() {
@@ -148,13 +151,16 @@ pub(super) fn validate(f: &mut Findings, condition: &Condition, path: &FieldPath
                 ValueKind::Port => values::port(value),
                 ValueKind::ServiceAccount => values::service_account(key, value),
                 ValueKind::TrustDomain => values::trust_domain(key, value),
-                ValueKind::Cel => CelExpression::compile(value).map(|_| ()),
+                ValueKind::Cel => f.cel_expression(value).map(|cost| {
+                    cel_cost = cel_cost.saturating_add(cost);
+                }),
             });
             if let Err(e) = result {
-                f.error(&path.field(field).index(k), format!("{prefix}: {e}"));
+                f.error(&path.field(field).index(k), format!("{}: {e}", prefix()));
             }
         }
     }
+    cel_cost
 }
 
 /// Whether a `when` key is one CUSTOM cannot use (Istio: `<key> is currently not supported with

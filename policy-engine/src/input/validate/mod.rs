@@ -27,7 +27,14 @@ use crate::error::{Diagnostic, ObjectRef};
 pub(crate) struct Findings {
     object: ObjectRef,
     findings: Vec<Finding>,
+    /// CEL expressions already checked while loading this input (shared by its objects).
+    cel: CelChecked,
 }
+
+/// CEL expressions already compiled while loading one input, by source text: their cost bound,
+/// or why they do not compile. The same expression in many policies is compiled once.
+pub(crate) type CelChecked =
+    std::rc::Rc<std::cell::RefCell<std::collections::HashMap<String, Result<u64, String>>>>;
 
 struct Finding {
     diagnostic: Diagnostic,
@@ -38,11 +45,24 @@ struct Finding {
 }
 
 impl Findings {
-    pub(crate) fn new(object: ObjectRef) -> Self {
+    pub(crate) fn new(object: ObjectRef, cel: CelChecked) -> Self {
         Findings {
             object,
             findings: Vec::new(),
+            cel,
         }
+    }
+
+    /// Compiles a CEL expression (once per input): its cost bound, or what is wrong.
+    fn cel_expression(&self, source: &str) -> Result<u64, String> {
+        if let Some(known) = self.cel.borrow().get(source) {
+            return known.clone();
+        }
+        let result = crate::cel::CelExpression::compile(source).map(|e| e.cost());
+        self.cel
+            .borrow_mut()
+            .insert(source.to_string(), result.clone());
+        result
     }
 
     fn push(&mut self, diagnostic: Diagnostic, about_absence: bool) {

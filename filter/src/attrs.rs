@@ -11,7 +11,7 @@ pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(arr))
 }
 
-/// A uint64 property (`connection.id`): exactly 8 bytes, little-endian.
+/// A uint64 property (`connection_id`): exactly 8 bytes, little-endian.
 pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
     let arr: [u8; 8] = bytes.try_into().ok()?;
     Some(u64::from_le_bytes(arr))

@@ -10,7 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use policy_engine::{plugin_config, Action, EnforceMode, Engine, Workload};
+use policy_engine::{
+    plugin_config, Action, Attributes, Decision, EnforceMode, Engine, PortMtls, Protocol,
+    Requirements, RuleId, Workload,
+};
 
 /// The decoded document, with the warnings found while decoding its policies (logged once, when
 /// it is compiled).
@@ -132,7 +135,7 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
     }
     let named_ports = engine.named_ports().to_vec();
     Ok(Compiled {
-        authz: Box::new(engine),
+        authz: Box::new(Cached::new(engine)),
         plaintext_filter_chains: cfg.plaintext_filter_chains.clone(),
         http_ports: cfg.http_ports.clone(),
         named_ports,
@@ -140,6 +143,47 @@ pub fn compile(cfg: &PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<
         warnings,
         labels: crate::verdict::Labels::default(),
     })
+}
+
+/// The engine with the port-independent answers it gives every request computed once per
+/// configuration: whether some port has its own mTLS mode, and the mode when the port is not
+/// fetched (the engine derives both from its PeerAuthentication table, building a port list,
+/// on each call).
+struct Cached {
+    engine: Engine,
+    port_level: bool,
+    no_port: PortMtls,
+}
+
+impl Cached {
+    fn new(engine: Engine) -> Cached {
+        Cached {
+            port_level: engine.has_port_level_mtls(),
+            no_port: engine.mtls_mode_at(None),
+            engine,
+        }
+    }
+}
+
+impl crate::traits::Authorizer for Cached {
+    fn check(&self, protocol: Protocol, attrs: &Attributes<'_>) -> Decision {
+        self.engine.check(protocol, attrs)
+    }
+    fn mtls_mode_at(&self, port: Option<u16>) -> PortMtls {
+        match port {
+            Some(p) => self.engine.mtls_mode_at(Some(p)),
+            None => self.no_port,
+        }
+    }
+    fn has_port_level_mtls(&self) -> bool {
+        self.port_level
+    }
+    fn requirements(&self) -> &Requirements {
+        self.engine.requirements()
+    }
+    fn rule_name(&self, id: RuleId) -> String {
+        self.engine.rule_name(id)
+    }
 }
 
 #[cfg(test)]

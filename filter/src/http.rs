@@ -8,12 +8,12 @@ use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
-use crate::enforce::{self, audit_needs_enforce_stage, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
 use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION, HTTP_PORT_LABEL,
-    HTTP_SHADOW,
+    CONNECTION_ID, FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION,
+    HTTP_PORT_LABEL, HTTP_SHADOW,
 };
 use crate::plugin::Plugin;
 use crate::traits::{Flow, Host};
@@ -32,6 +32,10 @@ pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
         Some(c) => verdict(host, plugin, &c),
     };
     let v = audit_needs_enforce_stage(host, plugin, v, enforce, AUDIT_WITHOUT_ENFORCE);
+    if v.audit.is_some() {
+        // From now on the enforce stages of this VM check the audit trail.
+        plugin.vm.http_audit_seen.set(true);
+    }
     if publish(
         host,
         &plugin.metrics.borrow(),
@@ -126,16 +130,14 @@ fn tcp_verdict_on_this_connection(host: &dyn Host, plugin: &Plugin) -> Option<Ve
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
-/// (`connection.id`) instead of one per fact. `None` (the caller asks the host for each fact, as
+/// (`connection_id`) instead of one per fact. `None` (the caller asks the host for each fact, as
 /// without a network stage) when no `meshauthz_net` runs in this VM or it recorded nothing for
 /// this connection id.
 fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
     if !plugin.vm.net_decide.get() {
         return None;
     }
-    let id = host
-        .property(&["connection", "id"])
-        .and_then(|b| decode_u64(&b))?;
+    let id = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b))?;
     plugin.vm.conn(id)
 }
 
@@ -158,6 +160,16 @@ pub fn enforce(host: &dyn Host, plugin: &Plugin) -> Flow {
     let keys = Keys {
         decision: FS_HTTP_DECISION,
         audit: "wasm.meshauthz_audit",
+        // The decide stage runs before this one, in this VM when the chain is as shipped: if it
+        // never published an audit flag, this request has none either. A decide stage of
+        // another VM (no `meshauthz_http` root here) could have: then the flag is read.
+        audit_check: if plugin.vm.http_audit_seen.get() {
+            AuditCheck::HintFirst
+        } else if plugin.vm.http_decide.get() {
+            AuditCheck::Skip
+        } else {
+            AuditCheck::FlagFirst
+        },
         refuse: None,
         missing: "meshauthz_http_enforce: no decision in filter state: meshauthz_http is missing or placed after the enforce stage: request denied",
     };

@@ -45,6 +45,12 @@ pub(crate) const ACCESS_LOG_HINT: [&str; 4] = [
 /// The dynamic-metadata namespace Envoy's JWT filter writes (`payload_in_metadata: payload`).
 pub(crate) const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 
+/// The downstream connection's id (Envoy's `Network::Connection::id()`, unique in the process):
+/// the Wasm property `connection_id`, which Envoy answers directly. `connection.id` gives the same
+/// number through the attribute tree (a connection wrapper built in a per-call arena, then a field
+/// lookup), so the top-level name is the cheaper read on the request path.
+pub const CONNECTION_ID: [&str; 1] = ["connection_id"];
+
 /// How often each root context hands its counts to Envoy (`on_tick`): `/stats` lags by up to this.
 pub const METRICS_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 

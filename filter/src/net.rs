@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64, parse_ip};
-use crate::enforce::{self, audit_needs_enforce_stage, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
+    CONNECTION_ID, FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
 };
 use crate::plugin::Plugin;
 use crate::traits::{Authorizer, Flow, Host};
@@ -185,10 +185,7 @@ fn record_conn(
     t: &Transport,
     authz: &dyn Authorizer,
 ) {
-    let Some(id) = host
-        .property(&["connection", "id"])
-        .and_then(|b| decode_u64(&b))
-    else {
+    let Some(id) = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b)) else {
         return;
     };
     // The identity is read once per connection, and only when the policies read it; a
@@ -233,6 +230,8 @@ pub fn enforce(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     let keys = Keys {
         decision: FS_NET_DECISION,
         audit: "wasm.meshauthz_net_audit",
+        // Once per connection: always checked.
+        audit_check: AuditCheck::FlagFirst,
         refuse: Some((
             HTTP_PORT_LABEL,
             "meshauthz_net_enforce: the port is listed in httpPorts, but its traffic runs on a TCP chain (meshauthz_net_enforce is only placed before tcp_proxy): connection closed; remove the port from httpPorts",

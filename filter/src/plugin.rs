@@ -161,6 +161,8 @@ impl Plugin {
             Stage::HttpDecide | Stage::NetDecide => {
                 if stage == Stage::NetDecide {
                     self.vm.net_decide.set(true);
+                } else {
+                    self.vm.http_decide.set(true);
                 }
                 let result = config::parse(configuration.unwrap_or_default()).and_then(|cfg| {
                     let node = if cfg.workload.is_none() {

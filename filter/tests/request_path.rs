@@ -1166,7 +1166,7 @@ fn report_only_strict_admits_plaintext_counts_logs_and_authorizes() {
         .port(8080)
         .mtls(false)
         .with(&["source", "address"], b"10.1.2.3:45678")
-        .with(&["connection", "id"], &7u64.to_le_bytes());
+        .with(&["connection_id"], &7u64.to_le_bytes());
     let mut s = Setup::new(deny(Cause::NoAllowRuleMatched));
     s.default_mode = MtlsMode::Strict;
     s.report_only = Some(ReportOnly::All);
@@ -1770,13 +1770,12 @@ fn host_call_budget_of_an_allowed_request() {
             "set meshauthz_decision",
         ]
     );
+    // No AUDIT flag was ever published by this VM's decide stage: the enforce stage reads the
+    // decision only.
     assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
         host.take_calls(),
-        [
-            "get filter_state.wasm.meshauthz_decision",
-            "get filter_state.wasm.meshauthz_audit",
-        ]
+        ["get filter_state.wasm.meshauthz_decision"]
     );
     assert_eq!(
         host.state(names::HTTP_DECISION).as_deref(),
@@ -1799,6 +1798,135 @@ fn host_call_budget_of_an_allowed_request() {
         Vec::<String>::new(),
         "nothing new to flush"
     );
+}
+
+/// The full chain with an AUDIT policy, the decide and enforce stages configured in one VM (as
+/// the templates do). Once the decide stage has published an audit flag, the enforce stage reads
+/// `access_log_hint` first: an audited request costs it two reads (decision, hint), a request
+/// the AUDIT rules did not match three (the hint is `false`, so the flag tells whether the
+/// companion should have matched). The trail is still checked: a missing companion, or one that
+/// did not see a matched flag, denies.
+#[test]
+fn host_call_budget_of_the_enforce_stage_with_audit_policies() {
+    const HINT: [&str; 4] = [
+        "metadata",
+        "filter_metadata",
+        "envoy.common",
+        "access_log_hint",
+    ];
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "audit-bar", "namespace": "foo"},
+         "spec": {"action": "AUDIT", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "allow-foo", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["foo"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let chain = |peer: &str, hint: Option<u8>| {
+        let mut host = FakeHost::default().mtls(true).uri_san(peer);
+        if let Some(h) = hint {
+            host = host.with(&HINT, &[h]);
+        }
+        let vm = Rc::new(VmState::default());
+        let decide = Plugin::new(Rc::clone(&vm));
+        let enforce = Plugin::new(Rc::clone(&vm));
+        decide.configure(&host, names::ROOT_HTTP, Some(doc));
+        enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+        host.take_calls();
+        (host, decide, enforce)
+    };
+    let bar = "spiffe://cluster.local/ns/foo/sa/bar";
+    let baz = "spiffe://cluster.local/ns/foo/sa/baz";
+
+    // Audited, companion ran: decision and hint.
+    let (host, decide, enforce) = chain(bar, Some(1));
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(host.state(names::HTTP_AUDIT).as_deref(), Some("1"));
+    host.take_calls();
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get filter_state.wasm.meshauthz_decision",
+            "get metadata.filter_metadata.envoy.common.access_log_hint",
+        ]
+    );
+
+    // AUDIT applies, not matched (hint false): the flag is read too.
+    let (host, decide, enforce) = chain(baz, Some(0));
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(host.state(names::HTTP_AUDIT).as_deref(), Some("0"));
+    host.take_calls();
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get filter_state.wasm.meshauthz_decision",
+            "get metadata.filter_metadata.envoy.common.access_log_hint",
+            "get filter_state.wasm.meshauthz_audit",
+        ]
+    );
+
+    // The companion is missing: denied, whatever was audited.
+    for peer in [bar, baz] {
+        let (host, decide, enforce) = chain(peer, None);
+        assert_eq!(http::decide(&host, &decide), Flow::Continue);
+        assert_eq!(http::enforce(&host, &enforce), Flow::Stop, "{peer}");
+        assert!(
+            host.errors()
+                .iter()
+                .any(|e| e.contains("access_log_hint is absent")),
+            "{:?}",
+            host.errors()
+        );
+    }
+    // The companion ran before the decide stage (did not see the matched flag): denied; for a
+    // request no AUDIT rule matched, `false` is right: allowed.
+    let (host, decide, enforce) = chain(bar, Some(0));
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(http::enforce(&host, &enforce), Flow::Stop);
+    assert!(host
+        .errors()
+        .iter()
+        .any(|e| e.contains("access_log_hint is false")));
+}
+
+/// Without AUDIT policies the enforce stage reads only the decision (its VM's decide stage never
+/// published an audit flag); an enforce stage in a VM without a decide stage cannot know that,
+/// and reads the flag (absent: allowed).
+#[test]
+fn enforce_stage_reads_the_audit_flag_only_where_it_can_be_set() {
+    let host = FakeHost::default()
+        .mtls(true)
+        .uri_san("spiffe://cluster.local/ns/foo/sa/bar");
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    decide.configure(&host, names::ROOT_HTTP, Some(PRINCIPAL_ALLOW));
+    enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    host.take_calls();
+    assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        ["get filter_state.wasm.meshauthz_decision"]
+    );
+
+    // The decision came from a decide stage in another VM (this one has none).
+    let other_vm = Plugin::new(Rc::new(VmState::default()));
+    other_vm.configure(&host, names::ROOT_HTTP_ENFORCE, None);
+    host.take_calls();
+    assert_eq!(http::enforce(&host, &other_vm), Flow::Continue);
+    assert_eq!(
+        host.take_calls(),
+        [
+            "get filter_state.wasm.meshauthz_decision",
+            "get filter_state.wasm.meshauthz_audit",
+        ]
+    );
+    // ... and with an audit flag there and no companion, it denies.
+    host.set_filter_state("meshauthz_audit", b"1");
+    assert_eq!(http::enforce(&host, &other_vm), Flow::Stop);
 }
 
 /// With `"enforce": "decide"` (no AUDIT policy) the whole HTTP chain is one Wasm filter: the
@@ -1873,7 +2001,7 @@ fn conn_host(id: u64, san: Option<&str>) -> FakeHost {
         .port(8080)
         .mtls(san.is_some())
         .with(&["source", "address"], b"10.1.2.3:40000")
-        .with(&["connection", "id"], &id.to_le_bytes());
+        .with(&["connection_id"], &id.to_le_bytes());
     match san {
         Some(san) => host.uri_san(san),
         None => host,
@@ -1892,7 +2020,7 @@ fn open(net: &Plugin, host: &FakeHost) -> Conn {
 /// decision uses must come from the record.
 fn request_on(id: u64) -> FakeHost {
     FakeHost::default()
-        .with(&["connection", "id"], &id.to_le_bytes())
+        .with(&["connection_id"], &id.to_le_bytes())
         .header(":path", "/hello")
 }
 
@@ -1909,7 +2037,7 @@ fn recorded_connection_facts_replace_the_per_request_reads() {
     // One host call for all the connection's facts.
     assert_eq!(
         host.take_calls(),
-        ["get connection.id", "set meshauthz_decision"]
+        ["get connection_id", "set meshauthz_decision"]
     );
     assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
@@ -1968,7 +2096,7 @@ fn without_a_record_the_host_is_asked_as_before() {
     assert_eq!(
         host.take_calls()[..4],
         [
-            "get connection.id",
+            "get connection_id",
             "get connection.mtls",
             // Whether meshauthz_net decided this connection as TCP (issue 7 §3).
             "get filter_state.wasm.meshauthz_net_decision",
@@ -1986,7 +2114,7 @@ fn without_a_record_the_host_is_asked_as_before() {
         .any(|f| f.contains("uri_san") || f.contains("peer_sans")));
     let host = request_on(10);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
-    assert_eq!(host.take_calls()[0], "get connection.id");
+    assert_eq!(host.take_calls()[0], "get connection_id");
     assert!(!host.fetched().contains(&"connection.mtls".to_string()));
 }
 

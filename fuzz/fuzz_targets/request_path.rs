@@ -40,7 +40,7 @@ const CONFIG: &str = r#"{"policies": [
 const PATHS: &[&str] = &[
     "plugin_root_id",
     "plugin_name",
-    "connection.id",
+    "connection_id",
     "connection.mtls",
     "connection.requested_server_name",
     "connection.uri_san_peer_certificate",

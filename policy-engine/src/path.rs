@@ -16,13 +16,22 @@ use std::borrow::Cow;
 
 /// The forwarded path: `raw` without its query string or fragment (Envoy `url_path`).
 pub fn url_path(raw: &str) -> &str {
-    raw.split(['?', '#']).next().unwrap_or(raw)
+    // A byte scan (both are ASCII, so the cut is a character boundary): once per request.
+    match raw.bytes().position(|b| b == b'?' || b == b'#') {
+        Some(end) => raw.get(..end).unwrap_or(raw),
+        None => raw,
+    }
 }
 
 /// The normalized path: [`url_path`], then `BASE` normalization and merged slashes. Borrowed
 /// when nothing changes.
 pub fn normalize(raw: &str) -> Cow<'_, str> {
-    normalize_path(url_path(raw), true)
+    normalize_url_path(url_path(raw))
+}
+
+/// [`normalize`] of a path already cut by [`url_path`] (not scanned again).
+pub(crate) fn normalize_url_path(path: &str) -> Cow<'_, str> {
+    normalize_path(path, true)
 }
 
 /// What the listener's HTTP connection manager does to `:path` before any filter sees it, named as
@@ -148,7 +157,21 @@ fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{normalize, url_path};
+
+    #[test]
+    fn url_path_stops_at_the_first_query_or_fragment() {
+        for (raw, want) in [
+            ("/a/b", "/a/b"),
+            ("/a?x=1#f", "/a"),
+            ("/a#f?x", "/a"),
+            ("?x", ""),
+            ("/é?q", "/é"),
+            ("", ""),
+        ] {
+            assert_eq!(url_path(raw), want, "{raw}");
+        }
+    }
 
     #[test]
     fn normalizes_like_envoy_base_plus_merge_slashes() {

@@ -176,17 +176,18 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
             .file_name()
             .map(|f| f.to_string_lossy().to_string())
             .unwrap_or_default();
-        for (key, mix) in [
-            ("c-10", UNIFORM),
-            ("d-10", UNIFORM_AUDIT),
-            ("rc-10", realistic(true, false)),
-            ("rc-1000", realistic(true, false)),
+        for (key, mix, chain) in [
+            ("c-10", UNIFORM, FULL),
+            ("d-10", UNIFORM_AUDIT, FULL),
+            ("rc-10", realistic(true, false), FULL),
+            ("rc-1000", realistic(true, false), FULL),
+            ("rf-10-noaudit", realistic(false, false), DECIDE_ONLY),
         ] {
             let size = if key == "rc-1000" { 1000 } else { 10 };
             let mut b = v(
                 &format!("{key}-base{n}"),
                 &format!("{key} with {file}"),
-                FULL,
+                chain,
                 size,
                 mix,
             );
@@ -196,7 +197,8 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
     }
     out.extend(realistic_variants(o.mode));
     // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
-    if o.breakdown && o.mode != Mode::Instructions {
+    // Under callgrind only when named (`--only w-noop,w-get8,...`): each is one more Envoy start.
+    if o.breakdown && (o.mode != Mode::Instructions || !o.only.is_empty()) {
         out.extend(breakdown());
     }
     out.retain(|v| v.size <= o.max_policies);

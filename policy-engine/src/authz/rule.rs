@@ -216,7 +216,7 @@ impl<'a> Ctx<'a> {
         let raw = attrs.http.as_ref().and_then(|h| h.path);
         let forwarded = raw.map(crate::path::url_path);
         let normalized = match (need_normalized, forwarded) {
-            (true, Some(f)) => match crate::path::normalize(f) {
+            (true, Some(f)) => match crate::path::normalize_url_path(f) {
                 Cow::Owned(n) if n != f => Some(n),
                 _ => None,
             },

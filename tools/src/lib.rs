@@ -3,5 +3,7 @@
 //!
 //! - [`exports`]: removes the proxy-wasm callback exports the module does not implement
 //!   (the `meshauthz-strip-exports` binary).
+//! - [`dead_code`]: empties the functions nothing can call any more (the same binary, after).
 
+pub mod dead_code;
 pub mod exports;

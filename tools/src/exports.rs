@@ -26,7 +26,7 @@ pub const KEEP: &[&str] = &[
     "proxy_on_delete",
 ];
 
-fn put_leb(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn put_leb(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let low = u8::try_from(v & 0x7f).unwrap_or(0);
         v >>= 7;
@@ -81,6 +81,32 @@ pub fn rewrite(wasm: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
         }
     }
     Some((out, dropped))
+}
+
+/// The module with the contents of section `id` replaced by `contents`; `None` if `wasm` is not a
+/// well-formed module.
+pub(crate) fn replace_section(wasm: &[u8], id: u8, contents: &[u8]) -> Option<Vec<u8>> {
+    if wasm.get(0..4)? != b"\0asm" {
+        return None;
+    }
+    let mut out = wasm.get(0..8)?.to_vec();
+    let mut pos = 8;
+    while pos < wasm.len() {
+        let this = *wasm.get(pos)?;
+        let mut p = pos + 1;
+        let size = usize::try_from(leb(wasm, &mut p)?).ok()?;
+        let end = p.checked_add(size)?;
+        wasm.get(p..end)?;
+        if this == id {
+            out.push(id);
+            put_leb(u64::try_from(contents.len()).ok()?, &mut out);
+            out.extend_from_slice(contents);
+        } else {
+            out.extend_from_slice(wasm.get(pos..end)?);
+        }
+        pos = end;
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -11,60 +11,36 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
+use common::{each_says, file, run, run_stdin};
 use policy_engine::{plugin_config, Attributes, Engine, HttpAttributes, MtlsMode, Protocol};
 use serde_json::Value;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run meshauthz");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// A file with `text` in a fresh directory of this test process.
-fn file(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("meshauthz-issue7-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path: PathBuf = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 /// `meshauthz plugin-config ARGS`, then the module's path: the compiled engine and the JSON.
 fn module(args: &[&str], stdin: &str) -> (Engine, Value) {
     let mut all = vec!["plugin-config"];
     all.extend_from_slice(args);
-    let out = run(&all, stdin);
+    let out = run_stdin(&all, stdin);
     assert_eq!(out.code, 0, "plugin-config failed:\n{}", out.stderr);
     let (cfg, _) = plugin_config::decode(out.stdout.as_bytes())
         .unwrap_or_else(|d| panic!("the module refuses what plugin-config wrote:\n{d}"));
     let (engine, _) = Engine::compile(&cfg.policies, &cfg.workload.unwrap(), &cfg.mesh).unwrap();
     (engine, serde_json::from_str(&out.stdout).unwrap())
+}
+
+/// `meshauthz mode` of workload `foo` (`app=echo`) at `port`.
+fn echo_mode(port: &str, file: &str) -> common::Out {
+    run(&[
+        "mode",
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--port",
+        port,
+        file,
+    ])
 }
 
 fn allows(engine: &Engine, path: &str) -> bool {
@@ -119,7 +95,7 @@ fn an_authorization_policy_list_reaches_the_module() {
     );
     for text in [&list, &bare, &nested] {
         let f = file("list.yaml", text);
-        let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f], "");
+        let check = run(&["check", "--namespace", "foo", "--path", "/admin", &f]);
         assert_eq!(check.code, 3, "{}{}", check.stdout, check.stderr);
         assert!(check
             .stdout
@@ -128,18 +104,15 @@ fn an_authorization_policy_list_reaches_the_module() {
         assert_eq!(json["policies"].as_array().unwrap().len(), 1, "{json}");
         assert!(!allows(&engine, "/admin"), "the module allows /admin");
         assert!(allows(&engine, "/other"));
-        let render = run(
-            &[
-                "render",
-                "wasmplugin",
-                "--namespace",
-                "foo",
-                "--http-port",
-                "8080",
-                &f,
-            ],
-            "",
-        );
+        let render = run(&[
+            "render",
+            "wasmplugin",
+            "--namespace",
+            "foo",
+            "--http-port",
+            "8080",
+            &f,
+        ]);
         assert_eq!(render.code, 0, "{}", render.stderr);
         assert!(
             render.stdout.contains("name: deny-admin"),
@@ -173,12 +146,9 @@ fn an_object_without_namespace_is_placed_by_one_rule() {
     let f = file("no-namespace.yaml", NO_NAMESPACE);
     // mTLS: the STRICT PeerAuthentication would reset plaintext before authorization.
     let peer = "--principal=spiffe://cluster.local/ns/x/sa/y";
-    let check = run(
-        &["check", "--namespace", "foo", peer, "--path", "/admin", &f],
-        "",
-    );
+    let check = run(&["check", "--namespace", "foo", peer, "--path", "/admin", &f]);
     assert_eq!(check.code, 3, "DENY\n{}{}", check.stdout, check.stderr);
-    let mode = run(&["mode", "--namespace", "foo", "--port", "8080", &f], "");
+    let mode = run(&["mode", "--namespace", "foo", "--port", "8080", &f]);
     assert_eq!(mode.stdout.trim(), "STRICT", "{}", mode.stderr);
     let (engine, json) = module(&["--namespace", "foo", &f], "");
     for p in json["policies"].as_array().unwrap() {
@@ -187,7 +157,7 @@ fn an_object_without_namespace_is_placed_by_one_rule() {
     assert_eq!(engine.mtls_mode(8080), MtlsMode::Strict);
     assert!(!allows(&engine, "/admin"));
     // Without --namespace: `default` for the objects and the workload, in both.
-    let check = run(&["check", peer, "--path", "/admin", &f], "");
+    let check = run(&["check", peer, "--path", "/admin", &f]);
     assert_eq!(check.code, 3, "DENY\n{}{}", check.stdout, check.stderr);
     let (engine, json) = module(&[&f], "");
     assert_eq!(json["policies"][0]["metadata"]["namespace"], "default");
@@ -203,20 +173,16 @@ fn duplicate_keys_are_refused_by_every_command() {
         r#"{"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
             "metadata": {"name": "x", "namespace": "foo"}, "spec": {"action": "DENY", "action": "ALLOW"}}"#,
     );
-    for cmd in [&["validate"][..], &["plugin-config"][..]] {
-        let mut args = cmd.to_vec();
-        args.push(&f);
-        let out = run(&args, "");
-        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
-        // JSON input gets a JSON error, with its line and column (issue 8).
-        assert!(
-            out.stderr
-                .contains("cannot parse JSON: duplicate key \"action\" at line 2 column"),
-            "{}",
-            out.stderr
-        );
-        assert!(out.stderr.contains(&f), "no file name: {}", out.stderr);
-    }
+    // JSON input gets a JSON error, with its line and column (issue 8), and the file's name.
+    each_says(
+        &["validate", "plugin-config"],
+        &f,
+        1,
+        &[
+            "cannot parse JSON: duplicate key \"action\" at line 2 column",
+            &f,
+        ],
+    );
 }
 
 /// §1: a YAML merge key went to the module as a literal `"<<"` field.
@@ -256,19 +222,7 @@ fn port_keys_mean_one_port_everywhere() {
         )
     };
     let f = file("hex.yaml", &pa("0x1F92"));
-    let mode = run(
-        &[
-            "mode",
-            "--namespace",
-            "foo",
-            "--label",
-            "app=echo",
-            "--port",
-            "8082",
-            &f,
-        ],
-        "",
-    );
+    let mode = echo_mode("8082", &f);
     assert_eq!(mode.stdout.trim(), "STRICT", "{}", mode.stderr);
     let (engine, json) = module(&["--namespace", "foo", "--label", "app=echo", &f], "");
     assert!(
@@ -278,18 +232,15 @@ fn port_keys_mean_one_port_everywhere() {
     assert_eq!(engine.mtls_mode(8082), MtlsMode::Strict);
 
     let f = file("leading-zero.yaml", &pa("08081"));
-    for cmd in ["validate", "plugin-config"] {
-        let out = run(&[cmd, &f], "");
-        assert_eq!(out.code, 1, "{cmd}");
-        assert!(
-            out.stderr.contains(&f)
-                && out
-                    .stderr
-                    .contains("spec.portLevelMtls.08081: port key \"08081\" is ambiguous"),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config"],
+        &f,
+        1,
+        &[
+            &f,
+            "spec.portLevelMtls.08081: port key \"08081\" is ambiguous",
+        ],
+    );
 }
 
 /// §1: empty `--namespace` / `--trust-domain` were accepted (and the module then refused or
@@ -315,7 +266,7 @@ fn empty_names_are_refused() {
                 args.extend(["--port", "80"]);
             }
             args.push(&f);
-            let out = run(&args, "");
+            let out = run(&args);
             assert_ne!(out.code, 0, "{args:?} accepted");
             assert!(
                 out.stderr.contains("must not be empty"),
@@ -334,17 +285,14 @@ fn a_custom_tag_fails_with_the_file_name() {
         "tag.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: t, namespace: foo}\nspec: {action: !Deny DENY}\n",
     );
-    for cmd in ["validate", "plugin-config", "check"] {
-        let out = run(&[cmd, &f], "");
-        assert_eq!(out.code, 1, "{cmd}");
-        assert!(
-            out.stderr.contains(&format!(
-                "{f}: error: document 1: YAML tag !Deny is not supported"
-            )),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config", "check"],
+        &f,
+        1,
+        &[&format!(
+            "{f}: error: document 1: YAML tag !Deny is not supported"
+        )],
+    );
 }
 
 /// §1: `plugin-config -` exited 1 without a message.
@@ -353,7 +301,7 @@ fn plugin_config_reads_standard_input() {
     let text = format!("apiVersion: v1\nkind: List\nitems:{DENY_ADMIN_ITEM}");
     let (engine, _) = module(&["--namespace", "foo", "-"], &text);
     assert!(!allows(&engine, "/admin"));
-    let out = run(&["plugin-config", "-"], "kind: [");
+    let out = run_stdin(&["plugin-config", "-"], "kind: [");
     assert_eq!(out.code, 1);
     assert!(
         out.stderr
@@ -372,26 +320,21 @@ fn a_misspelt_kind_is_an_error_with_a_suggestion() {
         ("PeerAuthenticaton", "PeerAuthentication"),
     ] {
         let f = file("kind.yaml", &format!("apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: x, namespace: foo}}\nspec: {{action: DENY}}\n"));
-        for cmd in ["validate", "plugin-config"] {
-            let out = run(&[cmd, &f], "");
-            assert_eq!(out.code, 1, "{cmd} {kind}: {}", out.stderr);
-            assert!(
-                out.stderr.contains(&format!(
-                    "kind: unknown kind {kind:?}; did you mean {suggestion:?}?"
-                )),
-                "{cmd} {kind}: {}",
-                out.stderr
-            );
-        }
+        each_says(
+            &["validate", "plugin-config"],
+            &f,
+            1,
+            &[&format!(
+                "kind: unknown kind {kind:?}; did you mean {suggestion:?}?"
+            )],
+        );
     }
     let f = file("kind.yaml", "apiVersion: security.istio.io/v1\nkind: AuthzPolicy\nmetadata: {name: x, namespace: foo}\n");
-    let out = run(&["validate", &f], "");
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("unknown kind \"AuthzPolicy\" in group security.istio.io; did you mean"),
-        "{}",
-        out.stderr
+    each_says(
+        &["validate"],
+        &f,
+        1,
+        &["unknown kind \"AuthzPolicy\" in group security.istio.io; did you mean"],
     );
 }
 
@@ -412,19 +355,7 @@ metadata: {name: echo-strict, namespace: foo, creationTimestamp: "2026-01-01T00:
 spec: {selector: {matchLabels: {app: echo}}, mtls: {mode: STRICT}}
 "#,
     );
-    let out = run(
-        &[
-            "mode",
-            "--namespace",
-            "foo",
-            "--label",
-            "app=echo",
-            "--port",
-            "80",
-            &f,
-        ],
-        "",
-    );
+    let out = echo_mode("80", &f);
     assert_eq!(out.stdout.trim(), "STRICT");
     assert!(
         out.stderr.contains("PeerAuthentication foo/echo-permissive: spec.selector: PeerAuthentications foo/echo-strict and foo/echo-permissive both select workload foo (app=echo); Istio applies only the oldest (creationTimestamp, then name): foo/echo-strict wins"),
@@ -449,22 +380,17 @@ spec:
     - source: {principals: ["spiffe://cluster.local/ns/foo/sa/admin"]}
 "#,
     );
-    let out = run(&["validate", &f], "");
-    assert_eq!(out.code, 0);
-    assert!(
-        out.stderr.contains("warning: AuthorizationPolicy foo/deny-admin-sa: spec.rules[0].from[0].source.principals[0]: \"spiffe://cluster.local/ns/foo/sa/admin\" can never match"),
-        "{}",
-        out.stderr
+    each_says(
+        &["validate"],
+        &f,
+        0,
+        &["warning: AuthorizationPolicy foo/deny-admin-sa: spec.rules[0].from[0].source.principals[0]: \"spiffe://cluster.local/ns/foo/sa/admin\" can never match"],
     );
     let empty = file("empty.yaml", "# nothing here\n");
-    for cmd in ["validate", "plugin-config"] {
-        let out = run(&[cmd, &empty], "");
-        assert_eq!(out.code, 0, "{cmd}");
-        assert!(
-            out.stderr
-                .contains(&format!("{empty}: warning: no policies")),
-            "{cmd}: {}",
-            out.stderr
-        );
-    }
+    each_says(
+        &["validate", "plugin-config"],
+        &empty,
+        0,
+        &[&format!("{empty}: warning: no policies")],
+    );
 }

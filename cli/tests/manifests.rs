@@ -11,16 +11,14 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use common::{root, run};
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `shared/istio-crds`: under `$MESHAUTHZ_SHARED_DIR` when set (and only there), else in the
 /// first `shared/` beside an ancestor of the repository. `None` on a bare clone: the schema checks
@@ -161,28 +159,22 @@ fn render(kind: &str) -> String {
 }
 
 fn render_files(kind: &str, files: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args([
-            "render",
-            kind,
-            "--namespace",
-            "foo",
-            "--label",
-            "app=echo",
-            "--http-port",
-            "8080",
-            "--tcp-port",
-            "9000",
-        ])
-        .args(files)
-        .output()
-        .expect("run meshauthz render");
-    assert!(
-        out.status.success(),
-        "render {kind} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    let mut args = vec![
+        "render",
+        kind,
+        "--namespace",
+        "foo",
+        "--label",
+        "app=echo",
+        "--http-port",
+        "8080",
+        "--tcp-port",
+        "9000",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let out = run(&args);
+    assert_eq!(out.code, 0, "render {kind} failed: {}", out.stderr);
+    out.stdout
 }
 
 #[test]

@@ -20,21 +20,18 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use common::{root, run_stdin};
 use policy_engine::{
     load_str, plugin_config, Attributes, Engine, HttpAttributes, LoadOptions, MeshConfig,
     PolicySet, Protocol, Workload,
 };
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// One policy input with the workload and mesh it is checked for.
 struct Input {
@@ -75,24 +72,12 @@ fn plugin_config_binary(input: &Input) -> Result<String, String> {
         args.push(a.clone());
     }
     args.push("-".into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run meshauthz plugin-config");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_stdin(&args, &input.text);
+    if out.code == 0 {
+        Ok(out.stdout)
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(out.stderr)
     }
 }
 

@@ -11,44 +11,18 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+// In the repository's root: the sample policies' paths are relative to it.
+use common::{dir, each_says, file, run_in_root as run, Out};
 use serde_json::Value;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .current_dir(workspace())
-        .output()
-        .expect("run meshauthz");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("meshauthz-operator-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn file(name: &str, text: &str) -> String {
-    let p = dir().join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
+/// `meshauthz CMD --namespace foo ARGS FILE`: every object and workload here is in `foo`.
+fn in_foo(cmd: &str, args: &[&str], file: &str) -> Out {
+    let mut all = vec![cmd, "--namespace", "foo"];
+    all.extend_from_slice(args);
+    all.push(file);
+    run(&all)
 }
 
 const SAMPLES: [&str; 4] = [
@@ -188,7 +162,7 @@ fn a_failing_case_shows_a_diff_and_exits_1() {
     // JSON: the same verdicts, machine-readable.
     let out = run(&["test", &f, "--output", "json"]);
     assert_eq!(out.code, 1);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let v = out.json();
     assert_eq!(v["passed"], 1);
     assert_eq!(v["failed"], 1);
     let case = &v["files"][0]["cases"][0];
@@ -243,18 +217,18 @@ spec:
 #[test]
 fn report_only_strict_in_mode_check_and_test() {
     let f = file("report-only.yaml", REPORT_ONLY);
-    let mode = |port: &str| run(&["mode", "--namespace", "foo", "--port", port, &f]);
+    let mode = |port: &str| in_foo("mode", &["--port", port], &f);
     let out = mode("8080");
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, "STRICT (report-only)\n");
     assert_eq!(mode("9000").stdout, "STRICT\n");
-    let out = run(&["mode", "--namespace", "foo", "--output", "json", &f]);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let out = in_foo("mode", &["--output", "json"], &f);
+    let v = out.json();
     assert_eq!(v["default"]["reportOnly"], false);
     assert_eq!(v["ports"]["8080"]["mode"], "STRICT");
     assert_eq!(v["ports"]["8080"]["reportOnly"], true);
     assert_eq!(v["ports"]["8080"]["source"], "foo/default");
-    let out = run(&["mode", "--namespace", "foo", &f]);
+    let out = in_foo("mode", &[], &f);
     assert!(
         out.stdout.contains(
             "mTLS: port 8080 STRICT (report-only) (set by PeerAuthentication foo/default)"
@@ -264,18 +238,7 @@ fn report_only_strict_in_mode_check_and_test() {
     );
 
     // check: a plaintext request is authorized as on PERMISSIVE, and says it would be reset.
-    let check = |path: &str, port: &str| {
-        run(&[
-            "check",
-            "--namespace",
-            "foo",
-            "--port",
-            port,
-            "--path",
-            path,
-            &f,
-        ])
-    };
+    let check = |path: &str, port: &str| in_foo("check", &["--port", port, "--path", path], &f);
     let out = check("/x", "8080");
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(
@@ -294,35 +257,26 @@ fn report_only_strict_in_mode_check_and_test() {
         out.stdout
     );
     assert_eq!(check("/x", "9000").code, 4, "the other ports are enforced");
-    let out = run(&[
-        "check",
-        "--namespace",
-        "foo",
-        "--port",
-        "8080",
-        "--output",
-        "json",
-        &f,
-    ]);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let out = in_foo("check", &["--port", "8080", "--output", "json"], &f);
+    let v = out.json();
     assert_eq!(v["outcome"], "allow");
     assert_eq!(v["mtlsMode"], "STRICT");
     assert_eq!(v["mtlsReportOnly"], true);
     assert_eq!(v["wouldReset"], true);
     // mTLS is not "would reset".
-    let out = run(&[
+    let out = in_foo(
         "check",
-        "--namespace",
-        "foo",
-        "--port",
-        "8080",
-        "--principal",
-        "spiffe://cluster.local/ns/a/sa/b",
-        "--output",
-        "json",
+        &[
+            "--port",
+            "8080",
+            "--principal",
+            "spiffe://cluster.local/ns/a/sa/b",
+            "--output",
+            "json",
+        ],
         &f,
-    ]);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    );
+    let v = out.json();
     assert_eq!(v["wouldReset"], false);
 
     // meshauthz test: `wouldReset` is an expectation.
@@ -354,12 +308,11 @@ fn report_only_strict_in_mode_check_and_test() {
         "report-only-bad.yaml",
         &REPORT_ONLY.replace("\"8080\"", "\"yes\""),
     );
-    let out = run(&["validate", &bad]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("PeerAuthentication foo/default: metadata.annotations[meshauthz.io/strict-report-only]: invalid value \"yes\""),
-        "{}",
-        out.stderr
+    each_says(
+        &["validate"],
+        &bad,
+        1,
+        &["PeerAuthentication foo/default: metadata.annotations[meshauthz.io/strict-report-only]: invalid value \"yes\""],
     );
 }
 
@@ -447,7 +400,7 @@ fn check_explains_and_exit_codes_do_not_collide() {
     // JSON.
     let out = with(&["--port", "8080", "--method", "POST", "--output", "json"]);
     assert_eq!(out.code, 3);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let v = out.json();
     assert_eq!(v["outcome"], "deny");
     assert_eq!(
         v["allowPoliciesConsidered"],
@@ -470,7 +423,7 @@ fn check_explains_and_exit_codes_do_not_collide() {
 fn validate_and_mode_speak_json() {
     let out = run(&["validate", "--output", "json", SAMPLES[0], SAMPLES[2]]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let v = out.json();
     assert_eq!(v["valid"], true);
     assert_eq!(v["authorizationPolicies"], 1);
     assert_eq!(v["peerAuthentications"], 1);
@@ -480,7 +433,7 @@ fn validate_and_mode_speak_json() {
     );
     let out = run(&["validate", "--output", "json", &bad]);
     assert_eq!(out.code, 1);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let v = out.json();
     assert_eq!(v["valid"], false);
     assert_eq!(v["diagnostics"][0]["severity"], "error");
     assert_eq!(v["diagnostics"][0]["object"]["name"], "a");
@@ -488,7 +441,7 @@ fn validate_and_mode_speak_json() {
     let mut args = vec!["mode", "--namespace", "foo", "--output", "json"];
     args.extend(SAMPLES);
     let out = run(&args);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let v = out.json();
     assert_eq!(v["default"]["mode"], "STRICT");
     assert_eq!(v["default"]["source"], "foo/default");
     let mut args = vec![
@@ -501,7 +454,7 @@ fn validate_and_mode_speak_json() {
         "json",
     ];
     args.extend(&SAMPLES[..3]);
-    let v: Value = serde_json::from_str(&run(&args).stdout).unwrap();
+    let v = run(&args).json();
     assert_eq!(v["mode"], "PERMISSIVE");
     assert_eq!(v["source"], "istio-system/default");
 }
@@ -560,7 +513,7 @@ spec:
       notValues: ['request.headers["x-tenant"] == "a"']
 "#,
     );
-    let out = run(&["check", "--namespace", "foo", "--port", "8080", &p]);
+    let out = in_foo("check", &["--port", "8080"], &p);
     assert_eq!(out.code, 3, "{}", out.stdout);
     assert!(
         out.stdout.contains(
@@ -569,30 +522,12 @@ spec:
         "{}",
         out.stdout
     );
-    let out = run(&[
-        "check",
-        "--namespace",
-        "foo",
-        "--port",
-        "8080",
-        "--output",
-        "json",
-        &p,
-    ]);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let out = in_foo("check", &["--port", "8080", "--output", "json"], &p);
+    let v = out.json();
     assert_eq!(v["celErrors"], 1);
     assert!(v["celFailures"][0].as_str().unwrap().contains("is absent"));
     // With the header there is no error and nothing to explain.
-    let out = run(&[
-        "check",
-        "--namespace",
-        "foo",
-        "--port",
-        "8080",
-        "--header",
-        "x-tenant: a",
-        &p,
-    ]);
+    let out = in_foo("check", &["--port", "8080", "--header", "x-tenant: a"], &p);
     assert_eq!(out.code, 0);
     assert!(!out.stdout.contains("CEL"), "{}", out.stdout);
 }

@@ -9,9 +9,10 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,17 +79,12 @@ fn admin(meshauthz: &'static str, uptime: u64, n: usize) -> (String, JoinHandle<
     (url, t)
 }
 
+/// `meshauthz strict-readiness ARGS`: its exit status, standard output and standard error.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .arg("strict-readiness")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["strict-readiness"];
+    all.extend_from_slice(args);
+    let out = common::run(&all);
+    (out.code, out.stdout, out.stderr)
 }
 
 const LEGACY: &str = "wasmcustom.meshauthz.audited: 1
@@ -111,9 +107,8 @@ wasmcustom.meshauthz.rbac.denied: 0
 #[test]
 fn plaintext_accepted_is_not_ready_and_names_the_callers() {
     let (url, t) = admin(LEGACY, 7200, 2);
-    let log = std::env::temp_dir().join(format!("meshauthz-readiness-{}.log", std::process::id()));
-    std::fs::write(
-        &log,
+    let log = common::file(
+        "access.log",
         concat!(
             r#"{"listener":"inbound_http","method":"GET","path":"/legacy","code":"200","chain":"plaintext","peer":null,"audit":"true"}"#,
             "\n",
@@ -121,16 +116,8 @@ fn plaintext_accepted_is_not_ready_and_names_the_callers() {
             "\n",
             "[2026-12-03T10:00:00.000Z] GET /old 200 peer=- hint=true decision=allow src=10.0.0.7:5555 chain=plaintext\n",
         ),
-    )
-    .unwrap();
-    let (code, out, err) = run(&[
-        "--admin",
-        &url,
-        "--access-log",
-        log.to_str().unwrap(),
-        "--port",
-        "8080",
-    ]);
+    );
+    let (code, out, err) = run(&["--admin", &url, "--access-log", &log, "--port", "8080"]);
     t.join().unwrap();
     assert_eq!(code, 5, "{out}{err}");
     assert!(
@@ -163,10 +150,8 @@ wasmcustom.meshauthz.rbac.denied: 0
 #[test]
 fn report_only_plaintext_is_not_ready_and_names_the_callers_by_address() {
     let (url, t) = admin(REPORT_ONLY, 7200, 2);
-    let log =
-        std::env::temp_dir().join(format!("meshauthz-readiness-ro-{}.log", std::process::id()));
-    std::fs::write(
-        &log,
+    let log = common::file(
+        "access-ro.log",
         concat!(
             r#"{"listener":"inbound_http","method":"GET","path":"/legacy","code":"200","chain":"plaintext","peer":null,"src":"10.1.2.3:40001","audit":"true"}"#,
             "\n",
@@ -177,9 +162,8 @@ fn report_only_plaintext_is_not_ready_and_names_the_callers_by_address() {
             r#"{"listener":"inbound_http","method":"GET","path":"/hello","code":"200","chain":"mtls","peer":"spiffe://cluster.local/ns/istioinaction/sa/sleep","src":"127.0.0.1:5000","audit":"false"}"#,
             "\n",
         ),
-    )
-    .unwrap();
-    let (code, out, err) = run(&["--admin", &url, "--access-log", log.to_str().unwrap()]);
+    );
+    let (code, out, err) = run(&["--admin", &url, "--access-log", &log]);
     t.join().unwrap();
     std::fs::remove_file(&log).ok();
     assert_eq!(code, 5, "{out}{err}");

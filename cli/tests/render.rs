@@ -10,35 +10,12 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
+mod common;
+
 use std::process::Command;
 
+use common::{file, run, Out};
 use serde_json::Value;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .output()
-        .expect("run meshauthz");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn file(name: &str, text: &str) -> String {
-    let d = std::env::temp_dir().join(format!("meshauthz-render-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 fn docs(yaml: &str) -> Vec<Value> {
     yaml.split("\n---")

@@ -16,10 +16,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshauthz_e2e::assert::{assert_denied, assert_ok, assert_reset};
-use meshauthz_e2e::client::{self, TcpOutcome, Transport};
-use meshauthz_e2e::sandbox::default_cli;
-use meshauthz_e2e::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::assert::{assert_denied, assert_ok, assert_reset};
+use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::default_cli;
+use meshauthz_harness::sidecar::{Sidecar, TCP_TEMPLATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -45,6 +45,8 @@ pub use engine::Engine;
 pub use error::{Diagnostic, Diagnostics, ObjectRef, Severity};
 pub use input::plugin_config::{self, EnforceMode, PluginConfig};
 pub use input::{load_str, load_value, LoadOptions};
-pub use model::{Action, MtlsMode, PolicySet, ReportOnly, STRICT_REPORT_ONLY_ANNOTATION};
+pub use model::{
+    Action, MtlsMode, PolicySet, ReportOnly, Timestamp, STRICT_REPORT_ONLY_ANNOTATION,
+};
 pub use peer_authn::{PortMtls, ResolvedMtls};
 pub use workload::{MeshConfig, Workload};

@@ -35,6 +35,14 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
+/// As Kubernetes writes it (`2024-05-01T12:00:00Z`; a fraction only when there are nanoseconds):
+/// the one writer of timestamps, also used by the CLI's reports.
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::input::format_rfc3339(*self))
+    }
+}
+
 /// `selector` (`matchLabels` only: Istio has no `matchExpressions`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadSelector {

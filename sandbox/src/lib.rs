@@ -5,6 +5,8 @@
 //! - [`mesh`]: the detached loopback mesh of `make sandbox` (ports, the sample policy files per
 //!   step, the rendered sidecars, the processes and their state file) and the compose inputs
 //!   (the same templates rendered for containers).
+//! - [`live`]: live policy updates of the running sandbox (`sandbox apply`, `make sandbox-apply`):
+//!   Envoy's file-based LDS, no restart.
 //! - [`compose`]: the compose sandbox on a container engine (Docker or podman).
 //! - `src/bin/sandbox.rs`: the `sandbox` command (`up`, `demo`, `ci`, `mode`, `down`, `compose`,
 //!   ...); its loopback story there, the compose story in `src/bin/sandbox/compose_story.rs`.
@@ -12,6 +14,7 @@
 //!   its memory curve.
 
 pub mod compose;
+pub mod live;
 pub mod mesh;
 
 use std::path::PathBuf;

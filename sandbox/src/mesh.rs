@@ -3,7 +3,8 @@
 //! - an HTTP echo application (the harness's [`meshauthz_harness::app::HttpEcho`], run detached by the `sandbox
 //!   echo` subcommand),
 //! - the server sidecar: Envoy on `envoy-config/envoy/server-http.yaml` (the template the e2e suite
-//!   runs) with meshauthz and the sample policies of `envoy-config/policies/`,
+//!   runs) with meshauthz and the sample policies of `envoy-config/policies/`, its listeners
+//!   served from a file (file-based LDS) so that a new policy set lands live ([`crate::live`]),
 //! - the in-mesh client sidecar: Envoy on `envoy-config/envoy/client-sidecar.yaml`, originating
 //!   mTLS as `spiffe://cluster.local/ns/istioinaction/sa/sleep`,
 //! - the legacy client: plain `curl` to the server port.
@@ -27,7 +28,9 @@ use serde_json::Value;
 use meshauthz_harness::certs::{Pki, SERVER_SPIFFE};
 pub use meshauthz_harness::default_cli;
 use meshauthz_harness::envoy::{http10, render, template, READY_TIMEOUT};
-use meshauthz_harness::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE, TCP_TEMPLATE};
+use meshauthz_harness::sidecar::{
+    plugin_config_placeholder, to_dynamic_listeners, HTTP_TEMPLATE, TCP_TEMPLATE,
+};
 use meshauthz_harness::{envoy_binary, err, module_path, workspace_root, Error, Result};
 
 /// The in-mesh client's namespace and service account (its SPIFFE certificate).
@@ -38,6 +41,9 @@ pub const CLIENT_SA: &str = "sleep";
 pub const CLIENT_TEMPLATE: &str = "client-sidecar.yaml";
 /// The policy file applied only in the STRICT step.
 pub const STRICT_POLICY: &str = "90-strict.yaml";
+/// The report-only step's PeerAuthentication (STRICT with `meshauthz.io/strict-report-only:
+/// "true"`), under the workspace: it replaces [`STRICT_POLICY`] between AUDIT and STRICT.
+pub const REPORT_ONLY_POLICY: &str = "envoy-config/sandbox/policies/90-strict-report-only.yaml";
 /// The SNI the client sidecar sends (the server does not route on it).
 pub const UPSTREAM_SNI: &str = "echo.foo.svc.cluster.local";
 /// The workload the sample policies select.
@@ -122,20 +128,40 @@ impl Ports {
 
 /// PeerAuthentication step of the story.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The sample policies without `90-strict.yaml`.
     Permissive,
+    /// The sample policies without `90-strict.yaml`, plus [`REPORT_ONLY_POLICY`]: STRICT,
+    /// report-only (`meshauthz.io/strict-report-only: "true"`).
+    ReportOnly,
     /// The sample policies with `90-strict.yaml`.
     Strict,
 }
 
 impl Mode {
-    /// `permissive` / `strict`.
+    /// `permissive` / `report-only` / `strict`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Permissive => "permissive",
+            Mode::ReportOnly => "report-only",
             Mode::Strict => "strict",
+        }
+    }
+
+    /// The mode a policy file list is in: STRICT with `90-strict.yaml`, report-only with
+    /// [`REPORT_ONLY_POLICY`]'s file, else PERMISSIVE.
+    pub fn of(files: &[PathBuf]) -> Mode {
+        let report_only = Path::new(REPORT_ONLY_POLICY).file_name();
+        if files
+            .iter()
+            .any(|f| f.file_name() == Some(STRICT_POLICY.as_ref()))
+        {
+            Mode::Strict
+        } else if files.iter().any(|f| f.file_name() == report_only) {
+            Mode::ReportOnly
+        } else {
+            Mode::Permissive
         }
     }
 }
@@ -154,10 +180,15 @@ pub struct Proc {
 pub struct State {
     /// The ports in use.
     pub ports: Ports,
-    /// The current PeerAuthentication step.
+    /// The current PeerAuthentication step (STRICT when the policy files in force include
+    /// `90-strict.yaml`).
     pub mode: Mode,
     /// Processes started, in start order.
     pub processes: Vec<Proc>,
+    /// The policy files in force on the server sidecar: the last set the CLI accepted and Envoy
+    /// applied (`sandbox apply`).
+    #[serde(default)]
+    pub policies: Vec<PathBuf>,
 }
 
 /// The sandbox folder (`.sandbox/` by default) and the tools it uses.
@@ -170,12 +201,28 @@ pub struct Sandbox {
     pub cli: PathBuf,
 }
 
+/// How long the server sidecar's Envoy drains connections on a listener chain that a live update
+/// replaced (`--drain-time-s`; Envoy's default is 600 s): after it, every connection runs on the
+/// new chain and so on the new policy set.
+pub const SERVER_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Write `path` the way Envoy's file watch expects: aside (`<path>.tmp`), then rename onto it.
+pub fn write_replacing(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// The default sandbox folder: `<workspace>/.sandbox`.
 pub fn default_dir() -> PathBuf {
     workspace_root().join(".sandbox")
 }
 
-/// The sample policy files for `mode`, sorted by name (`90-strict.yaml` only in STRICT).
+/// The sample policy files for `mode`, sorted by name (`90-strict.yaml` only in STRICT; in
+/// report-only, [`REPORT_ONLY_POLICY`] last).
 pub fn policy_files(policies: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(policies)
         .map_err(|e| Error(format!("cannot read {}: {e}", policies.display())))?
@@ -186,6 +233,9 @@ pub fn policy_files(policies: &Path, mode: Mode) -> Result<Vec<PathBuf>> {
     files.sort();
     if mode == Mode::Strict && !files.iter().any(|p| p.ends_with(STRICT_POLICY)) {
         return err(format!("{} has no {STRICT_POLICY}", policies.display()));
+    }
+    if mode == Mode::ReportOnly {
+        files.push(workspace_root().join(REPORT_ONLY_POLICY));
     }
     Ok(files)
 }
@@ -375,7 +425,7 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
@@ -470,7 +520,7 @@ impl Sandbox {
         }
     }
 
-    fn save_state(&self, state: &State) -> Result<()> {
+    pub(crate) fn save_state(&self, state: &State) -> Result<()> {
         fs::write(self.state_path(), serde_json::to_string_pretty(state)?)?;
         Ok(())
     }
@@ -517,10 +567,16 @@ impl Sandbox {
         Ok(true)
     }
 
-    fn start_envoy(&self, name: &str, config: &str, admin: u16) -> Result<[Proc; 2]> {
+    fn start_envoy(
+        &self,
+        name: &str,
+        config: &str,
+        admin: u16,
+        extra: &[&str],
+    ) -> Result<[Proc; 2]> {
         let path = self.config(name);
         fs::write(&path, config)?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "-c".into(),
             path.display().to_string(),
             "--use-dynamic-base-id".into(),
@@ -532,6 +588,7 @@ impl Sandbox {
             "--file-flush-interval-msec".into(),
             "100".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         // Envoy exits with SIGTERM when its parent exits (observed with 1.40.0: parent-death
         // signal), so its parent is a small supervisor that lives as long as Envoy does and
         // reaps it; the supervisor writes Envoy's pid to `<name>.pid`.
@@ -590,7 +647,7 @@ impl Sandbox {
         Ok([sup, p])
     }
 
-    fn envoy_paths(&self) -> EnvoyPaths {
+    pub(crate) fn envoy_paths(&self) -> EnvoyPaths {
         let (cert, key) = self.client_cert();
         EnvoyPaths {
             cert_dir: self.certs_dir().display().to_string(),
@@ -603,14 +660,23 @@ impl Sandbox {
         }
     }
 
-    fn server_config(&self, ports: &Ports, mode: Mode) -> Result<String> {
-        let files = policy_files(&self.policies, mode)?;
-        let plugin = plugin_config(&self.cli, &files, Some(ports.inbound))?;
-        fs::write(
-            self.dir.join("plugin-config.json"),
-            serde_json::to_string_pretty(&plugin)?,
-        )?;
-        render_server(ports, &self.envoy_paths(), &plugin)
+    /// The plugin configuration in force (`<dir>/plugin-config.json`, as the CLI wrote it).
+    pub fn plugin_config_path(&self) -> PathBuf {
+        self.dir.join("plugin-config.json")
+    }
+
+    /// The listener file the server sidecar's Envoy watches (file-based LDS): its listeners,
+    /// plugin configuration included. `sandbox apply` replaces it (write aside, rename).
+    pub fn lds_path(&self) -> PathBuf {
+        self.dir.join("server-lds.yaml")
+    }
+
+    /// The server sidecar's bootstrap (`server.yaml`: admin, clusters, `lds_config` on
+    /// [`Self::lds_path`]) and its listener file, from `server-http.yaml` with `plugin`
+    /// (`sidecar::to_dynamic_listeners`: the listeners move unchanged into the LDS file).
+    pub fn server_configs(&self, ports: &Ports, plugin: &Value) -> Result<(String, String)> {
+        let config = render_server(ports, &self.envoy_paths(), plugin)?;
+        to_dynamic_listeners(&config, &self.lds_path())
     }
 
     /// Start the sandbox (stopping a previous one from this folder first). On failure, whatever
@@ -638,6 +704,7 @@ impl Sandbox {
             ports,
             mode: Mode::Permissive,
             processes: Vec::new(),
+            policies: Vec::new(),
         };
         self.save_state(&state)?;
         match self.start_all(&mut state) {
@@ -689,19 +756,31 @@ impl Sandbox {
             ports.app, echo.pid
         );
 
+        let files = policy_files(&self.policies, Mode::Permissive)?;
+        let plugin = plugin_config(&self.cli, &files, Some(ports.inbound))?;
+        fs::write(
+            self.plugin_config_path(),
+            serde_json::to_string_pretty(&plugin)?,
+        )?;
+        let (bootstrap, listeners) = self.server_configs(&ports, &plugin)?;
+        write_replacing(&self.lds_path(), &listeners)?;
+        let drain = SERVER_DRAIN_TIME.as_secs().to_string();
         let [sup, server] = self.start_envoy(
             "server",
-            &self.server_config(&ports, Mode::Permissive)?,
+            &bootstrap,
             ports.admin,
+            &["--drain-time-s", &drain],
         )?;
         state.processes.push(sup);
         state.processes.push(server.clone());
+        state.policies = files;
         self.save_state(state)?;
         println!(
-            "sandbox: server sidecar on 127.0.0.1:{} (admin {}, pid {}): {HTTP_TEMPLATE}, policies {} without {STRICT_POLICY}",
+            "sandbox: server sidecar on 127.0.0.1:{} (admin {}, pid {}): {HTTP_TEMPLATE}, listeners served from {} (file-based LDS, live updates), policies {} without {STRICT_POLICY}",
             ports.inbound,
             ports.admin,
             server.pid,
+            shown(&self.lds_path()),
             shown(&self.policies)
         );
 
@@ -709,6 +788,7 @@ impl Sandbox {
             "client",
             &render_client(&ports, &self.envoy_paths())?,
             ports.client_admin,
+            &[],
         )?;
         state.processes.push(sup);
         state.processes.push(client.clone());
@@ -720,27 +800,13 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Re-render the server sidecar's configuration for `mode` and restart it (Envoy has no
-    /// live update of a static configuration).
-    pub fn set_mode(&self, mode: Mode) -> Result<State> {
-        let mut state = self.running_state()?;
-        let config = self.server_config(&state.ports, mode)?;
-        let (servers, rest): (Vec<Proc>, Vec<Proc>) = state
-            .processes
-            .iter()
-            .cloned()
-            .partition(|p| p.name == "server" || p.name == "server-supervisor");
-        // Envoy first (its supervisor then exits by itself), then what is left.
-        for p in servers.iter().rev() {
-            self.stop(p)?;
-        }
-        state.processes = rest;
-        self.save_state(&state)?;
-        let started = self.start_envoy("server", &config, state.ports.admin)?;
-        state.processes.extend(started);
-        state.mode = mode;
-        self.save_state(&state)?;
-        Ok(state)
+    /// Move the server sidecar to the sample policies of `mode` by a live update
+    /// ([`Sandbox::apply`]): no restart.
+    pub fn set_mode(&self, mode: Mode) -> Result<crate::live::Applied> {
+        self.apply(
+            &policy_files(&self.policies, mode)?,
+            crate::live::Check::Cli,
+        )
     }
 
     /// Stop exactly the processes recorded in the state file; returns what was stopped.

@@ -195,7 +195,8 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         }
     }
     out.extend(realistic_variants(o.mode));
-    if o.breakdown && o.mode == Mode::Timed {
+    // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
+    if o.breakdown && o.mode != Mode::Instructions {
         out.extend(breakdown());
     }
     out.retain(|v| v.size <= o.max_policies);

@@ -7,7 +7,7 @@ use std::fmt;
 use cel_parser::ast::{operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr};
 use cel_parser::reference::Val;
 use cel_parser::Parser;
-use regex::Regex;
+use regex_lite::Regex;
 
 use super::cost::{Estimator, SpecialCost, EXPRESSION_BUDGET};
 use super::functions::{self, BOOL, INDEX, IP_IN_CIDR, ITERABLE, NEGATE, USER_FUNCTIONS};

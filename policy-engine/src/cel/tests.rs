@@ -184,6 +184,51 @@ fn syntax_check_guards_the_parser() {
     );
 }
 
+/// `matches` reads RE2's syntax as regex-lite does (README, "Functions and operators"): the
+/// Perl classes are ASCII, as in RE2, and a Unicode class is refused when the policy loads.
+#[test]
+fn regex_perl_classes_are_ascii_as_in_re2() {
+    let digits = "source.namespace.matches('^\\\\d+$')";
+    let word = "source.namespace.matches('^\\\\w+$')";
+    assert_eq!(
+        eval(digits, &mtls_conn("spiffe://cluster.local/ns/042/sa/x")),
+        Ok(true)
+    );
+    // ARABIC-INDIC DIGIT THREE is a Unicode digit, not an RE2 `\d`.
+    assert_eq!(
+        eval(digits, &mtls_conn("spiffe://cluster.local/ns/\u{663}/sa/x")),
+        Ok(false)
+    );
+    assert_eq!(
+        eval(word, &mtls_conn("spiffe://cluster.local/ns/team_a1/sa/x")),
+        Ok(true)
+    );
+    assert_eq!(
+        eval(
+            word,
+            &mtls_conn("spiffe://cluster.local/ns/\u{e9}quipe/sa/x")
+        ),
+        Ok(false)
+    );
+    // `.` and a negated class still take any character.
+    assert_eq!(
+        eval(
+            "source.namespace.matches('^[^/]quipe$')",
+            &mtls_conn("spiffe://cluster.local/ns/\u{e9}quipe/sa/x")
+        ),
+        Ok(true)
+    );
+}
+
+#[test]
+fn regex_unicode_classes_are_refused_at_load() {
+    for pattern in ["\\\\p{L}", "\\\\pN", "\\\\P{Greek}"] {
+        let err = compile_err(&format!("source.namespace.matches('^{pattern}$')"));
+        assert!(err.starts_with("invalid regular expression `^"), "{err}");
+        assert!(err.contains("Unicode"), "{err}");
+    }
+}
+
 #[test]
 fn unknown_attribute_is_named_with_the_known_ones() {
     let err = compile_err(r#"request.hedaers["x-tenant"] == "a""#);

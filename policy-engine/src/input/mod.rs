@@ -21,6 +21,7 @@ pub(crate) mod overlap;
 mod peer_authentication;
 pub mod plugin_config;
 mod timestamp;
+pub(crate) use timestamp::format_rfc3339;
 mod validate;
 mod write;
 

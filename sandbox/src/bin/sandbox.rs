@@ -4,7 +4,14 @@
 //! sandbox up [PORT FLAGS]          start the loopback mesh (detached), stop a previous one first
 //! sandbox demo [--hints]           play the mTLS migration story against the running sandbox
 //! sandbox ci [PORT FLAGS]          up, demo, down (also on failure); exit 1 if a step misbehaved
-//! sandbox mode permissive|strict   re-render the server sidecar for that step and restart it
+//! sandbox mode permissive|report-only|strict   the sample policies of that step, by a live
+//!                                  update (no restart); report-only: 90-strict.yaml replaced by
+//!                                  envoy-config/sandbox/policies/90-strict-report-only.yaml
+//! sandbox apply [--unchecked] PATH...   send the policy set of PATH (folders, files) to the running
+//!                                  server sidecar by a live update (file-based LDS, no restart);
+//!                                  the CLI validates first (a refused set is not sent, exit 1);
+//!                                  --unchecked sends it anyway (the module refuses a bad set and
+//!                                  keeps the last good one: exit 1)
 //! sandbox down                     stop exactly the processes `up` recorded
 //! sandbox hints                    print the commands to try by hand
 //! sandbox echo --port N --dir D    the echo application (what `up` runs detached)
@@ -33,9 +40,10 @@ use meshauthz_harness::access_log;
 use meshauthz_harness::app::HttpEcho;
 use meshauthz_harness::client::CURL_RECV_ERROR;
 use meshauthz_harness::{workspace_root, Error, Result};
+use meshauthz_sandbox::live::{Applied, Check};
 use meshauthz_sandbox::mesh::{
     default_cli, default_dir, plugin_config_args, policy_files, render_compose, shown, Mode, Ports,
-    Sandbox, CLIENT_NS, CLIENT_SA, SAMPLE_DENY_PORT, SUPERVISE,
+    Sandbox, CLIENT_NS, CLIENT_SA, REPORT_ONLY_POLICY, SAMPLE_DENY_PORT, SUPERVISE,
 };
 use serde_json::Value;
 
@@ -51,6 +59,7 @@ struct Args {
     out: PathBuf,
     strict: bool,
     hints: bool,
+    unchecked: bool,
     echo_port: Option<u16>,
     compose: compose_story::Options,
 }
@@ -67,7 +76,7 @@ fn parse_args() -> Result<Args> {
     let mut it = argv.iter();
     let command = it.next().cloned().ok_or_else(|| {
         Error(
-            "usage: sandbox up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down (see the source header)"
+            "usage: sandbox up|demo|ci|mode|apply|down|hints|echo|render-compose|compose|compose-down (see the source header)"
                 .into(),
         )
     })?;
@@ -80,6 +89,7 @@ fn parse_args() -> Result<Args> {
         out: workspace_root().join("envoy-config/sandbox/generated"),
         strict: false,
         hints: false,
+        unchecked: false,
         echo_port: None,
         compose: compose_story::Options::default(),
     };
@@ -137,6 +147,7 @@ fn parse_args() -> Result<Args> {
             "--compose-client-admin-port" => a.compose.client_admin = port_arg(flag, it.next())?,
             "--compose-tcp-admin-port" => a.compose.tcp_admin = port_arg(flag, it.next())?,
             "--hints" => a.hints = true,
+            "--unchecked" => a.unchecked = true,
             other if other.starts_with("--") => {
                 return Err(Error(format!("unknown flag {other}")));
             }
@@ -197,21 +208,33 @@ fn run() -> Result<ExitCode> {
         "mode" => {
             let mode = match args.rest.first().map(String::as_str) {
                 Some("strict") => Mode::Strict,
+                Some("report-only") => Mode::ReportOnly,
                 Some("permissive") => Mode::Permissive,
-                _ => return Err(Error("usage: sandbox mode permissive|strict".into())),
+                _ => {
+                    return Err(Error(
+                        "usage: sandbox mode permissive|report-only|strict".into(),
+                    ))
+                }
             };
-            let state = sb.set_mode(mode)?;
-            println!(
-                "sandbox: server sidecar restarted in {} mode (pid {})",
-                mode.name(),
-                state
-                    .processes
-                    .iter()
-                    .find(|p| p.name == "server")
-                    .map(|p| p.pid)
-                    .unwrap_or(0)
-            );
+            let applied = sb.set_mode(mode)?;
+            println!("{}", applied_report(&applied));
+            println!("sandbox: server sidecar in {} mode", mode.name());
             Ok(ExitCode::SUCCESS)
+        }
+        "apply" => {
+            let inputs: Vec<PathBuf> = args.rest.iter().map(PathBuf::from).collect();
+            let check = if args.unchecked {
+                Check::Unchecked
+            } else {
+                Check::Cli
+            };
+            let applied = sb.apply(&inputs, check)?;
+            println!("{}", applied_report(&applied));
+            Ok(if applied.refused() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         "down" => {
             report_down(&sb.down());
@@ -236,7 +259,7 @@ fn run() -> Result<ExitCode> {
         "compose" => compose_story::main(&args.compose, &sb.cli),
         "compose-down" => compose_story::down(&args.compose),
         other => Err(Error(format!(
-            "unknown command {other:?}: up|demo|ci|mode|down|hints|echo|render-compose|compose|compose-down"
+            "unknown command {other:?}: up|demo|ci|mode|apply|down|hints|echo|render-compose|compose|compose-down"
         ))),
     }
 }
@@ -312,6 +335,36 @@ fn echo(args: &Args) -> Result<ExitCode> {
     }
     println!("echo: {} is gone, exiting", state.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a live update did, in the words `sandbox apply` prints.
+fn applied_report(a: &Applied) -> String {
+    let files: Vec<String> = a.files.iter().map(|f| shown(f)).collect();
+    let mut out = vec![
+        format!("sandbox: sent {} policy file(s): {}", files.len(), files.join(" ")),
+        format!(
+            "sandbox: Envoy applied the new listener live: listener_manager.lds.update_success {} -> {}, server.uptime {} -> {} s (pid {}: not restarted); the replaced chains drained after {:.1} s",
+            a.lds_updates.0,
+            a.lds_updates.1,
+            a.uptime.0,
+            a.uptime.1,
+            a.server_pid,
+            a.drained_after.as_secs_f64()
+        ),
+    ];
+    if a.refused() {
+        out.push(format!(
+            "sandbox: the module REFUSED the set (wasmcustom.meshauthz.config_refused {} -> {}); the last good set stays in force. Envoy's log:",
+            a.config_refused.0, a.config_refused.1
+        ));
+        out.extend(a.refusals.iter().map(|l| format!("  {l}")));
+    } else {
+        out.push(format!(
+            "sandbox: the module accepted the set (wasmcustom.meshauthz.config_refused {} -> {}): new connections are decided by it",
+            a.config_refused.0, a.config_refused.1
+        ));
+    }
+    out.join("\n")
 }
 
 // ---- the story ---------------------------------------------------------------------------------
@@ -502,9 +555,12 @@ fn cli_command(sb: &Sandbox, mode: Mode, http_port: u16) -> Result<String> {
 fn demo(sb: &Sandbox) -> Result<bool> {
     let mut state = sb.running_state()?;
     sb.check_running(&state)?;
-    if state.mode != Mode::Permissive {
-        println!("sandbox: the server sidecar is in STRICT mode; back to PERMISSIVE for the story");
-        state = sb.set_mode(Mode::Permissive)?;
+    if state.policies != policy_files(&sb.policies, Mode::Permissive)? {
+        println!(
+            "sandbox: the server sidecar runs another policy set; back to the PERMISSIVE step for the story (live update)"
+        );
+        println!("{}", applied_report(&sb.set_mode(Mode::Permissive)?));
+        state = sb.running_state()?;
     }
     let p = state.ports;
     let log = sb.access_log();
@@ -623,23 +679,23 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         "the audited lines are the callers outside istioinaction, never the in-mesh client",
     );
 
-    // 4. STRICT.
-    s.step("Switch the namespace to STRICT (90-strict.yaml), restart the server sidecar");
-    s.run(&cli_command(sb, Mode::Strict, p.inbound)?);
+    // 4. Report-only STRICT, by a live update.
+    report_only_steps(sb, &mut s, p.inbound, p.admin)?;
+
+    // 6. STRICT, by a live update.
+    s.step("Enforce: the namespace STRICT without the annotation (90-strict.yaml), live: the running server sidecar gets the new set, no restart");
     s.run(&format!(
-        "render envoy-config/envoy/server-http.yaml into {} and restart the server sidecar (sandbox mode strict)",
-        shown(&sb.config("server"))
+        "make sandbox-mode MODE=strict    # the same as make sandbox-apply POLICIES={}",
+        shown(&sb.policies)
     ));
-    let state = sb.set_mode(Mode::Strict)?;
     s.saw(&format!(
-        "server sidecar restarted (pid {})",
-        state
-            .processes
-            .iter()
-            .find(|q| q.name == "server")
-            .map(|q| q.pid)
-            .unwrap_or(0)
+        "runs {}, writes the listeners into {} (aside, then rename: Envoy watches it)",
+        cli_command(sb, Mode::Strict, p.inbound)?,
+        shown(&sb.lds_path())
     ));
+    let applied = sb.apply(std::slice::from_ref(&sb.policies), Check::Cli)?;
+    s.saw(&applied_report(&applied));
+    check_live(&mut s, &applied);
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/legacy", p.inbound)])?;
     s.saw(&describe(&c));
     s.check(
@@ -667,7 +723,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         &format!("the plaintext counter counts the reset ({rejected} rejected)"),
     );
 
-    // 5. DENY.
+    // 7. DENY.
     s.step("A DENY rule: nobody reaches /admin on port 8080, whatever the path tricks");
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/admin", p.client)])?;
@@ -701,6 +757,8 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         }
     }
 
+    live_steps(sb, &mut s, p.client)?;
+
     println!(
         "\n==== {} steps, {} checks passed, {} failed ====",
         s.step,
@@ -719,6 +777,260 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         );
     }
     Ok(s.failed.is_empty())
+}
+
+/// Steps 4 and 5: STRICT written down but report-only (plaintext still served, counted and
+/// logged with the caller), and `meshauthz strict-readiness` on the evidence: not ready.
+fn report_only_steps(sb: &Sandbox, s: &mut Story, inbound: u16, admin: u16) -> Result<()> {
+    s.step("Report-only STRICT, live: the namespace says STRICT with meshauthz.io/strict-report-only: \"true\"; plaintext is still served, counted and logged");
+    s.run("make sandbox-mode MODE=report-only");
+    s.saw(&format!(
+        "sends {} without 90-strict.yaml, plus {REPORT_ONLY_POLICY}",
+        shown(&sb.policies)
+    ));
+    let applied = sb.set_mode(Mode::ReportOnly)?;
+    s.saw(&applied_report(&applied));
+    check_live(s, &applied);
+    let server_log = sb.log("server");
+    let log_from = std::fs::metadata(&server_log).map(|m| m.len()).unwrap_or(0);
+    let c = curl(s, &[&format!("http://127.0.0.1:{inbound}/legacy")])?;
+    s.saw(&describe(&c));
+    s.check(
+        c.exit == 0 && c.status == 200,
+        "the legacy plaintext call is still served (200): STRICT is report-only",
+    );
+    let stats = meshauthz_stats(s, admin)?;
+    s.saw(
+        &stats
+            .iter()
+            .filter(|(k, _)| k.contains(".plaintext.") && k.contains(&inbound.to_string()))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let report_only = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".report_only");
+    s.check(
+        report_only >= 1,
+        &format!(
+            "wasmcustom.meshauthz.plaintext.{inbound}.report_only counts the connection STRICT would have reset ({report_only})"
+        ),
+    );
+    s.run(&format!(
+        "grep 'report-only STRICT' {}",
+        quote(&shown(&server_log))
+    ));
+    let mut line = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while line.is_none() && Instant::now() < deadline {
+        line = std::fs::read(&server_log).ok().and_then(|b| {
+            let from = usize::try_from(log_from).unwrap_or(usize::MAX);
+            String::from_utf8_lossy(b.get(from..).unwrap_or_default())
+                .lines()
+                .find(|l| l.contains("report-only STRICT: plaintext connection from 127.0.0.1:"))
+                .map(str::to_string)
+        });
+        if line.is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    s.saw(line.as_deref().unwrap_or("(no line)"));
+    s.check(
+        line.as_deref().is_some_and(|l| {
+            l.contains(&format!("to port {inbound} admitted")) && l.contains("would be reset")
+        }),
+        "Envoy's log names the caller (127.0.0.1:<port>) and the port, admitted although STRICT would reset it",
+    );
+
+    s.step(
+        "Is it safe to enforce? meshauthz strict-readiness reads the counters and the access log",
+    );
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let port = inbound.to_string();
+    let log = sb.access_log();
+    let args = [
+        "strict-readiness",
+        "--admin",
+        &admin_url,
+        "--access-log",
+        &shown(&log),
+        "--port",
+        &port,
+        "--min-uptime",
+        "0",
+    ];
+    s.run(&format!(
+        "{} {}",
+        shown(&sb.cli),
+        args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    ));
+    let mut cmd = Command::new(&sb.cli);
+    cmd.args(&args[..4])
+        .arg(&log)
+        .args(&args[5..])
+        .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| Error(format!("cannot run {}: {e}", sb.cli.display())))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.saw(text.trim_end());
+    let code = out.status.code().unwrap_or(-1);
+    s.saw(&format!("exit status {code}"));
+    s.check(
+        code == 5 && text.contains(&format!("port {inbound}: NOT READY")),
+        &format!("port {inbound}: NOT READY (exit status 5) while the legacy caller is there"),
+    );
+    s.check(
+        text.contains("would have been reset")
+            && text.contains("127.0.0.1")
+            && text.contains("GET /legacy"),
+        "it names what would have been reset and the caller (127.0.0.1, GET /legacy)",
+    );
+    s.saw("the legacy caller moves into the mesh (it now calls through a client sidecar); once strict-readiness stays READY, enforce:");
+    Ok(())
+}
+
+/// The sample DENY the story adds live, and the same with a typo (refused).
+const LIVE_POLICY: &str = "envoy-config/sandbox/policies/40-deny-debug.yaml";
+const LIVE_POLICY_TYPO: &str = "envoy-config/sandbox/policies/40-deny-debug-typo.yaml";
+
+/// A live update landed: Envoy applied the listener without a restart and the module took the set.
+fn check_live(s: &mut Story, a: &Applied) {
+    s.check(
+        a.lds_updates.1 > a.lds_updates.0 && a.uptime.1 >= a.uptime.0 && !a.refused(),
+        "the new set is in force without a restart (lds.update_success rose, server.uptime did not start over, nothing refused)",
+    );
+}
+
+fn deny_status(c: &Curl) -> bool {
+    c.status == 403 && c.body == "RBAC: access denied"
+}
+
+/// Steps 6 and 7: a new policy reaches the running sidecar (allow -> deny), and an invalid set is
+/// refused, by the CLI and, sent anyway, by the module, the last good set staying in force.
+fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
+    let root = workspace_root();
+    // Paths as a person in the workspace would type them (the CLI's messages repeat them).
+    let here = |p: &Path| -> PathBuf {
+        match std::env::current_dir() {
+            Ok(cwd) if cwd == root => p.strip_prefix(&root).unwrap_or(p).to_path_buf(),
+            _ => p.to_path_buf(),
+        }
+    };
+    let policies = here(&sb.policies);
+    let debug_url = format!("http://127.0.0.1:{client}/debug");
+    let hello_url = format!("http://127.0.0.1:{client}/hello");
+    let log = sb.access_log();
+
+    s.step("A new policy, live: DENY /debug (envoy-config/sandbox/policies/40-deny-debug.yaml) reaches the running server sidecar");
+    let c = curl(s, &[&debug_url])?;
+    s.saw(&describe(&c));
+    s.check(
+        c.exit == 0 && c.status == 200,
+        "before the update, GET /debug is served (200)",
+    );
+    s.run(&format!(
+        "make sandbox-apply POLICIES=\"{} {LIVE_POLICY}\"",
+        shown(&sb.policies)
+    ));
+    let applied = sb.apply(
+        &[policies.clone(), here(&root.join(LIVE_POLICY))],
+        Check::Cli,
+    )?;
+    s.saw(&applied_report(&applied));
+    check_live(s, &applied);
+    let mark = access_log::lines(&log).len();
+    let c = curl(s, &[&debug_url])?;
+    s.saw(&format!("{}: {}", describe(&c), c.body));
+    s.check(
+        deny_status(&c),
+        "after the update, GET /debug: 403 RBAC: access denied",
+    );
+    match log_entry(&log, mark, "GET", "/debug") {
+        Some((line, v)) => {
+            s.saw(&format!("access log: {line}"));
+            s.check(
+                field(&v, "decision").starts_with("deny ns[foo]-policy[deny-debug]"),
+                "the access log names the new policy (deny-debug)",
+            );
+        }
+        None => {
+            s.check(false, "an access-log line for GET /debug");
+        }
+    }
+    let c = curl(s, &[&hello_url])?;
+    s.saw(&describe(&c));
+    s.check(
+        c.exit == 0 && c.status == 200,
+        "GET /hello is still served (200)",
+    );
+
+    s.step("An invalid set is refused; the last good set stays in force");
+    s.run(&format!(
+        "make sandbox-apply POLICIES=\"{} {LIVE_POLICY_TYPO}\"",
+        shown(&sb.policies)
+    ));
+    let before = meshauthz_sandbox::live::admin_stats(sb.running_state()?.ports.admin)?;
+    let updates = |st: &std::collections::BTreeMap<String, u64>| {
+        st.get("listener_manager.lds.update_success")
+            .copied()
+            .unwrap_or(0)
+    };
+    let typo_set = [policies.clone(), here(&root.join(LIVE_POLICY_TYPO))];
+    match sb.apply(&typo_set, Check::Cli) {
+        Ok(a) => {
+            s.saw(&applied_report(&a));
+            s.check(false, "the CLI refuses the set before anything is sent");
+        }
+        Err(e) => {
+            s.saw(&e.0);
+            s.check(
+                e.0.contains("AuthorizationPolicy foo/deny-debug")
+                    && e.0.contains("spec.rules[0].to[0].operation.path"),
+                "the CLI refuses it, naming the object and the field (foo/deny-debug, spec.rules[0].to[0].operation.path)",
+            );
+        }
+    }
+    let after = meshauthz_sandbox::live::admin_stats(sb.running_state()?.ports.admin)?;
+    s.check(
+        updates(&after) == updates(&before),
+        &format!(
+            "nothing reached Envoy (listener_manager.lds.update_success still {})",
+            updates(&after)
+        ),
+    );
+    s.run(&format!(
+        "make sandbox-apply POLICIES=\"{} {LIVE_POLICY_TYPO}\" UNCHECKED=1    # sent anyway: the module's own check",
+        shown(&sb.policies)
+    ));
+    let a = sb.apply(&typo_set, Check::Unchecked)?;
+    s.saw(&applied_report(&a));
+    s.check(
+        a.refusals.iter().any(|l| {
+            l.contains("AuthorizationPolicy foo/deny-debug")
+                && l.contains("spec.rules[0].to[0].operation.path")
+        }),
+        "the module refuses it: Envoy's log names the object, the field and what is wrong",
+    );
+    s.check(
+        a.config_refused.1 > a.config_refused.0,
+        &format!(
+            "wasmcustom.meshauthz.config_refused counts it ({} -> {})",
+            a.config_refused.0, a.config_refused.1
+        ),
+    );
+    let c = curl(s, &[&debug_url])?;
+    s.saw(&format!("{}: {}", describe(&c), c.body));
+    let d = curl(s, &[&hello_url])?;
+    s.saw(&describe(&d));
+    s.check(
+        deny_status(&c) && d.exit == 0 && d.status == 200,
+        "the last good set stays in force: /debug 403, /hello 200 (the typo would have denied everything on port 8080)",
+    );
+    Ok(())
 }
 
 fn print_hints(sb: &Sandbox) -> Result<()> {
@@ -754,8 +1066,18 @@ fn print_hints(sb: &Sandbox) -> Result<()> {
         p.admin
     );
     println!("  tail -f {}", shown(&sb.access_log()));
-    println!("  # switch the PeerAuthentication step (re-renders the config, restarts the server sidecar)");
-    println!("  make sandbox-mode MODE=permissive     # or MODE=strict");
+    println!("  # a new policy set, live (file-based LDS, no restart); a folder or files");
+    println!("  make sandbox-apply POLICIES=\"envoy-config/policies {LIVE_POLICY}\"");
+    println!("  # the PeerAuthentication step (the sample policies with or without 90-strict.yaml, live)");
+    println!("  make sandbox-mode MODE=permissive     # or MODE=report-only, MODE=strict");
+    println!("  # is it safe to enforce STRICT?");
+    println!(
+        "  {} strict-readiness --admin http://127.0.0.1:{} --access-log {} --port {} --min-uptime 0",
+        shown(&sb.cli),
+        p.admin,
+        shown(&sb.access_log()),
+        p.inbound
+    );
     println!("  # stop everything");
     println!("  make sandbox-stop");
     Ok(())

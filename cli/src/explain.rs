@@ -90,38 +90,32 @@ pub fn evaluate(engine: &Engine, t: &Traffic) -> Evaluation {
     .map(str::to_string);
     let protocol = if t.tcp { Protocol::Tcp } else { Protocol::Http };
     let refused = (answer.resets_plaintext() && !mtls) || (mode == MtlsMode::Disable && mtls);
-    if refused {
-        return Evaluation {
-            outcome: Outcome::Reset,
-            protocol,
-            port: t.port,
-            mtls,
-            mode,
-            report_only,
-            mode_source,
-            decision: None,
-            audit_rules: Vec::new(),
-        };
-    }
-    let (d, audit_rules) = with_attributes(t, |attrs| {
-        (
-            engine.check(protocol, attrs),
-            engine.audit_rules_matched(protocol, attrs),
-        )
-    });
-    Evaluation {
-        outcome: if d.allowed() {
+    // A refused connection is not authorized: no decision, no AUDIT rule.
+    let (outcome, decision, audit_rules) = if refused {
+        (Outcome::Reset, None, Vec::new())
+    } else {
+        let (d, audit_rules) = with_attributes(t, |attrs| {
+            (
+                engine.check(protocol, attrs),
+                engine.audit_rules_matched(protocol, attrs),
+            )
+        });
+        let outcome = if d.allowed() {
             Outcome::Allow
         } else {
             Outcome::Deny
-        },
+        };
+        (outcome, Some(d), audit_rules)
+    };
+    Evaluation {
+        outcome,
         protocol,
         port: t.port,
         mtls,
         mode,
         report_only,
         mode_source,
-        decision: Some(d),
+        decision,
         audit_rules,
     }
 }

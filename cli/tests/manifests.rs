@@ -14,9 +14,9 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use common::{root, run};
+use common::{root, run, shared};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,18 +24,7 @@ use serde_json::{json, Value};
 /// first `shared/` beside an ancestor of the repository. `None` on a bare clone: the schema checks
 /// do not run, and one line (once per run) says so.
 fn crd_dir() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("MESHAUTHZ_SHARED_DIR") {
-        Some(dir) => vec![PathBuf::from(dir)],
-        None => root()
-            .ancestors()
-            .skip(1)
-            .map(|a| a.join("shared"))
-            .collect(),
-    };
-    let found = candidates
-        .iter()
-        .map(|d| d.join("istio-crds"))
-        .find(|d| d.is_dir());
+    let found = shared("istio-crds", Path::is_dir);
     if found.is_none() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use common::{root, run_stdin};
+use common::{root, run_stdin, shared};
 use policy_engine::{
     load_str, plugin_config, Attributes, Engine, HttpAttributes, LoadOptions, MeshConfig,
     PolicySet, Protocol, Workload,
@@ -473,16 +473,11 @@ fn case_inputs() -> Vec<Input> {
     out
 }
 
-/// `shared/istio-testdata` beside the repository (or `$MESHAUTHZ_SHARED_DIR`), if present.
+/// `shared/istio-testdata` (see [`shared`]), if present.
 fn istio_testdata() -> Option<PathBuf> {
-    let root = root().canonicalize().ok()?;
-    let candidates = std::env::var_os("MESHAUTHZ_SHARED_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(root.ancestors().skip(1).map(|a| a.join("shared")));
-    candidates
-        .map(|d| d.join("istio-testdata"))
-        .find(|d| d.join("pilot/pkg/security/authz/builder/testdata").is_dir())
+    shared("istio-testdata", |d| {
+        d.join("pilot/pkg/security/authz/builder/testdata").is_dir()
+    })
 }
 
 /// The mesh `builder_test.go` uses for a golden (as `e2e/src/differential/golden.rs`).

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use meshauthz_harness::assert::{assert_denied, assert_ok};
-use meshauthz_harness::client::{self, TcpOutcome, Transport};
+use meshauthz_harness::client::{self, Response, TcpOutcome, Transport};
 use meshauthz_harness::envoy::free_port;
 use meshauthz_harness::policy;
 use meshauthz_harness::sidecar::{remove_filter, Sidecar};
@@ -30,6 +30,12 @@ const WAIT: Duration = Duration::from_secs(5);
 
 const ADMIN: &str = "spiffe://cluster.local/ns/foo/sa/admin";
 const BLOCKED: &str = "spiffe://cluster.local/ns/default/sa/blocked";
+
+/// `GET /` over mTLS with a mesh certificate `name` whose URI SANs are `uris`, in that order.
+fn get_with_sans(s: &Sidecar, name: &str, uris: &[&str]) -> Response {
+    let cert = s.pki.client_with_uris(name, uris).unwrap();
+    s.get("/", Transport::mtls(&s.pki, &cert)).send().unwrap()
+}
 
 /// A DENY on the principal `default/blocked`, every port.
 const DENY_BLOCKED: &str = r#"
@@ -151,9 +157,7 @@ fn two_san_certificate_is_denied_on_http() {
         ("admin-blocked", [ADMIN, BLOCKED]),
         ("blocked-admin", [BLOCKED, ADMIN]),
     ] {
-        let cert = s.pki.client_with_uris(name, &uris).unwrap();
-        let r = s.get("/", Transport::mtls(&s.pki, &cert)).send().unwrap();
-        assert_denied(&r);
+        assert_denied(&get_with_sans(&s, name, &uris));
     }
     assert_eq!(s.app.hits(), 0);
     let unseen = s
@@ -186,16 +190,7 @@ spec:
         )
         .start()
         .unwrap();
-    let cert = allow
-        .pki
-        .client_with_uris("admin-blocked", &[ADMIN, BLOCKED])
-        .unwrap();
-    assert_denied(
-        &allow
-            .get("/", Transport::mtls(&allow.pki, &cert))
-            .send()
-            .unwrap(),
-    );
+    assert_denied(&get_with_sans(&allow, "admin-blocked", &[ADMIN, BLOCKED]));
 }
 
 /// The rendered HTTP template without `meshauthz_net`. The VM configuration is anchored
@@ -228,16 +223,7 @@ fn two_san_certificate_without_the_network_stage_and_without_the_companion() {
         .transform(without_meshauthz_net)
         .start()
         .unwrap();
-    let cert = no_net
-        .pki
-        .client_with_uris("admin-blocked", &[ADMIN, BLOCKED])
-        .unwrap();
-    assert_denied(
-        &no_net
-            .get("/", Transport::mtls(&no_net.pki, &cert))
-            .send()
-            .unwrap(),
-    );
+    assert_denied(&get_with_sans(&no_net, "admin-blocked", &[ADMIN, BLOCKED]));
     assert_ok(
         &no_net
             .get("/", no_net.mtls("foo", "admin").unwrap())

@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use meshauthz_harness::access_log;
-use meshauthz_harness::assert::{assert_denied, assert_ok, DENIED_BODY};
+use meshauthz_harness::assert::{assert_denied, assert_ok, assert_stat, DENIED_BODY};
 use meshauthz_harness::client::Transport;
 use meshauthz_harness::policy;
 use meshauthz_harness::sidecar::Sidecar;
@@ -78,18 +78,8 @@ fn allow_by_principal() {
     }
     assert_eq!(s.app.hits(), 2, "a denied request reached the application");
     // The module hands its counts to Envoy once per second (on_tick).
-    assert_eq!(
-        s.envoy
-            .wait_stat_at_least("wasmcustom.meshauthz.rbac.allowed", 2, WAIT)
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        s.envoy
-            .wait_stat_at_least("wasmcustom.meshauthz.rbac.denied", 6, WAIT)
-            .unwrap(),
-        6
-    );
+    assert_stat(&s.envoy, "wasmcustom.meshauthz.rbac.allowed", 2, WAIT);
+    assert_stat(&s.envoy, "wasmcustom.meshauthz.rbac.denied", 6, WAIT);
 }
 
 /// Scenario 5: the application receives `x-forwarded-client-cert` with the caller's real URI; a
@@ -335,12 +325,7 @@ spec:
         );
         assert_eq!(entry["code"], 200, "{entry}");
     }
-    assert_eq!(
-        s.envoy
-            .wait_stat_at_least("wasmcustom.meshauthz.audited", 3, WAIT)
-            .unwrap(),
-        3
-    );
+    assert_stat(&s.envoy, "wasmcustom.meshauthz.audited", 3, WAIT);
     // The same counter as a Prometheus scrape sees it (Envoy drops the `wasmcustom.` prefix).
     let samples = s.envoy.prometheus("meshauthz_audited").unwrap();
     assert_eq!(samples.len(), 1, "{samples:?}");

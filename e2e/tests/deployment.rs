@@ -126,8 +126,8 @@ fn invalid_policy_update_is_refused_not_allow_all() {
     assert_denied(&s.get("/", s.mtls("other", "x").unwrap()).send().unwrap());
 }
 
-/// An AUDIT policy (every GET is audited) beside an ALLOW for `foo/bar`.
-const AUDITED_ALLOW: &str = r#"
+/// An AUDIT policy: every GET is audited.
+const AUDIT_GETS: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: audit-gets, namespace: foo}
@@ -136,16 +136,12 @@ spec:
   rules:
   - to:
     - operation: {methods: ["GET"]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-bar, namespace: foo}
-spec:
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/foo/sa/bar"]}
 "#;
+
+/// [`AUDIT_GETS`] beside [`ALLOW_BAR`].
+fn audited_allow() -> String {
+    format!("{AUDIT_GETS}---{ALLOW_BAR}")
+}
 
 /// Scenario 9: a deployment missing a companion filter fails closed.
 ///
@@ -157,7 +153,7 @@ spec:
 fn missing_companion_filter_fails_closed() {
     // Control: the complete template serves the allowed caller.
     let full = Sidecar::builder("companion-control")
-        .policies(AUDITED_ALLOW)
+        .policies(&audited_allow())
         .start()
         .unwrap();
     let r = full
@@ -168,7 +164,7 @@ fn missing_companion_filter_fails_closed() {
 
     // Without the RBAC LOG companion an audited request cannot be recorded: denied.
     let no_log = Sidecar::builder("companion-no-rbac-log")
-        .policies(AUDITED_ALLOW)
+        .policies(&audited_allow())
         .transform(|c| remove_filter(c, "envoy.filters.http.rbac", "action: LOG", 1))
         .start()
         .unwrap();
@@ -206,7 +202,7 @@ fn missing_companion_filter_fails_closed() {
     // hint, an allowed caller is refused too (`deny audit-companion-missing`): a missing piece
     // fails closed rather than losing the audit trail.
     let no_enforce = Sidecar::builder("companion-no-enforce")
-        .policies(AUDITED_ALLOW)
+        .policies(&audited_allow())
         .transform(|c| {
             remove_filter(
                 c,

@@ -32,6 +32,11 @@ fn openssl(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `openssl x509` on the certificate file `cert`: its subjectAltName extension.
+fn subject_alt_names(cert: &str) -> (bool, String) {
+    openssl(&["x509", "-noout", "-ext", "subjectAltName", "-in", cert])
+}
+
 #[test]
 fn certificates_chain_to_their_ca_and_carry_spiffe_uris() {
     let work = WorkDir::new("harness-certs").unwrap();
@@ -40,26 +45,12 @@ fn certificates_chain_to_their_ca_and_carry_spiffe_uris() {
     let bar = pki.client("foo", "bar").unwrap();
     let (ok, out) = openssl(&["verify", "-CAfile", ca, bar.cert.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let (ok, out) = openssl(&[
-        "x509",
-        "-noout",
-        "-ext",
-        "subjectAltName",
-        "-in",
-        bar.cert.to_str().unwrap(),
-    ]);
+    let (ok, out) = subject_alt_names(bar.cert.to_str().unwrap());
     assert!(
         ok && out.contains("URI:spiffe://cluster.local/ns/foo/sa/bar"),
         "{out}"
     );
-    let (ok, out) = openssl(&[
-        "x509",
-        "-noout",
-        "-ext",
-        "subjectAltName",
-        "-in",
-        pki.server.cert.to_str().unwrap(),
-    ]);
+    let (ok, out) = subject_alt_names(pki.server.cert.to_str().unwrap());
     assert!(ok, "{out}");
     for want in [
         "DNS:localhost",

@@ -10,17 +10,13 @@
 
 use std::time::Duration;
 
-use meshauthz_harness::assert::{assert_ok, assert_reset};
+use meshauthz_harness::assert::{assert_ok, assert_reset, assert_stat};
 use meshauthz_harness::client::{self, TcpOutcome, Transport};
 use meshauthz_harness::envoy::free_port;
 use meshauthz_harness::policy;
-use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_harness::sidecar::{plaintext_stat, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn plaintext_stat(port: &str, outcome: &str) -> String {
-    format!("wasmcustom.meshauthz.plaintext.{port}.{outcome}")
-}
 
 /// The plaintext counters of `port` on `s`: waits (bounded) until the `counted` one ("accepted"
 /// or "rejected") reaches `n`, asserts it is exactly `n`, and that the other one stayed 0.
@@ -31,11 +27,7 @@ fn assert_plaintext_counted(s: &Sidecar, port: &str, counted: &str, n: u64) {
     } else {
         "accepted"
     };
-    let got = s
-        .envoy
-        .wait_stat_at_least(&plaintext_stat(port, counted), n, WAIT)
-        .unwrap();
-    assert_eq!(got, n, "plaintext.{port}.{counted}");
+    assert_stat(&s.envoy, &plaintext_stat(port, counted), n, WAIT);
     let not = s.envoy.stat_or_zero(&plaintext_stat(port, other)).unwrap();
     assert_eq!(not, 0, "plaintext.{port}.{other}");
 }
@@ -180,16 +172,11 @@ fn tcp_port_counters_log_and_permissive_plaintext() {
         let o = client::tcp_echo(strict.port, b"ping-plain\n", WAIT).unwrap();
         assert_eq!(o, TcpOutcome::Reset);
     }
-    assert_eq!(
-        strict
-            .envoy
-            .wait_stat_at_least(
-                &plaintext_stat(&strict.port.to_string(), "rejected"),
-                2,
-                WAIT
-            )
-            .unwrap(),
-        2
+    assert_stat(
+        &strict.envoy,
+        &plaintext_stat(strict.port, "rejected"),
+        2,
+        WAIT,
     );
     let bar = strict.pki.client("foo", "bar").unwrap();
     let (o, e) = client::tls_tcp_echo(strict.port, &strict.pki, &bar, b"ping\n", WAIT).unwrap();

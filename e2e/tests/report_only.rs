@@ -13,13 +13,12 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshauthz_harness::assert::{assert_denied, assert_ok, assert_reset};
+use meshauthz_harness::access_log;
+use meshauthz_harness::assert::{assert_denied, assert_ok, assert_reset, assert_stat};
 use meshauthz_harness::client::{self, TcpOutcome, Transport};
-use meshauthz_harness::default_cli;
-use meshauthz_harness::sidecar::{Sidecar, TCP_TEMPLATE};
+use meshauthz_harness::sidecar::{plaintext_stat, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -46,57 +45,6 @@ spec:
   rules:
   - to: [{{operation: {{paths: ["/admin"]}}}}]
 "#
-    )
-}
-
-fn stat(port: u16, outcome: &str) -> String {
-    format!("wasmcustom.meshauthz.plaintext.{port}.{outcome}")
-}
-
-/// Waits (bounded) until the access log has `n` lines.
-fn wait_log_lines(s: &Sidecar, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&s.access_log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn readiness(s: &Sidecar) -> (i32, String) {
-    let cli = default_cli();
-    assert!(
-        cli.exists(),
-        "{} is missing: cargo build -p meshauthz-cli",
-        cli.display()
-    );
-    let out = Command::new(&cli)
-        .args([
-            "strict-readiness",
-            "--admin",
-            &format!("http://127.0.0.1:{}", s.envoy.admin_port),
-            "--access-log",
-            s.access_log.to_str().unwrap(),
-            "--port",
-            &s.port.to_string(),
-            "--min-uptime",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
     )
 }
 
@@ -135,13 +83,19 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
     );
 
     // Counted per connection (curl opens one per run), on the port's own counter.
-    let n = s
-        .envoy
-        .wait_stat_at_least(&stat(port, "report_only"), 2, WAIT)
-        .unwrap();
-    assert_eq!(n, 2, "report_only");
-    assert_eq!(s.envoy.stat_or_zero(&stat(port, "rejected")).unwrap(), 0);
-    assert_eq!(s.envoy.stat_or_zero(&stat(port, "accepted")).unwrap(), 0);
+    assert_stat(&s.envoy, &plaintext_stat(port, "report_only"), 2, WAIT);
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat(port, "rejected"))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat(port, "accepted"))
+            .unwrap(),
+        0
+    );
 
     // Logged once per connection, naming the caller's address, the one the access log has.
     let deadline = Instant::now() + WAIT;
@@ -150,7 +104,11 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
     }
     let logged = report_only_lines(&s);
     assert_eq!(logged.len(), 2, "{}", s.envoy.log());
-    let access = wait_log_lines(&s, 3);
+    access_log::wait_for_lines(&s.access_log, 3, WAIT, |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok()
+    })
+    .unwrap();
+    let access = access_log::json_lines(&s.access_log);
     let plaintext: Vec<&serde_json::Value> = access
         .iter()
         .filter(|l| l["chain"] == "plaintext")
@@ -167,7 +125,7 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
     }
 
     // strict-readiness: not ready, the report-only connections as evidence, the caller named.
-    let (code, out) = readiness(&s);
+    let (code, out) = s.strict_readiness().unwrap();
     eprintln!("{out}");
     assert_eq!(code, 5, "{out}");
     assert!(
@@ -191,20 +149,20 @@ fn report_only_strict_admits_counts_logs_then_enforces_when_switched_off() {
             .unwrap(),
     );
     assert_eq!(s.app.hits(), 3, "the reset request reached the application");
-    let n = s
-        .envoy
-        .wait_stat_at_least(&stat(port, "rejected"), 1, WAIT)
-        .unwrap();
-    assert_eq!(n, 1, "rejected");
-    assert_eq!(s.envoy.stat_or_zero(&stat(port, "report_only")).unwrap(), 2);
+    assert_stat(&s.envoy, &plaintext_stat(port, "rejected"), 1, WAIT);
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat(port, "report_only"))
+            .unwrap(),
+        2
+    );
     assert_eq!(report_only_lines(&s).len(), 2, "no new report-only line");
 }
 
 #[test]
 fn report_only_strict_on_a_tcp_port() {
     let s = Sidecar::builder("report-only-tcp")
-        .template(TCP_TEMPLATE)
-        .tcp_app()
+        .tcp()
         // PeerAuthentication only: on TCP the DENY on `paths` would deny every connection.
         .policies(
             r#"
@@ -222,11 +180,12 @@ spec:
         client::tcp_echo(port, b"ping\n", WAIT).unwrap(),
         TcpOutcome::Echoed
     );
-    let n = s
-        .envoy
-        .wait_stat_at_least(&stat(port, "report_only"), 1, WAIT)
-        .unwrap();
-    assert_eq!(n, 1);
-    assert_eq!(s.envoy.stat_or_zero(&stat(port, "rejected")).unwrap(), 0);
+    assert_stat(&s.envoy, &plaintext_stat(port, "report_only"), 1, WAIT);
+    assert_eq!(
+        s.envoy
+            .stat_or_zero(&plaintext_stat(port, "rejected"))
+            .unwrap(),
+        0
+    );
     assert_eq!(s.app.hits(), 1);
 }

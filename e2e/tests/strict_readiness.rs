@@ -10,13 +10,12 @@
     reason = "test helpers outside #[test] functions fail by panicking"
 )]
 
-use std::process::Command;
 use std::time::Duration;
 
+use meshauthz_harness::access_log;
 use meshauthz_harness::assert::assert_ok;
 use meshauthz_harness::client::Transport;
-use meshauthz_harness::default_cli;
-use meshauthz_harness::sidecar::Sidecar;
+use meshauthz_harness::sidecar::{plaintext_stat, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -42,37 +41,6 @@ spec:
     )
 }
 
-fn readiness(s: &Sidecar) -> (i32, String) {
-    let cli = default_cli();
-    assert!(
-        cli.exists(),
-        "{} is missing: cargo build -p meshauthz-cli",
-        cli.display()
-    );
-    let out = Command::new(&cli)
-        .args([
-            "strict-readiness",
-            "--admin",
-            &format!("http://127.0.0.1:{}", s.envoy.admin_port),
-            "--access-log",
-            s.access_log.to_str().unwrap(),
-            "--port",
-            &s.port.to_string(),
-            "--min-uptime",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn plaintext_callers_make_a_port_not_ready_and_mtls_ones_do_not() {
     let s = Sidecar::builder("readiness")
@@ -89,29 +57,18 @@ fn plaintext_callers_make_a_port_not_ready_and_mtls_ones_do_not() {
     s.envoy
         .wait_stat_at_least("wasmcustom.meshauthz.rbac.allowed", 1, WAIT)
         .unwrap();
-    let (code, out) = readiness(&s);
+    let (code, out) = s.strict_readiness().unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("port {port}: READY")), "{out}");
 
     // A legacy plaintext caller: not ready, named by the access log.
     assert_ok(&s.get("/legacy", Transport::Plaintext).send().unwrap());
     s.envoy
-        .wait_stat_at_least(
-            &format!("wasmcustom.meshauthz.plaintext.{port}.accepted"),
-            1,
-            WAIT,
-        )
+        .wait_stat_at_least(&plaintext_stat(port, "accepted"), 1, WAIT)
         .unwrap();
     // The access log is written when the request ends; wait (bounded) for its line.
-    let deadline = std::time::Instant::now() + WAIT;
-    while !std::fs::read_to_string(&s.access_log)
-        .unwrap_or_default()
-        .contains("/legacy")
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (code, out) = readiness(&s);
+    access_log::wait_for_line(&s.access_log, WAIT, |l| l.contains("/legacy")).unwrap();
+    let (code, out) = s.strict_readiness().unwrap();
     eprintln!("{out}");
     assert_eq!(code, 5, "{out}");
     assert!(

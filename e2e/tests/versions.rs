@@ -17,81 +17,7 @@
 
 use meshauthz_harness::assert::{assert_denied, assert_ok};
 use meshauthz_harness::sidecar::Sidecar;
-
-/// (module, name) of every function import, and every export name, of a wasm module.
-fn imports_exports(wasm: &[u8]) -> (Vec<(String, String)>, Vec<String>) {
-    struct R<'a>(&'a [u8], usize);
-    impl R<'_> {
-        fn byte(&mut self) -> u8 {
-            self.1 += 1;
-            self.0[self.1 - 1]
-        }
-        fn leb(&mut self) -> u64 {
-            let (mut v, mut shift) = (0u64, 0);
-            loop {
-                let b = self.byte();
-                v |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return v;
-                }
-                shift += 7;
-            }
-        }
-        fn name(&mut self) -> String {
-            let len = self.leb() as usize;
-            let s = String::from_utf8(self.0[self.1..self.1 + len].to_vec()).unwrap();
-            self.1 += len;
-            s
-        }
-        fn limits(&mut self) {
-            if self.byte() & 1 != 0 {
-                self.leb();
-            }
-            self.leb();
-        }
-    }
-    assert_eq!(&wasm[0..4], b"\0asm", "not a wasm module");
-    let mut r = R(wasm, 8);
-    let (mut imports, mut exports) = (Vec::new(), Vec::new());
-    while r.1 < wasm.len() {
-        let id = r.byte();
-        let size = r.leb() as usize;
-        let end = r.1 + size;
-        match id {
-            2 => {
-                for _ in 0..r.leb() {
-                    let (module, name) = (r.name(), r.name());
-                    match r.byte() {
-                        0 => {
-                            r.leb();
-                            imports.push((module, name));
-                        }
-                        1 => {
-                            r.byte();
-                            r.limits();
-                        }
-                        2 => r.limits(),
-                        3 => {
-                            r.byte();
-                            r.byte();
-                        }
-                        k => panic!("unknown import kind {k}"),
-                    }
-                }
-            }
-            7 => {
-                for _ in 0..r.leb() {
-                    exports.push(r.name());
-                    r.byte();
-                    r.leb();
-                }
-            }
-            _ => {}
-        }
-        r.1 = end;
-    }
-    (imports, exports)
-}
+use meshauthz_tools::wasm::imports_exports;
 
 /// The NUL-terminated printable strings of a binary (what `strings` shows).
 fn c_strings(bin: &[u8]) -> Vec<&[u8]> {
@@ -116,7 +42,13 @@ fn module_imports_are_registered_by_this_envoy() {
     let version = meshauthz_harness::envoy::version().unwrap();
     let bin = std::fs::read(&envoy).unwrap();
     let wasm = std::fs::read(meshauthz_harness::module_path().unwrap()).unwrap();
-    let (imports, exports) = imports_exports(&wasm);
+    let (imports, exports) = imports_exports(&wasm).expect("a well-formed wasm module");
+    // The function imports: (module, name).
+    let imports: Vec<(String, String)> = imports
+        .into_iter()
+        .filter(|i| i.kind == 0)
+        .map(|i| (i.module, i.name))
+        .collect();
     let strings = c_strings(&bin);
     // A string literal may share its tail with a longer one (linker string merging).
     let registered = |name: &str| strings.iter().any(|s| s.ends_with(name.as_bytes()));

@@ -42,14 +42,14 @@ impl Plugin {
     }
 
     /// Installs a compiled configuration (what a successful `configure` does).
-    pub fn install(&self, host: &dyn Host, compiled: Compiled) {
+    pub fn install(&self, host: &dyn Host, compiled: Rc<Compiled>) {
         if self.metrics.borrow().allowed.is_none() {
             *self.metrics.borrow_mut() = Metrics::define(host);
         }
         self.metrics
             .borrow_mut()
             .define_ports(host, &compiled.named_ports);
-        *self.compiled.borrow_mut() = Some(Rc::new(compiled));
+        *self.compiled.borrow_mut() = Some(compiled);
     }
 
     /// Counts one of `which` (see [`Metrics::add`]).
@@ -164,7 +164,22 @@ impl Plugin {
                 } else {
                     self.vm.http_decide.set(true);
                 }
-                let result = config::parse(configuration.unwrap_or_default()).and_then(|cfg| {
+                let bytes = configuration.unwrap_or_default();
+                if let Some(shared) = self.vm.compiled_from(bytes) {
+                    // Another stage of this VM compiled these very bytes: share its result.
+                    host.log(
+                        Level::Info,
+                        &format!(
+                            "{root_id}: configuration accepted (compiled once in this VM, shared)"
+                        ),
+                    );
+                    self.install(host, shared);
+                    if let Some(c) = self.compiled() {
+                        self.vm.remember(&last_good_key(host, root_id), &c);
+                    }
+                    return true;
+                }
+                let result = config::parse(bytes).and_then(|cfg| {
                     let node = if cfg.workload.is_none() {
                         node_workload(host)
                     } else {
@@ -182,6 +197,8 @@ impl Plugin {
                             Level::Info,
                             &format!("{root_id}: configuration accepted (fetches: {n:?})"),
                         );
+                        let compiled = Rc::new(compiled);
+                        self.vm.share_compiled(bytes, &compiled);
                         self.install(host, compiled);
                         if let Some(c) = self.compiled() {
                             self.vm.remember(&last_good_key(host, root_id), &c);

@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::attrs::Unseen;
 use crate::config::Compiled;
@@ -60,6 +60,13 @@ pub struct VmState {
     /// configuration from LDS/ECDS or a WasmPlugin change) gets a new root context in the same
     /// VM; when the update is refused, it starts from the previous valid one, not from nothing.
     last_good: RefCell<Vec<(String, Rc<Compiled>)>>,
+    /// Every configuration compiled in this VM that a root still holds, by its bytes. The
+    /// stages of one VM (network and HTTP decide, on every filter chain) are given the same
+    /// plugin configuration, and Envoy's node (the workload, when the configuration does not
+    /// name it) is the same for every VM of the process: the first stage compiles, the others
+    /// share the result. Without this a listener with the HTTP and TCP chains compiled the
+    /// same policies three times per VM (BENCHMARKS.md, "Loading").
+    compiled: RefCell<Vec<(Vec<u8>, Weak<Compiled>)>>,
 }
 
 impl VmState {
@@ -94,6 +101,23 @@ impl VmState {
     /// How many connections have recorded facts.
     pub fn open_conns(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// The configuration compiled in this VM from exactly `bytes`, if a root still holds it.
+    pub(crate) fn compiled_from(&self, bytes: &[u8]) -> Option<Rc<Compiled>> {
+        self.compiled
+            .borrow()
+            .iter()
+            .find(|(b, _)| b.as_slice() == bytes)
+            .and_then(|(_, c)| c.upgrade())
+    }
+
+    /// Offers `compiled`, made from `bytes`, to the other stages of this VM (forgetting the
+    /// configurations no root holds any more).
+    pub(crate) fn share_compiled(&self, bytes: &[u8], compiled: &Rc<Compiled>) {
+        let mut all = self.compiled.borrow_mut();
+        all.retain(|(b, c)| c.strong_count() > 0 && b.as_slice() != bytes);
+        all.push((bytes.to_vec(), Rc::downgrade(compiled)));
     }
 
     pub(crate) fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {

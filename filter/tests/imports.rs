@@ -11,6 +11,8 @@
 
 use std::path::PathBuf;
 
+use meshauthz_tools::wasm::{imports_exports, Import};
+
 /// proxy-wasm-cpp-host `FOR_ALL_HOST_FUNCTIONS` plus the ABI 0.2.1 specific ones
 /// (`continue_stream`, `close_stream`, `get_log_level`), registered under `env` as `proxy_<name>`.
 const PROXY_FUNCTIONS: &[&str] = &[
@@ -78,90 +80,6 @@ fn module_path() -> PathBuf {
         .join("target/wasm32-wasip1/release/meshauthz.wasm")
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> u8 {
-        let v = self.b[self.pos];
-        self.pos += 1;
-        v
-    }
-    fn leb(&mut self) -> u64 {
-        let (mut result, mut shift) = (0u64, 0);
-        loop {
-            let byte = self.byte();
-            result |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return result;
-            }
-            shift += 7;
-        }
-    }
-    fn name(&mut self) -> &'a str {
-        let len = self.leb() as usize;
-        let s = std::str::from_utf8(&self.b[self.pos..self.pos + len]).unwrap();
-        self.pos += len;
-        s
-    }
-    fn limits(&mut self) {
-        let flags = self.byte();
-        self.leb();
-        if flags & 1 != 0 {
-            self.leb();
-        }
-    }
-}
-
-/// (module, name, kind) of every import, and the names of every export.
-fn parse(wasm: &[u8]) -> (Vec<(String, String, u8)>, Vec<String>) {
-    assert_eq!(&wasm[0..4], b"\0asm", "not a wasm module");
-    let mut r = Reader { b: wasm, pos: 8 };
-    let (mut imports, mut exports) = (Vec::new(), Vec::new());
-    while r.pos < wasm.len() {
-        let id = r.byte();
-        let size = r.leb() as usize;
-        let end = r.pos + size;
-        match id {
-            2 => {
-                for _ in 0..r.leb() {
-                    let module = r.name().to_string();
-                    let name = r.name().to_string();
-                    let kind = r.byte();
-                    match kind {
-                        0 => {
-                            r.leb();
-                        }
-                        1 => {
-                            r.byte();
-                            r.limits();
-                        }
-                        2 => r.limits(),
-                        3 => {
-                            r.byte();
-                            r.byte();
-                        }
-                        _ => panic!("unknown import kind {kind}"),
-                    }
-                    imports.push((module, name, kind));
-                }
-            }
-            7 => {
-                for _ in 0..r.leb() {
-                    exports.push(r.name().to_string());
-                    r.byte();
-                    r.leb();
-                }
-            }
-            _ => {}
-        }
-        r.pos = end;
-    }
-    (imports, exports)
-}
-
 #[test]
 fn module_imports_only_what_envoy_provides() {
     let path = module_path();
@@ -178,7 +96,7 @@ fn module_imports_only_what_envoy_provides() {
         );
         return;
     };
-    let (imports, exports) = parse(&wasm);
+    let (imports, exports) = imports_exports(&wasm).expect("a well-formed wasm module");
     eprintln!(
         "module: {} bytes ({:.0} KiB), {} imports, {} exports",
         wasm.len(),
@@ -187,7 +105,7 @@ fn module_imports_only_what_envoy_provides() {
         exports.len()
     );
     let mut bad = Vec::new();
-    for (module, name, kind) in &imports {
+    for Import { module, name, kind } in &imports {
         let ok = *kind == 0
             && match module.as_str() {
                 "env" => name

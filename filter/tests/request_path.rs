@@ -92,10 +92,16 @@ impl FakeHost {
         *self.counts.borrow().get(&(id as u32)).unwrap_or(&0)
     }
     fn errors(&self) -> Vec<String> {
+        self.logged(Level::Error)
+    }
+    fn infos(&self) -> Vec<String> {
+        self.logged(Level::Info)
+    }
+    fn logged(&self, level: Level) -> Vec<String> {
         self.logs
             .borrow()
             .iter()
-            .filter(|(l, _)| *l == Level::Error)
+            .filter(|(l, _)| *l == level)
             .map(|(_, m)| m.clone())
             .collect()
     }
@@ -323,7 +329,7 @@ impl Setup {
         // Installed as a valid configuration would be.
         decide.install(
             host,
-            Compiled {
+            Rc::new(Compiled {
                 authz: Box::new(Scripted {
                     decision: self.decision,
                     default_mode: self.default_mode,
@@ -338,7 +344,7 @@ impl Setup {
                 enforce: self.enforce_mode,
                 warnings: Vec::new(),
                 labels: Default::default(),
-            },
+            }),
         );
         if self.enforce {
             enforce.configure(host, names::ROOT_HTTP_ENFORCE, None);
@@ -1151,12 +1157,7 @@ fn per_port_counters_are_bounded_then_other() {
 
 /// The warnings logged so far.
 fn warnings(host: &FakeHost) -> Vec<String> {
-    host.logs
-        .borrow()
-        .iter()
-        .filter(|(l, _)| *l == Level::Warn)
-        .map(|(_, m)| m.clone())
-        .collect()
+    host.logged(Level::Warn)
 }
 
 #[test]
@@ -2372,4 +2373,59 @@ fn without_the_san_companion_principal_policies_fail_closed() {
     );
     enforce.configure(&host, names::ROOT_HTTP_ENFORCE, None);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+}
+
+/// The stages of one VM get the same plugin configuration: the first compiles it, the others
+/// share that result (a listener with HTTP and TCP chains compiled it three times per VM), and
+/// a different configuration is compiled on its own.
+#[test]
+fn one_configuration_is_compiled_once_per_vm_and_shared_by_its_stages() {
+    let allow_bar = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "allow-bar", "namespace": "foo"},
+         "spec": {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+        "workload": {"namespace": "foo"}}"#;
+    let host = FakeHost::default().mtls(true);
+    let vm = Rc::new(VmState::default());
+    let http = Plugin::new(Rc::clone(&vm));
+    let net = Plugin::new(Rc::clone(&vm));
+    let other_chain = Plugin::new(Rc::clone(&vm));
+    assert!(http.configure(&host, names::ROOT_HTTP, Some(allow_bar)));
+    assert!(net.configure(&host, names::ROOT_NET, Some(allow_bar)));
+    assert!(other_chain.configure(&host, names::ROOT_HTTP, Some(allow_bar)));
+    let (Some(a), Some(b), Some(c)) = (http.compiled(), net.compiled(), other_chain.compiled())
+    else {
+        panic!("every stage has a configuration: {:?}", host.errors());
+    };
+    assert!(
+        Rc::ptr_eq(&a, &b) && Rc::ptr_eq(&a, &c),
+        "one compiled configuration"
+    );
+    let infos = host.infos();
+    assert_eq!(
+        infos
+            .iter()
+            .filter(|m| m.contains("compiled once in this VM, shared"))
+            .count(),
+        2,
+        "{infos:?}"
+    );
+
+    // Another configuration (one byte more) is compiled for itself; the others keep theirs.
+    let mut deny_all = allow_bar.to_vec();
+    deny_all.push(b' ');
+    assert!(other_chain.configure(&host, names::ROOT_HTTP, Some(&deny_all)));
+    let Some(d) = other_chain.compiled() else {
+        panic!("configured: {:?}", host.errors());
+    };
+    assert!(!Rc::ptr_eq(&a, &d));
+    assert!(http.compiled().is_some_and(|x| Rc::ptr_eq(&x, &a)));
+
+    // A refused configuration shares nothing and leaves the last good one in force.
+    assert!(net.configure(
+        &host,
+        names::ROOT_NET,
+        Some(br#"{"policies": [], "bogus": 1}"#)
+    ));
+    assert!(net.compiled().is_some_and(|x| Rc::ptr_eq(&x, &a)));
 }

@@ -1,7 +1,10 @@
 //! Assertions on what a caller saw, shared by the e2e tests. Each one panics (it is an assertion)
 //! with the whole [`Response`] in the message, and reports the caller's line (`#[track_caller]`).
 
+use std::time::Duration;
+
 use crate::client::{Response, CURL_EMPTY_REPLY, CURL_RECV_ERROR, CURL_SSL_CONNECT_ERROR};
+use crate::envoy::Envoy;
 
 /// The body Envoy's RBAC (and the module, like Istio) sends with a 403.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -64,4 +67,18 @@ pub fn assert_refused(r: &Response) -> &'static str {
         "expected 403 or a closed connection, got {r:#?}"
     );
     "connection closed"
+}
+
+/// Envoy's counter `name` reaches `n` within `timeout` (the module hands its counts to Envoy once
+/// per second) and is exactly `n`.
+///
+/// # Panics
+/// When the counter is not `n` after the wait, or Envoy's admin does not answer.
+#[track_caller]
+pub fn assert_stat(envoy: &Envoy, name: &str, n: u64, timeout: Duration) {
+    let got = envoy.wait_stat_at_least(name, n, timeout);
+    assert!(
+        matches!(got, Ok(v) if v == n),
+        "{name}: expected {n}, got {got:?}"
+    );
 }

@@ -81,45 +81,52 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// The Envoy binary: `$MESHAUTHZ_ENVOY`, else `.tools/envoy-1.40.0/envoy/_bin/envoy` (what `make envoy` installs).
-pub fn envoy_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("MESHAUTHZ_ENVOY") {
+/// `$VAR` when set and not empty, else `default` under the workspace root: where a built tool is.
+pub fn from_env_or(var: &str, default: &str) -> PathBuf {
+    match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join(".tools/envoy-1.40.0/envoy/_bin/envoy"),
-    };
+        _ => workspace_root().join(default),
+    }
+}
+
+/// [`from_env_or`], when that file exists; else an error saying where it was looked for and how
+/// to get it (`what not found at PATH (HOW, or set VAR)`).
+fn existing_file(var: &str, default: &str, what: &str, how: &str) -> Result<PathBuf> {
+    let path = from_env_or(var, default);
     if path.is_file() {
         Ok(path)
     } else {
         err(format!(
-            "Envoy not found at {} (run `make envoy`, or set MESHAUTHZ_ENVOY)",
+            "{what} not found at {} ({how}, or set {var})",
             path.display()
         ))
     }
 }
 
+/// The Envoy binary: `$MESHAUTHZ_ENVOY`, else `.tools/envoy-1.40.0/envoy/_bin/envoy` (what `make envoy` installs).
+pub fn envoy_binary() -> Result<PathBuf> {
+    existing_file(
+        "MESHAUTHZ_ENVOY",
+        ".tools/envoy-1.40.0/envoy/_bin/envoy",
+        "Envoy",
+        "run `make envoy`",
+    )
+}
+
 /// The built module: `$MESHAUTHZ_MODULE`, else `target/wasm32-wasip1/release/meshauthz.wasm` (what `make build` writes).
 pub fn module_path() -> Result<PathBuf> {
-    let path = match std::env::var_os("MESHAUTHZ_MODULE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join("target/wasm32-wasip1/release/meshauthz.wasm"),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        err(format!(
-            "module not found at {} (run `make build`, or set MESHAUTHZ_MODULE)",
-            path.display()
-        ))
-    }
+    existing_file(
+        "MESHAUTHZ_MODULE",
+        "target/wasm32-wasip1/release/meshauthz.wasm",
+        "module",
+        "run `make build`",
+    )
 }
 
 /// The `meshauthz` CLI: `$MESHAUTHZ_CLI`, else `target/debug/meshauthz` (`make sandbox-bin`,
 /// `cargo build -p meshauthz-cli`).
 pub fn default_cli() -> PathBuf {
-    match std::env::var_os("MESHAUTHZ_CLI") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join("target/debug/meshauthz"),
-    }
+    from_env_or("MESHAUTHZ_CLI", "target/debug/meshauthz")
 }
 
 /// A per-test scratch folder under `harness/.work/` (gitignored). Removed on drop when the test

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -16,7 +17,7 @@ use crate::app::{HttpEcho, TcpEcho};
 use crate::certs::{CertFiles, Pki};
 use crate::client::{Request, Transport};
 use crate::envoy::{free_port, render, template, Envoy};
-use crate::{module_path, policy, Error, Result, WorkDir};
+use crate::{default_cli, module_path, policy, Error, Result, WorkDir};
 
 /// The HTTP inbound template.
 pub const HTTP_TEMPLATE: &str = "server-http.yaml";
@@ -396,6 +397,44 @@ impl Sidecar {
     pub fn get(&self, path: &str, transport: Transport) -> Request {
         Request::get(self.port, path, transport)
     }
+
+    /// `meshauthz strict-readiness` (the CLI at [`default_cli`]) on this sidecar: its admin
+    /// endpoint, access log and inbound port, no minimum uptime. Its exit status and what it
+    /// printed (standard output, then standard error).
+    pub fn strict_readiness(&self) -> Result<(i32, String)> {
+        let cli = default_cli();
+        if !cli.exists() {
+            return Err(Error(format!(
+                "{} is missing: cargo build -p meshauthz-cli",
+                cli.display()
+            )));
+        }
+        let out = Command::new(&cli)
+            .args([
+                "strict-readiness",
+                "--admin",
+                &format!("http://127.0.0.1:{}", self.envoy.admin_port),
+                "--access-log",
+            ])
+            .arg(&self.access_log)
+            .args(["--port", &self.port.to_string(), "--min-uptime", "0"])
+            .stdin(Stdio::null())
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+}
+
+/// The module's counter of plaintext connections to `port` (a port number, or `other`) by
+/// `outcome` (`accepted`, `rejected`, `report_only`), as Envoy's `/stats` names it.
+pub fn plaintext_stat(port: impl std::fmt::Display, outcome: &str) -> String {
+    format!("wasmcustom.meshauthz.plaintext.{port}.{outcome}")
 }
 
 /// Remove, from a rendered Envoy YAML configuration, every list item `- name: <filter>` (with

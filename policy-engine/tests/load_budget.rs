@@ -27,7 +27,7 @@ static ALLOC: PeakAlloc = PeakAlloc;
 
 /// Bytes one compiled heavy policy may keep (measured: see BENCHMARKS.md "Loading"; the budget
 /// leaves about 20 % for changes that add a field).
-const BYTES_PER_HEAVY_POLICY: usize = 12_000;
+const BYTES_PER_HEAVY_POLICY: usize = 9_000;
 
 /// Bytes an engine with no applicable policy may keep (a few empty tables).
 const EMPTY_ENGINE: usize = 2_048;

@@ -22,8 +22,5 @@ use std::path::PathBuf;
 /// The `sandbox` binary, for the tests that run it (`e2e/tests/compose.rs`):
 /// `$MESHAUTHZ_SANDBOX`, else `target/debug/sandbox` (`make sandbox-bin`).
 pub fn sandbox_binary() -> PathBuf {
-    match std::env::var_os("MESHAUTHZ_SANDBOX") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => meshauthz_harness::workspace_root().join("target/debug/sandbox"),
-    }
+    meshauthz_harness::from_env_or("MESHAUTHZ_SANDBOX", "target/debug/sandbox")
 }

@@ -315,14 +315,47 @@ pub struct EnvoyPaths {
     pub client_key: String,
 }
 
-/// `server-http.yaml` rendered for the sandbox.
-pub fn render_server(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> Result<String> {
-    render_server_from(&template(HTTP_TEMPLATE)?, ports, paths, plugin)
+/// The ports one server sidecar template is rendered with.
+struct ServerPorts {
+    admin: u16,
+    inbound: u16,
+    app: u16,
 }
 
+impl ServerPorts {
+    /// The HTTP server sidecar's (`server-http.yaml`).
+    fn http(p: &Ports) -> ServerPorts {
+        ServerPorts {
+            admin: p.admin,
+            inbound: p.inbound,
+            app: p.app,
+        }
+    }
+
+    /// The TCP server sidecar's (`server-tcp.yaml`, a TCP echo behind it; the compose sandbox).
+    fn tcp(p: &Ports) -> ServerPorts {
+        ServerPorts {
+            admin: p.tcp_admin,
+            inbound: p.tcp_inbound,
+            app: p.tcp_app,
+        }
+    }
+}
+
+/// `server-http.yaml` rendered for the sandbox.
+pub fn render_server(ports: &Ports, paths: &EnvoyPaths, plugin: &Value) -> Result<String> {
+    render_server_from(
+        &template(HTTP_TEMPLATE)?,
+        &ServerPorts::http(ports),
+        paths,
+        plugin,
+    )
+}
+
+/// A server sidecar template (`text`) rendered with its ports, files and plugin configuration.
 fn render_server_from(
     text: &str,
-    ports: &Ports,
+    ports: &ServerPorts,
     paths: &EnvoyPaths,
     plugin: &Value,
 ) -> Result<String> {
@@ -332,27 +365,6 @@ fn render_server_from(
             ("ADMIN_PORT", ports.admin.to_string()),
             ("INBOUND_PORT", ports.inbound.to_string()),
             ("APP_PORT", ports.app.to_string()),
-            ("CERT_DIR", paths.cert_dir.clone()),
-            ("MODULE", paths.module.clone()),
-            ("PLUGIN_CONFIG_JSON", plugin_config_placeholder(plugin)?),
-            ("ACCESS_LOG", paths.access_log.clone()),
-        ]),
-    )
-}
-
-/// `server-tcp.yaml` rendered for the compose sandbox (TCP echo behind it).
-fn render_server_tcp_from(
-    text: &str,
-    ports: &Ports,
-    paths: &EnvoyPaths,
-    plugin: &Value,
-) -> Result<String> {
-    render(
-        text,
-        &BTreeMap::from([
-            ("ADMIN_PORT", ports.tcp_admin.to_string()),
-            ("INBOUND_PORT", ports.tcp_inbound.to_string()),
-            ("APP_PORT", ports.tcp_app.to_string()),
             ("CERT_DIR", paths.cert_dir.clone()),
             ("MODULE", paths.module.clone()),
             ("PLUGIN_CONFIG_JSON", plugin_config_placeholder(plugin)?),
@@ -921,26 +933,24 @@ pub fn for_containers(
 
 /// `server-http.yaml` rendered for the `server` container (upstream `echo:8090`).
 pub fn compose_server_http(plugin: &Value) -> Result<String> {
-    let text = for_containers(
-        &template(HTTP_TEMPLATE)?,
-        HTTP_TEMPLATE,
-        &["ADMIN_PORT", "INBOUND_PORT"],
-        "APP_PORT",
-        COMPOSE_APP_HOST,
-    )?;
-    render_server_from(&text, &Ports::default(), &compose_paths(), plugin)
+    compose_server(HTTP_TEMPLATE, ServerPorts::http, plugin)
 }
 
 /// `server-tcp.yaml` rendered for the `server-tcp` container (upstream `echo:9090`).
 pub fn compose_server_tcp(plugin: &Value) -> Result<String> {
+    compose_server(TCP_TEMPLATE, ServerPorts::tcp, plugin)
+}
+
+/// The server template `name` rendered for its container, on the default ports `ports` picks.
+fn compose_server(name: &str, ports: fn(&Ports) -> ServerPorts, plugin: &Value) -> Result<String> {
     let text = for_containers(
-        &template(TCP_TEMPLATE)?,
-        TCP_TEMPLATE,
+        &template(name)?,
+        name,
         &["ADMIN_PORT", "INBOUND_PORT"],
         "APP_PORT",
         COMPOSE_APP_HOST,
     )?;
-    render_server_tcp_from(&text, &Ports::default(), &compose_paths(), plugin)
+    render_server_from(&text, &ports(&Ports::default()), &compose_paths(), plugin)
 }
 
 /// `client-sidecar.yaml` rendered for the `client` container (upstream `server:8080`).

@@ -4,6 +4,8 @@
 //! upstream data chunk, per filter: a VM entry that only runs the SDK's default. Without the
 //! export, Envoy skips the call.
 
+use crate::wasm::{leb, name, sections};
+
 /// The exports Envoy needs: memory, the entry point, the ABI marker, the allocator, and the
 /// callbacks meshauthz implements (`proxy_on_tick` flushes the counters), plus context creation
 /// and deletion (deletion also forgets a connection's recorded facts). `proxy_on_done` is not
@@ -24,20 +26,7 @@ pub const KEEP: &[&str] = &[
     "proxy_on_delete",
 ];
 
-fn leb(b: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn put_leb(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn put_leb(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let low = u8::try_from(v & 0x7f).unwrap_or(0);
         v >>= 7;
@@ -58,16 +47,14 @@ fn filter_exports(body: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
     let mut dropped = Vec::new();
     for _ in 0..n {
         let start = pos;
-        let len = usize::try_from(leb(body, &mut pos)?).ok()?;
-        let name = std::str::from_utf8(body.get(pos..pos.checked_add(len)?)?).ok()?;
-        pos += len;
+        let name = name(body, &mut pos)?;
         pos += 1; // kind
         leb(body, &mut pos)?; // index
-        if KEEP.contains(&name) {
+        if KEEP.contains(&name.as_str()) {
             kept.extend_from_slice(body.get(start..pos)?);
             count += 1;
         } else {
-            dropped.push(name.to_string());
+            dropped.push(name);
         }
     }
     let mut out = Vec::new();
@@ -79,30 +66,47 @@ fn filter_exports(body: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
 /// The module with only [`KEEP`] exported, and the names dropped; `None` if `wasm` is not a
 /// well-formed module.
 pub fn rewrite(wasm: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {
-    if wasm.get(0..4)? != b"\0asm" {
-        return None;
-    }
+    let sections = sections(wasm)?;
     let mut out = wasm.get(0..8)?.to_vec();
-    let mut pos = 8;
     let mut dropped = Vec::new();
-    while pos < wasm.len() {
-        let id = *wasm.get(pos)?;
-        let mut p = pos + 1;
-        let size = usize::try_from(leb(wasm, &mut p)?).ok()?;
-        let end = p.checked_add(size)?;
-        let body = wasm.get(p..end)?;
-        if id == 7 {
-            let (new_body, d) = filter_exports(body)?;
+    for s in sections {
+        if s.id == 7 {
+            let (new_body, d) = filter_exports(wasm.get(s.body)?)?;
             dropped = d;
             out.push(7);
             put_leb(u64::try_from(new_body.len()).ok()?, &mut out);
             out.extend(new_body);
         } else {
+            out.extend_from_slice(wasm.get(s.start..s.body.end)?);
+        }
+    }
+    Some((out, dropped))
+}
+
+/// The module with the contents of section `id` replaced by `contents`; `None` if `wasm` is not a
+/// well-formed module.
+pub(crate) fn replace_section(wasm: &[u8], id: u8, contents: &[u8]) -> Option<Vec<u8>> {
+    if wasm.get(0..4)? != b"\0asm" {
+        return None;
+    }
+    let mut out = wasm.get(0..8)?.to_vec();
+    let mut pos = 8;
+    while pos < wasm.len() {
+        let this = *wasm.get(pos)?;
+        let mut p = pos + 1;
+        let size = usize::try_from(leb(wasm, &mut p)?).ok()?;
+        let end = p.checked_add(size)?;
+        wasm.get(p..end)?;
+        if this == id {
+            out.push(id);
+            put_leb(u64::try_from(contents.len()).ok()?, &mut out);
+            out.extend_from_slice(contents);
+        } else {
             out.extend_from_slice(wasm.get(pos..end)?);
         }
         pos = end;
     }
-    Some((out, dropped))
+    Some(out)
 }
 
 #[cfg(test)]

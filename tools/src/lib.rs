@@ -3,5 +3,9 @@
 //!
 //! - [`exports`]: removes the proxy-wasm callback exports the module does not implement
 //!   (the `meshauthz-strip-exports` binary).
+//! - [`dead_code`]: empties the functions nothing can call any more (the same binary, after).
+//! - [`wasm`]: the module's sections, imports and exports (that tool's reader, and the tests').
 
+pub mod dead_code;
 pub mod exports;
+pub mod wasm;

@@ -32,6 +32,21 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `shared/<what>` (Istio's test data, its CRD schemas) when `present` says it is there: under
+/// `$MESHAUTHZ_SHARED_DIR` when set (and only there), else in the first `shared/` beside an
+/// ancestor of the repository. `None` on a bare clone.
+pub fn shared(what: &str, present: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("MESHAUTHZ_SHARED_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => root()
+            .ancestors()
+            .skip(1)
+            .map(|a| a.join("shared"))
+            .collect(),
+    };
+    candidates.iter().map(|d| d.join(what)).find(|d| present(d))
+}
+
 /// `meshauthz ARGS` in the test's working directory, with nothing on standard input.
 pub fn run(args: &[&str]) -> Out {
     run_with(args, None, None)

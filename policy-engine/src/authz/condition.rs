@@ -153,10 +153,10 @@ const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
 
 impl Claim {
     fn compile(path: &[&str], v: &str) -> Result<Vec<Matcher>, InvalidValue> {
-        Ok(vec![Matcher::Claim(Claim {
+        Ok(vec![Matcher::Claim(Box::new(Claim {
             path: path.iter().map(|&k| k.into()).collect(),
             value: StrMatch::istio(v),
-        })])
+        }))])
     }
 }
 
@@ -205,11 +205,11 @@ pub(crate) struct Header {
 
 impl Header {
     fn compile(name: &str, v: &str, strict_both: bool) -> Result<Vec<Matcher>, InvalidValue> {
-        Ok(vec![Matcher::Header(Header {
+        Ok(vec![Matcher::Header(Box::new(Header {
             name: name.into(),
             value: StrMatch::header(v),
             strict_both,
-        })])
+        }))])
     }
 
     /// The stricter reading: the one that makes the rule match less for an ALLOW and more for a
@@ -262,12 +262,12 @@ pub(crate) struct Metadata {
 
 impl Metadata {
     fn compile(filter: &str, key: &str, v: &str) -> Result<Vec<Matcher>, InvalidValue> {
-        Ok(vec![Matcher::Metadata(Metadata {
+        Ok(vec![Matcher::Metadata(Box::new(Metadata {
             filter: filter.into(),
             key: key.into(),
             value: StrMatch::istio(v.trim_matches(|c| c == '[' || c == ']')),
             list: v.starts_with('[') && v.ends_with(']'),
-        })])
+        }))])
     }
 }
 

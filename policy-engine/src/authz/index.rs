@@ -180,23 +180,19 @@ impl RuleSet {
         set
     }
 
-    /// The index lives as long as the configuration: no spare capacity in its lists.
+    /// The index lives as long as the configuration: no spare capacity in its lists (the hash
+    /// tables are left as they are: shrinking them costs module size for little).
     fn shrink(&mut self) {
-        for map in [&mut self.by_principal, &mut self.by_namespace] {
-            map.values_mut().for_each(Vec::shrink_to_fit);
-            map.shrink_to_fit();
-        }
-        for affixes in [
-            &mut self.by_principal_prefix,
-            &mut self.by_principal_suffix,
-            &mut self.by_namespace_prefix,
-        ] {
-            affixes.by_affix.values_mut().for_each(Vec::shrink_to_fit);
-            affixes.by_affix.shrink_to_fit();
-        }
-        self.by_port.values_mut().for_each(Vec::shrink_to_fit);
-        self.by_port.shrink_to_fit();
-        self.always.shrink_to_fit();
+        let lists = self
+            .by_principal
+            .values_mut()
+            .chain(self.by_namespace.values_mut())
+            .chain(self.by_principal_prefix.by_affix.values_mut())
+            .chain(self.by_principal_suffix.by_affix.values_mut())
+            .chain(self.by_namespace_prefix.by_affix.values_mut())
+            .chain(self.by_port.values_mut())
+            .chain(std::iter::once(&mut self.always));
+        lists.for_each(Vec::shrink_to_fit);
     }
 
     fn file(&mut self, key: SourceKey<'_>, pos: u32) {

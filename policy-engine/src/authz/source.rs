@@ -126,7 +126,9 @@ pub(crate) struct RequestPrincipal {
 
 impl RequestPrincipal {
     pub(crate) fn compile(v: &str) -> Result<Vec<Matcher>, InvalidValue> {
-        Ok(vec![Matcher::RequestPrincipal(RequestPrincipal::parse(v))])
+        Ok(vec![Matcher::RequestPrincipal(Box::new(
+            RequestPrincipal::parse(v),
+        ))])
     }
 
     /// Split at the LAST `/`, since the issuer may be a URL (Istio `requestPrincipalGenerator`).

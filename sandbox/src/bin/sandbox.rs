@@ -369,6 +369,7 @@ fn applied_report(a: &Applied) -> String {
 
 // ---- the story ---------------------------------------------------------------------------------
 
+#[derive(Default)]
 struct Story {
     step: usize,
     passed: usize,
@@ -400,6 +401,20 @@ impl Story {
             println!("    FAIL  {claim}");
         }
         ok
+    }
+
+    /// The totals and every failed check; whether all checks passed.
+    fn summary(&self) -> bool {
+        println!(
+            "\n==== {} steps, {} checks passed, {} failed ====",
+            self.step,
+            self.passed,
+            self.failed.len()
+        );
+        for f in &self.failed {
+            println!("FAILED {f}");
+        }
+        self.failed.is_empty()
     }
 }
 
@@ -480,20 +495,120 @@ fn is_true(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::Bool(true))) || v.and_then(Value::as_str) == Some("true")
 }
 
-/// Step 2's check, shared by both stories: the legacy (plaintext) call's access-log line is
-/// marked audited by the AUDIT policy (`access_log_hint`).
-fn check_audited_legacy(s: &mut Story, entry: Option<(String, Value)>) {
+/// The access-log line found for `request` (`GET /path`), shown; when there is none, a failed
+/// check saying so.
+fn logged(s: &mut Story, entry: Option<(String, Value)>, request: &str) -> Option<Value> {
     match entry {
         Some((line, v)) => {
             s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "chain") == "plaintext" && is_true(v.get("audit")),
-                "its access-log line says chain plaintext, audit true (access_log_hint, set by the AUDIT policy)",
-            );
+            Some(v)
         }
         None => {
-            s.check(false, "an access-log line for GET /legacy");
+            s.check(false, &format!("an access-log line for {request}"));
+            None
         }
+    }
+}
+
+/// The `x-forwarded-client-cert` the echo application says it received.
+fn xfcc(c: &Curl) -> String {
+    serde_json::from_str::<Value>(&c.body)
+        .ok()
+        .and_then(|v| {
+            v.get("headers")
+                .and_then(|h| h.get("x-forwarded-client-cert"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// A call that must be served: what the caller saw, and a 200.
+fn check_served(s: &mut Story, c: &Curl, claim: &str) {
+    s.saw(&describe(c));
+    s.check(c.exit == 0 && c.status == 200, claim);
+}
+
+/// A call that must be denied as Istio denies: what the caller saw, and the 403.
+fn check_denied(s: &mut Story, c: &Curl, claim: &str) {
+    s.saw(&format!("{}: {}", describe(c), c.body));
+    s.check(deny_status(c), claim);
+}
+
+/// Step 1's checks, shared by both stories: the in-mesh call `c` is served, the application sees
+/// the caller's identity, and the call's access-log line shows mTLS and that peer, not audited.
+fn check_in_mesh(s: &mut Story, c: &Curl, client_id: &str, entry: Option<(String, Value)>) {
+    let x = xfcc(c);
+    s.saw(&format!("the application saw x-forwarded-client-cert: {x}"));
+    s.check(
+        c.exit == 0 && c.status == 200,
+        "the in-mesh call succeeds (200)",
+    );
+    s.check(
+        x.contains(&format!("URI={client_id}")),
+        &format!("the application sees the caller's identity URI={client_id}"),
+    );
+    if let Some(v) = logged(s, entry, "GET /hello") {
+        s.check(
+            field(&v, "chain") == "mtls" && field(&v, "peer") == client_id,
+            "the access log shows the mtls chain and the peer's SPIFFE identity",
+        );
+        s.check(
+            !is_true(v.get("audit")),
+            "not audited: the caller is in istioinaction (\"audit\" is not true)",
+        );
+    }
+}
+
+/// Step 2's check, shared by both stories: the legacy (plaintext) call's access-log line is
+/// marked audited by the AUDIT policy (`access_log_hint`).
+fn check_audited_legacy(s: &mut Story, entry: Option<(String, Value)>) {
+    if let Some(v) = logged(s, entry, "GET /legacy") {
+        s.check(
+            field(&v, "chain") == "plaintext" && is_true(v.get("audit")),
+            "its access-log line says chain plaintext, audit true (access_log_hint, set by the AUDIT policy)",
+        );
+    }
+}
+
+/// Step 3's closing, shared by both stories: the access-log lines marked audited are the callers
+/// outside istioinaction.
+fn check_audited_lines(s: &mut Story, audited: &[String], client_id: &str) {
+    s.saw(&audited.join("\n"));
+    s.check(
+        !audited.is_empty() && audited.iter().all(|l| !l.contains(client_id)),
+        "the audited lines are the callers outside istioinaction, never the in-mesh client",
+    );
+}
+
+/// After STRICT, shared by both stories: the plaintext counters of the server sidecar (admin
+/// port `admin`) count the reset.
+fn check_plaintext_rejected(s: &mut Story, admin: u16) -> Result<()> {
+    let stats = meshauthz_stats(s, admin)?;
+    s.saw(
+        &stats
+            .iter()
+            .filter(|(k, _)| k.contains(".plaintext."))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let rejected = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".rejected");
+    s.check(
+        rejected >= 1,
+        &format!("the plaintext counter counts the reset ({rejected} rejected)"),
+    );
+    Ok(())
+}
+
+/// The DENY step's closing, shared by both stories: the access-log line of the denied
+/// `GET /admin` names the policy.
+fn check_admin_denial_logged(s: &mut Story, entry: Option<(String, Value)>) {
+    if let Some(v) = logged(s, entry, "GET /admin") {
+        s.check(
+            field(&v, "decision").starts_with("deny ns[foo]-policy[deny-admin]"),
+            "the access log names the policy that denied it",
+        );
     }
 }
 
@@ -565,11 +680,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
     let p = state.ports;
     let log = sb.access_log();
     let client_id = format!("spiffe://cluster.local/ns/{CLIENT_NS}/sa/{CLIENT_SA}");
-    let mut s = Story {
-        step: 0,
-        passed: 0,
-        failed: Vec::new(),
-    };
+    let mut s = Story::default();
     println!("\n==== meshauthz sandbox: an mTLS migration, step by step ====");
     println!("  echo application      127.0.0.1:{}", p.app);
     println!(
@@ -602,50 +713,20 @@ fn demo(sb: &Sandbox) -> Result<bool> {
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/hello", p.client)])?;
     s.saw(&describe(&c));
-    let xfcc = serde_json::from_str::<Value>(&c.body)
-        .ok()
-        .and_then(|v| {
-            v.get("headers")
-                .and_then(|h| h.get("x-forwarded-client-cert"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    s.saw(&format!(
-        "the application saw x-forwarded-client-cert: {xfcc}"
-    ));
-    s.check(
-        c.exit == 0 && c.status == 200,
-        "the in-mesh call succeeds (200)",
+    check_in_mesh(
+        &mut s,
+        &c,
+        &client_id,
+        log_entry(&log, mark, "GET", "/hello"),
     );
-    s.check(
-        xfcc.contains(&format!("URI={client_id}")),
-        &format!("the application sees the caller's identity URI={client_id}"),
-    );
-    match log_entry(&log, mark, "GET", "/hello") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "chain") == "mtls" && field(&v, "peer") == client_id,
-                "the access log shows the mtls chain and the peer's SPIFFE identity",
-            );
-            s.check(
-                !is_true(v.get("audit")),
-                "not audited: the caller is in istioinaction (\"audit\" is not true)",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /hello");
-        }
-    }
 
     // 2. Legacy plaintext call.
     s.step("Legacy call: a plaintext client outside the mesh -> server sidecar (PERMISSIVE)");
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/legacy", p.inbound)])?;
-    s.saw(&describe(&c));
-    s.check(
-        c.exit == 0 && c.status == 200,
+    check_served(
+        &mut s,
+        &c,
         "the plaintext call to the PERMISSIVE port succeeds (200)",
     );
     check_audited_legacy(&mut s, log_entry(&log, mark, "GET", "/legacy"));
@@ -673,11 +754,7 @@ fn demo(sb: &Sandbox) -> Result<bool> {
                 .is_some_and(|v| is_true(v.get("audit")))
         })
         .collect();
-    s.saw(&audited.join("\n"));
-    s.check(
-        !audited.is_empty() && audited.iter().all(|l| !l.contains(&client_id)),
-        "the audited lines are the callers outside istioinaction, never the in-mesh client",
-    );
+    check_audited_lines(&mut s, &audited, &client_id);
 
     // 4. Report-only STRICT, by a live update.
     report_only_steps(sb, &mut s, p.inbound, p.admin)?;
@@ -703,33 +780,16 @@ fn demo(sb: &Sandbox) -> Result<bool> {
         "the legacy plaintext call is reset (curl exit 56, Connection reset by peer)",
     );
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/hello", p.client)])?;
-    s.saw(&describe(&c));
-    s.check(
-        c.exit == 0 && c.status == 200,
-        "the in-mesh call still succeeds (200)",
-    );
-    let stats = meshauthz_stats(&s, p.admin)?;
-    s.saw(
-        &stats
-            .iter()
-            .filter(|(k, _)| k.contains(".plaintext."))
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    let rejected = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".rejected");
-    s.check(
-        rejected >= 1,
-        &format!("the plaintext counter counts the reset ({rejected} rejected)"),
-    );
+    check_served(&mut s, &c, "the in-mesh call still succeeds (200)");
+    check_plaintext_rejected(&mut s, p.admin)?;
 
     // 7. DENY.
     s.step("A DENY rule: nobody reaches /admin on port 8080, whatever the path tricks");
     let mark = access_log::lines(&log).len();
     let c = curl(&s, &[&format!("http://127.0.0.1:{}/admin", p.client)])?;
-    s.saw(&format!("{}: {}", describe(&c), c.body));
-    s.check(
-        c.status == 403 && c.body == "RBAC: access denied",
+    check_denied(
+        &mut s,
+        &c,
         "GET /admin via the client sidecar: 403 RBAC: access denied",
     );
     let c = curl(
@@ -739,36 +799,12 @@ fn demo(sb: &Sandbox) -> Result<bool> {
             &format!("http://127.0.0.1:{}/x/%2e%2e/admin", p.client),
         ],
     )?;
-    s.saw(&format!("{}: {}", describe(&c), c.body));
-    s.check(
-        c.status == 403 && c.body == "RBAC: access denied",
-        "GET /x/%2e%2e/admin: 403 RBAC: access denied",
-    );
-    match log_entry(&log, mark, "GET", "/admin") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "decision").starts_with("deny ns[foo]-policy[deny-admin]"),
-                "the access log names the policy that denied it",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /admin");
-        }
-    }
+    check_denied(&mut s, &c, "GET /x/%2e%2e/admin: 403 RBAC: access denied");
+    check_admin_denial_logged(&mut s, log_entry(&log, mark, "GET", "/admin"));
 
     live_steps(sb, &mut s, p.client)?;
 
-    println!(
-        "\n==== {} steps, {} checks passed, {} failed ====",
-        s.step,
-        s.passed,
-        s.failed.len()
-    );
-    for f in &s.failed {
-        println!("FAILED {f}");
-    }
-    if !s.failed.is_empty() {
+    if !s.summary() {
         println!(
             "logs: {}, {}, {}",
             shown(&sb.log("server")),
@@ -794,9 +830,9 @@ fn report_only_steps(sb: &Sandbox, s: &mut Story, inbound: u16, admin: u16) -> R
     let server_log = sb.log("server");
     let log_from = std::fs::metadata(&server_log).map(|m| m.len()).unwrap_or(0);
     let c = curl(s, &[&format!("http://127.0.0.1:{inbound}/legacy")])?;
-    s.saw(&describe(&c));
-    s.check(
-        c.exit == 0 && c.status == 200,
+    check_served(
+        s,
+        &c,
         "the legacy plaintext call is still served (200): STRICT is report-only",
     );
     let stats = meshauthz_stats(s, admin)?;
@@ -927,11 +963,7 @@ fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
 
     s.step("A new policy, live: DENY /debug (envoy-config/sandbox/policies/40-deny-debug.yaml) reaches the running server sidecar");
     let c = curl(s, &[&debug_url])?;
-    s.saw(&describe(&c));
-    s.check(
-        c.exit == 0 && c.status == 200,
-        "before the update, GET /debug is served (200)",
-    );
+    check_served(s, &c, "before the update, GET /debug is served (200)");
     s.run(&format!(
         "make sandbox-apply POLICIES=\"{} {LIVE_POLICY}\"",
         shown(&sb.policies)
@@ -944,29 +976,19 @@ fn live_steps(sb: &Sandbox, s: &mut Story, client: u16) -> Result<()> {
     check_live(s, &applied);
     let mark = access_log::lines(&log).len();
     let c = curl(s, &[&debug_url])?;
-    s.saw(&format!("{}: {}", describe(&c), c.body));
-    s.check(
-        deny_status(&c),
+    check_denied(
+        s,
+        &c,
         "after the update, GET /debug: 403 RBAC: access denied",
     );
-    match log_entry(&log, mark, "GET", "/debug") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "decision").starts_with("deny ns[foo]-policy[deny-debug]"),
-                "the access log names the new policy (deny-debug)",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /debug");
-        }
+    if let Some(v) = logged(s, log_entry(&log, mark, "GET", "/debug"), "GET /debug") {
+        s.check(
+            field(&v, "decision").starts_with("deny ns[foo]-policy[deny-debug]"),
+            "the access log names the new policy (deny-debug)",
+        );
     }
     let c = curl(s, &[&hello_url])?;
-    s.saw(&describe(&c));
-    s.check(
-        c.exit == 0 && c.status == 200,
-        "GET /hello is still served (200)",
-    );
+    check_served(s, &c, "GET /hello is still served (200)");
 
     s.step("An invalid set is refused; the last good set stays in force");
     s.run(&format!(

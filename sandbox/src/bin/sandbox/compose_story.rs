@@ -15,7 +15,9 @@ use meshauthz_sandbox::mesh::{
 };
 use serde_json::Value;
 
-use super::{describe, field, is_true, meshauthz_stats, quote, sum_stats, Curl, Story};
+use super::{
+    check_denied, check_served, describe, field, is_true, logged, quote, sum_stats, Curl, Story,
+};
 use meshauthz_harness::client::CURL_RECV_ERROR;
 
 /// `sandbox compose` flags.
@@ -315,20 +317,7 @@ fn restart_servers(project: &Project, o: &Options) -> Result<()> {
     let start = Instant::now();
     let mut first = None;
     loop {
-        let out = project.exec(
-            "sleep",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://client:8000/ready-probe",
-            ],
-        )?;
+        let out = http_code(project, "sleep", "http://client:8000/ready-probe")?;
         let code = out.stdout.trim().to_string();
         if code == "200" {
             if let Some(f) = first {
@@ -348,6 +337,24 @@ fn restart_servers(project: &Project, o: &Options) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// `curl` in the container `service` to `url`, 3 s at most: standard output is the HTTP status.
+fn http_code(project: &Project, service: &str, url: &str) -> Result<Output> {
+    project.exec(
+        service,
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ],
+    )
 }
 
 fn wait_all_ready(project: &Project, o: &Options) -> Result<()> {
@@ -377,20 +384,7 @@ fn up_and_play(project: &mut Project, o: &Options, cli: &Path, generated: &Path)
     // The application answers on the compose network (and the callers' image resolves names).
     let deadline = Instant::now() + READY;
     loop {
-        let out = project.exec(
-            "legacy",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "3",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://echo:8090/",
-            ],
-        )?;
+        let out = http_code(project, "legacy", "http://echo:8090/")?;
         if out.stdout.trim() == "200" {
             break;
         }
@@ -503,18 +497,6 @@ fn shown_reply(c: &Curl) -> String {
     }
 }
 
-fn xfcc(c: &Curl) -> String {
-    serde_json::from_str::<Value>(&c.body)
-        .ok()
-        .and_then(|v| {
-            v.get("headers")
-                .and_then(|h| h.get("x-forwarded-client-cert"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
-}
-
 #[expect(
     clippy::too_many_arguments,
     reason = "the story reads each of these once; a struct would only rename them"
@@ -531,11 +513,7 @@ fn story(
 ) -> Result<bool> {
     let c = project.engine.compose_name();
     let client_id = format!("spiffe://cluster.local/ns/{CLIENT_NS}/sa/{CLIENT_SA}");
-    let mut s = Story {
-        step: 0,
-        passed: 0,
-        failed: Vec::new(),
-    };
+    let mut s = Story::default();
     println!("\n==== meshauthz compose sandbox: an mTLS migration, step by step ====");
     println!(
         "  echo        the application (Envoy: JSON echo of the request on 8090, TCP echo on 9090)"
@@ -555,40 +533,20 @@ fn story(
     let mark = access_lines(project).len();
     let r = exec_curl(&s, project, "sleep", &["http://client:8000/hello"])?;
     s.saw(&shown_reply(&r));
-    let x = xfcc(&r);
-    s.saw(&format!("the application saw x-forwarded-client-cert: {x}"));
-    s.check(
-        r.exit == 0 && r.status == 200,
-        "the in-mesh call succeeds (200)",
+    super::check_in_mesh(
+        &mut s,
+        &r,
+        &client_id,
+        log_entry(project, mark, "GET", "/hello"),
     );
-    s.check(
-        x.contains(&format!("URI={client_id}")),
-        &format!("the application sees the caller's identity URI={client_id}"),
-    );
-    match log_entry(project, mark, "GET", "/hello") {
-        Some((line, v)) => {
-            s.saw(&format!("access log ({c} logs server): {line}"));
-            s.check(
-                field(&v, "chain") == "mtls" && field(&v, "peer") == client_id,
-                "the access log shows the mtls chain and the peer's SPIFFE identity",
-            );
-            s.check(
-                !is_true(v.get("audit")),
-                "not audited: the caller is in istioinaction",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /hello");
-        }
-    }
 
     // 2. Legacy plaintext call.
     s.step("Legacy call: a plaintext container outside the mesh -> server sidecar (PERMISSIVE)");
     let mark = access_lines(project).len();
     let r = exec_curl(&s, project, "legacy", &["http://server:8080/legacy"])?;
-    s.saw(&describe(&r));
-    s.check(
-        r.exit == 0 && r.status == 200,
+    check_served(
+        &mut s,
+        &r,
         "the plaintext call to the PERMISSIVE port succeeds (200)",
     );
     super::check_audited_legacy(&mut s, log_entry(project, mark, "GET", "/legacy"));
@@ -608,11 +566,7 @@ fn story(
         .filter(|(_, v)| is_true(v.get("audit")))
         .map(|(l, _)| l)
         .collect();
-    s.saw(&audited.join("\n"));
-    s.check(
-        !audited.is_empty() && audited.iter().all(|l| !l.contains(&client_id)),
-        "the audited lines are the callers outside istioinaction, never the in-mesh client",
-    );
+    super::check_audited_lines(&mut s, &audited, &client_id);
 
     // 4. Source addresses.
     s.step(
@@ -624,28 +578,23 @@ fn story(
     ));
     let mark = access_lines(project).len();
     let r = exec_curl(&s, project, "outsider", &["http://server:8080/legacy"])?;
-    s.saw(&format!("{}: {}", describe(&r), r.body));
-    s.check(
-        r.status == 403 && r.body == "RBAC: access denied",
+    check_denied(
+        &mut s,
+        &r,
         &format!("the outsider ({outsider_addr}) gets 403 RBAC: access denied"),
     );
-    match log_entry(project, mark, "GET", "/legacy") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                v.get("code").and_then(Value::as_u64) == Some(403)
-                    && field(&v, "decision").starts_with("deny"),
-                "its access-log line records the denial (code 403, decision deny)",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for the outsider's GET /legacy");
-        }
+    let entry = log_entry(project, mark, "GET", "/legacy");
+    if let Some(v) = logged(&mut s, entry, "the outsider's GET /legacy") {
+        s.check(
+            v.get("code").and_then(Value::as_u64) == Some(403)
+                && field(&v, "decision").starts_with("deny"),
+            "its access-log line records the denial (code 403, decision deny)",
+        );
     }
     let r = exec_curl(&s, project, "legacy", &["http://server:8080/legacy"])?;
-    s.saw(&describe(&r));
-    s.check(
-        r.exit == 0 && r.status == 200,
+    check_served(
+        &mut s,
+        &r,
         &format!("the legacy caller ({legacy_addr}) is still allowed (200)"),
     );
 
@@ -670,33 +619,16 @@ fn story(
         "the legacy plaintext call is reset (curl exit 56, Connection reset by peer)",
     );
     let r = exec_curl(&s, project, "sleep", &["http://client:8000/hello"])?;
-    s.saw(&describe(&r));
-    s.check(
-        r.exit == 0 && r.status == 200,
-        "the in-mesh call still succeeds (200)",
-    );
-    let stats = meshauthz_stats(&s, o.server_admin)?;
-    s.saw(
-        &stats
-            .iter()
-            .filter(|(k, _)| k.contains(".plaintext."))
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
-    let rejected = sum_stats(&stats, "wasmcustom.meshauthz.plaintext.", ".rejected");
-    s.check(
-        rejected >= 1,
-        &format!("the plaintext counter counts the reset ({rejected} rejected)"),
-    );
+    check_served(&mut s, &r, "the in-mesh call still succeeds (200)");
+    super::check_plaintext_rejected(&mut s, o.server_admin)?;
 
     // 6. DENY.
     s.step("A DENY rule: nobody reaches /admin on port 8080, whatever the path tricks");
     let mark = access_lines(project).len();
     let r = exec_curl(&s, project, "sleep", &["http://client:8000/admin"])?;
-    s.saw(&format!("{}: {}", describe(&r), r.body));
-    s.check(
-        r.status == 403 && r.body == "RBAC: access denied",
+    check_denied(
+        &mut s,
+        &r,
         "GET /admin via the client sidecar: 403 RBAC: access denied",
     );
     let r = exec_curl(
@@ -705,34 +637,10 @@ fn story(
         "sleep",
         &["--path-as-is", "http://client:8000/x/%2e%2e/admin"],
     )?;
-    s.saw(&format!("{}: {}", describe(&r), r.body));
-    s.check(
-        r.status == 403 && r.body == "RBAC: access denied",
-        "GET /x/%2e%2e/admin: 403 RBAC: access denied",
-    );
-    match log_entry(project, mark, "GET", "/admin") {
-        Some((line, v)) => {
-            s.saw(&format!("access log: {line}"));
-            s.check(
-                field(&v, "decision").starts_with("deny ns[foo]-policy[deny-admin]"),
-                "the access log names the policy that denied it",
-            );
-        }
-        None => {
-            s.check(false, "an access-log line for GET /admin");
-        }
-    }
+    check_denied(&mut s, &r, "GET /x/%2e%2e/admin: 403 RBAC: access denied");
+    super::check_admin_denial_logged(&mut s, log_entry(project, mark, "GET", "/admin"));
 
-    println!(
-        "\n==== {} steps, {} checks passed, {} failed ====",
-        s.step,
-        s.passed,
-        s.failed.len()
-    );
-    for f in &s.failed {
-        println!("FAILED {f}");
-    }
-    if !s.failed.is_empty() {
+    if !s.summary() {
         for service in ["server", "client"] {
             println!(
                 "--- {service} (last lines) ---\n{}",

@@ -52,6 +52,12 @@ impl Plugin {
         *self.compiled.borrow_mut() = Some(compiled);
     }
 
+    /// Puts a valid configuration in force and keeps it as this filter's last good one.
+    fn accept(&self, host: &dyn Host, root_id: &str, compiled: Rc<Compiled>) {
+        self.vm.remember(&last_good_key(host, root_id), &compiled);
+        self.install(host, compiled);
+    }
+
     /// Counts one of `which` (see [`Metrics::add`]).
     pub(crate) fn count(&self, which: impl FnOnce(&Metrics) -> Option<u32>) {
         let m = self.metrics.borrow();
@@ -173,10 +179,7 @@ impl Plugin {
                             "{root_id}: configuration accepted (compiled once in this VM, shared)"
                         ),
                     );
-                    self.install(host, shared);
-                    if let Some(c) = self.compiled() {
-                        self.vm.remember(&last_good_key(host, root_id), &c);
-                    }
+                    self.accept(host, root_id, shared);
                     return true;
                 }
                 let result = config::parse(bytes).and_then(|cfg| {
@@ -199,10 +202,7 @@ impl Plugin {
                         );
                         let compiled = Rc::new(compiled);
                         self.vm.share_compiled(bytes, &compiled);
-                        self.install(host, compiled);
-                        if let Some(c) = self.compiled() {
-                            self.vm.remember(&last_good_key(host, root_id), &c);
-                        }
+                        self.accept(host, root_id, compiled);
                     }
                     Err(errors) => {
                         for e in &errors {

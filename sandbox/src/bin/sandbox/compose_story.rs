@@ -425,9 +425,8 @@ fn up_and_play(project: &mut Project, o: &Options, cli: &Path, generated: &Path)
         cli,
         &compose_policy_files(Mode::Permissive, &extra)?,
     )?;
-    project.restart("server")?;
-    project.restart("server-tcp")?;
-    wait_all_ready(project, o)?;
+    // A restarted container gets a new address: wait until the client sidecar uses it.
+    restart_servers(project, o)?;
     story(
         project,
         o,

@@ -6,7 +6,6 @@ use std::fmt;
 
 use cel_parser::ast::{operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr};
 use cel_parser::reference::Val;
-use cel_parser::Parser;
 use regex_lite::Regex;
 
 use super::cost::{Estimator, SpecialCost, EXPRESSION_BUDGET};
@@ -88,21 +87,7 @@ pub(super) fn compile(source: &str) -> Result<Compiled, String> {
             source.len()
         ));
     }
-    // cel-parser panics on some malformed input: only well-formed input reaches it.
-    super::syntax::check(source)?;
-    let mut expr = Parser::new().parse(source).map_err(|errors| {
-        errors
-            .errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "syntax error at line {}, column {}: {}",
-                    e.pos.0, e.pos.1, e.msg
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    let mut expr = super::parse::parse(source)?;
     let mut c = Compiler::default();
     let mut scope = Vec::new();
     let ty = c.walk(&mut expr, &mut scope, 0)?;

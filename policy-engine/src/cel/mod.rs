@@ -14,7 +14,7 @@
 mod compile;
 mod cost;
 mod functions;
-mod syntax;
+mod parse;
 mod vars;
 
 #[cfg(test)]

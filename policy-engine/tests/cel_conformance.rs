@@ -1,0 +1,309 @@
+//! CEL conformance, kept as data: every case of `tests/cel_conformance/*.yaml` (format and sources:
+//! `tests/cel_conformance/README.md`) is compiled and evaluated through the public API, and its
+//! outcome compared with what the CEL specification says.
+//!
+//! Every case runs; each mismatch is printed on one line (file, source, expression, expected, got)
+//! and the test fails at the end with the count. A compile or an evaluation that panics counts as a
+//! failure (a panic would trap the Wasm VM). Cases marked `known_cel_parser_bug: true` are the
+//! divergences of today's parser (cel-parser 0.10): they are run too and must still diverge, so
+//! that a parser which fixes them is noticed (then remove the flag).
+#![expect(
+    clippy::panic,
+    clippy::unwrap_used,
+    reason = "a test reports failure by panicking"
+)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use policy_engine::cel::CelExpression;
+use policy_engine::{Attributes, HttpAttributes};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    description: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// The CEL expression, as a policy author writes it.
+    expr: String,
+    /// Where the case comes from: `cel-spec <file>.textproto <section>/<test>`,
+    /// `cel-go parser_test.go ...`, or `meshauthz` for the engine's own refusals.
+    source: String,
+    /// The expression evaluates to this bool.
+    expect: Option<bool>,
+    /// The expression does not compile; the message contains this.
+    compile_error: Option<String>,
+    /// The expression compiles, and its evaluation fails with a message containing this.
+    eval_error: Option<String>,
+    /// The expression fails, at compile time or at evaluation (the specification's `eval_error`
+    /// for a type error that a type checker finds first); the message contains this.
+    error: Option<String>,
+    /// Fails today because of cel-parser 0.10 (see the README): must still fail.
+    #[serde(default)]
+    known_cel_parser_bug: bool,
+    /// Fails today for another reason (the interpreter, the compiler): what diverges. Must still
+    /// fail, like `known_cel_parser_bug`.
+    known_engine_bug: Option<String>,
+    /// Free text for the reader (why this case, what the spec says).
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "documentation in the data, not read by the runner"
+    )]
+    note: Option<String>,
+}
+
+enum Expected {
+    Value(bool),
+    CompileError(String),
+    EvalError(String),
+    AnyError(String),
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Value(b) => write!(f, "{b}"),
+            Expected::CompileError(s) => write!(f, "compile error containing {s:?}"),
+            Expected::EvalError(s) => write!(f, "evaluation error containing {s:?}"),
+            Expected::AnyError(s) => write!(f, "an error containing {s:?}"),
+        }
+    }
+}
+
+enum Outcome {
+    Value(bool),
+    CompileError(String),
+    EvalError(String),
+    Panic(&'static str, String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Value(b) => write!(f, "{b}"),
+            Outcome::CompileError(s) => write!(f, "compile error {s:?}"),
+            Outcome::EvalError(s) => write!(f, "evaluation error {s:?}"),
+            Outcome::Panic(stage, s) => write!(f, "PANIC in {stage}: {s:?}"),
+        }
+    }
+}
+
+impl Case {
+    fn expected(&self) -> Result<Expected, String> {
+        let given = [
+            self.expect.map(Expected::Value),
+            self.compile_error.clone().map(Expected::CompileError),
+            self.eval_error.clone().map(Expected::EvalError),
+            self.error.clone().map(Expected::AnyError),
+        ];
+        let mut given = given.into_iter().flatten();
+        match (given.next(), given.next()) {
+            (Some(e), None) => Ok(e),
+            _ => Err(
+                "needs exactly one of `expect`, `compile_error`, `eval_error`, `error`".to_string(),
+            ),
+        }
+    }
+}
+
+fn matches(expected: &Expected, got: &Outcome) -> bool {
+    match (expected, got) {
+        (Expected::Value(e), Outcome::Value(g)) => e == g,
+        (Expected::CompileError(e), Outcome::CompileError(g))
+        | (Expected::EvalError(e), Outcome::EvalError(g))
+        | (Expected::AnyError(e), Outcome::CompileError(g) | Outcome::EvalError(g)) => {
+            g.contains(e.as_str())
+        }
+        _ => false,
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_string())
+}
+
+fn run(expr: &str, attrs: &Attributes<'_>) -> Outcome {
+    let compiled = match catch_unwind(|| CelExpression::compile(expr)) {
+        Err(payload) => return Outcome::Panic("compile", panic_message(&*payload)),
+        Ok(Err(e)) => return Outcome::CompileError(e),
+        Ok(Ok(c)) => c,
+    };
+    match catch_unwind(AssertUnwindSafe(|| compiled.evaluate(attrs))) {
+        Err(payload) => Outcome::Panic("evaluate", panic_message(&*payload)),
+        Ok(Err(e)) => Outcome::EvalError(e.to_string()),
+        Ok(Ok(b)) => Outcome::Value(b),
+    }
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn case_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cel_conformance");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    passed: usize,
+    parser_bugs: usize,
+    engine_bugs: usize,
+}
+
+#[test]
+fn cel_follows_the_specification() {
+    // cel-parser's frames are many times larger in a debug build than in a release one (where
+    // the 16 levels the compiler accepts fit in 256 KiB, see `src/cel/syntax.rs`): a dozen nested
+    // lists overflow the 2 MiB of a test thread. A stack overflow aborts instead of unwinding, so
+    // the cases run on a thread with a large stack, as `src/cel/tests.rs` does.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(run_every_case)
+        .unwrap()
+        .join()
+        .unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+}
+
+fn run_every_case() {
+    // The one request every case is evaluated against (README: "Attributes"). Most cases are
+    // constant expressions; the others read these attributes (maps, `has()`, JWT claims).
+    let claims = serde_json::json!({
+        "iss": "https://issuer.example",
+        "sub": "alice",
+        "groups": ["admin", "dev"],
+        "org": {"id": 7, "name": "acme"},
+        "active": true
+    });
+    let headers = [("x-tenant", "tenant-a"), ("x-empty", "")];
+    let attrs = Attributes {
+        principal: Some("spiffe://cluster.local/ns/tenant-a/sa/admin"),
+        mtls: true,
+        source_ip: ip("10.1.2.3"),
+        remote_ip: ip("192.0.2.7"),
+        destination_ip: ip("10.9.9.9"),
+        destination_port: Some(8443),
+        sni: Some("api.example.com"),
+        dynamic_metadata: None,
+        http: Some(HttpAttributes {
+            host: Some("orders.shop:8443"),
+            method: Some("GET"),
+            path: Some("/api/v1/orders?page=2"),
+            headers: &headers,
+            jwt: Some(&claims),
+        }),
+    };
+
+    // `CEL_CONFORMANCE_VERBOSE=1 cargo test ... -- --nocapture` prints every case's outcome.
+    let verbose = std::env::var_os("CEL_CONFORMANCE_VERBOSE").is_some();
+    let mut failures = Vec::new();
+    let mut parser_bugs = Vec::new();
+    let mut engine_bugs = Vec::new();
+    let mut by_file: BTreeMap<String, Tally> = BTreeMap::new();
+    for path in case_files() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file: CaseFile =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!file.description.is_empty(), "{name}: empty description");
+        let tally = by_file.entry(name.clone()).or_default();
+        for case in &file.cases {
+            tally.cases += 1;
+            let expected = match case.expected() {
+                Ok(e) => e,
+                Err(why) => {
+                    failures.push(format!("{name}: {}: `{}`: {why}", case.source, case.expr));
+                    continue;
+                }
+            };
+            let got = run(&case.expr, &attrs);
+            let ok = matches(&expected, &got) && !matches!(got, Outcome::Panic(..));
+            if verbose {
+                println!("CASE {name}: {}: `{}`: {got}", case.source, case.expr);
+            }
+            let known = if case.known_cel_parser_bug {
+                tally.parser_bugs += 1;
+                Some(("known_cel_parser_bug", &mut parser_bugs))
+            } else if case.known_engine_bug.is_some() {
+                tally.engine_bugs += 1;
+                Some(("known_engine_bug", &mut engine_bugs))
+            } else {
+                None
+            };
+            if let Some((flag, list)) = known {
+                if ok {
+                    failures.push(format!(
+                        "{name}: {}: `{}`: marked {flag} but now gives the specified {got}: \
+                         remove the flag",
+                        case.source, case.expr
+                    ));
+                } else if matches!(got, Outcome::Panic(..)) {
+                    failures.push(format!(
+                        "{name}: {}: `{}`: expected {expected}, got {got}",
+                        case.source, case.expr
+                    ));
+                } else {
+                    list.push(format!(
+                        "{name}: {}: `{}`: expected {expected}, got {got}",
+                        case.source, case.expr
+                    ));
+                }
+            } else if ok {
+                tally.passed += 1;
+            } else {
+                failures.push(format!(
+                    "{name}: {}: `{}`: expected {expected}, got {got}",
+                    case.source, case.expr
+                ));
+            }
+        }
+    }
+
+    let total: usize = by_file.values().map(|t| t.cases).sum();
+    for (name, t) in &by_file {
+        println!(
+            "{name}: {} cases, {} pass, {} known cel-parser bugs, {} known engine bugs",
+            t.cases, t.passed, t.parser_bugs, t.engine_bugs
+        );
+    }
+    for (what, list) in [
+        ("known cel-parser bugs", &parser_bugs),
+        ("known engine bugs", &engine_bugs),
+    ] {
+        println!("{what}, still diverging as expected ({}):", list.len());
+        for line in list {
+            println!("  KNOWN {line}");
+        }
+    }
+    for line in &failures {
+        println!("FAIL {line}");
+    }
+    assert!(total >= 150, "expected at least 150 cases, found {total}");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} CEL conformance cases failed (lines starting with FAIL above; \
+         `cargo test -p meshauthz-policy-engine --test cel_conformance -- --nocapture`)",
+        failures.len()
+    );
+}

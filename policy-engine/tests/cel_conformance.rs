@@ -4,9 +4,9 @@
 //!
 //! Every case runs; each mismatch is printed on one line (file, source, expression, expected, got)
 //! and the test fails at the end with the count. A compile or an evaluation that panics counts as a
-//! failure (a panic would trap the Wasm VM). Cases marked `known_cel_parser_bug: true` are the
-//! divergences of today's parser (cel-parser 0.10): they are run too and must still diverge, so
-//! that a parser which fixes them is noticed (then remove the flag).
+//! failure (a panic would trap the Wasm VM). Cases marked `known_parser_bug: true` (none
+//! today: the 90 divergences of cel-parser 0.10 went with it) or `known_engine_bug` are run too and
+//! must still diverge, so that a fix is noticed (then remove the flag).
 #![expect(
     clippy::panic,
     clippy::unwrap_used,
@@ -49,9 +49,9 @@ struct Case {
     error: Option<String>,
     /// Fails today because of cel-parser 0.10 (see the README): must still fail.
     #[serde(default)]
-    known_cel_parser_bug: bool,
+    known_parser_bug: bool,
     /// Fails today for another reason (the interpreter, the compiler): what diverges. Must still
-    /// fail, like `known_cel_parser_bug`.
+    /// fail, like `known_parser_bug`.
     known_engine_bug: Option<String>,
     /// Free text for the reader (why this case, what the spec says).
     #[serde(default)]
@@ -242,9 +242,9 @@ fn run_every_case() {
             if verbose {
                 println!("CASE {name}: {}: `{}`: {got}", case.source, case.expr);
             }
-            let known = if case.known_cel_parser_bug {
+            let known = if case.known_parser_bug {
                 tally.parser_bugs += 1;
-                Some(("known_cel_parser_bug", &mut parser_bugs))
+                Some(("known_parser_bug", &mut parser_bugs))
             } else if case.known_engine_bug.is_some() {
                 tally.engine_bugs += 1;
                 Some(("known_engine_bug", &mut engine_bugs))

@@ -10,7 +10,9 @@
 //! `tests.rs` checks against cel-parser on generated input.
 //!
 //! Left out on purpose (refused with a syntax error): optional syntax (`a.?b`, `a[?b]`, `?x`
-//! entries), message construction (`T{f: 1}`), leading-dot names (`.a`), backquoted field names.
+//! entries), message construction (`T{f: 1}`). A leading dot (`.a`, the root namespace) names
+//! what the name without it names, as in cel-parser; a backquoted field name (`` a.`x-y` ``)
+//! selects the field `x-y`.
 //! Errors carry the line and column (counted in characters, from 1).
 
 use cel_parser::ast::{
@@ -27,6 +29,8 @@ pub(super) const MAX_DEPTH: usize = 16;
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     Ident(String),
+    /// A backquoted field name (`` `content-type` ``), without the backquotes.
+    Quoted(String),
     /// An integer literal's digits (decimal, or hexadecimal after `0x`), without sign.
     Int {
         digits: String,
@@ -133,6 +137,28 @@ impl Lexer {
                 Tok::Str(self.string(false, line, col)?)
             } else if matches!(c, 'r' | 'R' | 'b' | 'B') && self.string_prefix() {
                 self.string_with_prefix(line, col)?
+            } else if c == '`' {
+                self.bump();
+                let mut name = String::new();
+                while let Some(c) = self.peek(0).filter(|c| *c != '`') {
+                    if !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | ' ')) {
+                        return Err(err(
+                            line,
+                            col,
+                            format!("`{c}` in a backquoted field name (letters, digits and `_.-/ ` only)"),
+                        ));
+                    }
+                    name.push(c);
+                    self.bump();
+                }
+                if self.bump().is_none() || name.is_empty() {
+                    return Err(err(
+                        line,
+                        col,
+                        "unterminated or empty backquoted field name",
+                    ));
+                }
+                Tok::Quoted(name)
             } else if c.is_ascii_alphabetic() || c == '_' {
                 let mut name = String::new();
                 while let Some(c) = self
@@ -430,6 +456,7 @@ impl Parser {
         let (line, col) = self.at();
         let found = match self.peek() {
             Tok::Ident(name) => format!("`{name}`"),
+            Tok::Quoted(name) => format!("`` `{name}` ``"),
             Tok::Punct(p) => format!("`{p}`"),
             Tok::Eof => "the end of the expression".to_string(),
             _ => "a literal".to_string(),
@@ -578,11 +605,13 @@ impl Parser {
         loop {
             if self.is(".") {
                 self.pos += 1;
-                let Tok::Ident(name) = self.peek().clone() else {
-                    return Err(self.unexpected("a field or method name"));
+                let (name, quoted) = match self.peek().clone() {
+                    Tok::Ident(name) => (name, false),
+                    Tok::Quoted(name) => (name, true),
+                    _ => return Err(self.unexpected("a field or method name")),
                 };
                 self.pos += 1;
-                if self.is("(") {
+                if !quoted && self.is("(") {
                     self.pos += 1;
                     let args = self.args(")", level + 1)?;
                     e = self.call_or_macro(&name, Some(e), args)?;
@@ -672,12 +701,23 @@ impl Parser {
             self.pos += 1 + usize::from(negative);
             return Ok(self.node(Expr::Literal(value)));
         }
+        // A leading dot: the name in the root namespace, which is the only one.
+        let leading_dot = self.is(".") && matches!(self.peek_at(1), Tok::Ident(_));
+        if leading_dot {
+            self.pos += 1;
+        }
         match self.peek().clone() {
             Tok::Ident(name) => {
                 self.pos += 1;
                 if self.is("(") {
                     self.pos += 1;
                     let args = self.args(")", depth + 1)?;
+                    // As cel-parser names it; no function has such a name.
+                    let name = if leading_dot {
+                        format!(".{name}")
+                    } else {
+                        name
+                    };
                     return self.call_or_macro(&name, None, args);
                 }
                 if self.is("{") {

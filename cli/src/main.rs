@@ -206,6 +206,9 @@ enum Enforce {
     Decide,
     /// Decide stage, RBAC LOG companion (the audit trail), enforce stage.
     Separate,
+    /// Decide stage, RBAC LOG companion, then Envoy's own RBAC filter denying on the decision
+    /// (templates `*-native.yaml`): one Wasm filter per request with AUDIT policies too.
+    Native,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -656,6 +659,7 @@ fn plugin_config_value(
 fn enforce_mode(requested: Enforce, audits: &[String]) -> Result<EnforceMode, ExitCode> {
     match (requested, audits.is_empty()) {
         (Enforce::Separate, _) | (Enforce::Auto, false) => Ok(EnforceMode::Separate),
+        (Enforce::Native, _) => Ok(EnforceMode::Native),
         (Enforce::Decide | Enforce::Auto, true) => Ok(EnforceMode::Decide),
         (Enforce::Decide, false) => {
             eprintln!(
@@ -795,6 +799,7 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
             match enforce {
                 EnforceMode::Decide => "render: no AUDIT policy can apply: the decide stages alone (\"enforce\": \"decide\", one Wasm filter per request); --enforce separate renders the full chain",
                 EnforceMode::Separate => "render: AUDIT policies can apply: the full chain (decide stage, RBAC LOG companion, enforce stage)",
+                EnforceMode::Native => "render: the decide stage, the RBAC LOG companion and Envoy's RBAC filter denying on the decision",
             }
         );
     }

@@ -33,8 +33,19 @@ pub struct Attachment<'a> {
 }
 
 impl Attachment<'_> {
+    /// The Wasm enforce stages follow the RBAC LOG companions.
     fn separate(&self) -> bool {
         self.enforce == EnforceMode::Separate
+    }
+
+    /// Envoy's RBAC filter in DENY mode ([`rbac_native_enforce`]) follows the companions.
+    fn native(&self) -> bool {
+        self.enforce == EnforceMode::Native
+    }
+
+    /// The RBAC LOG companions are rendered (every mode but `Decide`).
+    fn companions(&self) -> bool {
+        self.separate() || self.native()
     }
 }
 
@@ -179,6 +190,52 @@ pub fn rbac_log_companion(network: bool) -> Value {
     json!({ "name": name, "typed_config": config })
 }
 
+/// The native enforce stage (`"enforce": "native"`): Envoy's RBAC filter in DENY mode, after the
+/// RBAC LOG companion. It denies unless the decide stage wrote an allowing decision (none, e.g.
+/// the decide stage missing or placed after it, denies), and denies an audited request that the
+/// companion did not mark: the same checks as the Wasm enforce stage, without a Wasm call.
+pub fn rbac_native_enforce(network: bool) -> Value {
+    let (name, ty, decision, audit) = if network {
+        (
+            "envoy.filters.network.rbac",
+            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "wasm.meshauthz_net_decision",
+            "wasm.meshauthz_net_audit",
+        )
+    } else {
+        (
+            "envoy.filters.http.rbac",
+            "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "wasm.meshauthz_decision",
+            "wasm.meshauthz_audit",
+        )
+    };
+    let mut config = json!({
+        "@type": ty,
+        "rules": {
+            "action": "DENY",
+            "policies": {
+                "meshauthz-enforce": {
+                    "permissions": [{"any": true}],
+                    "principals": [
+                        {"not_id": {"filter_state": {"key": decision, "string_match": {"prefix": "allow"}}}},
+                        {"and_ids": {"ids": [
+                            {"filter_state": {"key": audit, "string_match": {"exact": "1"}}},
+                            {"not_id": {"metadata": {"filter": "envoy.common", "path": [{"key": "access_log_hint"}], "value": {"bool_match": true}}}}
+                        ]}}
+                    ]
+                }
+            }
+        }
+    });
+    if network {
+        if let Some(o) = config.as_object_mut() {
+            o.insert("stat_prefix".into(), json!("meshauthz_enforce."));
+        }
+    }
+    json!({ "name": name, "typed_config": config })
+}
+
 /// The companion that writes every SAN of the verified peer certificate into connection filter
 /// state `meshauthz.peer_sans` once the TLS handshake is done (proxy-wasm exposes only the first
 /// URI SAN). The module refuses a certificate with several SANs, or without this list, wherever a
@@ -282,9 +339,8 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     }
     // Istio names a WasmPlugin's filter `<namespace>.<name>`.
     let decide_filter = format!("{}.{}-http", a.namespace, a.name);
-    let mut audit_patches = Vec::new();
-    if a.separate() {
-        audit_patches.push(json!({"applyTo": "HTTP_FILTER",
+    let after_decide = |value: Value| {
+        json!({"applyTo": "HTTP_FILTER",
             "match": {
                 "context": "SIDECAR_INBOUND",
                 "listener": {"filterChain": {"filter": {
@@ -292,8 +348,26 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
                     "subFilter": {"name": decide_filter}
                 }}}
             },
-            "patch": {"operation": "INSERT_AFTER", "value": rbac_log_companion(false)}
-        }));
+            "patch": {"operation": "INSERT_AFTER", "value": value}
+        })
+    };
+    let mut audit_patches = Vec::new();
+    if a.native() {
+        // Each insertion lands right after the decide stage: the native enforce stage first, so
+        // that the companion inserted next sits between them.
+        audit_patches.push(after_decide(rbac_native_enforce(false)));
+        let net_filter = format!("{}.{}-net", a.namespace, a.name);
+        for port in a.tcp_ports {
+            for value in [rbac_native_enforce(true), rbac_log_companion(true)] {
+                audit_patches.push(json!({"applyTo": "NETWORK_FILTER",
+                    "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
+                        "filterChain": {"filter": {"name": net_filter}}}},
+                    "patch": {"operation": "INSERT_AFTER", "value": value}}));
+            }
+        }
+    }
+    if a.companions() {
+        audit_patches.push(after_decide(rbac_log_companion(false)));
     }
     audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({
@@ -362,14 +436,19 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
         a,
         a.plugin_config,
     ))];
-    if a.separate() {
+    if a.companions() {
         patches.push(insert_before_router(rbac_log_companion(false)));
+    }
+    if a.separate() {
         patches.push(insert_before_router(wasm_filter(
             false,
             "meshauthz_http_enforce",
             a,
             &empty,
         )));
+    }
+    if a.native() {
+        patches.push(insert_before_router(rbac_native_enforce(false)));
     }
     patches.push(json!({
             "applyTo": "NETWORK_FILTER",
@@ -390,9 +469,14 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
         for port in a.tcp_ports {
             let m = json!({"context": "SIDECAR_INBOUND", "listener": {"portNumber": port, "filterChain": {"filter": {"name": "envoy.filters.network.tcp_proxy"}}}});
             let mut values = vec![wasm_filter(true, "meshauthz_net", a, a.plugin_config)];
-            if a.separate() {
+            if a.companions() {
                 values.push(rbac_log_companion(true));
+            }
+            if a.separate() {
                 values.push(wasm_filter(true, "meshauthz_net_enforce", a, &empty));
+            }
+            if a.native() {
+                values.push(rbac_native_enforce(true));
             }
             for value in values {
                 patches.push(json!({"applyTo": "NETWORK_FILTER", "match": m, "patch": {"operation": "INSERT_BEFORE", "value": value}}));

@@ -214,6 +214,40 @@ fn decide_only_attachments_are_valid() {
     }
 }
 
+/// `--enforce native`: the decide stages, the RBAC LOG companions and Envoy's RBAC filters in
+/// DENY mode, valid Istio objects with every sample policy (AUDIT included).
+#[test]
+fn native_enforce_attachments_are_valid() {
+    let files = policy_files();
+    for kind in ["wasmplugin", "envoyfilter"] {
+        let mut args = vec![
+            "render",
+            kind,
+            "--namespace",
+            "foo",
+            "--label",
+            "app=echo",
+            "--http-port",
+            "8080",
+            "--tcp-port",
+            "9000",
+            "--enforce",
+            "native",
+        ];
+        args.extend(files.iter().map(String::as_str));
+        let out = run(&args);
+        assert_eq!(out.code, 0, "render {kind} failed: {}", out.stderr);
+        let rendered = out.stdout;
+        assert!(rendered.contains("native"), "{rendered}");
+        assert!(rendered.contains("meshauthz-enforce"), "{rendered}");
+        assert!(!rendered.contains("meshauthz_http_enforce"), "{rendered}");
+        validate(
+            &yaml_docs(&rendered),
+            &format!("meshauthz render {kind} (native)"),
+        );
+    }
+}
+
 #[test]
 fn an_invalid_manifest_is_caught() {
     if crd_dir().is_none() {

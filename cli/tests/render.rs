@@ -402,6 +402,76 @@ fn render_follows_the_policy_set() {
     assert_eq!(s.patched, full_patches);
     assert_eq!(s.enforce, None);
 
+    // `native`: the decide stages, the RBAC LOG companions and Envoy's RBAC filter in DENY mode
+    // after them (no Wasm enforce stage), with or without AUDIT policies.
+    for file in [&with_audit, &no_audit] {
+        let out = render_with("wasmplugin", &["--enforce", "native"], file);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let s = shape(&out.stdout);
+        assert_eq!(
+            s.names,
+            [
+                "meshauthz-http",
+                "meshauthz-net",
+                "meshauthz-audit-companion"
+            ]
+        );
+        assert_eq!(s.enforce.as_deref(), Some("native"));
+        assert_eq!(
+            s.patched,
+            [
+                "envoy.filters.http.rbac",
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.rbac",
+                "envoy.filters.http.rbac",
+                "envoy.filters.network.set_filter_state",
+                "envoy.filters.network.set_filter_state"
+            ]
+        );
+        // Inserted right after the decide stage one after the other: DENY first, so that the
+        // LOG companion inserted next sits between the decide stage and it.
+        let actions: Vec<String> = docs(&out.stdout)
+            .iter()
+            .flat_map(|d| {
+                d["spec"]["configPatches"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|p| {
+                p["patch"]["value"]["typed_config"]["rules"]["action"]
+                    .as_str()
+                    .map(|a| format!("{} {a}", p["patch"]["operation"].as_str().unwrap_or("")))
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "INSERT_AFTER DENY",
+                "INSERT_AFTER DENY",
+                "INSERT_AFTER LOG",
+                "INSERT_AFTER LOG"
+            ]
+        );
+        let out = render_with("envoyfilter", &["--enforce", "native"], file);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let s = shape(&out.stdout);
+        assert_eq!(s.enforce.as_deref(), Some("native"));
+        assert_eq!(
+            s.patched,
+            [
+                "meshauthz_http",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.rbac",
+                "meshauthz_net",
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.set_filter_state",
+                "envoy.filters.network.set_filter_state"
+            ]
+        );
+    }
+
     // `decide` where an AUDIT policy may apply: refused as the module would refuse it.
     let out = render_with("wasmplugin", &["--enforce", "decide"], &with_audit);
     assert_eq!(out.code, 1, "{}", out.stdout);
@@ -457,6 +527,10 @@ fn plugin_config_follows_the_policies_that_apply() {
     assert_eq!(
         enforce(&config(&["app=echo"], &["--enforce", "decide"])),
         Some(Value::from("decide"))
+    );
+    assert_eq!(
+        enforce(&config(&["app=echo", "version=v2"], &["--enforce", "native"])),
+        Some(Value::from("native"))
     );
     let refused = config(&["app=echo", "version=v2"], &["--enforce", "decide"]);
     assert_eq!(refused.code, 1);

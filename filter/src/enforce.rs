@@ -2,6 +2,8 @@
 //! and check that the RBAC LOG companion ran when AUDIT policies apply. Anything missing denies.
 //! The caller acts on the answer (`403` for HTTP, close for a connection).
 
+use policy_engine::EnforceMode;
+
 use crate::attrs::decode_bool;
 use crate::names::ACCESS_LOG_HINT;
 use crate::plugin::Plugin;
@@ -106,6 +108,48 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, keys: &Keys) -> bool {
 /// that the RBAC LOG companion marked the request. Without one (`enforce_present` false: no
 /// enforce root in this VM, or `"enforce": "decide"`) the audit trail would vanish silently, so
 /// the request is denied (fail closed), logged and counted.
+/// Who answers the denials a decide stage reaches, from the configuration's `enforce` mode and
+/// whether an enforce stage of this kind is configured in this VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Answering {
+    /// Something after the decide stage checks the audit trail (a Wasm enforce stage, or Envoy's
+    /// RBAC filter in DENY mode with `"enforce": "native"`).
+    pub(crate) companion_checked: bool,
+    /// With `"native"`: the decide stage answers a denial itself unless AUDIT policies apply to
+    /// the request (then the RBAC LOG companion must mark it before the native filter denies).
+    native: bool,
+}
+
+impl Answering {
+    /// `mode`: `None` when there is no valid configuration (every request is denied here unless
+    /// a Wasm enforce stage follows, which denies it too).
+    pub(crate) fn new(mode: Option<EnforceMode>, enforce_stage_in_vm: bool) -> Answering {
+        match mode {
+            Some(EnforceMode::Native) => Answering {
+                companion_checked: true,
+                native: true,
+            },
+            Some(EnforceMode::Decide) => Answering {
+                companion_checked: false,
+                native: false,
+            },
+            Some(EnforceMode::Separate) | None => Answering {
+                companion_checked: enforce_stage_in_vm,
+                native: false,
+            },
+        }
+    }
+
+    /// Whether a later filter answers this verdict's denial (else the decide stage does).
+    pub(crate) fn deferred(self, v: &Verdict) -> bool {
+        if self.native {
+            v.audit.is_some()
+        } else {
+            self.companion_checked
+        }
+    }
+}
+
 pub(crate) fn audit_needs_enforce_stage(
     host: &dyn Host,
     plugin: &Plugin,

@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use policy_engine::{EnforceMode, MtlsMode, Protocol};
+use policy_engine::{MtlsMode, Protocol};
 
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
-use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, Answering, AuditCheck, Keys};
 use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
 use crate::metrics::Plaintext;
 use crate::names::{
@@ -23,15 +23,21 @@ use crate::vm::ConnFacts;
 /// `meshauthz_http`, `on_http_request_headers`.
 pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
     let compiled = plugin.compiled();
-    let enforce = plugin.vm.http_enforce.get()
-        && compiled
-            .as_ref()
-            .is_none_or(|c| c.enforce == EnforceMode::Separate);
+    let answering = Answering::new(
+        compiled.as_ref().map(|c| c.enforce),
+        plugin.vm.http_enforce.get(),
+    );
     let v = match compiled {
         None => Verdict::deny("deny no-valid-configuration", true),
         Some(c) => verdict(host, plugin, &c),
     };
-    let v = audit_needs_enforce_stage(host, plugin, v, enforce, AUDIT_WITHOUT_ENFORCE);
+    let v = audit_needs_enforce_stage(
+        host,
+        plugin,
+        v,
+        answering.companion_checked,
+        AUDIT_WITHOUT_ENFORCE,
+    );
     if v.audit.is_some() {
         // From now on the enforce stages of this VM check the audit trail.
         plugin.vm.http_audit_seen.set(true);
@@ -41,7 +47,7 @@ pub fn decide(host: &dyn Host, plugin: &Plugin) -> Flow {
         &plugin.metrics.borrow(),
         &v,
         (HTTP_DECISION, HTTP_AUDIT, HTTP_SHADOW),
-        enforce,
+        answering.deferred(&v),
     ) {
         host.send_forbidden();
         return Flow::Stop;

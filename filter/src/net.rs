@@ -5,10 +5,10 @@
 
 use std::net::IpAddr;
 
-use policy_engine::{EnforceMode, MtlsMode, Protocol};
+use policy_engine::{MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64, parse_ip};
-use crate::enforce::{self, audit_needs_enforce_stage, AuditCheck, Keys};
+use crate::enforce::{self, audit_needs_enforce_stage, Answering, AuditCheck, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::metrics::Plaintext;
 use crate::names::{
@@ -109,10 +109,10 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     }
     conn.decided = true;
     let compiled = plugin.compiled();
-    let enforce = plugin.vm.net_enforce.get()
-        && compiled
-            .as_ref()
-            .is_none_or(|c| c.enforce == EnforceMode::Separate);
+    let answering = Answering::new(
+        compiled.as_ref().map(|c| c.enforce),
+        plugin.vm.net_enforce.get(),
+    );
     let keys = (NET_DECISION, NET_AUDIT, NET_SHADOW);
     let Some(c) = compiled else {
         publish(
@@ -120,7 +120,7 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
             &plugin.metrics.borrow(),
             &Verdict::deny("deny no-valid-configuration", true),
             keys,
-            enforce,
+            answering.companion_checked,
         );
         return conn.close(host);
     };
@@ -169,8 +169,14 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
             Verdict::deny("deny peer-certificate-unseen", true)
         }
     };
-    let v = audit_needs_enforce_stage(host, plugin, v, enforce, "AUDIT policies apply but no meshauthz_net_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: connection closed");
-    if publish(host, &plugin.metrics.borrow(), &v, keys, enforce) {
+    let v = audit_needs_enforce_stage(host, plugin, v, answering.companion_checked, "AUDIT policies apply but no meshauthz_net_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: connection closed");
+    if publish(
+        host,
+        &plugin.metrics.borrow(),
+        &v,
+        keys,
+        answering.deferred(&v),
+    ) {
         return conn.close(host);
     }
     Flow::Continue

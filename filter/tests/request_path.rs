@@ -581,6 +581,56 @@ fn decide_mode_answers_denials_itself_even_with_an_enforce_root() {
 }
 
 #[test]
+fn native_mode_leaves_audited_denials_to_envoys_rbac_filter() {
+    // `"enforce": "native"`: Envoy's RBAC filter in DENY mode follows the RBAC LOG companion, and
+    // no Wasm enforce root is in the VM.
+    // A denial no AUDIT policy concerns: answered here (one Wasm call, no companion needed).
+    let host = FakeHost::default().mtls(true);
+    let mut s = Setup::new(deny(Cause::DenyRule(R0)));
+    s.enforce = false;
+    s.enforce_mode = EnforceMode::Native;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(http::decide(&host, &decide), Flow::Stop);
+    assert_eq!(host.forbidden(), 1);
+    // A denial AUDIT policies concern, matched or not: published and left to the native filter,
+    // so that the companion marks it first.
+    for audit_rule in [Some(R0), None] {
+        let host = FakeHost::default().mtls(true);
+        let mut d = deny(Cause::DenyRule(R0));
+        d.audit_policy_applies = true;
+        d.audit_rule = audit_rule;
+        let mut s = Setup::new(d);
+        s.enforce = false;
+        s.enforce_mode = EnforceMode::Native;
+        let (decide, _, _) = s.build(&host);
+        assert_eq!(
+            http::decide(&host, &decide),
+            Flow::Continue,
+            "{audit_rule:?}"
+        );
+        assert_eq!(host.forbidden(), 0);
+        assert_eq!(
+            host.state(names::HTTP_DECISION).as_deref(),
+            Some("deny ns[foo]-policy[p0]-rule[0]")
+        );
+        let flag = if audit_rule.is_some() { "1" } else { "0" };
+        assert_eq!(host.state(names::HTTP_AUDIT).as_deref(), Some(flag));
+    }
+    // An audited, allowed request passes on: the native filter checks the companion's mark.
+    let host = FakeHost::default().mtls(true);
+    let mut d = allow(Cause::AllowRule(R0));
+    d.audit_policy_applies = true;
+    d.audit_rule = Some(R0);
+    let mut s = Setup::new(d);
+    s.enforce = false;
+    s.enforce_mode = EnforceMode::Native;
+    let (decide, _, _) = s.build(&host);
+    assert_eq!(http::decide(&host, &decide), Flow::Continue);
+    assert_eq!(host.forbidden(), 0);
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+}
+
+#[test]
 fn audit_without_an_enforce_stage_fails_closed() {
     // An audited, allowed request with nothing after the decide stage to check the RBAC LOG
     // companion: the audit trail would be lost, so it is denied.

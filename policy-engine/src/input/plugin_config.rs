@@ -71,6 +71,12 @@ pub enum EnforceMode {
     /// `"decide"`: the decide stages answer denials themselves (one Wasm call per request); no
     /// companion, no enforce stage. The module refuses it when AUDIT policies apply.
     Decide,
+    /// `"native"`: decide stage, RBAC LOG companion, then Envoy's own RBAC filter in DENY mode on
+    /// the decision in filter state (templates `*-native.yaml`): one Wasm call per request with
+    /// AUDIT policies too. The decide stage answers a denial itself when no AUDIT policy applies
+    /// to the request; a denied, audited request is left to the native filter, after the
+    /// companion has marked it.
+    Native,
 }
 
 impl EnforceMode {
@@ -78,6 +84,7 @@ impl EnforceMode {
         match self {
             EnforceMode::Separate => "separate",
             EnforceMode::Decide => "decide",
+            EnforceMode::Native => "native",
         }
     }
 }
@@ -454,9 +461,10 @@ fn decode_settings(
         match dec.string(v, &path).as_deref() {
             Some("separate") => cfg.enforce = EnforceMode::Separate,
             Some("decide") => cfg.enforce = EnforceMode::Decide,
+            Some("native") => cfg.enforce = EnforceMode::Native,
             Some(other) => dec.error(
                 &path,
-                format!("expected \"separate\" or \"decide\", found {other:?}"),
+                format!("expected \"separate\", \"decide\" or \"native\", found {other:?}"),
             ),
             None => {}
         }
@@ -633,11 +641,21 @@ mod tests {
         let written = cfg.write().unwrap();
         assert_eq!(written["enforce"], json!("decide"));
         assert_eq!(decode(written.to_string().as_bytes()).unwrap().0, cfg);
+        let (cfg, _) = decode(br#"{"policies": [], "enforce": "native"}"#).unwrap();
+        assert_eq!(cfg.enforce, EnforceMode::Native);
+        assert_eq!(
+            decode(cfg.write().unwrap().to_string().as_bytes())
+                .unwrap()
+                .0,
+            cfg
+        );
         let (cfg, _) = decode(br#"{"policies": [], "enforce": "separate"}"#).unwrap();
         assert_eq!(cfg.enforce, EnforceMode::Separate);
         let e = errors(r#"{"policies": [], "enforce": "inline"}"#);
         assert!(
-            e.contains("enforce: expected \"separate\" or \"decide\", found \"inline\""),
+            e.contains(
+                "enforce: expected \"separate\", \"decide\" or \"native\", found \"inline\""
+            ),
             "{e}"
         );
         assert!(

@@ -1,6 +1,7 @@
 """Draw a timed `bench-envoy --realistic --csv FILE` run: throughput (ratio to no filter) and
 added server CPU per request against the number of policies, for Envoy's native RBAC (as istiod
-writes it), meshauthz's full chain and its one-stage chain, on issue 12's realistic mix.
+writes it), meshauthz's full chain, its one-stage chain and its chain with the native enforce
+stage, on issue 12's realistic mix.
 
 usage: python3 bench/envoy/plot.py target/bench-envoy.csv OUT_DIR
 writes OUT_DIR/throughput.png and OUT_DIR/cpu.png
@@ -19,6 +20,7 @@ CHAINS = [
     ("rbac", "native RBAC (istiod)", "tab:red"),
     ("full", "meshauthz, full chain", "tab:blue"),
     ("decide", "meshauthz, one stage (enforce: decide)", "tab:green"),
+    ("native", "meshauthz, native enforce stage (enforce: native)", "tab:purple"),
 ]
 
 

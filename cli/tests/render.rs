@@ -529,7 +529,10 @@ fn plugin_config_follows_the_policies_that_apply() {
         Some(Value::from("decide"))
     );
     assert_eq!(
-        enforce(&config(&["app=echo", "version=v2"], &["--enforce", "native"])),
+        enforce(&config(
+            &["app=echo", "version=v2"],
+            &["--enforce", "native"]
+        )),
         Some(Value::from("native"))
     );
     let refused = config(&["app=echo", "version=v2"], &["--enforce", "decide"]);

@@ -96,7 +96,8 @@ pub fn timed(o: &Opts, rows: &[(&Variant, &Started, &[Sample])]) -> Result<Strin
 }
 
 /// The timed run as CSV, one row per variant (what `bench/envoy/plot.py` draws): `chain` is
-/// `none`, `rbac`, `full` (meshauthz's three stages), `decide` (one stage) or `other`.
+/// `none`, `rbac`, `full` (meshauthz's three stages), `decide` (one stage), `native` (the native
+/// enforce stage) or `other`.
 pub fn timed_csv(rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
     let base = baseline(rows)?;
     let mut t = String::from(
@@ -109,6 +110,7 @@ pub fn timed_csv(rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
             Chain::Rbac => "rbac",
             c if c == FULL => "full",
             c if c == DECIDE_ONLY => "decide",
+            Chain::Native => "native",
             _ => "other",
         };
         let (mix, audit, first) = match v.mix {
@@ -192,7 +194,7 @@ pub fn startup(rows: &[(&Variant, &[Started])]) -> Result<String> {
     let current = meshauthz_harness::module_path()?;
     for (v, runs) in rows {
         let module = match v.chain {
-            Chain::Meshauthz { .. } => {
+            Chain::Meshauthz { .. } | Chain::Native => {
                 let path = v.module.clone().unwrap_or_else(|| current.clone());
                 std::fs::metadata(&path)?.len().to_string()
             }

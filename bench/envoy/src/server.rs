@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use meshauthz_harness::certs::{CertFiles, Pki};
 use meshauthz_harness::envoy::{free_port, render, template, Envoy};
 use meshauthz_harness::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE};
+
+/// The template of [`Chain::Native`].
+const NATIVE_TEMPLATE: &str = "server-http-native.yaml";
 use meshauthz_harness::{module_path, Error, Result};
 use serde_json::{json, Value};
 
@@ -63,7 +66,11 @@ fn cli_plugin_config(cli: &Path, file: &Path, label: &str, http_port: u16) -> Re
 }
 
 pub fn start(v: Variant, dir: &Path, pki: &Pki, cli: &Path, launch: &Launch) -> Result<Server> {
-    let tmpl = template(HTTP_TEMPLATE)?;
+    let tmpl = template(if v.chain == Chain::Native {
+        NATIVE_TEMPLATE
+    } else {
+        HTTP_TEMPLATE
+    })?;
     let built = module_path()?;
     let noop = built.with_file_name(match v.chain {
         Chain::Noop { stripped: true, .. } => "bench_noop_stripped.wasm",
@@ -97,6 +104,13 @@ pub fn start(v: Variant, dir: &Path, pki: &Pki, cli: &Path, launch: &Launch) -> 
             }
             Chain::Meshauthz { .. } => {
                 cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?
+            }
+            Chain::Native => {
+                let mut p = cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?;
+                if let Some(o) = p.as_object_mut() {
+                    o.insert("enforce".into(), json!("native"));
+                }
+                p
             }
             _ => json!({}),
         };

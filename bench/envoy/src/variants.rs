@@ -20,6 +20,9 @@ pub enum Chain {
         log: bool,
         enforce: bool,
     },
+    /// `"enforce": "native"` (template `server-http-native.yaml`): the network filter, the decide
+    /// stage, the RBAC LOG companion, then Envoy's RBAC filter in DENY mode on the decision.
+    Native,
     /// `filters` copies of the no-op proxy-wasm filter (`bench/noop-filter`, one VM), each making
     /// `calls` host calls of kind `call` (see the module) per request: the floor of any proxy-wasm
     /// filter in this Envoy, and what a host call costs. With `stripped`, the module as
@@ -63,7 +66,7 @@ impl Variant {
         self.size > 0
             && matches!(
                 self.chain,
-                Chain::Rbac | Chain::Meshauthz { decide: true, .. }
+                Chain::Rbac | Chain::Native | Chain::Meshauthz { decide: true, .. }
             )
     }
 }
@@ -97,7 +100,8 @@ fn v(key: &str, what: &str, chain: Chain, size: usize, mix: Mix) -> Variant {
 
 /// Issue 12's realistic mix, one cell per (policy count, first or last ALLOW, with or without
 /// AUDIT) and per chain: native RBAC as istiod writes it (`rb-`), meshauthz's full chain
-/// (`rc-`) and, without AUDIT, its one-stage chain (`rf-`, `"enforce": "decide"`). Keys:
+/// (`rc-`), with AUDIT its chain with the native enforce stage (`rn-`, `"enforce": "native"`)
+/// and, without AUDIT, its one-stage chain (`rf-`, `"enforce": "decide"`). Keys:
 /// `<chain>-<N>[-first][-noaudit]`. At 10 policies only the last ALLOW (first and last are
 /// nearly the same request). Native RBAC at 10,000 matched last costs about 10 ms a request:
 /// timed runs include it, instruction runs (callgrind, 2,000 requests) leave it out.
@@ -128,7 +132,10 @@ fn realistic_variants(mode: Mode) -> Vec<Variant> {
                 }
                 let w = what("meshauthz, full chain");
                 out.push(v(&key("rc"), &w, FULL, n, realistic(audit, first)));
-                if !audit {
+                if audit {
+                    let w = what("meshauthz, native enforce stage (enforce: native)");
+                    out.push(v(&key("rn"), &w, Chain::Native, n, realistic(audit, first)));
+                } else {
                     let w = what("meshauthz, decide stage alone (enforce: decide)");
                     out.push(v(&key("rf"), &w, DECIDE_ONLY, n, realistic(audit, first)));
                 }

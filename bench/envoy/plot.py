@@ -42,7 +42,7 @@ def series(rows, chain, audit, first, column):
     return sorted(pts)
 
 
-def draw(rows, column, ylabel, title, out, floor=None):
+def draw(rows, column, ylabel, title, out, floor=None, logy=False):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, audit in zip(axes, ["true", "false"]):
         for chain, label, colour in CHAINS:
@@ -56,11 +56,18 @@ def draw(rows, column, ylabel, title, out, floor=None):
         if floor is not None:
             ax.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
         ax.set_xlabel("policies on the workload")
         ax.set_title("with the AUDIT policy" if audit == "true" else "without AUDIT")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[1].legend(fontsize=7)
+    # One legend for both panels (some chains run only with or only without AUDIT).
+    seen = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    axes[1].legend(list(seen.values()), list(seen.keys()), fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -86,9 +93,10 @@ def main():
     draw(
         rows,
         "added_us",
-        "server CPU µs per request over no filter",
+        "server CPU µs per request over no filter (log scale)",
         "Envoy 1.40, one worker: server CPU added per request",
         out / "cpu.png",
+        logy=True,
     )
 
 

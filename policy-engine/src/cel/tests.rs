@@ -576,6 +576,37 @@ fn http_only_iff_request_attributes_are_read() {
 
 // ---- evaluation ----
 
+/// A backquoted field name (CEL's escaped identifier) reads a header with a `-` in its name as
+/// `request.headers["x-tenant"]` does, fetching that header alone; a leading dot is the root
+/// namespace.
+#[test]
+fn backquoted_fields_and_a_leading_dot_name_attributes() {
+    let headers = [("x-tenant", "acme")];
+    let attrs = with_http(
+        mtls_conn(ADMIN),
+        HttpAttributes {
+            headers: &headers,
+            ..Default::default()
+        },
+    );
+    for src in [
+        "request.headers.`x-tenant` == 'acme'",
+        "has(request.headers.`x-tenant`)",
+        ".request.headers.`x-tenant` == 'acme'",
+    ] {
+        let expr = compile(src);
+        assert_eq!(expr.evaluate(&attrs), Ok(true), "{src}");
+        let mut req = Requirements::default();
+        expr.add_requirements(&mut req);
+        assert_eq!(req.headers, vec!["x-tenant"], "{src}");
+        assert!(!req.all_headers, "{src}");
+    }
+    assert_eq!(eval("has(request.headers.`x-other`)", &attrs), Ok(false));
+    // Not a method name, and not every character.
+    assert!(compile_err("request.path.`startsWith`('/')").starts_with("syntax error"));
+    assert!(compile_err("request.headers.`x:y`").contains("backquoted field name"));
+}
+
 #[test]
 fn tenant_header_must_equal_caller_namespace() {
     let expr = compile(r#"request.headers["x-tenant"] == source.namespace"#);

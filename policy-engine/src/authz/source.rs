@@ -285,8 +285,8 @@ fn service_account_matches(principal: &str, namespace: &str, name: &str) -> bool
     let Some(rest) = principal.strip_prefix("spiffe://") else {
         return false;
     };
-    let ns_marker = format!("/ns/{namespace}/");
-    let sa_marker = format!("sa/{name}");
+    let ns_marker = ["/ns/", namespace, "/"].concat();
+    let sa_marker = ["sa/", name].concat();
     let mut from = 1; // `.+` before `/ns/`: at least one character of trust domain.
     while let Some(i) = rest
         .get(from..)

@@ -68,9 +68,9 @@ impl StrMatch {
                 suffix: s.into(),
             }
         } else if let Some(p) = v.strip_suffix('*') {
-            StrMatch::Prefix(format!("{SPIFFE}{p}").into())
+            StrMatch::Prefix([SPIFFE, p].concat().into())
         } else {
-            StrMatch::Exact(format!("{SPIFFE}{v}").into())
+            StrMatch::Exact([SPIFFE, v].concat().into())
         }
     }
 
@@ -78,10 +78,10 @@ impl StrMatch {
     /// `v` is a wildcard and everything else is literal (regex-quoted since the 1.30 security fix).
     pub(crate) fn namespace(v: &str) -> StrMatch {
         if v.contains('*') {
-            let pattern = format!("*/ns/{v}/*");
+            let pattern = ["*/ns/", v, "/*"].concat();
             StrMatch::Glob(pattern.split('*').map(Into::into).collect())
         } else {
-            StrMatch::Contains(format!("/ns/{v}/").into())
+            StrMatch::Contains(["/ns/", v, "/"].concat().into())
         }
     }
 

@@ -36,9 +36,10 @@ impl TrustBundle {
     /// (`td/ns/x/sa/y`, exactly five `/`-separated parts, `td` not `*`) whose trust domain is
     /// `cluster.local` or one of the bundle expands to one value per trust domain of the bundle.
     pub(crate) fn expand_principal(&self, principal: &str) -> Vec<String> {
-        let parts: Vec<&str> = principal.split('/').collect();
-        let (Some(&td), 5) = (parts.first(), parts.len()) else {
-            return vec![principal.to_string()];
+        // Five `/`-separated parts: the trust domain, then `rest` (`ns/x/sa/y`).
+        let (td, rest) = match principal.split_once('/') {
+            Some((td, rest)) if rest.bytes().filter(|b| *b == b'/').count() == 3 => (td, rest),
+            _ => return vec![principal.to_string()],
         };
         if td == "*" {
             return vec![principal.to_string()];
@@ -53,14 +54,13 @@ impl TrustBundle {
         if !(td == CLUSTER_LOCAL || self.domains.iter().any(|d| domain_pattern_matches(td, d))) {
             return vec![principal.to_string()];
         }
-        let rest = parts.get(1..).map(|r| r.join("/")).unwrap_or_default();
         let mut out: Vec<String> = Vec::new();
         for d in &self.domains {
             // A principal whose trust domain is `*suffix` matching this domain is kept as written.
             let candidate = if td.strip_prefix('*').is_some_and(|s| d.ends_with(s)) {
                 principal.to_string()
             } else {
-                format!("{d}/{rest}")
+                [d.as_str(), "/", rest].concat()
             };
             if !out.contains(&candidate) {
                 out.push(candidate);

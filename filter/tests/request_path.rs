@@ -2024,6 +2024,47 @@ fn host_call_budget_of_the_decide_stage_alone() {
     );
 }
 
+/// With `"enforce": "native"` the HTTP chain is one Wasm filter with AUDIT policies too: the decide
+/// stage publishes the decision and the audit flag, Envoy's RBAC filters (LOG, then DENY) do the
+/// rest; a denial no AUDIT policy concerns is answered here.
+#[test]
+fn host_call_budget_of_the_native_chain() {
+    let doc = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "only-bar", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "audit-api", "namespace": "foo"},
+         "spec": {"action": "AUDIT", "rules": [{"to": [{"operation": {"paths": ["/api/*"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "enforce": "native"}"#;
+    let vm = Rc::new(VmState::default());
+    let decide = Plugin::new(Rc::clone(&vm));
+    let setup = FakeHost::default();
+    decide.configure(&setup, names::ROOT_HTTP, Some(doc));
+    for (principal, path, flow, calls) in [
+        // Allowed and audited: decision and flag published, nothing else.
+        ("bar", "/api/x", Flow::Continue, CALLS_NATIVE),
+        // Denied and audited: left to the native filter (after the companion).
+        ("other", "/api/x", Flow::Continue, CALLS_NATIVE),
+    ] {
+        let host = FakeHost::default()
+            .mtls(true)
+            .uri_san(&format!("spiffe://cluster.local/ns/foo/sa/{principal}"))
+            .header(":path", path);
+        assert_eq!(http::decide(&host, &decide), flow, "{principal} {path}");
+        assert_eq!(host.take_calls(), calls, "{principal} {path}");
+        assert_eq!(host.forbidden(), 0);
+    }
+}
+
+const CALLS_NATIVE: &[&str] = &[
+    "get connection.mtls",
+    "get filter_state.meshauthz.peer_sans",
+    "header :path",
+    "set meshauthz_decision",
+    "set meshauthz_audit",
+];
+
 // ---- connection facts recorded by meshauthz_net -----------------------------------------------
 
 /// [`PRINCIPAL_ALLOW`] for the network stage: port 8080 is HTTP.

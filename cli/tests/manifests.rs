@@ -148,6 +148,11 @@ fn render(kind: &str) -> String {
 }
 
 fn render_files(kind: &str, files: &[String]) -> String {
+    render_files_with(kind, &[], files)
+}
+
+/// [`render_files`] with more flags (`--enforce native`).
+fn render_files_with(kind: &str, extra: &[&str], files: &[String]) -> String {
     let mut args = vec![
         "render",
         kind,
@@ -160,6 +165,7 @@ fn render_files(kind: &str, files: &[String]) -> String {
         "--tcp-port",
         "9000",
     ];
+    args.extend_from_slice(extra);
     args.extend(files.iter().map(String::as_str));
     let out = run(&args);
     assert_eq!(out.code, 0, "render {kind} failed: {}", out.stderr);
@@ -220,24 +226,7 @@ fn decide_only_attachments_are_valid() {
 fn native_enforce_attachments_are_valid() {
     let files = policy_files();
     for kind in ["wasmplugin", "envoyfilter"] {
-        let mut args = vec![
-            "render",
-            kind,
-            "--namespace",
-            "foo",
-            "--label",
-            "app=echo",
-            "--http-port",
-            "8080",
-            "--tcp-port",
-            "9000",
-            "--enforce",
-            "native",
-        ];
-        args.extend(files.iter().map(String::as_str));
-        let out = run(&args);
-        assert_eq!(out.code, 0, "render {kind} failed: {}", out.stderr);
-        let rendered = out.stdout;
+        let rendered = render_files_with(kind, &["--enforce", "native"], &files);
         assert!(rendered.contains("native"), "{rendered}");
         assert!(rendered.contains("meshauthz-enforce"), "{rendered}");
         assert!(!rendered.contains("meshauthz_http_enforce"), "{rendered}");

@@ -18,7 +18,7 @@ use meshauthz_harness::assert::{assert_denied, assert_ok, assert_refused};
 use meshauthz_harness::client::{self, TcpOutcome, Transport};
 use meshauthz_harness::policy;
 use meshauthz_harness::sidecar::Sidecar;
-use meshauthz_harness::{Error, Result};
+use meshauthz_harness::Result;
 
 const TEMPLATE: &str = "server-http-decide.yaml";
 const TCP_TEMPLATE: &str = "server-tcp-decide.yaml";
@@ -28,29 +28,12 @@ fn allow_bar() -> String {
     policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
 }
 
-const AUDIT_API: &str = r#"
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit-api, namespace: foo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: AUDIT
-  rules:
-  - to:
-    - operation: {paths: ["/api/*"]}
-"#;
+fn audit_api() -> String {
+    policy::audit_paths("audit-api", &["/api/*"])
+}
 
-/// Adds `"enforce": "decide"` to both plugin configurations of the rendered template (they sit
-/// JSON-escaped inside `value: "..."`).
 fn decide_mode(config: &str) -> Result<String> {
-    let key = r#"\"httpPorts\":"#;
-    if config.matches(key).count() != 2 {
-        return Err(Error(format!(
-            "expected the plugin configuration twice (meshauthz_net, meshauthz_http) in {TEMPLATE}"
-        )));
-    }
-    Ok(config.replace(key, r#"\"enforce\":\"decide\",\"httpPorts\":"#))
+    policy::with_enforce(config, "decide")
 }
 
 #[test]
@@ -92,7 +75,7 @@ fn the_decide_stage_alone_allows_and_denies_like_istio() {
 fn audit_policies_without_their_companions_fail_closed() {
     let s = Sidecar::builder("decide-only-audit")
         .template(TEMPLATE)
-        .policies(&format!("{}{AUDIT_API}", allow_bar()))
+        .policies(&format!("{}{}", allow_bar(), audit_api()))
         .transform(decide_mode)
         .start()
         .unwrap();

@@ -20,7 +20,7 @@ use meshauthz_harness::assert::{assert_denied, assert_ok};
 use meshauthz_harness::client::{self, TcpOutcome, Transport};
 use meshauthz_harness::policy;
 use meshauthz_harness::sidecar::{remove_filter, Sidecar};
-use meshauthz_harness::{Error, Result};
+use meshauthz_harness::Result;
 
 const TEMPLATE: &str = "server-http-native.yaml";
 const TCP_TEMPLATE: &str = "server-tcp-native.yaml";
@@ -32,29 +32,12 @@ fn allow_bar() -> String {
     policy::allow_principals("allow-bar", &["cluster.local/ns/foo/sa/bar"])
 }
 
-const AUDIT_API: &str = r#"
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit-api, namespace: foo}
-spec:
-  selector: {matchLabels: {app: echo}}
-  action: AUDIT
-  rules:
-  - to:
-    - operation: {paths: ["/api/*"]}
-"#;
+fn audit_api() -> String {
+    policy::audit_paths("audit-api", &["/api/*"])
+}
 
-/// Adds `"enforce": "native"` to both plugin configurations of the rendered template (they sit
-/// JSON-escaped inside `value: "..."`).
 fn native_mode(config: &str) -> Result<String> {
-    let key = r#"\"httpPorts\":"#;
-    if config.matches(key).count() != 2 {
-        return Err(Error(format!(
-            "expected the plugin configuration twice (meshauthz_net, meshauthz_http) in {TEMPLATE}"
-        )));
-    }
-    Ok(config.replace(key, r#"\"enforce\":\"native\",\"httpPorts\":"#))
+    policy::with_enforce(config, "native")
 }
 
 fn entry(s: &Sidecar, path: &str) -> serde_json::Value {
@@ -65,7 +48,7 @@ fn entry(s: &Sidecar, path: &str) -> serde_json::Value {
 fn native_enforce_allows_denies_and_audits_like_istio() {
     let s = Sidecar::builder("native-enforce")
         .template(TEMPLATE)
-        .policies(&format!("{}{AUDIT_API}", allow_bar()))
+        .policies(&format!("{}{}", allow_bar(), audit_api()))
         .transform(native_mode)
         .start()
         .unwrap();
@@ -157,7 +140,7 @@ fn missing_pieces_deny() {
     // trail would be lost); one they do not mark passes.
     let s = Sidecar::builder("native-enforce-no-log")
         .template(TEMPLATE)
-        .policies(&format!("{}{AUDIT_API}", allow_bar()))
+        .policies(&format!("{}{}", allow_bar(), audit_api()))
         .transform(|c| {
             let c = native_mode(c)?;
             remove_filter(&c, "envoy.filters.http.rbac", "action: LOG", 1)

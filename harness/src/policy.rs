@@ -44,6 +44,41 @@ spec:
     )
 }
 
+/// An AUDIT policy `foo/<name>` for the workload (`app: echo`) whose one rule marks requests to
+/// `paths`.
+pub fn audit_paths(name: &str, paths: &[&str]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: AUDIT
+  rules:
+  - to:
+    - operation: {{paths: [{}]}}
+"#,
+        list.join(", ")
+    )
+}
+
+/// Adds `"enforce": "<mode>"` to the two plugin configurations (`meshauthz_net`,
+/// `meshauthz_http`) of a rendered HTTP server template, where they sit JSON-escaped inside
+/// `value: "..."`: the chain a one-stage or native-enforce template is written for.
+pub fn with_enforce(config: &str, mode: &str) -> Result<String> {
+    let key = r#"\"httpPorts\":"#;
+    if config.matches(key).count() != 2 {
+        return Err(crate::Error(format!(
+            "expected the plugin configuration twice (meshauthz_net, meshauthz_http) in the template, found {}",
+            config.matches(key).count()
+        )));
+    }
+    Ok(config.replace(key, &format!(r#"\"enforce\":\"{mode}\",\"httpPorts\":"#)))
+}
+
 /// The namespace-wide PeerAuthentication `<namespace>/default` with `mode` (`STRICT`,
 /// `PERMISSIVE`, `DISABLE`).
 pub fn peer_authentication(namespace: &str, mode: &str) -> String {

@@ -232,8 +232,44 @@ pub fn rbac_native_enforce(network: bool) -> Value {
         if let Some(o) = config.as_object_mut() {
             o.insert("stat_prefix".into(), json!("meshauthz_enforce."));
         }
+        // On a TCP chain the verdict `allow http-port` means a port misdeclared in `httpPorts`.
+        if let Some(principals) = config
+            .pointer_mut("/rules/policies/meshauthz-enforce/principals")
+            .and_then(Value::as_array_mut)
+        {
+            principals.push(http_port_verdict());
+        }
     }
     json!({ "name": name, "typed_config": config })
+}
+
+/// The network stage's verdict for a port listed in `httpPorts` (its requests are left to
+/// `meshauthz_http`).
+fn http_port_verdict() -> Value {
+    json!({"filter_state": {"key": "wasm.meshauthz_net_decision", "string_match": {"exact": "allow http-port"}}})
+}
+
+/// With `"enforce": "decide"`, on each TCP chain after `meshauthz_net`: Envoy's network RBAC
+/// denying the verdict `allow http-port` (a port listed in `httpPorts` whose traffic runs on a TCP
+/// chain, where no `meshauthz_http` authorizes it). The full chain's `meshauthz_net_enforce`
+/// refuses it itself; the native enforce stage carries the same principal.
+pub fn http_port_guard() -> Value {
+    json!({
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "stat_prefix": "meshauthz_http_port_guard.",
+            "rules": {
+                "action": "DENY",
+                "policies": {
+                    "meshauthz-http-port-on-tcp-chain": {
+                        "permissions": [{"any": true}],
+                        "principals": [http_port_verdict()]
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// The companion that writes every SAN of the verified peer certificate into connection filter
@@ -369,6 +405,15 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     if a.companions() {
         audit_patches.push(after_decide(rbac_log_companion(false)));
     }
+    if a.enforce == EnforceMode::Decide {
+        let net_filter = format!("{}.{}-net", a.namespace, a.name);
+        for port in a.tcp_ports {
+            audit_patches.push(json!({"applyTo": "NETWORK_FILTER",
+                "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
+                    "filterChain": {"filter": {"name": net_filter}}}},
+                "patch": {"operation": "INSERT_AFTER", "value": http_port_guard()}}));
+        }
+    }
     audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({
         "apiVersion": "networking.istio.io/v1alpha3",
@@ -477,6 +522,9 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
             }
             if a.native() {
                 values.push(rbac_native_enforce(true));
+            }
+            if a.enforce == EnforceMode::Decide {
+                values.push(http_port_guard());
             }
             for value in values {
                 patches.push(json!({"applyTo": "NETWORK_FILTER", "match": m, "patch": {"operation": "INSERT_BEFORE", "value": value}}));

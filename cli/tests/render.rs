@@ -317,14 +317,17 @@ fn render_follows_the_policy_set() {
         ]
     );
     assert_eq!(s.enforce.as_deref(), Some("decide"));
-    // Only the SAN companions: first on the HTTP chains and on the TCP port's.
+    // The SAN companions (first on the HTTP chains and on the TCP port's), and on the TCP port
+    // the guard that refuses the verdict of a port misdeclared in httpPorts.
     assert_eq!(
         s.patched,
         [
+            "envoy.filters.network.rbac",
             "envoy.filters.network.set_filter_state",
             "envoy.filters.network.set_filter_state"
         ]
     );
+    assert!(out.stdout.contains("meshauthz-http-port-on-tcp-chain"));
     let plugins = docs(&out.stdout);
     // Without an enforce stage the network stage decides on TCP ports and watches HTTP ones.
     assert_eq!(
@@ -341,6 +344,7 @@ fn render_follows_the_policy_set() {
         [
             "meshauthz_http",
             "meshauthz_net",
+            "envoy.filters.network.rbac",
             "envoy.filters.network.set_filter_state",
             "envoy.filters.network.set_filter_state"
         ]

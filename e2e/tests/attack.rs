@@ -344,6 +344,35 @@ fn tcp_port_declared_http_stays_closed() {
         .unwrap();
 }
 
+/// The same misdeclared TCP port with the chains that have no Wasm enforce stage: the one-stage
+/// TCP template (`"enforce": "decide"`) and the native enforce stage (`"native"`). Nothing after
+/// the network stage authorizes the connection there, so a Wasm stage cannot be what refuses
+/// the `allow http-port` verdict: the templates' native network RBAC filter does.
+#[test]
+fn tcp_port_declared_http_stays_closed_without_a_wasm_enforce_stage() {
+    for (template, mode) in [
+        ("server-tcp-decide.yaml", "decide"),
+        ("server-tcp-native.yaml", "native"),
+    ] {
+        let port = free_port().unwrap();
+        let mut config = policy::plugin_config_yaml(ALLOW_NOTHING).unwrap();
+        config["httpPorts"] = serde_json::json!([port]);
+        config["enforce"] = mode.into();
+        let s = Sidecar::builder(&format!("attack-tcp-declared-http-{mode}"))
+            .template(template)
+            .tcp_app()
+            .inbound_port(port)
+            .plugin_config(config)
+            .start()
+            .unwrap();
+        let o = client::tcp_echo(s.port, b"ping-plain\n", WAIT).unwrap();
+        assert_tcp_refused(&o, &format!("{mode}: plaintext"));
+        let admin = s.pki.client("foo", "admin").unwrap();
+        let (o, e) = client::tls_tcp_echo(s.port, &s.pki, &admin, b"ping-mtls\n", WAIT).unwrap();
+        assert_tcp_refused(&o, &format!("{mode}: mTLS {e}"));
+    }
+}
+
 /// Issue 7 §3, the other direction: an HTTP port missing from `httpPorts`. The network stage
 /// decides the connection with Istio's TCP semantics, which drop ALLOW rules with HTTP-only
 /// fields; the stricter reading holds (refused), never the wider one. Positive control: the same

@@ -113,7 +113,10 @@ fn the_network_stage_alone_allows_and_closes_like_istio() {
         .unwrap();
     let text = s.envoy.config_text();
     assert!(!text.contains("root_id: meshauthz_net_enforce"));
-    assert!(!text.contains("envoy.filters.network.rbac"));
+    // No RBAC LOG companion; the one network RBAC filter is the misdeclared-port guard.
+    assert!(!text.contains("action: LOG"));
+    assert_eq!(text.matches("envoy.filters.network.rbac").count(), 1);
+    assert!(text.contains("meshauthz-http-port-on-tcp-chain"));
     let bar = s.pki.client("foo", "bar").unwrap();
     let (o, e) = client::tls_tcp_echo(s.port, &s.pki, &bar, b"ping-bar\n", WAIT).unwrap();
     assert_eq!(o, TcpOutcome::Echoed, "allowed principal over mTLS: {e}");

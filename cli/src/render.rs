@@ -312,7 +312,9 @@ fn peer_sans_patches(tcp_ports: &[u16]) -> Vec<Value> {
 /// `WasmPlugin`s: two HTTP stages and, when TCP ports are given, two network stages, plus the
 /// `EnvoyFilter` that places the RBAC LOG companion between the HTTP stages (a WasmPlugin cannot)
 /// and the peer-SAN companions. In `Decide` mode: the decide stages only, and the EnvoyFilter
-/// (same name, so `kubectl apply` replaces it) carries only the peer-SAN companions.
+/// (same name, so `kubectl apply` replaces it) carries the peer-SAN companions and the
+/// misdeclared-port guards ([`http_port_guard`]). In `Native` mode: the decide stages, and the
+/// EnvoyFilter places the RBAC LOG companion and [`rbac_native_enforce`] after each.
 pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     let mut docs = Vec::new();
     let plugin = |suffix: &str, root_id: &str, phase: &str, ty: &str, match_ports: &[u16]| {
@@ -464,7 +466,8 @@ fn wasm_filter(network: bool, root_id: &str, a: &Attachment<'_>, config: &Value)
 
 /// One `EnvoyFilter` with the module (a local file, or a remote URL with `sha256`), its RBAC LOG
 /// companions and the migration access-log format, inserted into `SIDECAR_INBOUND`; in `Decide`
-/// mode the decide stages only (no RBAC LOG, no enforce stage).
+/// mode the decide stages only (no RBAC LOG, no enforce stage; the misdeclared-port guard on TCP
+/// ports); in `Native` mode Envoy's RBAC filter in DENY mode instead of the Wasm enforce stages.
 pub fn envoy_filter(a: &Attachment<'_>) -> Value {
     let http_match = |sub: &str| {
         json!({"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {

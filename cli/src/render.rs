@@ -390,31 +390,32 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
         })
     };
     let mut audit_patches = Vec::new();
-    if a.native() {
-        // Each insertion lands right after the decide stage: the native enforce stage first, so
-        // that the companion inserted next sits between them.
-        audit_patches.push(after_decide(rbac_native_enforce(false)));
-        let net_filter = format!("{}.{}-net", a.namespace, a.name);
-        for port in a.tcp_ports {
-            for value in [rbac_native_enforce(true), rbac_log_companion(true)] {
-                audit_patches.push(json!({"applyTo": "NETWORK_FILTER",
-                    "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
-                        "filterChain": {"filter": {"name": net_filter}}}},
-                    "patch": {"operation": "INSERT_AFTER", "value": value}}));
-            }
-        }
-    }
-    if a.companions() {
-        audit_patches.push(after_decide(rbac_log_companion(false)));
-    }
-    if a.enforce == EnforceMode::Decide {
-        let net_filter = format!("{}.{}-net", a.namespace, a.name);
-        for port in a.tcp_ports {
+    // On each TCP port, right after the network decide stage (the network WasmPlugin): what the
+    // chain needs there, in chain order. Each insertion lands right after the decide stage, so
+    // they are inserted last first.
+    let net_filter = format!("{}.{}-net", a.namespace, a.name);
+    let after_net: Vec<Value> = match a.enforce {
+        // Before `meshauthz-net-enforce` (a later phase): the companion that marks an audited
+        // connection, which the enforce stage checks.
+        EnforceMode::Separate => vec![rbac_log_companion(true)],
+        EnforceMode::Native => vec![rbac_log_companion(true), rbac_native_enforce(true)],
+        EnforceMode::Decide => vec![http_port_guard()],
+    };
+    for port in a.tcp_ports {
+        for value in after_net.iter().rev() {
             audit_patches.push(json!({"applyTo": "NETWORK_FILTER",
                 "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
                     "filterChain": {"filter": {"name": net_filter}}}},
-                "patch": {"operation": "INSERT_AFTER", "value": http_port_guard()}}));
+                "patch": {"operation": "INSERT_AFTER", "value": value}}));
         }
+    }
+    if a.native() {
+        // The native enforce stage first, so that the companion inserted next sits between the
+        // decide stage and it.
+        audit_patches.push(after_decide(rbac_native_enforce(false)));
+    }
+    if a.companions() {
+        audit_patches.push(after_decide(rbac_log_companion(false)));
     }
     audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({

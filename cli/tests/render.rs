@@ -370,7 +370,10 @@ fn render_follows_the_policy_set() {
         "meshauthz-net-enforce",
         "meshauthz-audit-companion",
     ];
+    // The RBAC LOG companions: after the network decide stage on the TCP port, after the HTTP
+    // decide stage.
     let full_patches = [
+        "envoy.filters.network.rbac",
         "envoy.filters.http.rbac",
         "envoy.filters.network.set_filter_state",
         "envoy.filters.network.set_filter_state",
@@ -424,16 +427,16 @@ fn render_follows_the_policy_set() {
         assert_eq!(
             s.patched,
             [
+                "envoy.filters.network.rbac",
+                "envoy.filters.network.rbac",
                 "envoy.filters.http.rbac",
-                "envoy.filters.network.rbac",
-                "envoy.filters.network.rbac",
                 "envoy.filters.http.rbac",
                 "envoy.filters.network.set_filter_state",
                 "envoy.filters.network.set_filter_state"
             ]
         );
-        // Inserted right after the decide stage one after the other: DENY first, so that the
-        // LOG companion inserted next sits between the decide stage and it.
+        // Inserted right after the decide stages one after the other (network, then HTTP): DENY
+        // first, so that the LOG companion inserted next sits between the decide stage and it.
         let actions: Vec<String> = docs(&out.stdout)
             .iter()
             .flat_map(|d| {
@@ -452,8 +455,8 @@ fn render_follows_the_policy_set() {
             actions,
             [
                 "INSERT_AFTER DENY",
-                "INSERT_AFTER DENY",
                 "INSERT_AFTER LOG",
+                "INSERT_AFTER DENY",
                 "INSERT_AFTER LOG"
             ]
         );

@@ -402,6 +402,8 @@ const MULTIPLICATIVE: &[(&str, &str)] = &[
     ("/", operators::DIVIDE),
     ("%", operators::MODULO),
 ];
+/// The binary operators by precedence, loosest first (CEL.g4's `relation` and `calc`).
+const BINARY: [&[(&str, &str)]; 3] = [RELATIONS, ADDITIVE, MULTIPLICATIVE];
 
 struct Parser {
     tokens: Vec<Token>,
@@ -534,42 +536,32 @@ impl Parser {
         self.call(func, None, vec![left, right])
     }
 
-    /// Relations, then `+ -`, then `* / %`: left-associative binary operators, each nesting one
-    /// level deeper in the tree.
+    /// Relations, then `+ -`, then `* / %` ([`BINARY`]): left-associative binary operators, each
+    /// nesting one level deeper in the tree.
     fn relation(&mut self, depth: usize) -> Result<IdedExpr, String> {
-        self.binary(RELATIONS, depth, &mut 0)
+        self.binary(0, depth, &mut 0)
     }
 
+    /// The operators of precedence `level` (an index into [`BINARY`]) and above; `nested` counts
+    /// the operators read so far in this expression (each one level of the tree).
     fn binary(
         &mut self,
-        ops: &'static [(&'static str, &'static str)],
+        level: usize,
         depth: usize,
-        level: &mut usize,
+        nested: &mut usize,
     ) -> Result<IdedExpr, String> {
-        let mut lhs = self.operand(ops, depth, level)?;
+        let Some(ops) = BINARY.get(level) else {
+            return self.unary(depth + *nested);
+        };
+        let mut lhs = self.binary(level + 1, depth, nested)?;
         while let Some((_, func)) = ops.iter().find(|(p, _)| self.is(p)) {
             self.pos += 1;
-            *level += 1;
-            self.check_depth(depth + *level)?;
-            let rhs = self.operand(ops, depth, level)?;
+            *nested += 1;
+            self.check_depth(depth + *nested)?;
+            let rhs = self.binary(level + 1, depth, nested)?;
             lhs = self.call(func, None, vec![lhs, rhs]);
         }
         Ok(lhs)
-    }
-
-    fn operand(
-        &mut self,
-        ops: &'static [(&'static str, &'static str)],
-        depth: usize,
-        level: &mut usize,
-    ) -> Result<IdedExpr, String> {
-        if std::ptr::eq(ops, RELATIONS) {
-            self.binary(ADDITIVE, depth, level)
-        } else if std::ptr::eq(ops, ADDITIVE) {
-            self.binary(MULTIPLICATIVE, depth, level)
-        } else {
-            self.unary(depth + *level)
-        }
     }
 
     /// `!`s or `-`s before a member: an even number cancels out (CEL's parsers return the operand

@@ -494,18 +494,10 @@ fn limits_and_unsupported_syntax() {
     assert!(compile_err(&nested(17)).contains("nests deeper than 16 levels"));
     let chain = |n: usize| format!("{} == 1", vec!["1"; n].join(" + "));
     assert!(compile_err(&chain(17)).contains("nests deeper than 16 levels"));
-    // At the limit it compiles. cel-parser's frames are many times larger in a debug build than
-    // in a release one (where 16 levels fit in 256 KiB), hence the thread with a large stack.
-    let at_limit = std::thread::Builder::new()
-        .stack_size(64 << 20)
-        .spawn(move || {
-            CelExpression::compile(&nested(15)).is_ok()
-                && CelExpression::compile(&chain(15)).is_ok()
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    assert!(at_limit);
+    // At the limit it compiles, on a test thread's default stack (cel-parser's ANTLR parser, which
+    // meshauthz no longer calls, needed a 64 MiB one in a debug build).
+    assert!(CelExpression::compile(&nested(15)).is_ok());
+    assert!(CelExpression::compile(&chain(15)).is_ok());
     let long = vec!["destination.port == 1"; 300].join(" || ");
     assert!(compile_err(&long).contains("the limit is 4096"));
     assert_eq!(

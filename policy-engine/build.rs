@@ -1,19 +1,36 @@
-//! Embeds the table-driven test cases (`tests/cases/*.yaml`) so that the same files run natively and
-//! in wasm32 under node, where the tests have no file system: writes
-//! `$OUT_DIR/case_files.rs` with `CASE_FILES: &[(file name, contents)]`, sorted by name.
+//! Embeds the table-driven test cases (`tests/cases/*.yaml`) and the CEL conformance cases
+//! (`tests/cel_conformance/*.yaml`) so that the same files run natively and in wasm32 under node,
+//! where the tests have no file system: writes `$OUT_DIR/case_files.rs` with
+//! `CASE_FILES: &[(file name, contents)]` and `$OUT_DIR/cel_conformance_files.rs` with
+//! `CEL_CONFORMANCE_FILES`, each sorted by name.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let cases_dir = manifest_dir.join("tests").join("cases");
-    // A directory: Cargo reruns the script when any file under it changes, is added or removed.
-    println!("cargo::rerun-if-changed={}", cases_dir.display());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    for (folder, constant, file) in [
+        ("cases", "CASE_FILES", "case_files.rs"),
+        (
+            "cel_conformance",
+            "CEL_CONFORMANCE_FILES",
+            "cel_conformance_files.rs",
+        ),
+    ] {
+        let dir = manifest_dir.join("tests").join(folder);
+        std::fs::write(out_dir.join(file), embed(&dir, constant)?)?;
+    }
+    Ok(())
+}
 
+/// `pub const <constant>: &[(&str, &str)]`: every `*.yaml` file of `dir`, name and contents.
+fn embed(dir: &Path, constant: &str) -> Result<String, Box<dyn std::error::Error>> {
+    // A directory: Cargo reruns the script when any file under it changes, is added or removed.
+    println!("cargo::rerun-if-changed={}", dir.display());
     let mut files = Vec::new();
-    if cases_dir.is_dir() {
-        for entry in std::fs::read_dir(&cases_dir)? {
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "yaml") {
                 files.push(path);
@@ -21,8 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     files.sort();
-
-    let mut out = String::from("pub const CASE_FILES: &[(&str, &str)] = &[\n");
+    let mut out = format!("pub const {constant}: &[(&str, &str)] = &[\n");
     for path in &files {
         let name = path
             .file_name()
@@ -35,7 +51,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     out.push_str("];\n");
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("case_files.rs"), out)?;
-    Ok(())
+    Ok(out)
 }

@@ -7,17 +7,35 @@
 //! failure (a panic would trap the Wasm VM). Cases marked `known_parser_bug: true` (none
 //! today: the 90 divergences of cel-parser 0.10 went with it) or `known_engine_bug` are run too and
 //! must still diverge, so that a fix is noticed (then remove the flag).
-#![expect(
+//!
+//! Natively with `cargo test`, and in wasm32-unknown-unknown under node with wasm-bindgen-test
+//! (`make test-wasm`), as the module evaluates CEL: the files are embedded at build time by
+//! `build.rs`. (In wasm32 a panic aborts the run instead of being counted: it fails all the same.)
+// `allow`, not `expect`: natively the function is a `#[test]` and clippy already permits the
+// panics; under wasm32 it is a `#[wasm_bindgen_test]`, which clippy does not know as a test.
+#![allow(
     clippy::panic,
     clippy::unwrap_used,
     reason = "a test reports failure by panicking"
 )]
 
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/cel_conformance_files.rs"));
+}
+
+#[cfg(target_arch = "wasm32")]
+macro_rules! say {
+    ($($t:tt)*) => { wasm_bindgen_test::console_log!($($t)*) };
+}
+#[cfg(not(target_arch = "wasm32"))]
+macro_rules! say {
+    ($($t:tt)*) => { println!($($t)*) };
+}
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 
 use policy_engine::cel::CelExpression;
 use policy_engine::{Attributes, HttpAttributes};
@@ -47,7 +65,7 @@ struct Case {
     /// The expression fails, at compile time or at evaluation (the specification's `eval_error`
     /// for a type error that a type checker finds first); the message contains this.
     error: Option<String>,
-    /// Fails today because of cel-parser 0.10 (see the README): must still fail.
+    /// Fails today in the parse step (see the README): must still fail.
     #[serde(default)]
     known_parser_bug: bool,
     /// Fails today for another reason (the interpreter, the compiler): what diverges. Must still
@@ -153,17 +171,6 @@ fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
 }
 
-fn case_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cel_conformance");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[derive(Default)]
 struct Tally {
     cases: usize,
@@ -172,7 +179,8 @@ struct Tally {
     engine_bugs: usize,
 }
 
-#[test]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
 fn cel_follows_the_specification() {
     // On the test thread's default stack: meshauthz's own parser needs no large one (cel-parser's
     // ANTLR parser did, in a debug build).
@@ -209,16 +217,20 @@ fn run_every_case() {
     };
 
     // `CEL_CONFORMANCE_VERBOSE=1 cargo test ... -- --nocapture` prints every case's outcome.
-    let verbose = std::env::var_os("CEL_CONFORMANCE_VERBOSE").is_some();
+    let verbose =
+        cfg!(not(target_arch = "wasm32")) && std::env::var_os("CEL_CONFORMANCE_VERBOSE").is_some();
     let mut failures = Vec::new();
     let mut parser_bugs = Vec::new();
     let mut engine_bugs = Vec::new();
     let mut by_file: BTreeMap<String, Tally> = BTreeMap::new();
-    for path in case_files() {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !embedded::CEL_CONFORMANCE_FILES.is_empty(),
+        "no case file embedded from tests/cel_conformance"
+    );
+    for (name, text) in embedded::CEL_CONFORMANCE_FILES {
+        let name = name.to_string();
         let file: CaseFile =
-            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!file.description.is_empty(), "{name}: empty description");
         let tally = by_file.entry(name.clone()).or_default();
         for case in &file.cases {
@@ -233,7 +245,7 @@ fn run_every_case() {
             let got = run(&case.expr, &attrs);
             let ok = matches(&expected, &got) && !matches!(got, Outcome::Panic(..));
             if verbose {
-                println!("CASE {name}: {}: `{}`: {got}", case.source, case.expr);
+                say!("CASE {name}: {}: `{}`: {got}", case.source, case.expr);
             }
             let known = if case.known_parser_bug {
                 tally.parser_bugs += 1;
@@ -275,22 +287,25 @@ fn run_every_case() {
 
     let total: usize = by_file.values().map(|t| t.cases).sum();
     for (name, t) in &by_file {
-        println!(
-            "{name}: {} cases, {} pass, {} known cel-parser bugs, {} known engine bugs",
-            t.cases, t.passed, t.parser_bugs, t.engine_bugs
+        say!(
+            "{name}: {} cases, {} pass, {} known parser bugs, {} known engine bugs",
+            t.cases,
+            t.passed,
+            t.parser_bugs,
+            t.engine_bugs
         );
     }
     for (what, list) in [
-        ("known cel-parser bugs", &parser_bugs),
+        ("known parser bugs", &parser_bugs),
         ("known engine bugs", &engine_bugs),
     ] {
-        println!("{what}, still diverging as expected ({}):", list.len());
+        say!("{what}, still diverging as expected ({}):", list.len());
         for line in list {
-            println!("  KNOWN {line}");
+            say!("  KNOWN {line}");
         }
     }
     for line in &failures {
-        println!("FAIL {line}");
+        say!("FAIL {line}");
     }
     assert!(total >= 150, "expected at least 150 cases, found {total}");
     assert!(

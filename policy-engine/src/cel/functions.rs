@@ -9,6 +9,10 @@
 //! - `size`, replacing cel-interpreter's, which counts a string's UTF-8 bytes where CEL counts its
 //!   code points (`size("πέντε")` is 5): a length limit on a header or claim with non-ASCII
 //!   characters would otherwise be tighter than written.
+//! - `int`, `uint`, `string`, `bytes`, replacing cel-interpreter's where it departs from CEL: a
+//!   double out of range (or NaN) converted to an integer is an error (cel-interpreter saturated
+//!   `int(9223372036854775807.0)` and turned NaN into 0), `string()` of bytes that are not UTF-8
+//!   is an error (not a lossy text), and `bytes()` of bytes is the identity.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -46,6 +50,10 @@ pub(super) const USER_FUNCTIONS: &[(&str, usize, usize)] = &[
 pub(super) fn root_context() -> Context<'static> {
     let mut ctx = Context::default();
     ctx.add_function("size", size);
+    ctx.add_function("int", int);
+    ctx.add_function("uint", uint);
+    ctx.add_function("string", string);
+    ctx.add_function("bytes", bytes);
     ctx.add_function(IP_IN_CIDR, ip_in_cidr);
     ctx.add_function(BOOL, strict_bool);
     ctx.add_function(INDEX, strict_index);
@@ -105,6 +113,101 @@ fn size(This(this): This<Value>) -> ResolveResult {
     i64::try_from(n)
         .map(Value::Int)
         .map_err(|_| ExecutionError::function_error("size", "size out of range"))
+}
+
+/// 2^63 and 2^64 as doubles: CEL's integer ranges, open at both ends for a double (cel-go's
+/// `doubleToInt64Checked` and `doubleToUint64Checked`).
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+
+fn conversion_error(function: &str, what: impl std::fmt::Display) -> ExecutionError {
+    ExecutionError::function_error(function, what.to_string())
+}
+
+/// CEL's `int`: of an int, a uint in range, a double in (-2^63, 2^63) truncated toward zero, or
+/// a decimal string.
+fn int(This(this): This<Value>) -> ResolveResult {
+    match this {
+        Value::Int(i) => Ok(Value::Int(i)),
+        Value::UInt(u) => i64::try_from(u)
+            .map(Value::Int)
+            .map_err(|_| conversion_error("int", "integer overflow")),
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the range is checked first: the cast only drops the fraction"
+        )]
+        Value::Float(f) if f > -TWO_63 && f < TWO_63 => Ok(Value::Int(f as i64)),
+        Value::Float(f) => Err(conversion_error(
+            "int",
+            format!("{f} is out of the int range"),
+        )),
+        Value::String(s) => s
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|e| conversion_error("int", format!("string parse error: {e}"))),
+        other => Err(conversion_error(
+            "int",
+            format!("cannot convert a {} to int", other.type_of()),
+        )),
+    }
+}
+
+/// CEL's `uint`: of a uint, a non-negative int, a double in [0, 2^64) truncated, or a decimal
+/// string.
+fn uint(This(this): This<Value>) -> ResolveResult {
+    match this {
+        Value::UInt(u) => Ok(Value::UInt(u)),
+        Value::Int(i) => u64::try_from(i)
+            .map(Value::UInt)
+            .map_err(|_| conversion_error("uint", "unsigned integer overflow")),
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "the range is checked first: the cast only drops the fraction"
+        )]
+        Value::Float(f) if (0.0..TWO_64).contains(&f) => Ok(Value::UInt(f as u64)),
+        Value::Float(f) => Err(conversion_error(
+            "uint",
+            format!("{f} is out of the uint range"),
+        )),
+        Value::String(s) => s
+            .parse::<u64>()
+            .map(Value::UInt)
+            .map_err(|e| conversion_error("uint", format!("string parse error: {e}"))),
+        other => Err(conversion_error(
+            "uint",
+            format!("cannot convert a {} to uint", other.type_of()),
+        )),
+    }
+}
+
+/// CEL's `string`: bytes must be UTF-8; numbers as cel-interpreter writes them.
+fn string(This(this): This<Value>) -> ResolveResult {
+    match this {
+        Value::String(s) => Ok(Value::String(s)),
+        Value::Bytes(b) => String::from_utf8(b.to_vec())
+            .map(|s| Value::String(Arc::new(s)))
+            .map_err(|_| conversion_error("string", "the bytes are not valid UTF-8")),
+        Value::Int(i) => Ok(Value::String(Arc::new(i.to_string()))),
+        Value::UInt(u) => Ok(Value::String(Arc::new(u.to_string()))),
+        Value::Float(f) => Ok(Value::String(Arc::new(f.to_string()))),
+        other => Err(conversion_error(
+            "string",
+            format!("cannot convert a {} to string", other.type_of()),
+        )),
+    }
+}
+
+/// CEL's `bytes`: a string's UTF-8, or bytes unchanged.
+fn bytes(This(this): This<Value>) -> ResolveResult {
+    match this {
+        Value::String(s) => Ok(Value::Bytes(Arc::new(s.as_bytes().to_vec()))),
+        Value::Bytes(b) => Ok(Value::Bytes(b)),
+        other => Err(conversion_error(
+            "bytes",
+            format!("cannot convert a {} to bytes", other.type_of()),
+        )),
+    }
 }
 
 fn strict_bool(value: Value) -> ResolveResult {

@@ -213,6 +213,19 @@ fn lookup(scope: &[(String, Ty)], name: &str) -> Option<Ty> {
         .map(|(_, ty)| *ty)
 }
 
+/// A literal as the expression spells it (for messages).
+fn show(v: &Val) -> String {
+    match v {
+        Val::String(s) => format!("{s:?}"),
+        Val::Boolean(b) => b.to_string(),
+        Val::Int(i) => i.to_string(),
+        Val::UInt(u) => format!("{u}u"),
+        Val::Double(d) => format!("{d:?}"),
+        Val::Bytes(b) => format!("b{:?}", String::from_utf8_lossy(b)),
+        Val::Null => "null".to_string(),
+    }
+}
+
 fn literal_ty(v: &Val) -> Ty {
     match v {
         Val::String(_) => Ty::String,
@@ -343,6 +356,24 @@ impl Compiler {
                 Ok(Ty::List)
             }
             Expr::Map(map) => {
+                // CEL refuses a map literal that repeats a key; a constant one is refused here,
+                // when the policy loads.
+                let constant_keys: Vec<&Val> = map
+                    .entries
+                    .iter()
+                    .filter_map(|e| match &e.expr {
+                        EntryExpr::MapEntry(me) => match &me.key.expr {
+                            Expr::Literal(v) => Some(v),
+                            _ => None,
+                        },
+                        EntryExpr::StructField(_) => None,
+                    })
+                    .collect();
+                for (i, key) in constant_keys.iter().enumerate() {
+                    if constant_keys.iter().skip(i + 1).any(|k| k == key) {
+                        return Err(format!("map literal with a repeated key `{}`", show(key)));
+                    }
+                }
                 for entry in &mut map.entries {
                     let EntryExpr::MapEntry(entry) = &mut entry.expr else {
                         return Err("message construction is not supported".to_string());

@@ -1114,3 +1114,14 @@ fn ip_in_cidr_on_an_address_attribute_reads_only_that_address() {
     );
     assert!(compile_err("ip_in_cidr(source.address, '300.0.0.0/8')").contains("is not a CIDR"));
 }
+
+#[test]
+fn a_map_literal_with_a_repeated_constant_key_is_refused() {
+    assert_eq!(
+        compile_err("{'a': 1, 'b': 2, 'a': 3}['a'] == 3"),
+        "map literal with a repeated key `\"a\"`"
+    );
+    assert!(compile_err("{true: 1, false: 2, true: 3}[true] == 3").contains("`true`"));
+    // Different constants, and computed keys, are not compared at load.
+    assert!(CelExpression::compile("{1: 'a', 1u: 'b', 'x': 'c'}[1] == 'a'").is_ok());
+}

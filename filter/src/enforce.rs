@@ -104,10 +104,6 @@ fn audit_companion_ran(host: &dyn Host, plugin: &Plugin, keys: &Keys) -> bool {
     false
 }
 
-/// With AUDIT policies applying, an enforce stage must follow the decide stage: only it checks
-/// that the RBAC LOG companion marked the request. Without one (`enforce_present` false: no
-/// enforce root in this VM, or `"enforce": "decide"`) the audit trail would vanish silently, so
-/// the request is denied (fail closed), logged and counted.
 /// Who answers the denials a decide stage reaches, from the configuration's `enforce` mode and
 /// whether an enforce stage of this kind is configured in this VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +146,10 @@ impl Answering {
     }
 }
 
+/// With AUDIT policies applying, an enforce stage must follow the decide stage: only it checks
+/// that the RBAC LOG companion marked the request. Without one (`enforce_present` false: no
+/// enforce root in this VM, or `"enforce": "decide"`) the audit trail would vanish silently, so
+/// the request is denied (fail closed), logged and counted.
 pub(crate) fn audit_needs_enforce_stage(
     host: &dyn Host,
     plugin: &Plugin,

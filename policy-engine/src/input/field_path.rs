@@ -24,22 +24,7 @@ impl FieldPath {
 
     /// `parent[i]`.
     pub(crate) fn index(&self, i: usize) -> Self {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = i;
-        loop {
-            at -= 1;
-            // `n % 10` is below 10: the cast cannot truncate.
-            if let Some(d) = digits.get_mut(at) {
-                *d = b'0' + (n % 10) as u8;
-            }
-            n /= 10;
-            if n == 0 || at == 0 {
-                break;
-            }
-        }
-        let digits = std::str::from_utf8(digits.get(at..).unwrap_or_default()).unwrap_or("?");
-        self.joined(&["[", digits, "]"])
+        self.joined(&["[", &i.to_string(), "]"])
     }
 
     fn joined(&self, parts: &[&str]) -> Self {

@@ -261,10 +261,15 @@ fn node_workload(host: &dyn Host) -> NodeWorkload {
     };
     let namespace = meta("NAMESPACE").and_then(decode_str);
     let raw_labels = meta("LABELS");
-    let labels = raw_labels
-        .as_deref()
-        .and_then(decode_pairs)
-        .map(|pairs| pairs.into_iter().collect());
+    let labels = raw_labels.as_deref().and_then(decode_pairs).map(|pairs| {
+        // Inserted one by one (a later repeat wins, as with `collect`): `collect` into a
+        // BTreeMap sorts first, a copy of the standard sort the module need not carry.
+        let mut labels = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            labels.insert(k, v);
+        }
+        labels
+    });
     NodeWorkload {
         namespace,
         labels_unreadable: raw_labels.is_some() && labels.is_none(),

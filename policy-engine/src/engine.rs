@@ -153,8 +153,7 @@ fn named_ports(
                 .filter_map(|p| p.parse::<u16>().ok()),
         );
     }
-    ports.sort_unstable();
-    ports.dedup();
+    crate::order::sort_dedup(&mut ports);
     ports
 }
 

@@ -34,6 +34,7 @@ mod engine;
 pub mod error;
 pub mod input;
 pub mod model;
+mod order;
 pub mod path;
 mod peer_authn;
 mod workload;

@@ -108,13 +108,14 @@ impl ResolvedMtls {
     /// The ports whose answer may differ from [`Self::default_answer`], sorted: the
     /// `portLevelMtls` entries and the ports a report-only annotation lists.
     pub fn listed_ports(&self) -> Vec<u16> {
-        let mut ports: BTreeSet<u16> = self.ports.keys().copied().collect();
+        let mut ports: Vec<u16> = self.ports.keys().copied().collect();
         if self.default_mode == MtlsMode::Strict {
             if let Some(ReportOnly::Ports(listed)) = &self.default_report_only {
                 ports.extend(listed);
             }
         }
-        ports.into_iter().collect()
+        crate::order::sort_dedup(&mut ports);
+        ports
     }
 
     /// `namespace/name` of the PeerAuthentication that set the mode of `port` (`None`: of the

@@ -22,6 +22,7 @@ use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 use crate::error::{Diagnostic, Diagnostics};
 use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule, CUSTOM_UNSUPPORTED};
+use crate::order;
 use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
 use rule::{CompiledRule, Ctx};
@@ -133,10 +134,10 @@ fn compile_rule(ctx: &FieldCtx<'_>, id: RuleId, rule: &Rule) -> Result<CompiledR
         }
     }
     for clause in from.iter_mut().chain(to.iter_mut()) {
-        clause.sort_by_key(rule::Field::cost);
+        order::sort_stable_by(clause, |a, b| a.cost().cmp(&b.cost()));
         clause.shrink_to_fit();
     }
-    when.sort_by_key(rule::Field::cost);
+    order::sort_stable_by(&mut when, |a, b| a.cost().cmp(&b.cost()));
     // Kept for the configuration's lifetime: no spare capacity.
     from.shrink_to_fit();
     to.shrink_to_fit();
@@ -165,7 +166,7 @@ pub(crate) fn compile(
         .collect();
     // Istio's order: creationTimestamp, then name, then namespace. It decides which rule is
     // reported as the one that matched.
-    applicable.sort_by(|a, b| {
+    order::sort_stable_by(&mut applicable, |a, b| {
         (a.meta.creation_timestamp, &a.meta.name, &a.meta.namespace).cmp(&(
             b.meta.creation_timestamp,
             &b.meta.name,
@@ -346,7 +347,7 @@ impl CompiledAuthz {
             .filter(|r| r.matches(&ctx))
             .map(|r| r.id)
             .collect::<Vec<_>>();
-        matched.sort_unstable();
+        order::sort_stable_by(&mut matched, RuleId::cmp);
         matched
     }
 

@@ -30,7 +30,7 @@ pub(crate) fn peer_authentications(
                 })
         })
         .collect();
-    selecting.sort_by(|a, b| {
+    crate::order::sort_stable_by(&mut selecting, |a, b| {
         (a.meta.creation_timestamp, &a.meta.name).cmp(&(b.meta.creation_timestamp, &b.meta.name))
     });
     let Some((winner, losers)) = selecting.split_first() else {

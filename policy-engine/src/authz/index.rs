@@ -289,7 +289,7 @@ fn push_unique(list: &mut Vec<u32>, pos: u32) {
 fn namespaces_in(principal: &str) -> impl Iterator<Item = &str> {
     let mut from = 0;
     std::iter::from_fn(move || loop {
-        let i = principal.get(from..)?.find("/ns/")? + from;
+        let i = find_ns_marker(principal, from)?;
         from = i + 1;
         let rest = principal.get(i + 4..)?;
         if let Some(end) = rest.find('/') {
@@ -303,15 +303,53 @@ fn namespaces_in(principal: &str) -> impl Iterator<Item = &str> {
 fn after_each_ns(principal: &str) -> impl Iterator<Item = &str> {
     let mut from = 0;
     std::iter::from_fn(move || {
-        let i = principal.get(from..)?.find("/ns/")? + from;
+        let i = find_ns_marker(principal, from)?;
         from = i + 1;
         principal.get(i + 4..)
     })
 }
 
+/// The first `/ns/` in `principal` at or after byte `from`. Once per request per namespace
+/// table: a scan for `/` (a principal has a handful) instead of `str::find`, which builds a
+/// two-way searcher on every call.
+fn find_ns_marker(principal: &str, from: usize) -> Option<usize> {
+    let bytes = principal.as_bytes();
+    let mut at = from;
+    loop {
+        at += bytes.get(at..)?.iter().position(|&b| b == b'/')?;
+        if bytes.get(at..at + 4) == Some(b"/ns/".as_slice()) {
+            return Some(at);
+        }
+        at += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{after_each_ns, namespaces_in, Affixes};
+    use super::{after_each_ns, find_ns_marker, namespaces_in, Affixes};
+
+    #[test]
+    fn finds_the_namespace_marker_as_str_find_does() {
+        let samples = [
+            "",
+            "/ns/",
+            "/ns",
+            "ns/x",
+            "//ns//ns/a/",
+            "spiffe://td/ns/ns/x/sa/y",
+            "cluster.local/ns/team-3/sa/client",
+            "a/n/ns/b/ns/",
+            "/ns/ns/ns/",
+            "x/ñs/ns/é/ns/",
+        ];
+        for p in samples {
+            // The callers start at 0 or just after a `/`: always a character boundary.
+            for from in (0..=p.len()).filter(|&i| p.is_char_boundary(i)) {
+                let want = p.get(from..).and_then(|r| r.find("/ns/")).map(|i| i + from);
+                assert_eq!(find_ns_marker(p, from), want, "{p:?} from {from}");
+            }
+        }
+    }
 
     #[test]
     fn finds_every_namespace_marker() {

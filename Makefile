@@ -209,7 +209,7 @@ $(PYTHON_TOOLS)/matplotlib:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(PYTHON_TOOLS) matplotlib
 
 # ---- benchmarks -----------------------------------------------------------------------------
-.PHONY: bench bench-engine bench-envoy bench-instructions bench-plot oha
+.PHONY: bench bench-engine bench-envoy bench-instructions bench-compile bench-plot oha
 # The whole measurement behind BENCHMARKS.md: the engine alone, then issue 12's realistic mix in
 # Envoy (no filter, native RBAC, meshauthz full chain and one stage; 10 / 1,000 / 10,000
 # policies; with and without AUDIT), then its plots.
@@ -250,6 +250,15 @@ bench-instructions: build envoy
 	cargo build --quiet -p meshauthz-cli -p meshauthz-bench-envoy
 	@ls -l $(MODULE) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 	target/debug/bench-envoy --instructions --cli target/debug/meshauthz --out target/bench-instructions.md $(BENCH_ARGS)
+
+# V8's compile work for the module, in instructions (callgrind): what every sidecar's start-up
+# pays for the module's code, as a figure that does not move with the machine's load
+# (BENCHMARKS.md, "Session 5"). Needs valgrind and node. COMPARE: other modules to count beside it.
+COMPARE ?=
+bench-compile: build
+	@command -v valgrind >/dev/null || { echo "bench-compile needs valgrind: apt-get install valgrind"; exit 1; }
+	@command -v node >/dev/null || { echo "bench-compile needs node (V8): apt-get install nodejs"; exit 1; }
+	bench/v8/compile-work.sh $(MODULE) $(COMPARE)
 
 # ---- sandbox --------------------------------------------------------------------------------
 # A small mesh on 127.0.0.1 (see envoy-config/SANDBOX.md). Fixed ports, overridable:

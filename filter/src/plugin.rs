@@ -188,7 +188,7 @@ impl Plugin {
                     } else {
                         NodeWorkload::default()
                     };
-                    config::compile(&cfg, &node)
+                    config::compile(cfg, &node)
                 });
                 match result {
                     Ok(compiled) => {

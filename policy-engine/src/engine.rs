@@ -29,23 +29,56 @@ impl Engine {
         mesh: &MeshConfig,
     ) -> Result<(Engine, Diagnostics), Diagnostics> {
         let mut warnings = Diagnostics::default();
-        let (policies, authz) = crate::authz::compile(set, workload, mesh, &mut warnings)?;
+        let (policies, authz) =
+            crate::authz::compile(&set.authorization_policies, workload, mesh, &mut warnings)?;
         let mtls = crate::peer_authn::resolve(set, workload, mesh, &mut warnings);
         crate::input::overlap::peer_authentications(set, workload, mesh, &mut warnings);
+        let named_ports = named_ports(set, workload, mesh, &mtls);
+        Ok((Engine::new(policies, authz, mtls, named_ports), warnings))
+    }
+
+    /// [`Engine::compile`], consuming the set: each AuthorizationPolicy is dropped as soon as it
+    /// is compiled (those that do not apply, before compilation starts), so a load never holds
+    /// the whole decoded set and the whole compiled engine at once. What the module uses: its
+    /// VM's linear memory never shrinks, so the peak of a load is what the VM keeps.
+    /// Same engine, same warnings in the same order.
+    pub fn compile_owned(
+        set: PolicySet,
+        workload: &Workload,
+        mesh: &MeshConfig,
+    ) -> Result<(Engine, Diagnostics), Diagnostics> {
+        let mut peer_warnings = Diagnostics::default();
+        let mtls = crate::peer_authn::resolve(&set, workload, mesh, &mut peer_warnings);
+        crate::input::overlap::peer_authentications(&set, workload, mesh, &mut peer_warnings);
+        let named_ports = named_ports(&set, workload, mesh, &mtls);
+        let PolicySet {
+            authorization_policies,
+            peer_authentications,
+        } = set;
+        drop(peer_authentications);
+        let mut warnings = Diagnostics::default();
+        let (policies, authz) =
+            crate::authz::compile(authorization_policies, workload, mesh, &mut warnings)?;
+        warnings.extend(peer_warnings);
+        Ok((Engine::new(policies, authz, mtls, named_ports), warnings))
+    }
+
+    fn new(
+        policies: Vec<PolicyInfo>,
+        authz: CompiledAuthz,
+        mtls: ResolvedMtls,
+        named_ports: Vec<u16>,
+    ) -> Engine {
         let mut requirements = authz.requirements();
         // The transport decision (STRICT) needs to know whether the peer is authenticated.
         requirements.mtls = true;
-        let named_ports = named_ports(set, workload, mesh, &mtls);
-        Ok((
-            Engine {
-                policies,
-                authz,
-                mtls,
-                requirements,
-                named_ports,
-            },
-            warnings,
-        ))
+        Engine {
+            policies,
+            authz,
+            mtls,
+            requirements,
+            named_ports,
+        }
     }
 
     /// How `request.headers[..]` conditions read a header sent several times: the module keeps

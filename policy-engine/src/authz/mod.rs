@@ -21,7 +21,9 @@ mod values;
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 use crate::error::{Diagnostic, Diagnostics};
-use crate::model::{Action, AuthorizationPolicy, PolicySet, Rule, CUSTOM_UNSUPPORTED};
+use std::borrow::Borrow;
+
+use crate::model::{Action, AuthorizationPolicy, Rule, CUSTOM_UNSUPPORTED};
 use crate::order;
 use crate::workload::{MeshConfig, Workload};
 use index::RuleSet;
@@ -153,20 +155,24 @@ fn compile_rule(ctx: &FieldCtx<'_>, id: RuleId, rule: &Rule) -> Result<CompiledR
     Ok(CompiledRule { id, from, to, when })
 }
 
-pub(crate) fn compile(
-    set: &PolicySet,
+/// Compiles the AuthorizationPolicies that apply to `workload`. `policies` may be borrowed
+/// (`&AuthorizationPolicy`: the CLI keeps its set) or owned (the module: each policy is dropped
+/// once compiled, and those that do not apply before compilation starts, so that the decoded
+/// set and the compiled engine are not both held whole at the peak of a load).
+pub(crate) fn compile<P: Borrow<AuthorizationPolicy>>(
+    policies: impl IntoIterator<Item = P>,
     workload: &Workload,
     mesh: &MeshConfig,
     warnings: &mut Diagnostics,
 ) -> Result<(Vec<PolicyInfo>, CompiledAuthz), Diagnostics> {
-    let mut applicable: Vec<&AuthorizationPolicy> = set
-        .authorization_policies
-        .iter()
-        .filter(|p| applies(p, workload, mesh, warnings))
+    let mut applicable: Vec<P> = policies
+        .into_iter()
+        .filter(|p| applies(p.borrow(), workload, mesh, warnings))
         .collect();
     // Istio's order: creationTimestamp, then name, then namespace. It decides which rule is
     // reported as the one that matched.
     order::sort_stable_by(&mut applicable, |a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
         (a.meta.creation_timestamp, &a.meta.name, &a.meta.namespace).cmp(&(
             b.meta.creation_timestamp,
             &b.meta.name,
@@ -184,6 +190,7 @@ pub(crate) fn compile(
     let mut tcp_rules: Vec<(BucketKind, CompiledRule)> = Vec::new();
 
     for p in applicable {
+        let p = p.borrow();
         let Ok(policy_id) = u32::try_from(infos.len()) else {
             errors.push(Diagnostic::error(
                 Some(p.object_ref()),
@@ -429,7 +436,7 @@ impl CompiledAuthz {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, RuleTo};
+    use crate::model::{AuthorizationPolicySpec, ObjectMeta, Operation, PolicySet, RuleTo};
     use crate::{Engine, HttpAttributes};
 
     fn policy(name: &str, action: Action, rules: Option<Vec<Option<Rule>>>) -> AuthorizationPolicy {

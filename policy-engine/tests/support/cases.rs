@@ -415,7 +415,8 @@ fn build(
             let Some(wl) = decoded.workload else {
                 return Err(Diagnostics(Vec::new()));
             };
-            let (engine, more) = Engine::compile(&decoded.policies, &wl, &decoded.mesh)?;
+            // The module's compilation: the decoded set consumed (`Engine::compile_owned`).
+            let (engine, more) = Engine::compile_owned(decoded.policies, &wl, &decoded.mesh)?;
             let mut all = warnings;
             all.extend(more);
             return Ok((engine, all));

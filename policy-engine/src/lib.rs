@@ -22,6 +22,7 @@
 //! | `peer_authn` | PeerAuthentication levels and `portLevelMtls` -> [`ResolvedMtls`] |
 //! | [`cel`] | `meshauthz.io/cel` conditions |
 //! | [`path`] | the forwarded and the normalized path |
+//! | `order` | load-time sorting with one copy of the standard sort in the module |
 //! | `workload`, `attributes`, `decision`, [`model`], [`error`] | the types the others share: [`Workload`], [`MeshConfig`], [`Attributes`], [`Decision`], the Istio objects, diagnostics |
 
 #![warn(unreachable_pub)]

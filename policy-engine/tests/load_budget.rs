@@ -92,8 +92,8 @@ fn loading_keeps_only_what_applies_and_within_budget() {
     let workload = cfg.workload.clone().unwrap();
     let before = ALLOC.current_usage();
     ALLOC.reset_peak_usage();
-    let (engine, warnings) = Engine::compile_owned(cfg.policies, &workload, &cfg.mesh)
-        .unwrap_or_else(|d| panic!("{d}"));
+    let (engine, warnings) =
+        Engine::compile_owned(cfg.policies, &workload, &cfg.mesh).unwrap_or_else(|d| panic!("{d}"));
     drop(warnings);
     let rise = ALLOC.peak_usage().saturating_sub(before);
     assert_eq!(engine.policies().len(), 1_000);

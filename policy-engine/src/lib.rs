@@ -4,6 +4,7 @@
 //! ```text
 //! load_str / load_value   YAML/JSON -> PolicySet (validated; errors name object, field path, expectation)
 //! Engine::compile         PolicySet + Workload + MeshConfig -> Engine (applicable policies, indexed)
+//! Engine::compile_owned   the same, consuming the set (the module: a lower peak while loading)
 //! Engine::check           Attributes -> Decision (allowed?, which rule, audit hint, dry-run shadows)
 //! Engine::mtls_mode_at    port (or unknown port) -> PeerAuthentication mode
 //! Engine::named_ports     the ports the configuration names

@@ -1,6 +1,6 @@
 //! Fetching what the compiled policies need from the host, and nothing more
-//! ([`policy_engine::Requirements`]): the transport facts of the stream ([`Transport`]), the peer
-//! identity, the request attributes; then asking the policies ([`evaluate`]).
+//! ([`policy_engine::Requirements`]): the transport facts of the stream (`Transport`), the peer
+//! identity, the request attributes; then asking the policies (`evaluate`).
 
 use std::net::IpAddr;
 

@@ -1,4 +1,4 @@
-//! The outcome of a decide stage: the engine's [`Decision`] turned into a [`Verdict`] with its
+//! The outcome of a decide stage: the engine's [`Decision`] turned into a `Verdict` with its
 //! access-log label (cached per configuration in [`Labels`]), counted, and published as filter
 //! state for the RBAC LOG companion, the enforce stage and the access log.
 
@@ -37,7 +37,7 @@ const MAX_SHADOW_LABELS: usize = 4096;
 
 /// The access-log labels of one compiled configuration (`allow ns[foo]-policy[bar]-rule[0]`,
 /// `dry-run-allow=allowed(...)`), each built the first time a request needs it and shared after.
-/// Owned by [`Compiled`]: a new configuration starts with an empty cache, so no label of a
+/// Owned by [`crate::config::Compiled`]: a new configuration starts with an empty cache, so no label of a
 /// previous configuration is ever shown.
 #[derive(Debug, Default)]
 pub struct Labels {

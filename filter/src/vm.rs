@@ -158,7 +158,7 @@ const MAX_CONNS: usize = 1 << 16;
 pub struct ConnFacts {
     /// `connection.mtls`.
     pub mtls: bool,
-    /// The peer identity ([`crate::fetch::peer_identity`]), or why it cannot be taken; read
+    /// The peer identity (`fetch::peer_identity`), or why it cannot be taken; read
     /// only on an mTLS connection (`Ok(None)` otherwise).
     pub identity: Result<Option<String>, Unseen>,
     /// `destination.port`.

@@ -82,7 +82,7 @@ impl Drop for Server {
 pub struct HttpEcho(Server);
 
 impl HttpEcho {
-    /// Listen on 127.0.0.1:<ephemeral>.
+    /// Listen on `127.0.0.1:<ephemeral>`.
     pub fn start() -> Result<HttpEcho> {
         Ok(HttpEcho(Server::start(serve_http)?))
     }
@@ -110,7 +110,7 @@ impl HttpEcho {
 pub struct TcpEcho(Server);
 
 impl TcpEcho {
-    /// Listen on 127.0.0.1:<ephemeral>.
+    /// Listen on `127.0.0.1:<ephemeral>`.
     pub fn start() -> Result<TcpEcho> {
         Ok(TcpEcho(Server::start(serve_tcp)?))
     }

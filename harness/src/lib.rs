@@ -12,7 +12,7 @@
 //! - [`sidecar`]: one Envoy + application + certificates on a shipped template ([`sidecar::Sidecar`]).
 //! - [`client`]: `curl` for HTTP(S), raw TCP and `openssl s_client` for TCP ports.
 //! - [`load`]: a small std HTTP/1.1 client and TCP exchange for continuous load (the soak, live updates).
-//! - [`assert`]: assertions on what a caller saw (200, Istio's 403, reset, refused).
+//! - [`mod@assert`]: assertions on what a caller saw (200, Istio's 403, reset, refused).
 //! - [`access_log`]: waiting for access-log lines.
 //! - [`policy`]: Istio YAML to the module's plugin configuration JSON.
 //! - this file: the error type, where Envoy, the module and the CLI are, per-run work folders.

@@ -4,7 +4,7 @@
 //! - [`Engine::detect`] finds an engine that can run containers, or says in one line why none can.
 //!   With podman it selects a `containers.conf` of its own through `CONTAINERS_CONF` (`runc` as the
 //!   runtime when installed, `nofile`/`nproc` limits that root may set everywhere).
-//! - [`Engine::build_local_images`] builds the Envoy image (the very binary the e2e suite runs,
+//! - [`Engine::build_scratch_image`] builds the Envoy image (the very binary the e2e suite runs,
 //!   `FROM scratch` with the glibc files `ldd` lists) and a small curl image, so that nothing is
 //!   pulled from a registry.
 //! - [`Project`] starts the compose file (`up -d`), finds its containers by the compose labels,

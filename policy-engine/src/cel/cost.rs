@@ -44,7 +44,7 @@ pub const MAX_HEADER_NAME_BYTES: u64 = 256;
 pub const MAX_CLAIM_STRING_BYTES: u64 = 1024;
 /// Most entries of any list or object in the JWT claims.
 pub const MAX_CLAIM_ITEMS: u64 = 256;
-/// Largest JWT payload, as its deep weight (see [`value_weight`]: one unit per value and per 100
+/// Largest JWT payload, as its deep weight (see `value_weight`: one unit per value and per 100
 /// bytes of string).
 pub const MAX_CLAIMS_WEIGHT: u64 = 4096;
 /// Longest address attribute (IPv6 text is at most 45 bytes).

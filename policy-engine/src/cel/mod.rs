@@ -5,8 +5,8 @@
 //! compiled when the policies load and evaluated with Envoy's attribute names (see `CEL.md` for
 //! the user documentation).
 //!
-//! Compile once ([`compile`]): the expression is parsed, every identifier is checked against the
-//! attribute vocabulary ([`vars`]) and every call against the function list, known types are
+//! Compile once (`compile.rs`): the expression is parsed, every identifier is checked against the
+//! attribute vocabulary (`vars.rs`) and every call against the function list, known types are
 //! checked (a non-bool result is refused), and the tree is rewritten so that each attribute path
 //! is one flat variable. Evaluate many: only those variables are built from [`Attributes`], on a
 //! scope layered over a function registry built once per expression.

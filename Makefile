@@ -82,6 +82,7 @@ test: lint test-engine test-wasm test-filter module-size test-cli fuzz-smoke e2e
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 test-engine:
 	cargo test -p meshauthz-policy-engine

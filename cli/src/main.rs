@@ -209,6 +209,10 @@ enum Enforce {
     /// Decide stage, RBAC LOG companion, then Envoy's own RBAC filter denying on the decision
     /// (templates `*-native.yaml`): one Wasm filter per request with AUDIT policies too.
     Native,
+    /// `meshauthz_net` decides each connection once and Envoy's RBAC filter answers its requests
+    /// (template `server-http-conn.yaml`): no Wasm filter per request. Refused when a policy
+    /// reads a request attribute or AUDIT applies; not rendered for Istio yet.
+    Connection,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -631,7 +635,7 @@ fn plugin_config_value(
             .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
             .collect()
     };
-    let enforce = enforce_mode(enforce, &audits)?;
+    let enforce = enforce_mode(enforce, &audits, &engine.request_attributes_read())?;
     let config = PluginConfig {
         policies: set,
         workload: with_workload.then(|| workload.workload()),
@@ -656,8 +660,28 @@ fn plugin_config_value(
 /// `--enforce` for a policy set whose applicable AUDIT policies are `audits` (`namespace/name`):
 /// `auto` is `decide` without AUDIT (one Wasm call per request), `separate` with; an explicit
 /// `decide` with AUDIT is refused here, as the module would refuse it.
-fn enforce_mode(requested: Enforce, audits: &[String]) -> Result<EnforceMode, ExitCode> {
+/// `connection` is refused on the module's own two tests (request attributes read, AUDIT).
+fn enforce_mode(
+    requested: Enforce,
+    audits: &[String],
+    request_reads: &[&str],
+) -> Result<EnforceMode, ExitCode> {
     match (requested, audits.is_empty()) {
+        (Enforce::Connection, _) if !request_reads.is_empty() => {
+            eprintln!(
+                "error: --enforce connection: the policies that apply read request attributes ({}), so a connection cannot be decided once; the module refuses \"connection\" for them; use --enforce auto",
+                request_reads.join(", ")
+            );
+            Err(failure())
+        }
+        (Enforce::Connection, false) => {
+            eprintln!(
+                "error: --enforce connection: AUDIT policies apply to this workload ({}): the audit trail is written per request by the RBAC LOG companion; use --enforce auto, separate or native",
+                audits.join(", ")
+            );
+            Err(failure())
+        }
+        (Enforce::Connection, true) => Ok(EnforceMode::Connection),
         (Enforce::Separate, _) | (Enforce::Auto, false) => Ok(EnforceMode::Separate),
         (Enforce::Native, _) => Ok(EnforceMode::Native),
         (Enforce::Decide | Enforce::Auto, true) => Ok(EnforceMode::Decide),
@@ -749,6 +773,12 @@ fn module_sha256(args: &RenderArgs) -> Result<Option<String>, ExitCode> {
 }
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
+    if args.enforce == Enforce::Connection {
+        eprintln!(
+            "error: --enforce connection is not rendered for Istio yet: its chain (meshauthz_net, then Envoy's RBAC filter on the connection's verdict) is the template envoy-config/envoy/server-http-conn.yaml, with `meshauthz plugin-config --enforce connection`"
+        );
+        return Err(ExitCode::from(exit::USAGE));
+    }
     if matches!(args.kind, RenderKind::Envoyfilter)
         && !["file://", "http://", "https://"]
             .iter()
@@ -800,6 +830,7 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
                 EnforceMode::Decide => "render: no AUDIT policy can apply: the decide stages alone (\"enforce\": \"decide\", one Wasm filter per request); --enforce separate renders the full chain",
                 EnforceMode::Separate => "render: AUDIT policies can apply: the full chain (decide stage, RBAC LOG companion, enforce stage)",
                 EnforceMode::Native => "render: the decide stage, the RBAC LOG companion and Envoy's RBAC filter denying on the decision",
+                EnforceMode::Connection => "render: decided once per connection",
             }
         );
     }

@@ -399,7 +399,8 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
         // connection, which the enforce stage checks.
         EnforceMode::Separate => vec![rbac_log_companion(true)],
         EnforceMode::Native => vec![rbac_log_companion(true), rbac_native_enforce(true)],
-        EnforceMode::Decide => vec![http_port_guard()],
+        // `connection` is refused before rendering (`render` in main.rs): never reaches here.
+        EnforceMode::Decide | EnforceMode::Connection => vec![http_port_guard()],
     };
     for port in a.tcp_ports {
         for value in after_net.iter().rev() {

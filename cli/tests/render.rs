@@ -552,4 +552,60 @@ fn plugin_config_follows_the_policies_that_apply() {
     );
     let bad = config(&["app=echo"], &["--enforce", "inline"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
+    // `connection`: the DENY reads paths, so a connection cannot be decided once; refused here
+    // as the module refuses it.
+    let refused = config(&["app=echo"], &["--enforce", "connection"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.stdout.is_empty());
+    assert!(
+        refused.stderr.contains("paths / request.path"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// `--enforce connection` is written for policies that read only the connection, refused with
+/// AUDIT, and not rendered for Istio (its chain is a template).
+#[test]
+fn connection_mode_is_written_only_for_connection_level_policies() {
+    let by_principal = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
+    let f = file("conn.yaml", by_principal);
+    let out = run(&[
+        "plugin-config",
+        "--namespace",
+        "foo",
+        "--enforce",
+        "connection",
+        &f,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["enforce"], "connection");
+
+    let with_audit = file(
+        "conn-audit.yaml",
+        &[
+            by_principal,
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit-all, namespace: foo}\nspec:\n  action: AUDIT\n  rules:\n  - from: [{source: {notNamespaces: [foo]}}]\n---\n",
+        ]
+        .concat(),
+    );
+    let out = run(&[
+        "plugin-config",
+        "--namespace",
+        "foo",
+        "--enforce",
+        "connection",
+        &with_audit,
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("(foo/audit-all)"), "{}", out.stderr);
+
+    let out = render_with("wasmplugin", &["--enforce", "connection"], &f);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("server-http-conn.yaml"),
+        "{}",
+        out.stderr
+    );
 }

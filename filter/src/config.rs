@@ -146,6 +146,9 @@ pub fn compile(cfg: PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<S
             )]);
         }
     }
+    if enforce == EnforceMode::Connection {
+        connection_level(&engine)?;
+    }
     let named_ports = engine.named_ports().to_vec();
     Ok(Compiled {
         authz: Box::new(Cached::new(engine)),
@@ -156,6 +159,34 @@ pub fn compile(cfg: PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<S
         warnings,
         labels: crate::verdict::Labels::default(),
     })
+}
+
+/// `"enforce": "connection"` decides each connection once, before any request: refused when a
+/// policy that applies reads a request attribute (the verdict could not depend on it) or when
+/// AUDIT policies apply (the access-log hint is written per request by the RBAC LOG companion,
+/// which this chain does not have). Refused, the last valid configuration stays; with none,
+/// every connection is closed.
+fn connection_level(engine: &Engine) -> Result<(), Vec<String>> {
+    let reads = engine.request_attributes_read();
+    if !reads.is_empty() {
+        return Err(vec![format!(
+            "enforce: \"connection\" (each connection decided once, before its requests) but the policies that apply read request attributes ({}); write \"decide\" (one Wasm stage) or \"separate\"",
+            reads.join(", ")
+        )]);
+    }
+    let audits: Vec<String> = engine
+        .policies()
+        .iter()
+        .filter(|p| p.action == Action::Audit)
+        .map(|p| p.qualified_name())
+        .collect();
+    if !audits.is_empty() {
+        return Err(vec![format!(
+            "enforce: \"connection\" but AUDIT policies apply to this workload ({}): the audit trail is written per request by the RBAC LOG companion; write \"separate\" or \"native\" and deploy their chain",
+            audits.join(", ")
+        )]);
+    }
+    Ok(())
 }
 
 /// The engine with the port-independent answers it gives every request computed once per

@@ -125,7 +125,9 @@ impl Answering {
                 companion_checked: true,
                 native: true,
             },
-            Some(EnforceMode::Decide) => Answering {
+            // With "connection", a decide stage that runs anyway (a TCP port, or the Wasm HTTP
+            // stage left in the chain) answers its denials itself, as with "decide".
+            Some(EnforceMode::Decide | EnforceMode::Connection) => Answering {
                 companion_checked: false,
                 native: false,
             },

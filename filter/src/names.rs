@@ -15,6 +15,12 @@ pub const HTTP_SHADOW: &str = "meshauthz_shadow";
 pub const NET_DECISION: &str = "meshauthz_net_decision";
 pub const NET_AUDIT: &str = "meshauthz_net_audit";
 pub const NET_SHADOW: &str = "meshauthz_net_shadow";
+/// `"enforce": "connection"`: the HTTP verdict `meshauthz_net` reached once for the whole
+/// connection (and its dry-run shadow), which Envoy's RBAC filter reads for each request. Never
+/// written otherwise, so that a chain expecting it denies every request when it is absent.
+pub const CONN_DECISION: &str = "meshauthz_conn_decision";
+pub const CONN_AUDIT: &str = "meshauthz_conn_audit";
+pub const CONN_SHADOW: &str = "meshauthz_conn_shadow";
 /// The direct peer IP, written by `meshauthz_net` for `ipBlocks` / `source.ip` at L7.
 pub const PEER_IP: &str = "meshauthz_peer_ip";
 

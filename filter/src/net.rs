@@ -5,14 +5,16 @@
 
 use std::net::IpAddr;
 
-use policy_engine::{MtlsMode, Protocol};
+use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
 use crate::attrs::{decode_port, decode_u64, parse_ip};
+use crate::config::Compiled;
 use crate::enforce::{self, audit_needs_enforce_stage, Answering, AuditCheck, Keys};
 use crate::fetch::{evaluate, peer_identity, principal, prop_ip, prop_str, transport, Transport};
 use crate::metrics::Plaintext;
 use crate::names::{
-    CONNECTION_ID, FS_NET_DECISION, HTTP_PORT_LABEL, NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
+    CONNECTION_ID, CONN_AUDIT, CONN_DECISION, CONN_SHADOW, FS_NET_DECISION, HTTP_PORT_LABEL,
+    NET_AUDIT, NET_DECISION, NET_SHADOW, PEER_IP,
 };
 use crate::plugin::Plugin;
 use crate::traits::{Authorizer, Flow, Host};
@@ -155,6 +157,9 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         // stage refuses this verdict.
         host.set_filter_state(NET_DECISION, HTTP_PORT_LABEL);
         record_conn(host, plugin, conn, &t, authz);
+        if c.enforce == EnforceMode::Connection {
+            decide_http_connection(host, plugin, conn, &c, &t);
+        }
         return Flow::Continue;
     }
     let v = match principal(host, authz, &t, None) {
@@ -180,6 +185,42 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         return conn.close(host);
     }
     Flow::Continue
+}
+
+/// `"enforce": "connection"`: the HTTP verdict of the whole connection, reached once with
+/// Istio's HTTP semantics (the configuration is accepted only when no policy that applies reads a
+/// request attribute, so every request of the connection would get this answer) and published
+/// under its own key for Envoy's RBAC filter, which answers each request (`403` unless `allow`).
+/// The connection stays open either way, as with Istio on an HTTP port.
+fn decide_http_connection(
+    host: &dyn Host,
+    plugin: &Plugin,
+    conn: &Conn,
+    c: &Compiled,
+    t: &Transport,
+) {
+    let authz = c.authz.as_ref();
+    let v = match principal(host, authz, t, None) {
+        Ok(principal) => {
+            let peer_ip = if authz.requirements().source_ip {
+                conn.peer_ip
+                    .or_else(|| prop_ip(host, &["source", "address"]))
+            } else {
+                None
+            };
+            let d = evaluate(host, authz, Protocol::Http, t, principal, peer_ip);
+            verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
+        }
+        // Logged once for the connection by record_conn.
+        Err(_) => Verdict::deny("deny peer-certificate-unseen", true),
+    };
+    publish(
+        host,
+        &plugin.metrics.borrow(),
+        &v,
+        (CONN_DECISION, CONN_AUDIT, CONN_SHADOW),
+        true,
+    );
 }
 
 /// Records the connection's transport facts for the HTTP stages of this VM. Only a connection

@@ -143,6 +143,28 @@ impl Engine {
         &self.requirements
     }
 
+    /// The request attributes (beyond the connection) the compiled policies read, as a policy
+    /// names them. Empty: every request of a connection gets the same answer, so the connection
+    /// can be decided once (`"enforce": "connection"`).
+    pub fn request_attributes_read(&self) -> Vec<&'static str> {
+        let r = &self.requirements;
+        [
+            (r.host, "hosts / request.host"),
+            (r.method, "methods / request.method"),
+            (r.path, "paths / request.path"),
+            (r.jwt, "requestPrincipals / request.auth.*"),
+            (r.all_headers || !r.headers.is_empty(), "request.headers"),
+            (r.remote_ip, "remoteIpBlocks / remote.ip"),
+            (
+                !r.dynamic_metadata.is_empty(),
+                "experimental.envoy.filters.* metadata",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(read, what)| read.then_some(what))
+        .collect()
+    }
+
     /// The applicable AuthorizationPolicies, in Istio's order (creationTimestamp, name, namespace).
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.policies

@@ -77,6 +77,13 @@ pub enum EnforceMode {
     /// to the request; a denied, audited request is left to the native filter, after the
     /// companion has marked it.
     Native,
+    /// `"connection"`: `meshauthz_net` decides each connection on an HTTP port with the HTTP
+    /// semantics, once, and publishes the verdict in connection filter state
+    /// (`wasm.meshauthz_conn_decision`); Envoy's RBAC filter in DENY mode answers `403` to every
+    /// request of a connection without an `allow` verdict (template `server-http-conn.yaml`): no
+    /// Wasm call per request. Only for policies that read no request attribute (principals,
+    /// namespaces, ipBlocks, ports, SNI) and without AUDIT: the module refuses it otherwise.
+    Connection,
 }
 
 impl EnforceMode {
@@ -85,6 +92,7 @@ impl EnforceMode {
             EnforceMode::Separate => "separate",
             EnforceMode::Decide => "decide",
             EnforceMode::Native => "native",
+            EnforceMode::Connection => "connection",
         }
     }
 }
@@ -462,9 +470,12 @@ fn decode_settings(
             Some("separate") => cfg.enforce = EnforceMode::Separate,
             Some("decide") => cfg.enforce = EnforceMode::Decide,
             Some("native") => cfg.enforce = EnforceMode::Native,
+            Some("connection") => cfg.enforce = EnforceMode::Connection,
             Some(other) => dec.error(
                 &path,
-                format!("expected \"separate\", \"decide\" or \"native\", found {other:?}"),
+                format!(
+                    "expected \"separate\", \"decide\", \"native\" or \"connection\", found {other:?}"
+                ),
             ),
             None => {}
         }
@@ -649,12 +660,20 @@ mod tests {
                 .0,
             cfg
         );
+        let (cfg, _) = decode(br#"{"policies": [], "enforce": "connection"}"#).unwrap();
+        assert_eq!(cfg.enforce, EnforceMode::Connection);
+        assert_eq!(
+            decode(cfg.write().unwrap().to_string().as_bytes())
+                .unwrap()
+                .0,
+            cfg
+        );
         let (cfg, _) = decode(br#"{"policies": [], "enforce": "separate"}"#).unwrap();
         assert_eq!(cfg.enforce, EnforceMode::Separate);
         let e = errors(r#"{"policies": [], "enforce": "inline"}"#);
         assert!(
             e.contains(
-                "enforce: expected \"separate\", \"decide\" or \"native\", found \"inline\""
+                "enforce: expected \"separate\", \"decide\", \"native\" or \"connection\", found \"inline\""
             ),
             "{e}"
         );

@@ -24,6 +24,10 @@ pub enum Mix {
     /// [`realistic_allow`]). Request `GET /api/orders/42` from
     /// `cluster.local/ns/team-I/sa/client`, I the last ALLOW policy (or the first, with `first`).
     Realistic { audit: bool, first: bool },
+    /// Policies a connection can decide: the uniform mix without operations (policy i allows
+    /// principal `cluster.local/ns/nsI/sa/saI` and namespace nsI, any request). Request
+    /// `GET /api/v1/items` from the last policy's principal.
+    Principals,
 }
 
 /// The SPIFFE trust domain of every principal.
@@ -35,12 +39,13 @@ impl Mix {
     pub fn has_audit(self) -> bool {
         match self {
             Mix::Uniform { audit } | Mix::Realistic { audit, .. } => audit,
+            Mix::Principals => false,
         }
     }
 
     pub fn workload_label(self) -> &'static str {
         match self {
-            Mix::Uniform { .. } => "app=echo",
+            Mix::Uniform { .. } | Mix::Principals => "app=echo",
             Mix::Realistic { .. } => "app=httpbin",
         }
     }
@@ -48,7 +53,7 @@ impl Mix {
     /// The path every benchmark request asks for.
     pub fn request_path(self) -> &'static str {
         match self {
-            Mix::Uniform { .. } => "/api/v1/items",
+            Mix::Uniform { .. } | Mix::Principals => "/api/v1/items",
             Mix::Realistic { .. } => "/api/orders/42",
         }
     }
@@ -56,7 +61,7 @@ impl Mix {
     /// How many ALLOW policies the mix has at size `n`.
     fn allows(self, n: usize) -> usize {
         match self {
-            Mix::Uniform { .. } => n,
+            Mix::Uniform { .. } | Mix::Principals => n,
             Mix::Realistic { .. } => n.saturating_sub(2),
         }
     }
@@ -65,6 +70,7 @@ impl Mix {
     pub fn policies(self, n: usize) -> usize {
         match self {
             Mix::Uniform { audit } => n + usize::from(audit && n > 0),
+            Mix::Principals => n,
             Mix::Realistic { audit, .. } if n > 0 => self.allows(n) + 1 + usize::from(audit),
             Mix::Realistic { .. } => 0,
         }
@@ -73,7 +79,7 @@ impl Mix {
     /// The benchmark client's (namespace, service account) at size `n`.
     pub fn client(self, n: usize) -> (String, String) {
         match self {
-            Mix::Uniform { .. } => uniform_principal(n.saturating_sub(1)),
+            Mix::Uniform { .. } | Mix::Principals => uniform_principal(n.saturating_sub(1)),
             Mix::Realistic { first, .. } => {
                 let i = if first {
                     0
@@ -89,6 +95,7 @@ impl Mix {
     pub fn istio_yaml(self, n: usize) -> String {
         match self {
             Mix::Uniform { audit } => uniform_yaml(n, audit),
+            Mix::Principals => principals_yaml(n),
             Mix::Realistic { audit, .. } => realistic_yaml(n, audit),
         }
     }
@@ -97,6 +104,7 @@ impl Mix {
     pub fn rbac_filters(self, n: usize) -> Vec<Value> {
         match self {
             Mix::Uniform { .. } => vec![rbac_filter("ALLOW", uniform_rbac(n))],
+            Mix::Principals => vec![rbac_filter("ALLOW", principals_rbac(n))],
             Mix::Realistic { audit, .. } => realistic_rbac(n, audit),
         }
     }
@@ -127,6 +135,39 @@ fn uniform_yaml(n: usize, audit: bool) -> String {
         );
     }
     y
+}
+
+fn principals_yaml(n: usize) -> String {
+    let mut y = String::new();
+    for i in 0..n {
+        let (ns, sa) = uniform_principal(i);
+        let _ = write!(
+            y,
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i:05}, namespace: foo}}\n\
+             spec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: ALLOW\n  rules:\n\
+             \x20 - from:\n    - source: {{principals: [\"{TD}/ns/{ns}/sa/{sa}\"], namespaces: [\"{ns}\"]}}\n"
+        );
+    }
+    y
+}
+
+/// [`principals_yaml`] as istiod writes it: a rule without `to` permits any request.
+fn principals_rbac(n: usize) -> serde_json::Map<String, Value> {
+    let mut policies = serde_json::Map::new();
+    for i in 0..n {
+        let (ns, sa) = uniform_principal(i);
+        policies.insert(
+            format!("ns[foo]-policy[allow-{i:05}]-rule[0]"),
+            policy(
+                vec![json!({"any": true})],
+                vec![
+                    or_ids(vec![principal(&format!("{TD}/ns/{ns}/sa/{sa}"))]),
+                    or_ids(vec![namespace(&ns)]),
+                ],
+            ),
+        );
+    }
+    policies
 }
 
 fn uniform_rbac(n: usize) -> serde_json::Map<String, Value> {

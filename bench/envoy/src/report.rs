@@ -111,11 +111,13 @@ pub fn timed_csv(rows: &[(&Variant, &Started, &[Sample])]) -> Result<String> {
             c if c == FULL => "full",
             c if c == DECIDE_ONLY => "decide",
             Chain::Native => "native",
+            Chain::Connection => "connection",
             _ => "other",
         };
         let (mix, audit, first) = match v.mix {
             Mix::Uniform { audit } => ("uniform", audit, false),
             Mix::Realistic { audit, first } => ("realistic", audit, first),
+            Mix::Principals => ("principals", false, false),
         };
         let _ = writeln!(
             t,
@@ -194,7 +196,7 @@ pub fn startup(rows: &[(&Variant, &[Started])]) -> Result<String> {
     let current = meshauthz_harness::module_path()?;
     for (v, runs) in rows {
         let module = match v.chain {
-            Chain::Meshauthz { .. } | Chain::Native => {
+            Chain::Meshauthz { .. } | Chain::Native | Chain::Connection => {
                 let path = v.module.clone().unwrap_or_else(|| current.clone());
                 std::fs::metadata(&path)?.len().to_string()
             }

@@ -11,6 +11,8 @@ use meshauthz_harness::certs::{CertFiles, Pki};
 use meshauthz_harness::envoy::{free_port, render, template, Envoy};
 use meshauthz_harness::sidecar::{plugin_config_placeholder, HTTP_TEMPLATE};
 
+/// The template of [`Chain::Connection`].
+const CONNECTION_TEMPLATE: &str = "server-http-conn.yaml";
 /// The template of [`Chain::Native`].
 const NATIVE_TEMPLATE: &str = "server-http-native.yaml";
 use meshauthz_harness::{module_path, Error, Result};
@@ -66,10 +68,10 @@ fn cli_plugin_config(cli: &Path, file: &Path, label: &str, http_port: u16) -> Re
 }
 
 pub fn start(v: Variant, dir: &Path, pki: &Pki, cli: &Path, launch: &Launch) -> Result<Server> {
-    let tmpl = template(if v.chain == Chain::Native {
-        NATIVE_TEMPLATE
-    } else {
-        HTTP_TEMPLATE
+    let tmpl = template(match v.chain {
+        Chain::Native => NATIVE_TEMPLATE,
+        Chain::Connection => CONNECTION_TEMPLATE,
+        _ => HTTP_TEMPLATE,
     })?;
     let built = module_path()?;
     let noop = built.with_file_name(match v.chain {
@@ -105,10 +107,15 @@ pub fn start(v: Variant, dir: &Path, pki: &Pki, cli: &Path, launch: &Launch) -> 
             Chain::Meshauthz { .. } => {
                 cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?
             }
-            Chain::Native => {
+            Chain::Native | Chain::Connection => {
                 let mut p = cli_plugin_config(cli, &policy_file, v.mix.workload_label(), port)?;
                 if let Some(o) = p.as_object_mut() {
-                    o.insert("enforce".into(), json!("native"));
+                    let mode = if v.chain == Chain::Native {
+                        "native"
+                    } else {
+                        "connection"
+                    };
+                    o.insert("enforce".into(), json!(mode));
                 }
                 p
             }

@@ -61,8 +61,14 @@ pub fn shape(config: &str, chain: Chain, rbac: &[Value], noop_module: &Path) -> 
     let mut v: Value = serde_json::to_value(yaml)?;
     for fc in list(&mut v, "/static_resources/listeners/0/filter_chains")? {
         let filters = list(fc, "/filters")?;
-        let keep_net = matches!(chain, Chain::Meshauthz { net: true, .. } | Chain::Native);
-        let meshauthz = matches!(chain, Chain::Meshauthz { .. } | Chain::Native);
+        let keep_net = matches!(
+            chain,
+            Chain::Meshauthz { net: true, .. } | Chain::Native | Chain::Connection
+        );
+        let meshauthz = matches!(
+            chain,
+            Chain::Meshauthz { .. } | Chain::Native | Chain::Connection
+        );
         filters.retain(|f| match name(f) {
             "envoy.filters.network.wasm" => keep_net,
             // meshauthz's companion (the peer certificate's SANs as filter state).
@@ -86,8 +92,8 @@ pub fn shape(config: &str, chain: Chain, rbac: &[Value], noop_module: &Path) -> 
             Chain::NoFilter | Chain::Rbac | Chain::Noop { .. } => {
                 name(f) == "envoy.filters.http.router"
             }
-            // The native template as shipped.
-            Chain::Native => true,
+            // The native and connection templates as shipped.
+            Chain::Native | Chain::Connection => true,
             Chain::Meshauthz {
                 decide,
                 log,

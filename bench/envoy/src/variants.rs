@@ -23,6 +23,9 @@ pub enum Chain {
     /// `"enforce": "native"` (template `server-http-native.yaml`): the network filter, the decide
     /// stage, the RBAC LOG companion, then Envoy's RBAC filter in DENY mode on the decision.
     Native,
+    /// `"enforce": "connection"` (template `server-http-conn.yaml`): the network filter decides
+    /// each connection once and Envoy's RBAC filter answers each request from its verdict.
+    Connection,
     /// `filters` copies of the no-op proxy-wasm filter (`bench/noop-filter`, one VM), each making
     /// `calls` host calls of kind `call` (see the module) per request: the floor of any proxy-wasm
     /// filter in this Envoy, and what a host call costs. With `stripped`, the module as
@@ -66,7 +69,10 @@ impl Variant {
         self.size > 0
             && matches!(
                 self.chain,
-                Chain::Rbac | Chain::Native | Chain::Meshauthz { decide: true, .. }
+                Chain::Rbac
+                    | Chain::Native
+                    | Chain::Connection
+                    | Chain::Meshauthz { decide: true, .. }
             )
     }
 }
@@ -96,6 +102,37 @@ fn v(key: &str, what: &str, chain: Chain, size: usize, mix: Mix) -> Variant {
         mix,
         module: None,
     }
+}
+
+/// Policies that read only the connection ([`Mix::Principals`]): native RBAC (`pb-`), the one
+/// Wasm stage (`pf-`, `"enforce": "decide"`) and the connection shape (`pk-`, `"enforce":
+/// "connection"`), at 10 and 1,000 policies. Picked with `--only`.
+fn connection_variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    for n in [10, 1000] {
+        for (prefix, what, chain) in [
+            ("pb", "Envoy RBAC (istiod style)", Chain::Rbac),
+            (
+                "pf",
+                "meshauthz, decide stage alone (enforce: decide)",
+                DECIDE_ONLY,
+            ),
+            (
+                "pk",
+                "meshauthz, decided once per connection (enforce: connection)",
+                Chain::Connection,
+            ),
+        ] {
+            out.push(v(
+                &format!("{prefix}-{n}"),
+                &format!("{what}, principals only"),
+                chain,
+                n,
+                Mix::Principals,
+            ));
+        }
+    }
+    out
 }
 
 /// Issue 12's realistic mix, one cell per (policy count, first or last ALLOW, with or without
@@ -203,6 +240,7 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         }
     }
     out.extend(realistic_variants(o.mode));
+    out.extend(connection_variants());
     // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
     // Under callgrind only when named (`--only w-noop,w-get8,...`): each is one more Envoy start.
     if o.breakdown && (o.mode != Mode::Instructions || !o.only.is_empty()) {

@@ -133,12 +133,7 @@ pub fn compile(cfg: PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<S
         // Only Envoy's RBAC LOG filter, between the stages, can mark a request audited: a chain
         // without it would drop the audit trail silently. Refused (the last valid configuration
         // stays; with none, everything is denied).
-        let audits: Vec<String> = engine
-            .policies()
-            .iter()
-            .filter(|p| p.action == Action::Audit)
-            .map(|p| p.qualified_name())
-            .collect();
+        let audits = audit_policies(&engine);
         if !audits.is_empty() {
             return Err(vec![format!(
                 "enforce: \"decide\" (decide stage alone) but AUDIT policies apply to this workload ({}): the audit trail needs the RBAC LOG companion and meshauthz_http_enforce; write \"enforce\": \"separate\" and deploy the full chain",
@@ -161,6 +156,17 @@ pub fn compile(cfg: PluginConfig, node: &NodeWorkload) -> Result<Compiled, Vec<S
     })
 }
 
+/// The AUDIT policies that apply (`namespace/name`): the modes without the RBAC LOG companion
+/// refuse them.
+fn audit_policies(engine: &Engine) -> Vec<String> {
+    engine
+        .policies()
+        .iter()
+        .filter(|p| p.action == Action::Audit)
+        .map(|p| p.qualified_name())
+        .collect()
+}
+
 /// `"enforce": "connection"` decides each connection once, before any request: refused when a
 /// policy that applies reads a request attribute (the verdict could not depend on it) or when
 /// AUDIT policies apply (the access-log hint is written per request by the RBAC LOG companion,
@@ -174,12 +180,7 @@ fn connection_level(engine: &Engine) -> Result<(), Vec<String>> {
             reads.join(", ")
         )]);
     }
-    let audits: Vec<String> = engine
-        .policies()
-        .iter()
-        .filter(|p| p.action == Action::Audit)
-        .map(|p| p.qualified_name())
-        .collect();
+    let audits = audit_policies(engine);
     if !audits.is_empty() {
         return Err(vec![format!(
             "enforce: \"connection\" but AUDIT policies apply to this workload ({}): the audit trail is written per request by the RBAC LOG companion; write \"separate\" or \"native\" and deploy their chain",

@@ -156,24 +156,25 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
         // connection run on a TCP chain instead (the port is misdeclared), the network enforce
         // stage refuses this verdict.
         host.set_filter_state(NET_DECISION, HTTP_PORT_LABEL);
-        record_conn(host, plugin, conn, &t, authz);
+        let facts = conn_facts(host, plugin, conn, &t, authz);
         if c.enforce == EnforceMode::Connection {
-            decide_http_connection(host, plugin, conn, &c, &t);
+            // The whole connection's HTTP verdict, for Envoy's RBAC filter to answer each
+            // request with (`403` unless `allow`); the connection stays open either way, as with
+            // Istio on an HTTP port. Accepted only for policies that read no request attribute,
+            // so every request of the connection gets this answer.
+            let v = connection_verdict(host, plugin, conn, &c, &t, Protocol::Http, Some(&facts));
+            publish(
+                host,
+                &plugin.metrics.borrow(),
+                &v,
+                (CONN_DECISION, CONN_AUDIT, CONN_SHADOW),
+                true,
+            );
         }
+        record_conn(host, plugin, conn, facts);
         return Flow::Continue;
     }
-    let v = match principal(host, authz, &t, None) {
-        Ok(principal) => {
-            let peer_ip = prop_ip(host, &["source", "address"]);
-            let d = evaluate(host, authz, Protocol::Tcp, &t, principal, peer_ip);
-            verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
-        }
-        Err(unseen) => {
-            // Once per connection: a network stage decides once.
-            plugin.log_error(host, unseen.message());
-            Verdict::deny("deny peer-certificate-unseen", true)
-        }
-    };
+    let v = connection_verdict(host, plugin, conn, &c, &t, Protocol::Tcp, None);
     let v = audit_needs_enforce_stage(host, plugin, v, answering.companion_checked, "AUDIT policies apply but no meshauthz_net_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: connection closed");
     if publish(
         host,
@@ -187,20 +188,21 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     Flow::Continue
 }
 
-/// `"enforce": "connection"`: the HTTP verdict of the whole connection, reached once with
-/// Istio's HTTP semantics (the configuration is accepted only when no policy that applies reads a
-/// request attribute, so every request of the connection would get this answer) and published
-/// under its own key for Envoy's RBAC filter, which answers each request (`403` unless `allow`).
-/// The connection stays open either way, as with Istio on an HTTP port.
-fn decide_http_connection(
+/// The verdict of the whole connection with `protocol`'s semantics. `facts`: what this stage
+/// read for the connection (its identity, a failure already logged), else the identity is read
+/// and a failure logged here: once per connection either way. The direct peer is the one
+/// `on_new_connection` read.
+fn connection_verdict(
     host: &dyn Host,
     plugin: &Plugin,
     conn: &Conn,
     c: &Compiled,
     t: &Transport,
-) {
+    protocol: Protocol,
+    facts: Option<&ConnFacts>,
+) -> Verdict {
     let authz = c.authz.as_ref();
-    let v = match principal(host, authz, t, None) {
+    match principal(host, authz, t, facts) {
         Ok(principal) => {
             let peer_ip = if authz.requirements().source_ip {
                 conn.peer_ip
@@ -208,53 +210,51 @@ fn decide_http_connection(
             } else {
                 None
             };
-            let d = evaluate(host, authz, Protocol::Http, t, principal, peer_ip);
+            let d = evaluate(host, authz, protocol, t, principal, peer_ip);
             verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
         }
-        // Logged once for the connection by record_conn.
-        Err(_) => Verdict::deny("deny peer-certificate-unseen", true),
-    };
-    publish(
-        host,
-        &plugin.metrics.borrow(),
-        &v,
-        (CONN_DECISION, CONN_AUDIT, CONN_SHADOW),
-        true,
-    );
+        Err(unseen) => {
+            if facts.is_none() {
+                plugin.log_error(host, unseen.message());
+            }
+            Verdict::deny("deny peer-certificate-unseen", true)
+        }
+    }
 }
 
-/// Records the connection's transport facts for the HTTP stages of this VM. Only a connection
-/// whose id the host reported is recorded; `peer_ip` is only kept when `on_new_connection` read it.
-fn record_conn(
+/// The connection's transport facts for the HTTP stages. The identity is read once per
+/// connection, and only when the policies read it; a certificate the module cannot fully see is
+/// logged here, once per connection, and each request on it is denied.
+fn conn_facts(
     host: &dyn Host,
     plugin: &Plugin,
-    conn: &mut Conn,
+    conn: &Conn,
     t: &Transport,
     authz: &dyn Authorizer,
-) {
-    let Some(id) = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b)) else {
-        return;
-    };
-    // The identity is read once per connection, and only when the policies read it; a
-    // certificate the module cannot fully see is logged here, once per connection, and each
-    // request on it is denied by the HTTP stage.
+) -> ConnFacts {
     let identity = if t.mtls && authz.requirements().principal {
         peer_identity(host)
     } else {
         Ok(None)
     };
-    if let Err(unseen) = identity {
+    if let Err(unseen) = &identity {
         plugin.log_error(host, unseen.message());
     }
-    plugin.vm.record_conn(
-        id,
-        ConnFacts {
-            mtls: t.mtls,
-            identity,
-            port: t.port,
-            peer_ip: conn.peer_ip,
-        },
-    );
+    ConnFacts {
+        mtls: t.mtls,
+        identity,
+        port: t.port,
+        peer_ip: conn.peer_ip,
+    }
+}
+
+/// Records `facts` for the HTTP stages of this VM. Only a connection whose id the host reported
+/// is recorded (the HTTP stages then ask the host themselves).
+fn record_conn(host: &dyn Host, plugin: &Plugin, conn: &mut Conn, facts: ConnFacts) {
+    let Some(id) = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b)) else {
+        return;
+    };
+    plugin.vm.record_conn(id, facts);
     conn.recorded = Some(id);
 }
 

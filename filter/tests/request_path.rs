@@ -2074,6 +2074,50 @@ const PRINCIPAL_ALLOW_NET: &[u8] = br#"{"policies": [
      "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
     "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
 
+/// `"enforce": "connection"`: the network stage decides the HTTP connection once and publishes
+/// the verdict under its own key (the connection stays open on a deny: Envoy's RBAC filter
+/// answers each request), reading the peer's identity once for the verdict and the record.
+#[test]
+fn connection_mode_publishes_one_verdict_per_connection_from_one_identity_read() {
+    let doc = std::str::from_utf8(PRINCIPAL_ALLOW_NET)
+        .unwrap()
+        .replace(r#""httpPorts""#, r#""enforce": "connection", "httpPorts""#);
+    for (san, allowed) in [
+        (BAR, true),
+        ("spiffe://cluster.local/ns/foo/sa/other", false),
+    ] {
+        let host = conn_host(7, Some(san));
+        let net = Plugin::new(Rc::new(VmState::default()));
+        net.configure(&host, names::ROOT_NET, Some(doc.as_bytes()));
+        let mut conn = Conn::default();
+        assert_eq!(net::new_connection(&host, &net, &mut conn), Flow::Continue);
+        host.take_calls();
+        assert_eq!(net::decide(&host, &net, &mut conn), Flow::Continue);
+        let calls = host.take_calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| *c == "get filter_state.meshauthz.peer_sans")
+                .count(),
+            1,
+            "{calls:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c == "get source.address"),
+            "the socket peer was read in on_new_connection: {calls:?}"
+        );
+        let verdict = host.state("meshauthz_conn_decision").unwrap();
+        assert_eq!(verdict.starts_with("allow"), allowed, "{verdict}");
+        assert_eq!(host.closed(), 0);
+        assert_eq!(host.state("meshauthz_decision"), None);
+    }
+    // Without "connection" the key is never written: the connection template then denies.
+    let host = conn_host(8, Some(BAR));
+    let (net, _, _) = net_chain(&host);
+    open(&net, &host);
+    assert_eq!(host.state("meshauthz_conn_decision"), None);
+}
+
 /// `meshauthz_net`, `meshauthz_http` and `meshauthz_http_enforce` in one VM.
 fn net_chain(host: &FakeHost) -> (Plugin, Plugin, Plugin) {
     let vm = Rc::new(VmState::default());

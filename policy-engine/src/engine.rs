@@ -1,11 +1,13 @@
 //! The compiled view of a policy set for one workload: parse, validate and compile once, then
 //! answer many checks.
 
+use std::borrow::Borrow;
+
 use crate::attributes::{Attributes, RepeatedHeaders, Requirements};
 use crate::authz::{CompiledAuthz, PolicyInfo};
 use crate::decision::{Decision, Protocol, RuleId};
 use crate::error::Diagnostics;
-use crate::model::{MtlsMode, PolicySet};
+use crate::model::{AuthorizationPolicy, MtlsMode, PolicySet};
 use crate::peer_authn::{PortMtls, ResolvedMtls};
 use crate::workload::{MeshConfig, Workload};
 
@@ -28,13 +30,8 @@ impl Engine {
         workload: &Workload,
         mesh: &MeshConfig,
     ) -> Result<(Engine, Diagnostics), Diagnostics> {
-        let mut warnings = Diagnostics::default();
-        let (policies, authz) =
-            crate::authz::compile(&set.authorization_policies, workload, mesh, &mut warnings)?;
-        let mtls = crate::peer_authn::resolve(set, workload, mesh, &mut warnings);
-        crate::input::overlap::peer_authentications(set, workload, mesh, &mut warnings);
-        let named_ports = named_ports(set, workload, mesh, &mtls);
-        Ok((Engine::new(policies, authz, mtls, named_ports), warnings))
+        let peers = Peers::resolve(set, workload, mesh);
+        Engine::assemble(&set.authorization_policies, workload, mesh, peers)
     }
 
     /// [`Engine::compile`], consuming the set: each AuthorizationPolicy is dropped as soon as it
@@ -47,20 +44,30 @@ impl Engine {
         workload: &Workload,
         mesh: &MeshConfig,
     ) -> Result<(Engine, Diagnostics), Diagnostics> {
-        let mut peer_warnings = Diagnostics::default();
-        let mtls = crate::peer_authn::resolve(&set, workload, mesh, &mut peer_warnings);
-        crate::input::overlap::peer_authentications(&set, workload, mesh, &mut peer_warnings);
-        let named_ports = named_ports(&set, workload, mesh, &mtls);
+        let peers = Peers::resolve(&set, workload, mesh);
         let PolicySet {
             authorization_policies,
             peer_authentications,
         } = set;
         drop(peer_authentications);
+        Engine::assemble(authorization_policies, workload, mesh, peers)
+    }
+
+    /// Compiles the AuthorizationPolicies (borrowed or owned) beside the resolved
+    /// PeerAuthentications; warnings in that order.
+    fn assemble<P: Borrow<AuthorizationPolicy>>(
+        policies: impl IntoIterator<Item = P>,
+        workload: &Workload,
+        mesh: &MeshConfig,
+        peers: Peers,
+    ) -> Result<(Engine, Diagnostics), Diagnostics> {
         let mut warnings = Diagnostics::default();
-        let (policies, authz) =
-            crate::authz::compile(authorization_policies, workload, mesh, &mut warnings)?;
-        warnings.extend(peer_warnings);
-        Ok((Engine::new(policies, authz, mtls, named_ports), warnings))
+        let (policies, authz) = crate::authz::compile(policies, workload, mesh, &mut warnings)?;
+        warnings.extend(peers.warnings);
+        Ok((
+            Engine::new(policies, authz, peers.mtls, peers.named_ports),
+            warnings,
+        ))
     }
 
     fn new(
@@ -179,6 +186,28 @@ impl Engine {
         match self.policy(id) {
             Some(p) => format!("ns[{}]-policy[{}]-rule[{}]", p.namespace, p.name, id.rule),
             None => format!("unknown-rule[{}:{}]", id.policy, id.rule),
+        }
+    }
+}
+
+/// What the set's PeerAuthentications (and the ports its policies name) give the workload,
+/// resolved before the AuthorizationPolicies are compiled, with the warnings found.
+struct Peers {
+    mtls: ResolvedMtls,
+    named_ports: Vec<u16>,
+    warnings: Diagnostics,
+}
+
+impl Peers {
+    fn resolve(set: &PolicySet, workload: &Workload, mesh: &MeshConfig) -> Peers {
+        let mut warnings = Diagnostics::default();
+        let mtls = crate::peer_authn::resolve(set, workload, mesh, &mut warnings);
+        crate::input::overlap::peer_authentications(set, workload, mesh, &mut warnings);
+        let named_ports = named_ports(set, workload, mesh, &mtls);
+        Peers {
+            mtls,
+            named_ports,
+            warnings,
         }
     }
 }

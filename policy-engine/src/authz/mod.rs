@@ -18,11 +18,11 @@ mod string_match;
 mod trust_domain;
 mod values;
 
+use std::borrow::Borrow;
+
 use crate::attributes::{Attributes, Requirements};
 use crate::decision::{Cause, Decision, Protocol, RuleId, ShadowResult};
 use crate::error::{Diagnostic, Diagnostics};
-use std::borrow::Borrow;
-
 use crate::model::{Action, AuthorizationPolicy, Rule, CUSTOM_UNSUPPORTED};
 use crate::order;
 use crate::workload::{MeshConfig, Workload};

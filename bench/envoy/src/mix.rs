@@ -114,7 +114,9 @@ fn uniform_principal(i: usize) -> (String, String) {
     (format!("ns{i:05}"), format!("sa{i:05}"))
 }
 
-fn uniform_yaml(n: usize, audit: bool) -> String {
+/// The uniform mix's N ALLOW policies, each rule `from` its principal and namespace, then `to`
+/// (Istio YAML of the rule's `to` entry, or empty for none).
+fn uniform_allows(n: usize, to: &str) -> String {
     let mut y = String::new();
     for i in 0..n {
         let (ns, sa) = uniform_principal(i);
@@ -122,10 +124,17 @@ fn uniform_yaml(n: usize, audit: bool) -> String {
             y,
             "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i:05}, namespace: foo}}\n\
              spec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: ALLOW\n  rules:\n\
-             \x20 - from:\n    - source: {{principals: [\"{TD}/ns/{ns}/sa/{sa}\"], namespaces: [\"{ns}\"]}}\n\
-             \x20   to:\n    - operation: {{methods: [GET, POST], paths: [\"/api/*\"]}}\n"
+             \x20 - from:\n    - source: {{principals: [\"{TD}/ns/{ns}/sa/{sa}\"], namespaces: [\"{ns}\"]}}\n{to}"
         );
     }
+    y
+}
+
+fn uniform_yaml(n: usize, audit: bool) -> String {
+    let mut y = uniform_allows(
+        n,
+        "\x20   to:\n    - operation: {methods: [GET, POST], paths: [\"/api/*\"]}\n",
+    );
     if audit && n > 0 {
         y.push_str(
             "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit-outside-mesh, namespace: foo}\n\
@@ -138,49 +147,36 @@ fn uniform_yaml(n: usize, audit: bool) -> String {
 }
 
 fn principals_yaml(n: usize) -> String {
-    let mut y = String::new();
-    for i in 0..n {
-        let (ns, sa) = uniform_principal(i);
-        let _ = write!(
-            y,
-            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i:05}, namespace: foo}}\n\
-             spec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: ALLOW\n  rules:\n\
-             \x20 - from:\n    - source: {{principals: [\"{TD}/ns/{ns}/sa/{sa}\"], namespaces: [\"{ns}\"]}}\n"
-        );
-    }
-    y
+    uniform_allows(n, "")
 }
 
 /// [`principals_yaml`] as istiod writes it: a rule without `to` permits any request.
 fn principals_rbac(n: usize) -> serde_json::Map<String, Value> {
-    let mut policies = serde_json::Map::new();
-    for i in 0..n {
-        let (ns, sa) = uniform_principal(i);
-        policies.insert(
-            format!("ns[foo]-policy[allow-{i:05}]-rule[0]"),
-            policy(
-                vec![json!({"any": true})],
-                vec![
-                    or_ids(vec![principal(&format!("{TD}/ns/{ns}/sa/{sa}"))]),
-                    or_ids(vec![namespace(&ns)]),
-                ],
-            ),
-        );
-    }
-    policies
+    uniform_allow_rbac(n, || vec![json!({"any": true})])
 }
 
+/// [`uniform_yaml`]'s ALLOW policies as istiod writes them.
 fn uniform_rbac(n: usize) -> serde_json::Map<String, Value> {
+    uniform_allow_rbac(n, || {
+        vec![
+            or_rules(methods(&["GET", "POST"])),
+            or_rules(paths(&["/api/*"])),
+        ]
+    })
+}
+
+/// [`uniform_allows`] as istiod writes it: each policy's rule with `permissions()`.
+fn uniform_allow_rbac(
+    n: usize,
+    permissions: impl Fn() -> Vec<Value>,
+) -> serde_json::Map<String, Value> {
     let mut policies = serde_json::Map::new();
     for i in 0..n {
         let (ns, sa) = uniform_principal(i);
         policies.insert(
             format!("ns[foo]-policy[allow-{i:05}]-rule[0]"),
             policy(
-                vec![
-                    or_rules(methods(&["GET", "POST"])),
-                    or_rules(paths(&["/api/*"])),
-                ],
+                permissions(),
                 vec![
                     or_ids(vec![principal(&format!("{TD}/ns/{ns}/sa/{sa}"))]),
                     or_ids(vec![namespace(&ns)]),

@@ -57,8 +57,8 @@ pub(crate) fn principal(
     if !authz.requirements().principal || !t.authenticated() {
         return Ok(None);
     }
-    match facts {
-        Some(f) => f.identity.clone(),
+    match facts.and_then(|f| f.identity.as_ref()) {
+        Some(identity) => identity.clone(),
         None => peer_identity(host),
     }
 }

@@ -4,6 +4,7 @@
 //! `meshauthz_net_enforce` closes a denied connection.
 
 use std::net::IpAddr;
+use std::rc::{Rc, Weak};
 
 use policy_engine::{EnforceMode, MtlsMode, Protocol};
 
@@ -34,6 +35,10 @@ pub struct Conn {
     reported: bool,
     /// Set when this connection's facts were recorded in [`crate::vm::VmState`].
     recorded: Option<u64>,
+    /// The configuration the connection was decided under, and the VM's configuration count
+    /// ([`crate::vm::VmState::generation`]) when that was last checked.
+    decided_with: Option<Weak<Compiled>>,
+    generation: u64,
 }
 
 impl Conn {
@@ -102,15 +107,35 @@ pub fn new_connection(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow
 
 /// `meshauthz_net`, `on_downstream_data`: the first data of the connection (the TLS handshake is
 /// done). Re-checks the transport, then authorizes TCP ports with Istio's TCP semantics.
+///
+/// A decided connection is decided again when its filter's configuration was updated in place
+/// (Envoy keeps the old configuration's root for the connections it has, e.g. when Istio
+/// delivers a `WasmPlugin` by ECDS; [`Plugin::follow_update`]): a verdict taken once per
+/// connection (TCP ports, and HTTP ports with `"enforce": "connection"`) never outlives the
+/// policies it was taken under. Checking costs one comparison per read.
 pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     if conn.closed {
         return Flow::Stop;
     }
-    if conn.decided {
+    let generation = plugin.vm.generation();
+    if conn.decided && conn.generation == generation {
         return Flow::Continue;
     }
+    conn.generation = generation;
+    let compiled = plugin.follow_update(host);
+    let again = conn.decided;
+    if again {
+        let same = match (&conn.decided_with, &compiled) {
+            (Some(before), Some(now)) => Weak::ptr_eq(before, &Rc::downgrade(now)),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Flow::Continue;
+        }
+    }
     conn.decided = true;
-    let compiled = plugin.compiled();
+    conn.decided_with = compiled.as_ref().map(Rc::downgrade);
     let answering = Answering::new(
         compiled.as_ref().map(|c| c.enforce),
         plugin.vm.net_enforce.get(),
@@ -176,13 +201,10 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
     }
     let v = connection_verdict(host, plugin, conn, &c, &t, Protocol::Tcp, None);
     let v = audit_needs_enforce_stage(host, plugin, v, answering.companion_checked, "AUDIT policies apply but no meshauthz_net_enforce stage follows (none configured in this VM, or \"enforce\": \"decide\"): the RBAC LOG companion cannot be checked, the audit trail would be lost: connection closed");
-    if publish(
-        host,
-        &plugin.metrics.borrow(),
-        &v,
-        keys,
-        answering.deferred(&v),
-    ) {
+    // Decided again after an update, a deny closes here: the enforce stage, if any, acted on
+    // the first verdict and is done with this connection.
+    let deferred = answering.deferred(&v) && !again;
+    if publish(host, &plugin.metrics.borrow(), &v, keys, deferred) {
         return conn.close(host);
     }
     Flow::Continue
@@ -232,12 +254,14 @@ fn conn_facts(
     t: &Transport,
     authz: &dyn Authorizer,
 ) -> ConnFacts {
-    let identity = if t.mtls && authz.requirements().principal {
-        peer_identity(host)
+    let identity = if !t.mtls {
+        Some(Ok(None))
+    } else if authz.requirements().principal {
+        Some(peer_identity(host))
     } else {
-        Ok(None)
+        None
     };
-    if let Err(unseen) = &identity {
+    if let Some(Err(unseen)) = &identity {
         plugin.log_error(host, unseen.message());
     }
     ConnFacts {

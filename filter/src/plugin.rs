@@ -23,6 +23,8 @@ pub struct Plugin {
     errors_logged: Cell<u32>,
     /// Plaintext connections admitted on report-only STRICT ports, for the log's running count.
     report_only_seen: Cell<u64>,
+    /// Which filter this is, for its last good configuration ([`last_good_key`]).
+    key: RefCell<String>,
 }
 
 impl Plugin {
@@ -34,6 +36,7 @@ impl Plugin {
             vm,
             errors_logged: Cell::new(0),
             report_only_seen: Cell::new(0),
+            key: RefCell::new(String::new()),
         }
     }
 
@@ -53,9 +56,31 @@ impl Plugin {
     }
 
     /// Puts a valid configuration in force and keeps it as this filter's last good one.
-    fn accept(&self, host: &dyn Host, root_id: &str, compiled: Rc<Compiled>) {
-        self.vm.remember(&last_good_key(host, root_id), &compiled);
+    fn accept(&self, host: &dyn Host, compiled: Rc<Compiled>) {
+        self.vm.remember(&self.key.borrow(), &compiled);
         self.install(host, compiled);
+    }
+
+    /// The configuration in force for this filter's streams, following an in-place update: when
+    /// the VM has accepted a newer configuration for the same filter (plugin name and stage),
+    /// Envoy has given it to a new root and kept this one only for the streams it already had;
+    /// this root then adopts it, so those streams follow the policies in force, not the ones
+    /// they started under. (Two filters with one name in one VM are taken for one filter's
+    /// configurations over time, as for the last good configuration.)
+    pub fn follow_update(&self, host: &dyn Host) -> Option<Rc<Compiled>> {
+        let current = self.compiled();
+        let Some(latest) = self.vm.last_good(&self.key.borrow()) else {
+            return current;
+        };
+        if current.as_ref().is_some_and(|c| Rc::ptr_eq(c, &latest)) {
+            return current;
+        }
+        host.log(
+            Level::Info,
+            "configuration updated in place: the open connections of the previous configuration are decided again under the new one",
+        );
+        self.install(host, Rc::clone(&latest));
+        Some(latest)
     }
 
     /// Counts one of `which` (see [`Metrics::add`]).
@@ -127,6 +152,7 @@ impl Plugin {
     pub fn configure(&self, host: &dyn Host, root_id: &str, configuration: Option<&[u8]>) -> bool {
         let stage = Stage::from_root_id(root_id);
         self.stage.set(stage);
+        *self.key.borrow_mut() = last_good_key(host, root_id);
         if self.metrics.borrow().allowed.is_none() {
             *self.metrics.borrow_mut() = Metrics::define(host);
         }
@@ -179,7 +205,7 @@ impl Plugin {
                             "{root_id}: configuration accepted (compiled once in this VM, shared)"
                         ),
                     );
-                    self.accept(host, root_id, shared);
+                    self.accept(host, shared);
                     return true;
                 }
                 let result = config::parse(bytes).and_then(|cfg| {
@@ -202,7 +228,7 @@ impl Plugin {
                         );
                         let compiled = Rc::new(compiled);
                         self.vm.share_compiled(bytes, &compiled);
-                        self.accept(host, root_id, compiled);
+                        self.accept(host, compiled);
                     }
                     Err(errors) => {
                         for e in &errors {
@@ -213,8 +239,8 @@ impl Plugin {
                         }
                         bump(host, self.metrics.borrow().config_refused);
                         if self.compiled.borrow().is_none() {
-                            if let Some(previous) = self.vm.last_good(&last_good_key(host, root_id))
-                            {
+                            let previous = self.vm.last_good(&self.key.borrow());
+                            if let Some(previous) = previous {
                                 self.metrics
                                     .borrow_mut()
                                     .define_ports(host, &previous.named_ports);

@@ -67,6 +67,10 @@ pub struct VmState {
     /// share the result. Without this a listener with the HTTP and TCP chains compiled the
     /// same policies three times per VM (BENCHMARKS.md, "Loading").
     compiled: RefCell<Vec<(Vec<u8>, Weak<Compiled>)>>,
+    /// Counts the configurations accepted in this VM ([`VmState::remember`]): a network stage
+    /// compares it with the count it last saw, once per downstream read, to learn cheaply that a
+    /// configuration may have been updated in place.
+    generation: Cell<u64>,
 }
 
 impl VmState {
@@ -124,6 +128,12 @@ impl VmState {
         let mut all = self.last_good.borrow_mut();
         all.retain(|(id, _)| id != root_id);
         all.push((root_id.to_string(), Rc::clone(compiled)));
+        self.generation.set(self.generation.get().wrapping_add(1));
+    }
+
+    /// How many configurations this VM has accepted so far (see `generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 }
 
@@ -158,9 +168,11 @@ const MAX_CONNS: usize = 1 << 16;
 pub struct ConnFacts {
     /// `connection.mtls`.
     pub mtls: bool,
-    /// The peer identity (`fetch::peer_identity`), or why it cannot be taken; read
-    /// only on an mTLS connection (`Ok(None)` otherwise).
-    pub identity: Result<Option<String>, Unseen>,
+    /// The peer identity (`fetch::peer_identity`), or why it cannot be taken: `Ok(None)` on a
+    /// plaintext connection; `None` when it was not read (an mTLS connection, and no policy of
+    /// `meshauthz_net`'s configuration reads it): an HTTP stage whose configuration reads it
+    /// (its own, possibly newer, configuration) asks the host.
+    pub identity: Option<Result<Option<String>, Unseen>>,
     /// `destination.port`.
     pub port: Option<u16>,
     /// The socket peer (`source.address` in `on_new_connection`).

@@ -2564,3 +2564,109 @@ fn one_configuration_is_compiled_once_per_vm_and_shared_by_its_stages() {
     ));
     assert!(net.compiled().is_some_and(|x| Rc::ptr_eq(&x, &a)));
 }
+
+/// [`PRINCIPAL_ALLOW_NET`] with another principal and, optionally, `"enforce": "connection"`.
+fn principal_net_doc(principal: &str, connection: bool, http: bool) -> String {
+    let doc = std::str::from_utf8(PRINCIPAL_ALLOW_NET)
+        .unwrap()
+        .replace("cluster.local/ns/foo/sa/bar", principal);
+    let doc = if connection {
+        doc.replace(r#""httpPorts""#, r#""enforce": "connection", "httpPorts""#)
+    } else {
+        doc
+    };
+    if http {
+        doc
+    } else {
+        doc.replace(r#""httpPorts": [8080]"#, r#""httpPorts": []"#)
+    }
+}
+
+/// An update in place (Envoy keeps the old root for its open connections, e.g. ECDS): the old
+/// root's connections are decided again under the new configuration at their next read, and a
+/// read with no update in between costs no host call.
+#[test]
+fn an_update_in_place_decides_the_open_connections_again() {
+    for (connection, http) in [(true, true), (false, false)] {
+        let vm = Rc::new(VmState::default());
+        let old = Plugin::new(Rc::clone(&vm));
+        let host = conn_host(7, Some(BAR));
+        let doc = principal_net_doc("cluster.local/ns/foo/sa/bar", connection, http);
+        old.configure(&host, names::ROOT_NET, Some(doc.as_bytes()));
+        let mut conn = open(&old, &host);
+        let key = if http {
+            "meshauthz_conn_decision"
+        } else {
+            "meshauthz_net_decision"
+        };
+        assert!(host.state(key).unwrap().starts_with("allow"));
+        host.take_calls();
+        assert_eq!(net::decide(&host, &old, &mut conn), Flow::Continue);
+        assert_eq!(host.take_calls(), Vec::<String>::new(), "a later read");
+
+        // The same policies again (another root, same bytes): nothing to decide again.
+        let same = Plugin::new(Rc::clone(&vm));
+        same.configure(&host, names::ROOT_NET, Some(doc.as_bytes()));
+        host.take_calls();
+        assert_eq!(net::decide(&host, &old, &mut conn), Flow::Continue);
+        assert_eq!(host.take_calls(), Vec::<String>::new());
+
+        // bar's access revoked.
+        let new = Plugin::new(Rc::clone(&vm));
+        let revoked = principal_net_doc("cluster.local/ns/foo/sa/baz", connection, http);
+        new.configure(&host, names::ROOT_NET, Some(revoked.as_bytes()));
+        let flow = net::decide(&host, &old, &mut conn);
+        let verdict = host.state(key).unwrap();
+        assert!(
+            verdict.starts_with("deny"),
+            "{connection} {http}: {verdict}"
+        );
+        if http {
+            // Envoy's RBAC filter answers the connection's next requests with 403.
+            assert_eq!((flow, host.closed()), (Flow::Continue, 0));
+        } else {
+            assert_eq!((flow, host.closed()), (Flow::Stop, 1));
+        }
+        assert!(host
+            .infos()
+            .iter()
+            .any(|l| l.contains("configuration updated in place")));
+    }
+}
+
+/// The network stage records no identity when its policies read none; an HTTP stage whose
+/// (newer) configuration reads one asks the host instead of taking "no identity" for an answer:
+/// a caller excluded by `notPrincipals` is not allowed as if it had none.
+#[test]
+fn an_identity_the_network_stage_did_not_read_is_read_by_the_http_stage() {
+    let vm = Rc::new(VmState::default());
+    let net = Plugin::new(Rc::clone(&vm));
+    let decide = Plugin::new(Rc::clone(&vm));
+    let enforce = Plugin::new(Rc::clone(&vm));
+    let setup = FakeHost::default();
+    let paths_only = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "paths", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"to": [{"operation": {"paths": ["/hello"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+    let not_bar = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "not-bar", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"notPrincipals": ["cluster.local/ns/foo/sa/bar"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "httpPorts": [8080]}"#;
+    net.configure(&setup, names::ROOT_NET, Some(paths_only));
+    decide.configure(&setup, names::ROOT_HTTP, Some(not_bar));
+    enforce.configure(&setup, names::ROOT_HTTP_ENFORCE, None);
+    let conn_host = conn_host(7, Some(BAR));
+    let _conn = open(&net, &conn_host);
+    assert!(!conn_host.fetched().iter().any(|f| f.contains("peer_sans")));
+
+    let host = request_on(7).uri_san(BAR);
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
+    assert_eq!(
+        host.state(names::HTTP_DECISION).as_deref(),
+        Some("deny no-allow-rule-matched")
+    );
+    let host = request_on(7).uri_san("spiffe://cluster.local/ns/foo/sa/other");
+    assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
+}

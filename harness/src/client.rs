@@ -379,3 +379,155 @@ where
     }
     Ok((outcome, stderr))
 }
+
+/// One mTLS connection kept open by `openssl s_client` (presenting a client certificate,
+/// verifying the server with the sidecar's CA): bytes are sent and read on it over time, so a
+/// test can change the configuration between two exchanges on the same connection. Killed on drop.
+pub struct TlsSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Bytes read and not yet consumed.
+    buffered: Vec<u8>,
+    closed: bool,
+}
+
+/// What one exchange on a [`TlsSession`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// An HTTP response with this status (for [`TlsSession::http_get`]), or the echoed payload
+    /// (status 0, for [`TlsSession::echo`]).
+    Answered(u16),
+    /// The server closed the connection first.
+    Closed,
+    /// Nothing within the timeout.
+    Timeout,
+}
+
+impl TlsSession {
+    /// Opens `127.0.0.1:port` presenting `client`.
+    pub fn open(port: u16, pki: &Pki, client: &CertFiles) -> Result<TlsSession> {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-verify_return_error"])
+            .args(["-servername", "localhost", "-CAfile"])
+            .arg(&pki.ca_cert)
+            .arg("-connect")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&client.cert)
+            .arg("-key")
+            .arg(&client.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error(format!("cannot run openssl: {e}")))?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let reader = child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 || tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        Ok(TlsSession {
+            stdin: child.stdin.take(),
+            child,
+            rx,
+            reader,
+            buffered: Vec::new(),
+            closed: false,
+        })
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(Error("the session is closed".into()));
+        };
+        stdin.write_all(bytes)?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Reads until `complete` says how many buffered bytes make one answer, the connection
+    /// closes, or `timeout` passes.
+    fn read_until(
+        &mut self,
+        timeout: Duration,
+        complete: impl Fn(&[u8]) -> Option<(usize, u16)>,
+    ) -> Exchange {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((len, status)) = complete(&self.buffered) {
+                self.buffered.drain(..len.min(self.buffered.len()));
+                return Exchange::Answered(status);
+            }
+            if self.closed {
+                return Exchange::Closed;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Exchange::Timeout;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.buffered.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.closed = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// `GET path` (HTTP/1.1, keep-alive) on this connection; waits (at most `timeout`) for the
+    /// whole response.
+    pub fn http_get(&mut self, path: &str, timeout: Duration) -> Result<Exchange> {
+        self.send(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
+        Ok(self.read_until(timeout, http_response_len))
+    }
+
+    /// Sends `payload` and waits (at most `timeout`) for it to come back.
+    pub fn echo(&mut self, payload: &[u8], timeout: Duration) -> Result<Exchange> {
+        self.send(payload)?;
+        Ok(self.read_until(timeout, |got| {
+            got.windows(payload.len())
+                .position(|w| w == payload)
+                .map(|at| (at + payload.len(), 0))
+        }))
+    }
+}
+
+impl Drop for TlsSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdin = None;
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// The length and status of the complete HTTP/1.1 response at the start of `got` (content-length
+/// or chunked body), if it is all there.
+fn http_response_len(got: &[u8]) -> Option<(usize, u16)> {
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(got.get(..head_end)?).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if let Some(len) = header("content-length:") {
+        let len: usize = len.parse().ok()?;
+        return (got.len() >= head_end + len).then_some((head_end + len, status));
+    }
+    if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        let body = got.get(head_end..)?;
+        let end = body.windows(5).position(|w| w == b"0\r\n\r\n")? + 5;
+        return Some((head_end + end, status));
+    }
+    Some((head_end, status))
+}

@@ -47,6 +47,7 @@ pub struct SidecarBuilder {
     transform: Option<TransformFn>,
     fixed_port: Option<u16>,
     dynamic_listener: bool,
+    ecds: bool,
 }
 
 impl SidecarBuilder {
@@ -106,6 +107,15 @@ impl SidecarBuilder {
         self
     }
 
+    /// Deliver the module's filter configurations as Istio delivers a `WasmPlugin`: through ECDS
+    /// (extension config discovery, here from files; see [`to_ecds`]), so that
+    /// [`Sidecar::update_policies`] replaces them in place while the listener, and every open
+    /// connection, stays.
+    pub fn ecds(mut self) -> Self {
+        self.ecds = true;
+        self
+    }
+
     /// Generate certificates, start the app and Envoy; wait until ready.
     pub fn start(self) -> Result<Sidecar> {
         let work = WorkDir::new(&self.name)?;
@@ -123,6 +133,15 @@ impl SidecarBuilder {
         let lds_path = self
             .dynamic_listener
             .then(|| work.path().join(format!("{}-lds.yaml", self.name)));
+        let ecds_dir = self.ecds.then(|| work.path().join("ecds"));
+        if let Some(d) = &ecds_dir {
+            std::fs::create_dir_all(d)?;
+        }
+        let delivery = match (&lds_path, &ecds_dir) {
+            (Some(p), _) => Delivery::Lds(p.clone()),
+            (None, Some(d)) => Delivery::Ecds(d.clone()),
+            (None, None) => Delivery::Static,
+        };
         let envoy = Envoy::start_with_retry(work.path(), &self.name, || {
             let admin = free_port()?;
             inbound = match self.fixed_port {
@@ -145,7 +164,7 @@ impl SidecarBuilder {
                 ),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ]);
-            let config = produce(&tmpl, &vars, self.transform.as_deref(), lds_path.as_deref())?;
+            let config = produce(&tmpl, &vars, self.transform.as_deref(), &delivery)?;
             vars_used = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             Ok((config, admin))
         })?;
@@ -159,7 +178,7 @@ impl SidecarBuilder {
                 template: tmpl,
                 vars: vars_used,
                 transform: self.transform,
-                lds_path,
+                delivery,
                 app: self.app,
             },
             pki,
@@ -178,28 +197,155 @@ fn build_plugin_config(yaml: &str, app: AppKind, inbound: u16) -> Result<Value> 
     policy::plugin_config_for(yaml, http_ports)
 }
 
-/// Render, transform, and (with LDS) write the listener file; returns the bootstrap.
+/// How the rendered configuration reaches Envoy.
+#[derive(Clone, Debug)]
+enum Delivery {
+    /// All in the bootstrap.
+    Static,
+    /// The listeners from this LDS file ([`to_dynamic_listeners`]).
+    Lds(PathBuf),
+    /// The Wasm filters' configurations from ECDS files in this folder ([`to_ecds`]).
+    Ecds(PathBuf),
+}
+
+/// Render, transform, and (with LDS or ECDS) write the resource files; returns the bootstrap.
 fn produce(
     tmpl: &str,
     vars: &BTreeMap<&str, String>,
     transform: Option<&Transform>,
-    lds_path: Option<&Path>,
+    delivery: &Delivery,
 ) -> Result<String> {
     let mut config = render(tmpl, vars)?;
     if let Some(t) = transform {
         config = t(&config)?;
     }
-    match lds_path {
-        None => Ok(config),
-        Some(path) => {
+    match delivery {
+        Delivery::Static => Ok(config),
+        Delivery::Lds(path) => {
             let (bootstrap, lds) = to_dynamic_listeners(&config, path)?;
-            // Envoy watches the file's folder for a rename onto it: write aside, then rename.
-            let tmp = path.with_extension("yaml.tmp");
-            std::fs::write(&tmp, lds)?;
-            std::fs::rename(&tmp, path)?;
+            replace_file(path, &lds)?;
+            Ok(bootstrap)
+        }
+        Delivery::Ecds(dir) => {
+            let (bootstrap, resources) = to_ecds(&config, dir)?;
+            for (path, text) in resources {
+                replace_file(&path, &text)?;
+            }
             Ok(bootstrap)
         }
     }
+}
+
+/// Envoy watches a resource file's folder for a rename onto it: write aside, then rename.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The `@type`s of the module's filters.
+const WASM_FILTER_TYPES: [&str; 2] = [
+    "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+];
+
+/// The documented transformation behind [`SidecarBuilder::ecds`]: each Wasm filter of the rendered
+/// template (network or HTTP) is replaced by a `config_discovery` entry naming its plugin
+/// (`config.name`), served from `<dir>/<name>.yaml` (a `TypedExtensionConfig` with the filter's
+/// `typed_config` unchanged). This is how Istio delivers a `WasmPlugin`: the listener stays when
+/// the filter's configuration changes. Returns the bootstrap (JSON) and the resource files.
+pub fn to_ecds(config: &str, dir: &Path) -> Result<(String, Vec<(PathBuf, String)>)> {
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)?;
+    let mut boot: Value = serde_json::to_value(yaml)?;
+    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    let mut walk = |filter: &mut Value| -> Result<()> {
+        let Some(typed) = filter.get("typed_config") else {
+            return Ok(());
+        };
+        let Some(kind) = typed.get("@type").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        if !WASM_FILTER_TYPES.contains(&kind) {
+            return Ok(());
+        }
+        let kind = kind.to_string();
+        let name = typed
+            .pointer("/config/name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error("a Wasm filter without config.name".into()))?
+            .to_string();
+        let path = dir.join(format!("{name}.yaml"));
+        resources.insert(
+            name.clone(),
+            serde_json::json!({"resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": name,
+                "typed_config": typed,
+            }]}),
+        );
+        *filter = serde_json::json!({
+            "name": name,
+            "config_discovery": {
+                "config_source": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {"path": path.display().to_string()},
+                },
+                "type_urls": [kind],
+            },
+        });
+        Ok(())
+    };
+    let listeners = boot
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| Error("the configuration has no static_resources.listeners".into()))?;
+    for listener in listeners {
+        let chains = listener
+            .get_mut("filter_chains")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten();
+        for chain in chains {
+            for filter in chain
+                .get_mut("filters")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                walk(filter)?;
+                let http = filter
+                    .pointer_mut("/typed_config/http_filters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten();
+                for h in http {
+                    walk(h)?;
+                }
+            }
+        }
+    }
+    if resources.is_empty() {
+        return Err(Error(
+            "the configuration has no Wasm filter to deliver by ECDS".into(),
+        ));
+    }
+    if let Some(obj) = boot.as_object_mut() {
+        obj.insert(
+            "node".into(),
+            serde_json::json!({"id": "meshauthz-e2e", "cluster": "meshauthz-e2e"}),
+        );
+    }
+    let files = resources
+        .into_iter()
+        .map(|(name, r)| {
+            Ok((
+                dir.join(format!("{name}.yaml")),
+                serde_json::to_string_pretty(&r)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((serde_json::to_string_pretty(&boot)?, files))
 }
 
 /// The documented transformation behind [`SidecarBuilder::dynamic_listener`]: the rendered
@@ -313,7 +459,7 @@ struct Rendering {
     template: String,
     vars: BTreeMap<String, String>,
     transform: Option<TransformFn>,
-    lds_path: Option<PathBuf>,
+    delivery: Delivery,
     app: AppKind,
 }
 
@@ -329,6 +475,7 @@ impl Sidecar {
             transform: None,
             fixed_port: None,
             dynamic_listener: false,
+            ecds: false,
         }
     }
 
@@ -344,16 +491,13 @@ impl Sidecar {
     }
 
     /// Replace the policies of a running sidecar started with
-    /// [`SidecarBuilder::dynamic_listener`]: the template is rendered again with the new plugin
-    /// configuration and Envoy picks up the listener file (LDS). Waits (bounded) until Envoy has
-    /// applied it and the new listener is serving.
+    /// [`SidecarBuilder::dynamic_listener`] or [`SidecarBuilder::ecds`]: the template is rendered
+    /// again with the new plugin configuration and Envoy picks up the listener file (LDS: the
+    /// listener is replaced, its open connections drain) or the Wasm filters' files (ECDS: the
+    /// filters' configurations change in place, open connections stay). Waits (bounded) until
+    /// Envoy has applied it.
     pub fn update_policies(&mut self, yaml: &str) -> Result<()> {
         let r = &self.rendering;
-        let Some(lds) = r.lds_path.as_deref() else {
-            return Err(Error(
-                "update_policies needs a sidecar built with dynamic_listener()".into(),
-            ));
-        };
         let config = build_plugin_config(yaml, r.app, self.port)?;
         let mut vars: BTreeMap<&str, String> = r
             .vars
@@ -361,29 +505,68 @@ impl Sidecar {
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
         vars.insert("PLUGIN_CONFIG_JSON", plugin_config_placeholder(&config)?);
-        let before = self
-            .envoy
-            .stat_or_zero("listener_manager.lds.update_success")?;
-        produce(&r.template, &vars, r.transform.as_deref(), Some(lds))?;
+        // What shows that Envoy applied the update: (stat, how many more), and what shows a
+        // rejection.
+        let (applied, failed, more) = match &r.delivery {
+            Delivery::Static => {
+                return Err(Error(
+                    "update_policies needs a sidecar built with dynamic_listener() or ecds()"
+                        .into(),
+                ))
+            }
+            Delivery::Lds(_) => (
+                "listener_manager.lds.update_success",
+                "listener_manager.lds.update_rejected",
+                1,
+            ),
+            Delivery::Ecds(dir) => {
+                // Each filter whose configuration changes reloads once.
+                let mut config_text = render(&r.template, &vars)?;
+                if let Some(t) = r.transform.as_deref() {
+                    config_text = t(&config_text)?;
+                }
+                let (_, files) = to_ecds(&config_text, dir)?;
+                let changed = files
+                    .iter()
+                    .filter(|(p, text)| std::fs::read_to_string(p).ok().as_deref() != Some(text))
+                    .count();
+                (".config_reload", ".config_fail", changed as u64)
+            }
+        };
+        let sum = |stats: &BTreeMap<String, u64>, what: &str| -> u64 {
+            stats
+                .iter()
+                .filter(|(k, _)| match &r.delivery {
+                    Delivery::Ecds(_) => {
+                        k.starts_with("extension_config_discovery.") && k.ends_with(what)
+                    }
+                    _ => k.as_str() == what,
+                })
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        let stats = self.envoy.stats()?;
+        let (applied_before, failed_before) = (sum(&stats, applied), sum(&stats, failed));
+        produce(&r.template, &vars, r.transform.as_deref(), &r.delivery)?;
         let deadline = std::time::Instant::now() + crate::envoy::READY_TIMEOUT;
         loop {
             let stats = self.envoy.stats()?;
-            let get = |k: &str| stats.get(k).copied().unwrap_or(0);
-            let rejected = get("listener_manager.lds.update_rejected");
-            if rejected > 0 {
+            if sum(&stats, failed) > failed_before {
                 return Err(Error(format!(
-                    "Envoy rejected the listener update; log:\n{}",
+                    "Envoy rejected the update; log:\n{}",
                     self.envoy.log()
                 )));
             }
-            if get("listener_manager.lds.update_success") > before
-                && get("listener_manager.total_listeners_warming") == 0
-            {
+            let warming = stats
+                .get("listener_manager.total_listeners_warming")
+                .copied()
+                .unwrap_or(0);
+            if sum(&stats, applied) >= applied_before + more && warming == 0 {
                 break;
             }
             if std::time::Instant::now() > deadline {
                 return Err(Error(format!(
-                    "Envoy did not apply the listener update; log:\n{}",
+                    "Envoy did not apply the update; log:\n{}",
                     self.envoy.log()
                 )));
             }

@@ -199,7 +199,9 @@ enum Command {
 /// `--enforce`: which chain the plugin configuration (and `render`'s attachments) are for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Enforce {
-    /// `decide` when no AUDIT policy applies to the workload, else `separate`.
+    /// `decide` when no AUDIT policy applies to the workload, else `separate`; `render` picks
+    /// `connection` when, besides, no policy that may apply reads a request attribute and HTTP
+    /// ports are given.
     Auto,
     /// The decide stage answers denials itself: one Wasm filter per request, no RBAC LOG
     /// companion, no enforce stage. Refused when an AUDIT policy applies.
@@ -210,8 +212,8 @@ enum Enforce {
     /// (templates `*-native.yaml`): one Wasm filter per request with AUDIT policies too.
     Native,
     /// `meshauthz_net` decides each connection once and Envoy's RBAC filter answers its requests
-    /// (template `server-http-conn.yaml`): no Wasm filter per request. Refused when a policy
-    /// reads a request attribute or AUDIT applies; not rendered for Istio yet.
+    /// (template `server-http-conn.yaml`; `render`: on the `--http-port` ports): no Wasm filter
+    /// per request. Refused when a policy reads a request attribute or AUDIT applies.
     Connection,
 }
 
@@ -251,10 +253,11 @@ struct RenderArgs {
     /// TCP ports to attach to (L4 authorization).
     #[arg(long = "tcp-port")]
     tcp_ports: Vec<u16>,
-    /// The chain the configuration is written for: `auto` follows the policy set (`decide`
-    /// when no AUDIT policy applies to the workload, else `separate`); `separate` always
-    /// (the full chain: add AUDIT policies later without re-rendering); `decide` refused
-    /// when an AUDIT policy applies.
+    /// The chain the attachments are rendered for: `auto` follows the policy set (`connection`
+    /// when no policy that may apply reads a request attribute and no AUDIT policy may apply,
+    /// with `--http-port` given; else `decide` without AUDIT, `separate` with); `separate`
+    /// always (the full chain: add AUDIT policies later without re-rendering); `decide` and
+    /// `connection` refused when the policies need more.
     #[arg(long, value_enum, default_value = "auto")]
     enforce: Enforce,
     /// Istio objects: YAML or JSON, multi-document, `kind: List`. `-` reads standard input.
@@ -635,7 +638,16 @@ fn plugin_config_value(
             .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
             .collect()
     };
-    let enforce = enforce_mode(enforce, &audits, &engine.request_attributes_read())?;
+    // Likewise the request attributes read: in an attachment, by any policy that may apply.
+    let request_reads = if with_workload {
+        engine.request_attributes_read()
+    } else {
+        attachment_request_reads(&set, workload)?
+    };
+    // `auto` picks the connection shape only where the whole chain is rendered (`render`), on
+    // the HTTP ports it is given: a plugin configuration goes into a template the user chose.
+    let auto_connection = !with_workload && !http_ports.is_empty();
+    let enforce = enforce_mode(enforce, &audits, &request_reads, auto_connection)?;
     let config = PluginConfig {
         policies: set,
         workload: with_workload.then(|| workload.workload()),
@@ -658,14 +670,23 @@ fn plugin_config_value(
 }
 
 /// `--enforce` for a policy set whose applicable AUDIT policies are `audits` (`namespace/name`):
-/// `auto` is `decide` without AUDIT (one Wasm call per request), `separate` with; an explicit
-/// `decide` with AUDIT is refused here, as the module would refuse it.
+/// `auto` is `decide` without AUDIT (one Wasm call per request), `separate` with, and with
+/// `auto_connection`, `connection` when no request attribute is read either (no Wasm call per
+/// request); an explicit `decide` with AUDIT is refused here, as the module would refuse it.
 /// `connection` is refused on the module's own two tests (request attributes read, AUDIT).
 fn enforce_mode(
     requested: Enforce,
     audits: &[String],
     request_reads: &[&str],
+    auto_connection: bool,
 ) -> Result<EnforceMode, ExitCode> {
+    if requested == Enforce::Auto
+        && auto_connection
+        && audits.is_empty()
+        && request_reads.is_empty()
+    {
+        return Ok(EnforceMode::Connection);
+    }
     match (requested, audits.is_empty()) {
         (Enforce::Connection, _) if !request_reads.is_empty() => {
             eprintln!(
@@ -713,6 +734,27 @@ fn may_apply(
                 .iter()
                 .all(|(k, v)| sel.get(k).is_none_or(|want| want == v))
         })
+}
+
+/// The request attributes read by the policies that may apply to a pod of the attachment (see
+/// [`may_apply`]): the engine compiled for the workload keeps only the policies whose selectors
+/// its labels match, and a pod may carry more labels. The module checks its own policies again
+/// at load and refuses `"enforce": "connection"` if one reads a request attribute.
+fn attachment_request_reads(
+    set: &PolicySet,
+    w: &WorkloadArgs,
+) -> Result<Vec<&'static str>, ExitCode> {
+    let mut all = set.clone();
+    for p in &mut all.authorization_policies {
+        if may_apply(
+            &p.meta.namespace,
+            p.spec.selector.as_ref().map(|s| &s.match_labels),
+            w,
+        ) {
+            p.spec.selector = None;
+        }
+    }
+    Ok(w.engine(&all)?.request_attributes_read())
 }
 
 /// The policies an attachment carries (see [`may_apply`]).
@@ -773,9 +815,9 @@ fn module_sha256(args: &RenderArgs) -> Result<Option<String>, ExitCode> {
 }
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
-    if args.enforce == Enforce::Connection {
+    if args.enforce == Enforce::Connection && args.http_ports.is_empty() {
         eprintln!(
-            "error: --enforce connection is not rendered for Istio yet: its chain (meshauthz_net, then Envoy's RBAC filter on the connection's verdict) is the template envoy-config/envoy/server-http-conn.yaml, with `meshauthz plugin-config --enforce connection`"
+            "error: --enforce connection needs the HTTP ports (--http-port): meshauthz_net decides their connections and Envoy's RBAC filter is placed on their chains"
         );
         return Err(ExitCode::from(exit::USAGE));
     }
@@ -830,7 +872,7 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
                 EnforceMode::Decide => "render: no AUDIT policy can apply: the decide stages alone (\"enforce\": \"decide\", one Wasm filter per request); --enforce separate renders the full chain",
                 EnforceMode::Separate => "render: AUDIT policies can apply: the full chain (decide stage, RBAC LOG companion, enforce stage)",
                 EnforceMode::Native => "render: the decide stage, the RBAC LOG companion and Envoy's RBAC filter denying on the decision",
-                EnforceMode::Connection => "render: decided once per connection",
+                EnforceMode::Connection => "render: no policy that can apply reads a request attribute and no AUDIT policy can apply: each connection is decided once by the network stage, Envoy's RBAC filter answers its requests (\"enforce\": \"connection\", no Wasm filter per request); --enforce decide renders a Wasm stage per request",
             }
         );
     }

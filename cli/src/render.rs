@@ -7,7 +7,11 @@
 //! `wasm.meshauthz_audit` (Envoy writes `envoy.common:access_log_hint`) -> `meshauthz_http_enforce`
 //! (answers 403 `RBAC: access denied`) -> router. With [`EnforceMode::Decide`] (no AUDIT policy
 //! applies) only the decide stages are rendered: `meshauthz_http` answers the 403 itself and
-//! `meshauthz_net` closes a denied connection itself, one Wasm call per request.
+//! `meshauthz_net` closes a denied connection itself, one Wasm call per request. With
+//! [`EnforceMode::Connection`] (no policy reads a request attribute, no AUDIT) there is no Wasm
+//! filter per request: `meshauthz_net` decides each connection of the HTTP ports once and
+//! Envoy's RBAC filter answers its requests from that verdict ([`rbac_connection_enforce`]), as
+//! the template `envoy-config/envoy/server-http-conn.yaml` does.
 
 use policy_engine::EnforceMode;
 use serde_json::{json, Value};
@@ -43,9 +47,14 @@ impl Attachment<'_> {
         self.enforce == EnforceMode::Native
     }
 
-    /// The RBAC LOG companions are rendered (every mode but `Decide`).
+    /// The RBAC LOG companions are rendered (every mode but `Decide` and `Connection`).
     fn companions(&self) -> bool {
         self.separate() || self.native()
+    }
+
+    /// No HTTP Wasm stage: `meshauthz_net` decides the HTTP ports' connections.
+    fn connection(&self) -> bool {
+        self.enforce == EnforceMode::Connection
     }
 }
 
@@ -243,6 +252,39 @@ pub fn rbac_native_enforce(network: bool) -> Value {
     json!({ "name": name, "typed_config": config })
 }
 
+/// With `"enforce": "connection"`, before the router on the chains of each HTTP port: Envoy's
+/// RBAC filter in DENY mode on the verdict `meshauthz_net` wrote for the connection (`403 RBAC:
+/// access denied` unless it allows; no verdict, e.g. the network stage missing, denies).
+pub fn rbac_connection_enforce() -> Value {
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "DENY",
+                "policies": {
+                    "meshauthz-enforce": {
+                        "permissions": [{"any": true}],
+                        "principals": [{"not_id": {"filter_state": {
+                            "key": "wasm.meshauthz_conn_decision",
+                            "string_match": {"prefix": "allow"}
+                        }}}]
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// [`rbac_connection_enforce`] before the router on the HTTP chains of `port`.
+fn connection_enforce_patch(port: u16) -> Value {
+    json!({"applyTo": "HTTP_FILTER",
+        "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
+            "filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager",
+                "subFilter": {"name": "envoy.filters.http.router"}}}}},
+        "patch": {"operation": "INSERT_BEFORE", "value": rbac_connection_enforce()}})
+}
+
 /// The network stage's verdict for a port listed in `httpPorts` (its requests are left to
 /// `meshauthz_http`).
 fn http_port_verdict() -> Value {
@@ -340,13 +382,15 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     };
     let all_ports: Vec<u16> = a.http_ports.iter().chain(a.tcp_ports).copied().collect();
     // Decide after jwt_authn (AUTHZ phase), enforce after Istio's own RBAC (STATS phase).
-    docs.push(plugin(
-        "http",
-        "meshauthz_http",
-        "AUTHZ",
-        "HTTP",
-        a.http_ports,
-    ));
+    if !a.connection() {
+        docs.push(plugin(
+            "http",
+            "meshauthz_http",
+            "AUTHZ",
+            "HTTP",
+            a.http_ports,
+        ));
+    }
     if a.separate() {
         docs.push(plugin(
             "http-enforce",
@@ -356,7 +400,7 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
             a.http_ports,
         ));
     }
-    if !a.tcp_ports.is_empty() {
+    if !a.tcp_ports.is_empty() || a.connection() {
         docs.push(plugin(
             "net",
             "meshauthz_net",
@@ -399,7 +443,7 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
         // connection, which the enforce stage checks.
         EnforceMode::Separate => vec![rbac_log_companion(true)],
         EnforceMode::Native => vec![rbac_log_companion(true), rbac_native_enforce(true)],
-        // `connection` is refused before rendering (`render` in main.rs): never reaches here.
+        // The network stage closes a denied TCP connection itself.
         EnforceMode::Decide | EnforceMode::Connection => vec![http_port_guard()],
     };
     for port in a.tcp_ports {
@@ -417,6 +461,9 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     }
     if a.companions() {
         audit_patches.push(after_decide(rbac_log_companion(false)));
+    }
+    if a.connection() {
+        audit_patches.extend(a.http_ports.iter().map(|p| connection_enforce_patch(*p)));
     }
     audit_patches.extend(peer_sans_patches(a.tcp_ports));
     docs.push(json!({
@@ -480,12 +527,26 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
                "patch": {"operation": "INSERT_BEFORE", "value": value}})
     };
     let empty = json!({});
-    let mut patches = vec![insert_before_router(wasm_filter(
-        false,
-        "meshauthz_http",
-        a,
-        a.plugin_config,
-    ))];
+    let mut patches = Vec::new();
+    if a.connection() {
+        // On each HTTP port: the network stage before the connection manager, Envoy's RBAC
+        // filter on its verdict before the router.
+        for port in a.http_ports {
+            patches.push(json!({"applyTo": "NETWORK_FILTER",
+                "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": port,
+                    "filterChain": {"filter": {"name": "envoy.filters.network.http_connection_manager"}}}},
+                "patch": {"operation": "INSERT_BEFORE",
+                    "value": wasm_filter(true, "meshauthz_net", a, a.plugin_config)}}));
+            patches.push(connection_enforce_patch(*port));
+        }
+    } else {
+        patches.push(insert_before_router(wasm_filter(
+            false,
+            "meshauthz_http",
+            a,
+            a.plugin_config,
+        )));
+    }
     if a.companions() {
         patches.push(insert_before_router(rbac_log_companion(false)));
     }
@@ -510,7 +571,7 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                         "path": "/dev/stdout",
-                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}
+                        "log_format": {"text_format_source": {"inline_string": access_log_format(a.enforce)}}
                     }
                 }]
             }}}
@@ -528,7 +589,7 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
             if a.native() {
                 values.push(rbac_native_enforce(true));
             }
-            if a.enforce == EnforceMode::Decide {
+            if matches!(a.enforce, EnforceMode::Decide | EnforceMode::Connection) {
                 values.push(http_port_guard());
             }
             for value in values {
@@ -557,3 +618,13 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
 pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN% \
 hint=%DYNAMIC_METADATA(envoy.common:access_log_hint)% decision=%FILTER_STATE(wasm.meshauthz_decision:PLAIN)% \
 src=%DOWNSTREAM_REMOTE_ADDRESS% chain=%FILTER_CHAIN_NAME%\n";
+
+/// [`ACCESS_LOG_FORMAT`] for `mode`: with `"enforce": "connection"` the decision is the
+/// connection's (`wasm.meshauthz_conn_decision`).
+pub fn access_log_format(mode: EnforceMode) -> String {
+    if mode == EnforceMode::Connection {
+        ACCESS_LOG_FORMAT.replace("wasm.meshauthz_decision", "wasm.meshauthz_conn_decision")
+    } else {
+        ACCESS_LOG_FORMAT.to_string()
+    }
+}

@@ -221,6 +221,38 @@ fn decide_only_attachments_are_valid() {
     }
 }
 
+/// The connection shape (`render` picks it for policies that read only the connection, without
+/// AUDIT): the network stage and Envoy's RBAC filter on its verdict, valid Istio objects.
+#[test]
+fn connection_shape_attachments_are_valid() {
+    let dir = std::env::temp_dir().join(format!("meshauthz-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let f = dir.join("by-principal.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n",
+    )
+    .expect("write");
+    for kind in ["wasmplugin", "envoyfilter"] {
+        let rendered = render_files(kind, &[f.display().to_string()]);
+        assert!(
+            rendered.contains("wasm.meshauthz_conn_decision"),
+            "{rendered}"
+        );
+        assert!(
+            !rendered
+                .lines()
+                .any(|l| l.trim_end().ends_with(" meshauthz_http")),
+            "no HTTP Wasm stage: {rendered}"
+        );
+        validate(
+            &yaml_docs(&rendered),
+            &format!("meshauthz render {kind} (connection)"),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--enforce native`: the decide stages, the RBAC LOG companions and Envoy's RBAC filters in
 /// DENY mode, valid Istio objects with every sample policy (AUDIT included).
 #[test]

@@ -564,8 +564,8 @@ fn plugin_config_follows_the_policies_that_apply() {
     );
 }
 
-/// `--enforce connection` is written for policies that read only the connection, refused with
-/// AUDIT, and not rendered for Istio (its chain is a template).
+/// `--enforce connection` is written for policies that read only the connection and refused with
+/// AUDIT.
 #[test]
 fn connection_mode_is_written_only_for_connection_level_policies() {
     let by_principal = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
@@ -601,11 +601,110 @@ fn connection_mode_is_written_only_for_connection_level_policies() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("(foo/audit-all)"), "{}", out.stderr);
 
-    let out = render_with("wasmplugin", &["--enforce", "connection"], &f);
-    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Written for a plugin configuration only on request: the template is the user's choice.
+    let out = run(&["plugin-config", "--namespace", "foo", &f]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["enforce"], "decide", "{v}");
+}
+
+/// Issue 12: `render` picks the connection shape when no policy that can apply reads a request
+/// attribute and no AUDIT policy can apply: the network stage on the HTTP and TCP ports, Envoy's
+/// RBAC filter on the connection's verdict before the router of each HTTP port, and no HTTP Wasm
+/// stage; a policy that may apply to a pod of the selection and reads the request (a selector on
+/// a label the selection does not fix) keeps the Wasm stage per request.
+#[test]
+fn render_picks_the_connection_shape_for_connection_level_policies() {
+    let by_principal = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
+    let f = file("conn-render.yaml", by_principal);
+    for extra in [&[][..], &["--enforce", "connection"][..]] {
+        let out = render_with("wasmplugin", extra, &f);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let s = shape(&out.stdout);
+        assert_eq!(
+            s.names,
+            ["meshauthz-net", "meshauthz-audit-companion"],
+            "{}",
+            out.stdout
+        );
+        assert_eq!(s.enforce.as_deref(), Some("connection"));
+        assert!(
+            s.patched.iter().any(|p| p == "envoy.filters.http.rbac"),
+            "{:?}",
+            s.patched
+        );
+        let docs = docs(&out.stdout);
+        assert_eq!(
+            docs[0]["spec"]["match"][0]["ports"],
+            serde_json::json!([{"number": 8080}, {"number": 9000}]),
+            "the network stage runs on the HTTP port too"
+        );
+        let rbac = docs[1]["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["patch"]["value"]["name"] == "envoy.filters.http.rbac")
+            .unwrap();
+        assert_eq!(rbac["match"]["listener"]["portNumber"], 8080, "{rbac}");
+        assert_eq!(rbac["patch"]["operation"], "INSERT_BEFORE");
+        assert!(rbac.to_string().contains("wasm.meshauthz_conn_decision"));
+    }
+    let out = render_with("envoyfilter", &[], &f);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("decided once"), "{}", out.stderr);
+    let s = shape(&out.stdout);
+    assert_eq!(s.enforce.as_deref(), Some("connection"));
     assert!(
-        out.stderr.contains("server-http-conn.yaml"),
+        !s.patched.iter().any(|p| p == "meshauthz_http"),
+        "{:?}",
+        s.patched
+    );
+    assert_eq!(
+        s.patched.iter().filter(|p| *p == "meshauthz_net").count(),
+        2,
+        "HTTP and TCP port: {:?}",
+        s.patched
+    );
+    assert!(
+        out.stdout
+            .contains("decision=%FILTER_STATE(wasm.meshauthz_conn_decision:PLAIN)%"),
+        "the access log shows the connection's verdict"
+    );
+
+    // A path policy that may apply to some pods of the selection (version unknown).
+    let maybe_paths = file(
+        "conn-render-paths.yaml",
+        &[
+            by_principal,
+            &policy(
+                "foo",
+                "deny-admin",
+                "selector: {matchLabels: {version: v2}}",
+            ),
+        ]
+        .concat(),
+    );
+    let out = render_with("wasmplugin", &[], &maybe_paths);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(shape(&out.stdout).enforce.as_deref(), Some("decide"));
+    let out = render_with("wasmplugin", &["--enforce", "connection"], &maybe_paths);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("paths / request.path"),
         "{}",
         out.stderr
     );
+
+    // Without HTTP ports there is nothing to decide per connection.
+    let out = run(&[
+        "render",
+        "wasmplugin",
+        "--namespace",
+        "foo",
+        "--enforce",
+        "connection",
+        &f,
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--http-port"), "{}", out.stderr);
 }

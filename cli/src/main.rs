@@ -757,6 +757,19 @@ fn attachment_request_reads(
     Ok(w.engine(&all)?.request_attributes_read())
 }
 
+/// Whether a policy of `set` has a CEL condition (`meshauthz.io/cel`).
+fn uses_cel(set: &PolicySet) -> bool {
+    set.authorization_policies.iter().any(|p| {
+        p.spec
+            .rules
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|r| r.when.iter().flatten().flatten())
+            .any(|c| c.key == policy_engine::cel::CEL_CONDITION_KEY)
+    })
+}
+
 /// The policies an attachment carries (see [`may_apply`]).
 fn for_attachment(set: PolicySet, w: &WorkloadArgs) -> PolicySet {
     PolicySet {
@@ -851,6 +864,11 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
         for_attachment(set, &args.workload)
     };
     let carried = set.authorization_policies.len() + set.peer_authentications.len();
+    if !uses_cel(&set) {
+        eprintln!(
+            "render: no policy carried has a meshauthz.io/cel condition: the module built without CEL (meshauthz-nocel.wasm, `make build`) enforces them the same and starts faster (README, \"The module without CEL\"); --url chooses the file"
+        );
+    }
     if carried < given {
         eprintln!(
             "render: carrying {carried} of {given} policies, those that can apply to the selected workloads (--all carries every one)"

@@ -123,6 +123,17 @@ pub fn module_path() -> Result<PathBuf> {
     )
 }
 
+/// The module built without CEL conditions: `$MESHAUTHZ_MODULE_NOCEL`, else
+/// `target/wasm32-wasip1/release/meshauthz-nocel.wasm` (`make build`).
+pub fn module_nocel_path() -> Result<PathBuf> {
+    existing_file(
+        "MESHAUTHZ_MODULE_NOCEL",
+        "target/wasm32-wasip1/release/meshauthz-nocel.wasm",
+        "module without CEL",
+        "run `make build`",
+    )
+}
+
 /// The `meshauthz` CLI: `$MESHAUTHZ_CLI`, else `target/debug/meshauthz` (`make sandbox-bin`,
 /// `cargo build -p meshauthz-cli`).
 pub fn default_cli() -> PathBuf {

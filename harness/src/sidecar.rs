@@ -48,6 +48,7 @@ pub struct SidecarBuilder {
     fixed_port: Option<u16>,
     dynamic_listener: bool,
     ecds: bool,
+    module: Option<PathBuf>,
 }
 
 impl SidecarBuilder {
@@ -116,6 +117,12 @@ impl SidecarBuilder {
         self
     }
 
+    /// Run this module file instead of [`crate::module_path()`]'s (e.g. [`crate::module_nocel_path`]).
+    pub fn module(mut self, path: PathBuf) -> Self {
+        self.module = Some(path);
+        self
+    }
+
     /// Generate certificates, start the app and Envoy; wait until ready.
     pub fn start(self) -> Result<Sidecar> {
         let work = WorkDir::new(&self.name)?;
@@ -126,7 +133,10 @@ impl SidecarBuilder {
         };
         let access_log = work.path().join(format!("{}-access.log", self.name));
         let tmpl = template(&self.template)?;
-        let module = module_path()?;
+        let module = match self.module {
+            Some(m) => m,
+            None => module_path()?,
+        };
         let mut inbound = 0;
         let mut plugin_config = Value::Null;
         let mut vars_used = BTreeMap::new();
@@ -476,6 +486,7 @@ impl Sidecar {
             fixed_port: None,
             dynamic_listener: false,
             ecds: false,
+            module: None,
         }
     }
 

@@ -75,3 +75,24 @@ fn every_tricky_case_row_is_covered() {
         names.len()
     );
 }
+
+/// Built without the `cel` feature (the module `meshauthz-nocel.wasm`), a policy with a CEL
+/// condition is refused when it loads, with the object, the field and the reason; the decision
+/// cases without CEL run above, unchanged.
+#[cfg(not(feature = "cel"))]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+fn cel_is_refused_with_its_field_without_the_feature() {
+    let doc = serde_json::json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "tenant", "namespace": "shop"},
+        "spec": {"rules": [{"when": [{"key": policy_engine::cel::CEL_CONDITION_KEY,
+                                       "values": ["request.path == '/a'"]}]}]}});
+    let Err(errors) = policy_engine::load_value(&doc, &policy_engine::LoadOptions::default())
+    else {
+        panic!("a CEL condition loaded without the cel feature");
+    };
+    let text = errors.to_string();
+    assert!(text.contains("shop/tenant"), "{text}");
+    assert!(text.contains("spec.rules[0].when[0].values[0]"), "{text}");
+    assert!(text.contains(policy_engine::cel::WITHOUT_CEL), "{text}");
+}

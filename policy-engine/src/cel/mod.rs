@@ -10,39 +10,75 @@
 //! checked (a non-bool result is refused), and the tree is rewritten so that each attribute path
 //! is one flat variable. Evaluate many: only those variables are built from [`Attributes`], on a
 //! scope layered over a function registry built once per expression.
+//!
+//! Without the crate's `cel` feature (the module `meshauthz-nocel.wasm`) nothing of this is
+//! built: [`CelExpression::compile`] refuses every expression with [`WITHOUT_CEL`], so a policy
+//! with a CEL condition is refused when it loads, with its field, and never half-enforced.
 
+#[cfg(feature = "cel")]
 mod compile;
+#[cfg(feature = "cel")]
 mod cost;
+#[cfg(feature = "cel")]
 mod functions;
+#[cfg(feature = "cel")]
 mod parse;
+#[cfg(feature = "cel")]
 mod vars;
 
 #[cfg(test)]
+#[cfg(feature = "cel")]
 mod cost_tests;
 #[cfg(test)]
+#[cfg(feature = "cel")]
 mod tests;
 
+#[cfg(not(feature = "cel"))]
+mod without;
+#[cfg(not(feature = "cel"))]
+pub use without::CelExpression;
+
+#[cfg(feature = "cel")]
 use std::fmt;
+#[cfg(feature = "cel")]
 use std::sync::Arc;
 
+#[cfg(feature = "cel")]
 use cel_interpreter::extractors::This;
+#[cfg(feature = "cel")]
 use cel_interpreter::{Context, ExecutionError, Value};
+#[cfg(feature = "cel")]
 use cel_parser::ast::IdedExpr;
 
+#[cfg(feature = "cel")]
 use crate::attributes::{Attributes, Requirements};
+#[cfg(feature = "cel")]
 use compile::Special;
+#[cfg(feature = "cel")]
 use cost::Shape;
+#[cfg(feature = "cel")]
 use vars::VarKind;
 
+#[cfg(feature = "cel")]
 pub use cost::{
     EXPRESSION_BUDGET, MAX_CLAIMS_WEIGHT, MAX_CLAIM_ITEMS, MAX_CLAIM_STRING_BYTES, MAX_HEADERS,
     MAX_HEADER_NAME_BYTES, MAX_STRING_BYTES, RULE_BUDGET,
 };
+/// The most the CEL expressions of one rule may cost together (see `cost.rs`).
+#[cfg(not(feature = "cel"))]
+pub const RULE_BUDGET: u64 = 40_000;
 
 /// The `when.key` that marks a CEL condition.
 pub const CEL_CONDITION_KEY: &str = "meshauthz.io/cel";
 
+/// Whether this build has CEL conditions (the crate's `cel` feature).
+pub const AVAILABLE: bool = cfg!(feature = "cel");
+
+/// Why every CEL expression is refused by a build without the `cel` feature.
+pub const WITHOUT_CEL: &str = "this meshauthz module is built without CEL conditions (meshauthz-nocel.wasm); deploy meshauthz.wasm for policies with meshauthz.io/cel";
+
 /// A compiled CEL expression.
+#[cfg(feature = "cel")]
 pub struct CelExpression {
     source: String,
     expr: IdedExpr,
@@ -56,6 +92,7 @@ pub struct CelExpression {
     functions: Context<'static>,
 }
 
+#[cfg(feature = "cel")]
 impl fmt::Debug for CelExpression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CelExpression")
@@ -75,7 +112,7 @@ pub fn check_rule_budget<'s>(sources: impl IntoIterator<Item = &'s str>) -> Resu
     let total = sources
         .into_iter()
         .filter_map(|s| CelExpression::compile(s).ok())
-        .fold(0u64, |acc, e| acc.saturating_add(e.cost));
+        .fold(0u64, |acc, e| acc.saturating_add(e.cost()));
     rule_budget(total)
 }
 
@@ -95,6 +132,7 @@ pub(crate) fn rule_budget(total: u64) -> Result<(), String> {
 #[error("CEL evaluation failed: {0}")]
 pub struct CelError(pub String);
 
+#[cfg(feature = "cel")]
 impl CelExpression {
     /// Compiles `source`; the error says what is wrong (syntax, unknown attribute, ...).
     pub fn compile(source: &str) -> Result<CelExpression, String> {

@@ -399,11 +399,14 @@ istio-manifests:
 	@echo "rendered envoy-config/istio/{wasmplugin,envoyfilter}.yaml"
 
 OCI_IMAGE ?= meshauthz:$(shell awk -F'"' '/^version = /{print $$2; exit}' Cargo.toml)
+# The module the image carries: OCI_MODULE=$(MODULE_NOCEL) OCI_IMAGE=meshauthz:<version>-nocel for
+# the module without CEL.
+OCI_MODULE ?= $(MODULE)
 .PHONY: oci-image
 oci-image: build
 	@builder=$$(for b in docker podman buildah; do command -v $$b >/dev/null && $$b info >/dev/null 2>&1 && echo $$b && break; done); \
 	if [ -z "$$builder" ]; then echo "oci-image: no working docker/podman/buildah here; the Dockerfile is envoy-config/oci/Dockerfile"; exit 1; fi; \
-	ctx=$$(mktemp -d); cp $(MODULE) $$ctx/meshauthz.wasm; cp envoy-config/oci/Dockerfile $$ctx/; \
+	ctx=$$(mktemp -d); cp $(OCI_MODULE) $$ctx/meshauthz.wasm; cp envoy-config/oci/Dockerfile $$ctx/; \
 	if [ "$$builder" = buildah ]; then buildah bud -t $(OCI_IMAGE) $$ctx; else $$builder build -t $(OCI_IMAGE) $$ctx; fi; rm -rf $$ctx
 
 .PHONY: clean

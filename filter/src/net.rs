@@ -22,6 +22,9 @@ use crate::traits::{Authorizer, Flow, Host};
 use crate::verdict::{publish, verdict_of, Verdict};
 use crate::vm::ConnFacts;
 
+/// The connection verdict of a connection whose configuration no longer decides per connection.
+const WITHDRAWN_CONN_VERDICT: &[u8] = b"deny connection-verdict-withdrawn";
+
 /// Per-connection state of a network stage.
 #[derive(Debug, Default)]
 pub struct Conn {
@@ -39,6 +42,8 @@ pub struct Conn {
     /// ([`crate::vm::VmState::generation`]) when that was last checked.
     decided_with: Option<Weak<Compiled>>,
     generation: u64,
+    /// A connection verdict (`"enforce": "connection"`) was published for this connection.
+    conn_verdict: bool,
 }
 
 impl Conn {
@@ -195,6 +200,13 @@ pub fn decide(host: &dyn Host, plugin: &Plugin, conn: &mut Conn) -> Flow {
                 (CONN_DECISION, CONN_AUDIT, CONN_SHADOW),
                 true,
             );
+            conn.conn_verdict = true;
+        } else if conn.conn_verdict {
+            // Updated in place to a configuration that no longer decides per connection (a
+            // policy now reads the request): the verdict taken under the previous one is
+            // withdrawn, never left allowing. Envoy's RBAC filter on the old chain then answers
+            // 403 until the connection closes (the chain's own update drains it).
+            host.set_filter_state(CONN_DECISION, WITHDRAWN_CONN_VERDICT);
         }
         record_conn(host, plugin, conn, facts);
         return Flow::Continue;

@@ -2670,3 +2670,38 @@ fn an_identity_the_network_stage_did_not_read_is_read_by_the_http_stage() {
     let host = request_on(7).uri_san("spiffe://cluster.local/ns/foo/sa/other");
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Continue);
 }
+
+/// Updated in place from the connection shape to a configuration that decides per request (a
+/// policy now reads the path): the connection's verdict is withdrawn, not left allowing what the
+/// new policies decide per request.
+#[test]
+fn a_connection_verdict_is_withdrawn_when_the_update_decides_per_request() {
+    let vm = Rc::new(VmState::default());
+    let old = Plugin::new(Rc::clone(&vm));
+    let host = conn_host(7, Some(BAR));
+    let doc = principal_net_doc("cluster.local/ns/foo/sa/bar", true, true);
+    old.configure(&host, names::ROOT_NET, Some(doc.as_bytes()));
+    let mut conn = open(&old, &host);
+    assert!(host
+        .state("meshauthz_conn_decision")
+        .unwrap()
+        .starts_with("allow"));
+    let per_request = br#"{"policies": [
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "bar-hello", "namespace": "foo"},
+         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/foo/sa/bar"]}}],
+                                                "to": [{"operation": {"paths": ["/hello"]}}]}]}}],
+        "workload": {"namespace": "foo"}, "httpPorts": [8080], "enforce": "decide"}"#;
+    let new = Plugin::new(Rc::clone(&vm));
+    new.configure(&host, names::ROOT_NET, Some(per_request));
+    assert_eq!(net::decide(&host, &old, &mut conn), Flow::Continue);
+    assert_eq!(
+        host.state("meshauthz_conn_decision").as_deref(),
+        Some("deny connection-verdict-withdrawn")
+    );
+    assert_eq!(
+        host.closed(),
+        0,
+        "the HTTP connection stays: its requests get 403"
+    );
+}

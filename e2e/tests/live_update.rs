@@ -7,7 +7,9 @@
 //! one before or after the updates that landed while it was in flight (short connections), or
 //! an earlier one on a keep-alive connection still on its draining listener chain. Invalid sets
 //! are refused (logged with object/field, `meshauthz.config_refused`), the last good set stays;
-//! an empty set allows everything (Istio: no policy, allow).
+//! an empty set allows everything (Istio: no policy, allow). The same load with the updates
+//! delivered in place (ECDS, as Istio delivers a `WasmPlugin`): no chain drains, and no request
+//! is decided by a set older than the one in force when it was sent.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -115,11 +117,35 @@ struct Record {
 
 #[test]
 fn policy_updates_land_under_load_without_failed_requests() {
-    let mut s = Sidecar::builder("live-update")
-        .dynamic_listener()
-        .policies(&policies(0))
-        .start()
-        .unwrap();
+    updates_under_load(Delivery::Lds, UPDATE_FOR);
+}
+
+/// The same load, the updates delivered in place as Istio delivers a `WasmPlugin` (ECDS): the
+/// listener stays, so no connection drains on an old chain, and every request, keep-alive ones
+/// included, is decided by a set in force while it was in flight.
+#[test]
+fn policy_updates_delivered_in_place_land_under_load_without_stale_decisions() {
+    updates_under_load(Delivery::Ecds, UPDATE_FOR / 2);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The listener from a file (LDS): replaced on each update, old connections drain.
+    Lds,
+    /// The Wasm filters' configurations from files (ECDS), changed in place.
+    Ecds,
+}
+
+fn updates_under_load(delivery: Delivery, update_for: Duration) {
+    let builder = Sidecar::builder(match delivery {
+        Delivery::Lds => "live-update",
+        Delivery::Ecds => "live-update-ecds",
+    });
+    let builder = match delivery {
+        Delivery::Lds => builder.dynamic_listener(),
+        Delivery::Ecds => builder.ecds(),
+    };
+    let mut s = builder.policies(&policies(0)).start().unwrap();
     let port = s.port;
     let applied = Arc::new(AtomicUsize::new(0));
     let written = Arc::new(AtomicUsize::new(0));
@@ -171,7 +197,7 @@ fn policy_updates_land_under_load_without_failed_requests() {
     let started = Instant::now();
     let mut g = 0;
     let mut refused = 0;
-    while started.elapsed() < UPDATE_FOR {
+    while started.elapsed() < update_for {
         std::thread::sleep(Duration::from_millis(1000));
         g += 1;
         written.store(g, Ordering::SeqCst);
@@ -252,6 +278,13 @@ fn policy_updates_land_under_load_without_failed_requests() {
             .collect::<Vec<_>>()
     );
     assert!(records.len() > 100, "only {} requests", records.len());
+    if delivery == Delivery::Ecds {
+        assert_eq!(
+            stale_keep_alive, 0,
+            "in place, no request may be decided by a set older than the one applied before it \
+             was sent"
+        );
+    }
     // Every invalid update refused, counted and named in the log; the VM never restarted.
     let counted = s
         .envoy

@@ -564,11 +564,14 @@ fn plugin_config_follows_the_policies_that_apply() {
     );
 }
 
+/// An ALLOW that reads only the connection (a principal).
+const BY_PRINCIPAL: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
+
 /// `--enforce connection` is written for policies that read only the connection and refused with
 /// AUDIT.
 #[test]
 fn connection_mode_is_written_only_for_connection_level_policies() {
-    let by_principal = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
+    let by_principal = BY_PRINCIPAL;
     let f = file("conn.yaml", by_principal);
     let out = run(&[
         "plugin-config",
@@ -615,7 +618,7 @@ fn connection_mode_is_written_only_for_connection_level_policies() {
 /// a label the selection does not fix) keeps the Wasm stage per request.
 #[test]
 fn render_picks_the_connection_shape_for_connection_level_policies() {
-    let by_principal = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-bar, namespace: foo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n---\n";
+    let by_principal = BY_PRINCIPAL;
     let f = file("conn-render.yaml", by_principal);
     for extra in [&[][..], &["--enforce", "connection"][..]] {
         let out = render_with("wasmplugin", extra, &f);

@@ -313,31 +313,11 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet"])
-        .args(args)
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(&client.cert)
-        .arg("-key")
-        .arg(&client.key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error(format!("cannot run openssl: {e}")))?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 || tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err() {
-                    break;
-                }
-            }
-        })
-    });
+    let SClient {
+        mut child,
+        rx,
+        reader,
+    } = spawn_s_client(port, args, client, Stdio::piped())?;
     // Keep stdin open until the end (closing it would make s_client close its side).
     let mut stdin = child.stdin.take();
     if let Some(s) = stdin.as_mut() {
@@ -380,6 +360,48 @@ where
     Ok((outcome, stderr))
 }
 
+/// A running `openssl s_client -quiet <args> -connect 127.0.0.1:<port>` presenting `client`'s
+/// certificate, and what it reads, chunk by chunk, from a thread (the channel closes when the
+/// connection does).
+struct SClient {
+    child: std::process::Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn spawn_s_client<I, A>(port: u16, args: I, client: &CertFiles, stderr: Stdio) -> Result<SClient>
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet"])
+        .args(args)
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&client.cert)
+        .arg("-key")
+        .arg(&client.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| Error(format!("cannot run openssl: {e}")))?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    Ok(SClient { child, rx, reader })
+}
+
 /// One mTLS connection kept open by `openssl s_client` (presenting a client certificate,
 /// verifying the server with the sidecar's CA): bytes are sent and read on it over time, so a
 /// test can change the configuration between two exchanges on the same connection. Killed on drop.
@@ -408,32 +430,19 @@ pub enum Exchange {
 impl TlsSession {
     /// Opens `127.0.0.1:port` presenting `client`.
     pub fn open(port: u16, pki: &Pki, client: &CertFiles) -> Result<TlsSession> {
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-quiet", "-verify_return_error"])
-            .args(["-servername", "localhost", "-CAfile"])
-            .arg(&pki.ca_cert)
-            .arg("-connect")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(&client.cert)
-            .arg("-key")
-            .arg(&client.key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| Error(format!("cannot run openssl: {e}")))?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let reader = child.stdout.take().map(|mut out| {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = out.read(&mut buf) {
-                    if n == 0 || tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err() {
-                        break;
-                    }
-                }
-            })
-        });
+        let args: [&OsStr; 5] = [
+            "-verify_return_error".as_ref(),
+            "-servername".as_ref(),
+            "localhost".as_ref(),
+            "-CAfile".as_ref(),
+            pki.ca_cert.as_os_str(),
+        ];
+        // Its stderr is not read over the session's life: not piped, so it cannot fill up.
+        let SClient {
+            mut child,
+            rx,
+            reader,
+        } = spawn_s_client(port, args, client, Stdio::null())?;
         Ok(TlsSession {
             stdin: child.stdin.take(),
             child,

@@ -63,10 +63,10 @@ $(WASM_BINDGEN_RUNNER): Cargo.lock
 .PHONY: build
 build: targets
 	cargo build --release --target $(WASM_TARGET) -p meshauthz-module
-	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE)
+	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE) --features cel
 	cargo build --release --target $(WASM_TARGET) -p meshauthz-module --no-default-features --target-dir target/nocel
 	cp target/nocel/$(WASM_TARGET)/release/meshauthz.wasm $(MODULE_NOCEL)
-	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE_NOCEL)
+	cargo run --quiet -p meshauthz-tools --bin meshauthz-strip-exports -- $(MODULE_NOCEL) --features ''
 	@ls -l $(MODULE) $(MODULE_NOCEL) | awk '{print "module: " $$9 " (" $$5 " bytes)"}'
 
 # The module's size pinned under issue 12's target of 1.5 MB: 681,956 bytes with rustc 1.95 since

@@ -757,17 +757,34 @@ fn attachment_request_reads(
     Ok(w.engine(&all)?.request_attributes_read())
 }
 
-/// Whether a policy of `set` has a CEL condition (`meshauthz.io/cel`).
-fn uses_cel(set: &PolicySet) -> bool {
-    set.authorization_policies.iter().any(|p| {
-        p.spec
-            .rules
-            .iter()
-            .flatten()
-            .flatten()
-            .flat_map(|r| r.when.iter().flatten().flatten())
-            .any(|c| c.key == policy_engine::cel::CEL_CONDITION_KEY)
-    })
+/// The policies of `set` (`namespace/name`) with a CEL condition (`meshauthz.io/cel`).
+fn cel_policies(set: &PolicySet) -> Vec<String> {
+    set.authorization_policies
+        .iter()
+        .filter(|p| {
+            p.spec
+                .rules
+                .iter()
+                .flatten()
+                .flatten()
+                .flat_map(|r| r.when.iter().flatten().flatten())
+                .any(|c| c.key == policy_engine::cel::CEL_CONDITION_KEY)
+        })
+        .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
+        .collect()
+}
+
+/// Whether the module at `url` has CEL conditions, when it says (a readable `file://` module
+/// built by `make build`, which records its features in a custom section); `None` otherwise.
+fn module_has_cel(url: &str) -> Option<bool> {
+    let bytes = std::fs::read(url.strip_prefix("file://")?).ok()?;
+    let features =
+        meshauthz_tools::wasm::custom_section(&bytes, meshauthz_tools::wasm::FEATURES_SECTION)?;
+    Some(
+        String::from_utf8_lossy(features)
+            .split_whitespace()
+            .any(|f| f == "cel"),
+    )
 }
 
 /// The policies an attachment carries (see [`may_apply`]).
@@ -864,10 +881,20 @@ fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
         for_attachment(set, &args.workload)
     };
     let carried = set.authorization_policies.len() + set.peer_authentications.len();
-    if !uses_cel(&set) {
-        eprintln!(
+    let with_cel = cel_policies(&set);
+    match (module_has_cel(&args.url), with_cel.is_empty()) {
+        (Some(false), false) => {
+            eprintln!(
+                "error: --url {}: this module is built without CEL conditions (meshauthz-nocel.wasm) and would refuse these policies, which have meshauthz.io/cel conditions: {}; deploy meshauthz.wasm",
+                args.url,
+                with_cel.join(", ")
+            );
+            return Err(failure());
+        }
+        (Some(true) | None, true) => eprintln!(
             "render: no policy carried has a meshauthz.io/cel condition: the module built without CEL (meshauthz-nocel.wasm, `make build`) enforces them the same and starts faster (README, \"The module without CEL\"); --url chooses the file"
-        );
+        ),
+        _ => {}
     }
     if carried < given {
         eprintln!(

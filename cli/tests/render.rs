@@ -711,3 +711,66 @@ fn render_picks_the_connection_shape_for_connection_level_policies() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("--http-port"), "{}", out.stderr);
 }
+
+/// `render` reads a `file://` module's recorded features (`make build` writes them): a module
+/// built without CEL is refused for policies with a CEL condition (it would refuse them), and
+/// suggested when no policy carried has one.
+#[test]
+fn render_checks_the_module_for_cel() {
+    let cel = file(
+        "cel-render.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: public-only, namespace: foo}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/bar]}}]\n    when:\n    - key: meshauthz.io/cel\n      values: [\"request.path == '/public'\"]\n",
+    );
+    let plain = file("plain-render.yaml", BY_PRINCIPAL);
+    let module = |name: &str, features: &str| {
+        let empty = b"\0asm\x01\0\0\0";
+        let wasm = meshauthz_tools::wasm::with_custom_section(
+            empty,
+            meshauthz_tools::wasm::FEATURES_SECTION,
+            features.as_bytes(),
+        )
+        .unwrap();
+        let path = std::path::Path::new(&plain).with_file_name(name);
+        std::fs::write(&path, wasm).unwrap();
+        format!("file://{}", path.display())
+    };
+    let (with, without) = (module("with.wasm", "cel"), module("without.wasm", ""));
+    let render = |url: &str, f: &str| {
+        run(&[
+            "render",
+            "wasmplugin",
+            "--namespace",
+            "foo",
+            "--http-port",
+            "8080",
+            "--url",
+            url,
+            f,
+        ])
+    };
+    let out = render(&without, &cel);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("built without CEL"), "{}", out.stderr);
+    assert!(out.stderr.contains("foo/public-only"), "{}", out.stderr);
+    let out = render(&with, &cel);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("meshauthz-nocel.wasm"),
+        "{}",
+        out.stderr
+    );
+    let out = render(&with, &plain);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("meshauthz-nocel.wasm"),
+        "the suggestion: {}",
+        out.stderr
+    );
+    let out = render(&without, &plain);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("meshauthz-nocel.wasm"),
+        "{}",
+        out.stderr
+    );
+}

@@ -129,3 +129,71 @@ pub fn imports_exports(wasm: &[u8]) -> Option<(Vec<Import>, Vec<String>)> {
     }
     Some((imports, exports))
 }
+
+/// The custom section in which `make build` records the module's build features
+/// (`meshauthz-strip-exports --features`): space-separated names, `cel` when CEL conditions are
+/// built in. `meshauthz render` reads it from a `file://` module.
+pub const FEATURES_SECTION: &str = "meshauthz.features";
+
+/// The payload of the custom section `wanted`, if the module has one.
+pub fn custom_section<'a>(wasm: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
+    sections(wasm)?
+        .into_iter()
+        .filter(|s| s.id == 0)
+        .find_map(|s| {
+            let mut p = s.body.start;
+            (name(wasm, &mut p)? == wanted).then(|| wasm.get(p..s.body.end))?
+        })
+}
+
+fn push_leb(out: &mut Vec<u8>, mut v: usize) {
+    loop {
+        let low = u8::try_from(v & 0x7f).unwrap_or(0);
+        v >>= 7;
+        if v == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+/// `wasm` with the custom section `section` holding `payload`, last (an earlier section of that
+/// name is dropped); `None` if `wasm` is not a well-formed module.
+pub fn with_custom_section(wasm: &[u8], section: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut out = wasm.get(..8)?.to_vec();
+    for s in sections(wasm)? {
+        if s.id == 0 {
+            let mut p = s.body.start;
+            if name(wasm, &mut p)? == section {
+                continue;
+            }
+        }
+        out.extend_from_slice(wasm.get(s.start..s.body.end)?);
+    }
+    let mut body = Vec::new();
+    push_leb(&mut body, section.len());
+    body.extend_from_slice(section.as_bytes());
+    body.extend_from_slice(payload);
+    out.push(0);
+    push_leb(&mut out, body.len());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+#[cfg(test)]
+mod custom_tests {
+    use super::*;
+
+    #[test]
+    fn a_custom_section_is_written_once_and_read_back() {
+        let empty = b"\0asm\x01\0\0\0".to_vec();
+        assert_eq!(custom_section(&empty, FEATURES_SECTION), None);
+        let one = with_custom_section(&empty, FEATURES_SECTION, b"cel").unwrap();
+        assert_eq!(custom_section(&one, FEATURES_SECTION), Some(&b"cel"[..]));
+        let again = with_custom_section(&one, FEATURES_SECTION, b"").unwrap();
+        assert_eq!(custom_section(&again, FEATURES_SECTION), Some(&b""[..]));
+        assert_eq!(again.len(), one.len() - 3, "replaced, not added");
+        assert_eq!(sections(&again).map(|s| s.len()), Some(1));
+    }
+}

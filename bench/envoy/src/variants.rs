@@ -104,6 +104,27 @@ fn v(key: &str, what: &str, chain: Chain, size: usize, mix: Mix) -> Variant {
     }
 }
 
+/// The module built without CEL (`meshauthz-nocel.wasm`, when `make build` wrote it) on the
+/// realistic mix, which has no CEL condition: the same per-request work, a faster start-up
+/// (`*-nocel`; README, "The module without CEL").
+fn nocel_variants() -> Vec<Variant> {
+    let Ok(nocel) = meshauthz_harness::module_nocel_path() else {
+        eprintln!("bench: no meshauthz-nocel.wasm (`make build`): its variants are left out");
+        return Vec::new();
+    };
+    [
+        ("rc-10-nocel", "meshauthz without CEL (meshauthz-nocel.wasm), full chain, realistic mix, last ALLOW", FULL, realistic(true, false)),
+        ("rf-10-noaudit-nocel", "meshauthz without CEL (meshauthz-nocel.wasm), decide stage alone, realistic mix without AUDIT, last ALLOW", DECIDE_ONLY, realistic(false, false)),
+    ]
+    .into_iter()
+    .map(|(key, what, chain, mix)| {
+        let mut b = v(key, what, chain, 10, mix);
+        b.module = Some(nocel.clone());
+        b
+    })
+    .collect()
+}
+
 /// Policies that read only the connection ([`Mix::Principals`]): native RBAC (`pb-`), the one
 /// Wasm stage (`pf-`, `"enforce": "decide"`) and the connection shape (`pk-`, `"enforce":
 /// "connection"`), at 10 and 1,000 policies. Picked with `--only`.
@@ -240,6 +261,7 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
         }
     }
     out.extend(realistic_variants(o.mode));
+    out.extend(nocel_variants());
     out.extend(connection_variants());
     // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
     // Under callgrind only when named (`--only w-noop,w-get8,...`): each is one more Envoy start.

@@ -172,8 +172,11 @@ fn a_remote_module_needs_its_digest_and_gets_its_cluster() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let ef = &docs(&out.stdout)[0];
     let patches = ef["spec"]["configPatches"].as_array().unwrap();
-    let wasm =
-        &patches[0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]["remote"];
+    let wasm = &patches
+        .iter()
+        .find(|p| p["patch"]["value"]["name"] == "envoy.filters.http.wasm")
+        .expect("the module's HTTP filter")["patch"]["value"]["typed_config"]["config"]
+        ["vm_config"]["code"]["remote"];
     assert_eq!(wasm["sha256"], sha.as_str());
     let cluster_name = wasm["http_uri"]["cluster"].as_str().unwrap();
     let cluster = patches
@@ -228,6 +231,9 @@ struct Shape {
     names: Vec<String>,
     patched: Vec<String>,
     enforce: Option<String>,
+    /// How many request companions (`set_filter_state` before the HTTP decide stage) are placed;
+    /// not in `patched`.
+    request_companions: usize,
 }
 
 fn shape(yaml: &str) -> Shape {
@@ -238,6 +244,7 @@ fn shape(yaml: &str) -> Shape {
         .collect();
     let mut patched = Vec::new();
     let mut enforce = None;
+    let mut request_companions = 0;
     for d in &docs {
         if d["kind"] == "WasmPlugin" {
             enforce = d["spec"]["pluginConfig"]["enforce"]
@@ -249,6 +256,10 @@ fn shape(yaml: &str) -> Shape {
             let Some(name) = value["name"].as_str() else {
                 continue;
             };
+            if name == "envoy.filters.http.set_filter_state" {
+                request_companions += 1;
+                continue;
+            }
             let root_id = value["typed_config"]["config"]["root_id"].as_str();
             patched.push(root_id.unwrap_or(name).to_string());
             if let Some(config) = value["typed_config"]["config"]["configuration"]["value"].as_str()
@@ -260,10 +271,16 @@ fn shape(yaml: &str) -> Shape {
             }
         }
     }
+    // Every shape with an HTTP Wasm stage has the request companion right before it, once.
+    let http_stage = docs.iter().any(|d| {
+        d["spec"]["pluginName"] == "meshauthz_http" || patched.iter().any(|p| p == "meshauthz_http")
+    });
+    assert_eq!(request_companions, usize::from(http_stage), "{yaml}");
     Shape {
         names,
         patched,
         enforce,
+        request_companions,
     }
 }
 
@@ -631,6 +648,7 @@ fn render_picks_the_connection_shape_for_connection_level_policies() {
             out.stdout
         );
         assert_eq!(s.enforce.as_deref(), Some("connection"));
+        assert_eq!(s.request_companions, 0, "no HTTP Wasm stage to feed");
         assert!(
             s.patched.iter().any(|p| p == "envoy.filters.http.rbac"),
             "{:?}",

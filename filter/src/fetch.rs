@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use policy_engine::{Attributes, Decision, HttpAttributes, MtlsMode, Protocol};
 
 use crate::attrs::{decode_bool, decode_port, decode_str, parse_ip, single_san, Unseen};
-use crate::names::{JWT_AUTHN, PEER_SANS};
+use crate::names::{JWT_AUTHN, PEER_SANS, REQUEST_FACTS};
 use crate::traits::{Authorizer, Host};
 use crate::vm::ConnFacts;
 
@@ -22,11 +22,64 @@ pub(crate) fn prop_ip(host: &dyn Host, path: &[&str]) -> Option<IpAddr> {
 }
 
 fn header(host: &dyn Host, name: &str) -> Option<String> {
-    // Lossy: a value that is not UTF-8 still matches (or fails to match) as the bytes it has,
-    // never disappears (an absent path would not match a DENY rule on it).
-    // Valid UTF-8 (the usual case) is taken as is, without a second copy.
-    host.request_header(name).map(|b| {
-        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    host.request_header(name).map(lossy)
+}
+
+/// Lossy: a value that is not UTF-8 still matches (or fails to match) as the bytes it has, never
+/// disappears (an absent path would not match a DENY rule on it). Valid UTF-8 (the usual case) is
+/// taken as is, without a second copy.
+fn lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// What Envoy's `set_filter_state` companion wrote for this request ([`REQUEST_FACTS`]): the
+/// connection id and the pseudo-headers, read in one host call.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestFacts {
+    pub(crate) connection_id: u64,
+    method: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+}
+
+impl RequestFacts {
+    fn get(&self, pseudo: &str) -> Option<&String> {
+        match pseudo {
+            ":method" => self.method.as_ref(),
+            ":authority" => self.authority.as_ref(),
+            ":path" => self.path.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The companion's value for this request, if the chain has one. `None` also when the value does
+/// not have the documented shape (a companion configured with another format): the caller then
+/// reads each fact from the host, so a wrong format can cost time, never a wrong attribute.
+pub(crate) fn request_facts(host: &dyn Host) -> Option<RequestFacts> {
+    parse_request_facts(&lossy(host.property(&["filter_state", REQUEST_FACTS])?))
+}
+
+fn parse_request_facts(text: &str) -> Option<RequestFacts> {
+    let mut lines = text.splitn(4, '\n');
+    let connection_id = lines.next()?.parse().ok()?;
+    let (method, authority, path) = (lines.next()?, lines.next()?, lines.next()?);
+    // A method is a token; an authority has no `/` or space; a path (absent only for CONNECT)
+    // is origin-form or `*`: fields in another order fail these.
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let valid = token(method)
+        && !authority.contains(['/', ' '])
+        && (path.is_empty() || path.starts_with('/') || path == "*");
+    let present = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    valid.then(|| RequestFacts {
+        connection_id,
+        method: present(method),
+        authority: present(authority),
+        path: present(path),
     })
 }
 
@@ -136,7 +189,8 @@ struct Fetched {
 }
 
 /// Fetches what the policies need and asks them. `principal`: from [`principal`]; `peer_ip` is
-/// the direct peer (L4: the socket peer; L7: handed over by the network filter).
+/// the direct peer (L4: the socket peer; L7: handed over by the network filter); `pre`: the
+/// pseudo-headers Envoy's companion wrote for the request, if any.
 pub(crate) fn evaluate(
     host: &dyn Host,
     authz: &dyn Authorizer,
@@ -144,6 +198,7 @@ pub(crate) fn evaluate(
     t: &Transport,
     principal: Option<String>,
     peer_ip: Option<IpAddr>,
+    pre: Option<&RequestFacts>,
 ) -> Decision {
     let req = authz.requirements();
     let authenticated = t.authenticated();
@@ -163,6 +218,10 @@ pub(crate) fn evaluate(
         // one (each read is a host call); one missing from the list is still read by itself.
         let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
         let pseudo = |name: &str| {
+            if let Some(pre) = pre {
+                // The companion wrote the three pseudo-headers; an empty one is absent.
+                return pre.get(name).cloned();
+            }
             all.as_ref()
                 .and_then(|all| all.iter().find(|(n, _)| n == name))
                 .map(|(_, v)| v.clone())
@@ -239,4 +298,36 @@ pub(crate) fn evaluate(
         }),
     };
     authz.check(protocol, &attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_facts_are_taken_only_in_their_documented_shape() {
+        let f = parse_request_facts("17\nGET\nshop.example:8080\n/api/orders?id=1").unwrap();
+        assert_eq!(f.connection_id, 17);
+        assert_eq!(f.get(":method").map(String::as_str), Some("GET"));
+        assert_eq!(
+            f.get(":authority").map(String::as_str),
+            Some("shop.example:8080")
+        );
+        assert_eq!(f.get(":path").map(String::as_str), Some("/api/orders?id=1"));
+        // Absent authority (HTTP/1.0 without Host) and path (CONNECT): empty lines.
+        let f = parse_request_facts("3\nCONNECT\n\n").unwrap();
+        assert_eq!((f.get(":authority"), f.get(":path")), (None, None));
+        assert!(parse_request_facts("3\nOPTIONS\nh\n*").is_some());
+        for wrong in [
+            "",
+            "x\nGET\nh\n/",
+            "3\nGET\nh",
+            "3\n/admin\nh\nGET",
+            "3\nGET\n/admin\nh",
+            "3\n\nh\n/",
+            "3\nGET\nh\nadmin",
+        ] {
+            assert_eq!(parse_request_facts(wrong), None, "{wrong:?}");
+        }
+    }
 }

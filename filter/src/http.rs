@@ -9,7 +9,7 @@ use policy_engine::{MtlsMode, Protocol};
 use crate::attrs::decode_u64;
 use crate::config::Compiled;
 use crate::enforce::{self, audit_needs_enforce_stage, Answering, AuditCheck, Keys};
-use crate::fetch::{evaluate, principal, prop_ip, prop_str, transport};
+use crate::fetch::{evaluate, principal, prop_ip, prop_str, request_facts, transport};
 use crate::metrics::Plaintext;
 use crate::names::{
     CONNECTION_ID, FS_HTTP_DECISION, FS_NET_DECISION, FS_PEER_IP, HTTP_AUDIT, HTTP_DECISION,
@@ -59,7 +59,15 @@ const AUDIT_WITHOUT_ENFORCE: &str = "AUDIT policies apply but no meshauthz_http_
 
 fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     let authz = c.authz.as_ref();
-    let facts = recorded_conn(host, plugin);
+    // What Envoy's companion wrote for the request (the connection id and the pseudo-headers, in
+    // one host call), when anything in it is needed.
+    let req = authz.requirements();
+    let pre = if plugin.vm.net_decide.get() || req.method || req.path || req.host {
+        request_facts(host)
+    } else {
+        None
+    };
+    let facts = recorded_conn(host, plugin, pre.as_ref().map(|p| p.connection_id));
     let facts = facts.as_deref();
     let t = transport(host, authz, false, facts);
     if t.strict_refuses() {
@@ -109,7 +117,15 @@ fn verdict(host: &dyn Host, plugin: &Plugin, c: &Compiled) -> Verdict {
     } else {
         None
     };
-    let d = evaluate(host, authz, Protocol::Http, &t, principal, peer_ip);
+    let d = evaluate(
+        host,
+        authz,
+        Protocol::Http,
+        &t,
+        principal,
+        peer_ip,
+        pre.as_ref(),
+    );
     verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
 }
 
@@ -136,14 +152,17 @@ fn tcp_verdict_on_this_connection(host: &dyn Host, plugin: &Plugin) -> Option<Ve
 }
 
 /// The facts `meshauthz_net` recorded for this request's connection: one host call
-/// (`connection_id`) instead of one per fact. `None` (the caller asks the host for each fact, as
-/// without a network stage) when no `meshauthz_net` runs in this VM or it recorded nothing for
-/// this connection id.
-fn recorded_conn(host: &dyn Host, plugin: &Plugin) -> Option<Rc<ConnFacts>> {
+/// (`connection_id`, unless the companion's `id` gave it) instead of one per fact. `None` (the
+/// caller asks the host for each fact, as without a network stage) when no `meshauthz_net` runs
+/// in this VM or it recorded nothing for this connection id.
+fn recorded_conn(host: &dyn Host, plugin: &Plugin, id: Option<u64>) -> Option<Rc<ConnFacts>> {
     if !plugin.vm.net_decide.get() {
         return None;
     }
-    let id = host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b))?;
+    let id = match id {
+        Some(id) => id,
+        None => host.property(&CONNECTION_ID).and_then(|b| decode_u64(&b))?,
+    };
     plugin.vm.conn(id)
 }
 

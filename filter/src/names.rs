@@ -32,6 +32,19 @@ pub const PEER_IP: &str = "meshauthz_peer_ip";
 /// first URI SAN.
 pub const PEER_SANS: &str = "meshauthz.peer_sans";
 
+/// Request filter state written by Envoy's `envoy.filters.http.set_filter_state` companion right
+/// before `meshauthz_http` (`on_request_headers`): the downstream connection's id, `:method`,
+/// `:authority` and `:path` as the connection manager normalized them, one per line
+/// ([`REQUEST_FACTS_FORMAT`], `omit_empty_values`: an absent header is an empty line). Envoy writes
+/// it from the request; no client can set filter state, and no header value holds a newline. One
+/// host call instead of three (`connection_id`, `:method`, `:path`); without it the decide stage
+/// reads each.
+pub const REQUEST_FACTS: &str = "meshauthz.request";
+
+/// The companion's format string (templates, `render`).
+pub const REQUEST_FACTS_FORMAT: &str =
+    "%CONNECTION_ID%\n%REQ(:METHOD)%\n%REQ(:AUTHORITY)%\n%REQ(:PATH)%";
+
 /// The network stage's verdict on a port listed in `httpPorts`.
 pub const HTTP_PORT_LABEL: &[u8] = b"allow http-port";
 

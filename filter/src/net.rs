@@ -244,7 +244,7 @@ fn connection_verdict(
             } else {
                 None
             };
-            let d = evaluate(host, authz, protocol, t, principal, peer_ip);
+            let d = evaluate(host, authz, protocol, t, principal, peer_ip, None);
             verdict_of(&d, &c.labels, authz, &plugin.metrics.borrow())
         }
         Err(unseen) => {

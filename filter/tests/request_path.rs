@@ -911,9 +911,15 @@ fn only_required_attributes_are_fetched() {
     let (decide, _, seen) = s.build(&host);
     host.fetched.borrow_mut().clear();
     http::decide(&host, &decide);
+    // No `set_filter_state` companion on this chain: looked for, then each read.
     assert_eq!(
         host.fetched(),
-        vec!["connection.mtls", "header::method", "header::path"]
+        vec![
+            "filter_state.meshauthz.request",
+            "connection.mtls",
+            "header::method",
+            "header::path"
+        ]
     );
     // The path is passed raw; the engine normalizes.
     assert_eq!(seen.borrow()[0].path.as_deref(), Some("/a/../b%2F?x=1"));
@@ -2058,6 +2064,7 @@ fn host_call_budget_of_the_native_chain() {
 }
 
 const CALLS_NATIVE: &[&str] = &[
+    "get filter_state.meshauthz.request",
     "get connection.mtls",
     "get filter_state.meshauthz.peer_sans",
     "header :path",
@@ -2170,10 +2177,15 @@ fn recorded_connection_facts_replace_the_per_request_reads() {
 
     let host = request_on(7);
     assert_eq!(http::decide(&host, &decide), Flow::Continue);
-    // One host call for all the connection's facts.
+    // One host call for all the connection's facts (and, without the request companion on
+    // this chain, one that finds nothing).
     assert_eq!(
         host.take_calls(),
-        ["get connection_id", "set meshauthz_decision"]
+        [
+            "get filter_state.meshauthz.request",
+            "get connection_id",
+            "set meshauthz_decision"
+        ]
     );
     assert_eq!(http::enforce(&host, &enforce), Flow::Continue);
     assert_eq!(
@@ -2230,8 +2242,9 @@ fn without_a_record_the_host_is_asked_as_before() {
         (Flow::Continue, Flow::Continue)
     );
     assert_eq!(
-        host.take_calls()[..4],
+        host.take_calls()[..5],
         [
+            "get filter_state.meshauthz.request",
             "get connection_id",
             "get connection.mtls",
             // Whether meshauthz_net decided this connection as TCP (issue 7 §3).
@@ -2250,7 +2263,7 @@ fn without_a_record_the_host_is_asked_as_before() {
         .any(|f| f.contains("uri_san") || f.contains("peer_sans")));
     let host = request_on(10);
     assert_eq!(request(&host, &decide, &enforce).1, Flow::Stop);
-    assert_eq!(host.take_calls()[0], "get connection_id");
+    assert_eq!(host.take_calls()[1], "get connection_id");
     assert!(!host.fetched().contains(&"connection.mtls".to_string()));
 }
 
@@ -2295,7 +2308,12 @@ fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
     http::decide(&host, &decide);
     assert_eq!(
         host.take_calls(),
-        ["get connection.mtls", "headers", "set meshauthz_decision"]
+        [
+            "get filter_state.meshauthz.request",
+            "get connection.mtls",
+            "headers",
+            "set meshauthz_decision"
+        ]
     );
     let seen = seen.borrow();
     assert_eq!(seen[0].method.as_deref(), Some("POST"));
@@ -2313,6 +2331,7 @@ fn pseudo_headers_come_from_the_header_list_when_it_is_read_anyway() {
     assert_eq!(
         host.take_calls(),
         [
+            "get filter_state.meshauthz.request",
             "get connection.mtls",
             "headers",
             "header :path",
@@ -2704,4 +2723,67 @@ fn a_connection_verdict_is_withdrawn_when_the_update_decides_per_request() {
         0,
         "the HTTP connection stays: its requests get 403"
     );
+}
+
+/// With Envoy's `set_filter_state` companion before the decide stage (the shipped chains), the
+/// connection id and the pseudo-headers come in one host call: a request on a recorded
+/// connection costs one read and the decision's write, and the values decide as read one by one.
+#[test]
+fn the_request_companion_replaces_three_reads_by_one() {
+    let setup = FakeHost::default();
+    let (net, decide, enforce) = net_chain(&setup);
+    let _conn = open(&net, &conn_host(7, Some(BAR)));
+    let facts = |path: &str| format!("7\nGET\necho.foo\n{path}");
+    let host = FakeHost::default().with(
+        &["filter_state", "meshauthz.request"],
+        facts("/hello").as_bytes(),
+    );
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert_eq!(
+        host.take_calls()[..2],
+        [
+            "get filter_state.meshauthz.request",
+            "set meshauthz_decision"
+        ]
+    );
+    // A value in another shape is not trusted: each fact is read from the host.
+    let host = request_on(7).with(&["filter_state", "meshauthz.request"], b"7\n/hello\nGET");
+    assert_eq!(
+        request(&host, &decide, &enforce),
+        (Flow::Continue, Flow::Continue)
+    );
+    assert!(host.take_calls().contains(&"get connection_id".to_string()));
+}
+
+/// The shipped templates place the request companion right before `meshauthz_http`, with the
+/// format the decide stage parses (`render` writes it from the same constant).
+#[test]
+fn the_templates_write_the_request_facts_the_module_reads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy-config/envoy");
+    let escaped = names::REQUEST_FACTS_FORMAT.replace('\n', "\\n");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(stage) = text.find("name: meshauthz_http\n") else {
+            continue;
+        };
+        let companion = text
+            .find(&format!("object_key: {}", names::REQUEST_FACTS))
+            .unwrap_or_else(|| panic!("{}: no request companion", path.display()));
+        assert!(companion < stage, "{}: after the stage", path.display());
+        let between = &text[companion..stage];
+        assert!(between.contains(&escaped), "{}: format", path.display());
+        assert_eq!(
+            between.matches("- name: ").count(),
+            1,
+            "{}: another filter between the companion and the stage",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} templates with meshauthz_http");
 }

@@ -25,6 +25,8 @@ pub struct Plugin {
     report_only_seen: Cell<u64>,
     /// Which filter this is, for its last good configuration ([`last_good_key`]).
     key: RefCell<String>,
+    /// A connection was decided under this root ([`VmState::serve`] told).
+    served: Cell<bool>,
 }
 
 impl Plugin {
@@ -37,6 +39,7 @@ impl Plugin {
             errors_logged: Cell::new(0),
             report_only_seen: Cell::new(0),
             key: RefCell::new(String::new()),
+            served: Cell::new(false),
         }
     }
 
@@ -58,6 +61,15 @@ impl Plugin {
     /// Puts a valid configuration in force and keeps it as this filter's last good one.
     fn accept(&self, host: &dyn Host, compiled: Rc<Compiled>) {
         self.vm.remember(&self.key.borrow(), &compiled);
+        if self.vm.has_siblings(&self.key.borrow()) {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "{}: another filter with this name carries other policies in this Envoy: each keeps its own, and their open connections do not follow updates in place; give each filter its own name",
+                    self.key.borrow().replace('\u{0}', " ")
+                ),
+            );
+        }
         self.install(host, compiled);
     }
 
@@ -65,11 +77,20 @@ impl Plugin {
     /// the VM has accepted a newer configuration for the same filter (plugin name and stage),
     /// Envoy has given it to a new root and kept this one only for the streams it already had;
     /// this root then adopts it, so those streams follow the policies in force, not the ones
-    /// they started under. (Two filters with one name in one VM are taken for one filter's
-    /// configurations over time, as for the last good configuration.)
+    /// they started under. Two filters that share a name (two listeners configured with different
+    /// policies under one Wasm `name`) show as two configurations accepted before any connection;
+    /// their connections then keep their own filter's configuration.
     pub fn follow_update(&self, host: &dyn Host) -> Option<Rc<Compiled>> {
         let current = self.compiled();
-        let Some(latest) = self.vm.last_good(&self.key.borrow()) else {
+        let key = self.key.borrow();
+        if !self.served.get() {
+            self.vm.serve(&key);
+            self.served.set(true);
+        }
+        if self.vm.has_siblings(&key) {
+            return current;
+        }
+        let Some(latest) = self.vm.last_good(&key) else {
             return current;
         };
         if current.as_ref().is_some_and(|c| Rc::ptr_eq(c, &latest)) {

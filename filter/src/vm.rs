@@ -71,6 +71,12 @@ pub struct VmState {
     /// compares it with the count it last saw, once per downstream read, to learn cheaply that a
     /// configuration may have been updated in place.
     generation: Cell<u64>,
+    /// Filters (keys of `last_good`) under which a connection has been decided.
+    serving: RefCell<Vec<String>>,
+    /// Filters that two different configurations were accepted for before any connection was
+    /// decided under them: two filters (two listeners) sharing one name, not one filter updated.
+    /// Their open connections never follow "the latest" configuration of the name.
+    siblings: RefCell<Vec<String>>,
 }
 
 impl VmState {
@@ -126,9 +132,31 @@ impl VmState {
 
     pub(crate) fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
         let mut all = self.last_good.borrow_mut();
+        let another = all
+            .iter()
+            .any(|(id, c)| id == root_id && !Rc::ptr_eq(c, compiled));
+        if another && !self.serving.borrow().iter().any(|k| k == root_id) {
+            let mut siblings = self.siblings.borrow_mut();
+            if !siblings.iter().any(|k| k == root_id) {
+                siblings.push(root_id.to_string());
+            }
+        }
         all.retain(|(id, _)| id != root_id);
         all.push((root_id.to_string(), Rc::clone(compiled)));
         self.generation.set(self.generation.get().wrapping_add(1));
+    }
+
+    /// A connection was decided under filter `key` (see `siblings`).
+    pub(crate) fn serve(&self, key: &str) {
+        let mut serving = self.serving.borrow_mut();
+        if !serving.iter().any(|k| k == key) {
+            serving.push(key.to_string());
+        }
+    }
+
+    /// Two filters share the name `key` (see `siblings`).
+    pub(crate) fn has_siblings(&self, key: &str) -> bool {
+        self.siblings.borrow().iter().any(|k| k == key)
     }
 
     /// How many configurations this VM has accepted so far (see `generation`).

@@ -2787,3 +2787,34 @@ fn the_templates_write_the_request_facts_the_module_reads() {
     }
     assert!(checked >= 3, "only {checked} templates with meshauthz_http");
 }
+
+/// Two listeners whose filters share a name but carry different policies (configured before any
+/// connection): each connection keeps its own filter's policies; neither takes the other's for
+/// an update.
+#[test]
+fn two_filters_sharing_a_name_keep_their_own_policies() {
+    let vm = Rc::new(VmState::default());
+    let (a, b) = (Plugin::new(Rc::clone(&vm)), Plugin::new(Rc::clone(&vm)));
+    let host = conn_host(7, Some(BAR));
+    let only_bar = principal_net_doc("cluster.local/ns/foo/sa/bar", false, false);
+    let only_baz = principal_net_doc("cluster.local/ns/foo/sa/baz", false, false);
+    a.configure(&host, names::ROOT_NET, Some(only_bar.as_bytes()));
+    b.configure(&host, names::ROOT_NET, Some(only_baz.as_bytes()));
+    // bar on listener A (its filter allows bar): allowed, not decided under B's policies.
+    let mut on_a = open(&a, &host);
+    assert!(host
+        .state("meshauthz_net_decision")
+        .unwrap()
+        .starts_with("allow"));
+    assert!(host
+        .logged(Level::Warn)
+        .iter()
+        .any(|l| l.contains("another filter with this name")));
+    // bar on listener B: denied (closed).
+    let host_b = conn_host(8, Some(BAR));
+    let mut on_b = Conn::default();
+    assert_eq!(net::new_connection(&host_b, &b, &mut on_b), Flow::Continue);
+    assert_eq!(net::decide(&host_b, &b, &mut on_b), Flow::Stop);
+    assert_eq!(net::decide(&host, &a, &mut on_a), Flow::Continue);
+    assert_eq!(host.closed(), 0);
+}

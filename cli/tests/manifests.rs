@@ -35,8 +35,8 @@ fn crd_dir() -> Option<PathBuf> {
                  shared/istio-crds beside the repository; set MESHAUTHZ_SHARED_DIR): \
                  sample_policies_are_valid_istio_objects, the schema half of \
                  rendered_attachments_are_valid_and_shipped_copies_are_current, \
-                 decide_only_attachments_are_valid and native_enforce_attachments_are_valid, \
-                 an_invalid_manifest_is_caught"
+                 decide_only_attachments_are_valid, native_enforce_attachments_are_valid and \
+                 connection_shape_attachments_are_valid, an_invalid_manifest_is_caught"
             );
         });
     }

@@ -169,7 +169,7 @@ pub fn cel_failures(set: &PolicySet, engine: &Engine, t: &Traffic) -> Vec<String
                     .enumerate()
                 {
                     let Some(c) = c else { continue };
-                    if c.key != CEL_KEY {
+                    if c.key != policy_engine::cel::CEL_CONDITION_KEY {
                         continue;
                     }
                     for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
@@ -192,8 +192,6 @@ pub fn cel_failures(set: &PolicySet, engine: &Engine, t: &Traffic) -> Vec<String
     });
     out
 }
-
-const CEL_KEY: &str = "meshauthz.io/cel";
 
 fn cause_name(c: Cause) -> &'static str {
     match c {

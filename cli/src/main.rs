@@ -613,37 +613,21 @@ fn plugin_config_value(
     with_workload: bool,
     enforce: Enforce,
 ) -> Result<(String, EnforceMode), ExitCode> {
-    let engine = workload.engine(&set)?;
-    // The AUDIT policies the module may apply: for a named workload exactly those the engine
-    // selected (the module refuses "decide" on the same test); in an attachment, whose pods may
-    // carry more labels than the selector, every AUDIT policy that may apply to one of them.
-    let audits: Vec<String> = if with_workload {
-        engine
-            .policies()
-            .iter()
-            .filter(|p| p.action == Action::Audit)
-            .map(|p| p.qualified_name())
-            .collect()
+    // The policies the module may apply: for a named workload exactly those the engine selects
+    // (the module refuses "decide" and "connection" on the same tests); in an attachment, whose
+    // pods may carry more labels than the selector, every policy that may apply to one of them.
+    let engine = if with_workload {
+        workload.engine(&set)?
     } else {
-        set.authorization_policies
-            .iter()
-            .filter(|p| {
-                p.spec.action == Action::Audit
-                    && may_apply(
-                        &p.meta.namespace,
-                        p.spec.selector.as_ref().map(|s| &s.match_labels),
-                        workload,
-                    )
-            })
-            .map(|p| format!("{}/{}", p.meta.namespace, p.meta.name))
-            .collect()
+        workload.engine(&for_any_selected_pod(&set, workload))?
     };
-    // Likewise the request attributes read: in an attachment, by any policy that may apply.
-    let request_reads = if with_workload {
-        engine.request_attributes_read()
-    } else {
-        attachment_request_reads(&set, workload)?
-    };
+    let audits: Vec<String> = engine
+        .policies()
+        .iter()
+        .filter(|p| p.action == Action::Audit)
+        .map(|p| p.qualified_name())
+        .collect();
+    let request_reads = engine.request_attributes_read();
     // `auto` picks the connection shape only where the whole chain is rendered (`render`), on
     // the HTTP ports it is given: a plugin configuration goes into a template the user chose.
     let auto_connection = !with_workload && !http_ports.is_empty();
@@ -736,14 +720,10 @@ fn may_apply(
         })
 }
 
-/// The request attributes read by the policies that may apply to a pod of the attachment (see
-/// [`may_apply`]): the engine compiled for the workload keeps only the policies whose selectors
-/// its labels match, and a pod may carry more labels. The module checks its own policies again
-/// at load and refuses `"enforce": "connection"` if one reads a request attribute.
-fn attachment_request_reads(
-    set: &PolicySet,
-    w: &WorkloadArgs,
-) -> Result<Vec<&'static str>, ExitCode> {
+/// `set` with the selector of each AuthorizationPolicy that may apply to a pod of the attachment
+/// (see [`may_apply`]) dropped: compiled for the attachment's labels, it selects every policy
+/// that one of its pods, which may carry more labels, can get.
+fn for_any_selected_pod(set: &PolicySet, w: &WorkloadArgs) -> PolicySet {
     let mut all = set.clone();
     for p in &mut all.authorization_policies {
         if may_apply(
@@ -754,7 +734,7 @@ fn attachment_request_reads(
             p.spec.selector = None;
         }
     }
-    Ok(w.engine(&all)?.request_attributes_read())
+    all
 }
 
 /// The policies of `set` (`namespace/name`) with a CEL condition (`meshauthz.io/cel`).

@@ -173,7 +173,6 @@ impl Plugin {
     pub fn configure(&self, host: &dyn Host, root_id: &str, configuration: Option<&[u8]>) -> bool {
         let stage = Stage::from_root_id(root_id);
         self.stage.set(stage);
-        *self.key.borrow_mut() = last_good_key(host, root_id);
         if self.metrics.borrow().allowed.is_none() {
             *self.metrics.borrow_mut() = Metrics::define(host);
         }
@@ -212,6 +211,7 @@ impl Plugin {
                 true
             }
             Stage::HttpDecide | Stage::NetDecide => {
+                *self.key.borrow_mut() = last_good_key(host, root_id);
                 if stage == Stage::NetDecide {
                     self.vm.net_decide.set(true);
                 } else {
@@ -262,10 +262,7 @@ impl Plugin {
                         if self.compiled.borrow().is_none() {
                             let previous = self.vm.last_good(&self.key.borrow());
                             if let Some(previous) = previous {
-                                self.metrics
-                                    .borrow_mut()
-                                    .define_ports(host, &previous.named_ports);
-                                *self.compiled.borrow_mut() = Some(previous);
+                                self.install(host, previous);
                             }
                         }
                         let what = if self.compiled.borrow().is_some() {

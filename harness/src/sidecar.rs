@@ -174,7 +174,7 @@ impl SidecarBuilder {
                 ),
                 ("ACCESS_LOG", access_log.display().to_string()),
             ]);
-            let config = produce(&tmpl, &vars, self.transform.as_deref(), &delivery)?;
+            let (config, _) = produce(&tmpl, &vars, self.transform.as_deref(), &delivery)?;
             vars_used = vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             Ok((config, admin))
         })?;
@@ -218,40 +218,47 @@ enum Delivery {
     Ecds(PathBuf),
 }
 
-/// Render, transform, and (with LDS or ECDS) write the resource files; returns the bootstrap.
+/// Render, transform, and (with LDS or ECDS) write the resource files; returns the bootstrap and
+/// how many resource files changed (each is one update for Envoy to apply).
 fn produce(
     tmpl: &str,
     vars: &BTreeMap<&str, String>,
     transform: Option<&Transform>,
     delivery: &Delivery,
-) -> Result<String> {
+) -> Result<(String, u64)> {
     let mut config = render(tmpl, vars)?;
     if let Some(t) = transform {
         config = t(&config)?;
     }
     match delivery {
-        Delivery::Static => Ok(config),
+        Delivery::Static => Ok((config, 0)),
         Delivery::Lds(path) => {
             let (bootstrap, lds) = to_dynamic_listeners(&config, path)?;
-            replace_file(path, &lds)?;
-            Ok(bootstrap)
+            let changed = replace_file(path, &lds)?;
+            Ok((bootstrap, u64::from(changed)))
         }
         Delivery::Ecds(dir) => {
             let (bootstrap, resources) = to_ecds(&config, dir)?;
+            let mut changed = 0;
             for (path, text) in resources {
-                replace_file(&path, &text)?;
+                changed += u64::from(replace_file(&path, &text)?);
             }
-            Ok(bootstrap)
+            Ok((bootstrap, changed))
         }
     }
 }
 
-/// Envoy watches a resource file's folder for a rename onto it: write aside, then rename.
-fn replace_file(path: &Path, text: &str) -> Result<()> {
+/// Envoy watches a resource file's folder for a rename onto it: write aside, then rename. A file
+/// that already holds `text` is left alone (Envoy would have nothing to apply); returns whether
+/// it was written.
+fn replace_file(path: &Path, text: &str) -> Result<bool> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(true)
 }
 
 /// The `@type`s of the module's filters.
@@ -516,9 +523,8 @@ impl Sidecar {
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
         vars.insert("PLUGIN_CONFIG_JSON", plugin_config_placeholder(&config)?);
-        // What shows that Envoy applied the update: (stat, how many more), and what shows a
-        // rejection.
-        let (applied, failed, more) = match &r.delivery {
+        // What shows that Envoy applied an update (once per changed file), and a rejection.
+        let (applied, failed) = match &r.delivery {
             Delivery::Static => {
                 return Err(Error(
                     "update_policies needs a sidecar built with dynamic_listener() or ecds()"
@@ -528,21 +534,8 @@ impl Sidecar {
             Delivery::Lds(_) => (
                 "listener_manager.lds.update_success",
                 "listener_manager.lds.update_rejected",
-                1,
             ),
-            Delivery::Ecds(dir) => {
-                // Each filter whose configuration changes reloads once.
-                let mut config_text = render(&r.template, &vars)?;
-                if let Some(t) = r.transform.as_deref() {
-                    config_text = t(&config_text)?;
-                }
-                let (_, files) = to_ecds(&config_text, dir)?;
-                let changed = files
-                    .iter()
-                    .filter(|(p, text)| std::fs::read_to_string(p).ok().as_deref() != Some(text))
-                    .count();
-                (".config_reload", ".config_fail", changed as u64)
-            }
+            Delivery::Ecds(_) => (".config_reload", ".config_fail"),
         };
         let sum = |stats: &BTreeMap<String, u64>, what: &str| -> u64 {
             stats
@@ -558,7 +551,7 @@ impl Sidecar {
         };
         let stats = self.envoy.stats()?;
         let (applied_before, failed_before) = (sum(&stats, applied), sum(&stats, failed));
-        produce(&r.template, &vars, r.transform.as_deref(), &r.delivery)?;
+        let (_, more) = produce(&r.template, &vars, r.transform.as_deref(), &r.delivery)?;
         let deadline = std::time::Instant::now() + crate::envoy::READY_TIMEOUT;
         loop {
             let stats = self.envoy.stats()?;

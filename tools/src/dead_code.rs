@@ -129,14 +129,14 @@ pub fn empty_unreachable(wasm: &[u8]) -> Result<(Vec<u8>, Emptied), String> {
     }
 
     let mut code = Vec::new();
-    crate::exports::put_leb(bodies.len() as u64, &mut code);
+    crate::wasm::put_leb(bodies.len() as u64, &mut code);
     let mut emptied = Emptied {
         functions: 0,
         bytes: 0,
     };
     for ((bytes, _), keep) in bodies.iter().zip(&reachable) {
         if *keep {
-            crate::exports::put_leb(bytes.len() as u64, &mut code);
+            crate::wasm::put_leb(bytes.len() as u64, &mut code);
             code.extend_from_slice(bytes);
         } else {
             emptied.functions += 1;

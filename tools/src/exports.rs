@@ -4,7 +4,7 @@
 //! upstream data chunk, per filter: a VM entry that only runs the SDK's default. Without the
 //! export, Envoy skips the call.
 
-use crate::wasm::{leb, name, sections};
+use crate::wasm::{leb, name, put_leb, sections};
 
 /// The exports Envoy needs: memory, the entry point, the ABI marker, the allocator, and the
 /// callbacks meshauthz implements (`proxy_on_tick` flushes the counters), plus context creation
@@ -25,18 +25,6 @@ pub const KEEP: &[&str] = &[
     "proxy_on_downstream_data",
     "proxy_on_delete",
 ];
-
-pub(crate) fn put_leb(mut v: u64, out: &mut Vec<u8>) {
-    loop {
-        let low = u8::try_from(v & 0x7f).unwrap_or(0);
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
 
 /// The new export section body, and the names dropped.
 fn filter_exports(body: &[u8]) -> Option<(Vec<u8>, Vec<String>)> {

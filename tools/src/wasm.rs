@@ -18,6 +18,19 @@ pub(crate) fn leb(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
+/// `v` as an unsigned LEB128 number, appended to `out`.
+pub(crate) fn put_leb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let low = u8::try_from(v & 0x7f).unwrap_or(0);
+        v >>= 7;
+        if v == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
 fn byte(b: &[u8], pos: &mut usize) -> Option<u8> {
     let v = *b.get(*pos)?;
     *pos += 1;
@@ -146,18 +159,6 @@ pub fn custom_section<'a>(wasm: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
         })
 }
 
-fn push_leb(out: &mut Vec<u8>, mut v: usize) {
-    loop {
-        let low = u8::try_from(v & 0x7f).unwrap_or(0);
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
-}
-
 /// `wasm` with the custom section `section` holding `payload`, last (an earlier section of that
 /// name is dropped); `None` if `wasm` is not a well-formed module.
 pub fn with_custom_section(wasm: &[u8], section: &str, payload: &[u8]) -> Option<Vec<u8>> {
@@ -172,11 +173,11 @@ pub fn with_custom_section(wasm: &[u8], section: &str, payload: &[u8]) -> Option
         out.extend_from_slice(wasm.get(s.start..s.body.end)?);
     }
     let mut body = Vec::new();
-    push_leb(&mut body, section.len());
+    put_leb(u64::try_from(section.len()).ok()?, &mut body);
     body.extend_from_slice(section.as_bytes());
     body.extend_from_slice(payload);
     out.push(0);
-    push_leb(&mut out, body.len());
+    put_leb(u64::try_from(body.len()).ok()?, &mut out);
     out.extend_from_slice(&body);
     Some(out)
 }

@@ -37,6 +37,10 @@ impl Host for Lean {
             ["source", "address"] => b"127.0.0.1:40000".to_vec(),
             ["xds", "filter_chain_name"] => b"mtls".to_vec(),
             ["filter_state", "meshauthz.peer_sans"] => self.sans.clone(),
+            // The request companion's value (README, "The filter in Envoy").
+            ["filter_state", "meshauthz.request"] => {
+                b"7\nGET\nlocalhost:8080\n/api/orders/42".to_vec()
+            }
             _ => return None,
         })
     }

@@ -2,7 +2,9 @@
 //! ([`policy_engine::Requirements`]): the transport facts of the stream (`Transport`), the peer
 //! identity, the request attributes; then asking the policies (`evaluate`).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use policy_engine::{Attributes, Decision, HttpAttributes, MtlsMode, Protocol};
 
@@ -33,23 +35,26 @@ fn lossy(b: Vec<u8>) -> String {
 }
 
 /// What Envoy's `set_filter_state` companion wrote for this request ([`REQUEST_FACTS`]): the
-/// connection id and the pseudo-headers, read in one host call.
+/// connection id and the pseudo-headers, read in one host call. The pseudo-headers stay in the
+/// buffer the host returned (one allocation per request, not one per value).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RequestFacts {
     pub(crate) connection_id: u64,
-    method: Option<String>,
-    authority: Option<String>,
-    path: Option<String>,
+    text: String,
+    method: Option<Range<usize>>,
+    authority: Option<Range<usize>>,
+    path: Option<Range<usize>>,
 }
 
 impl RequestFacts {
-    fn get(&self, pseudo: &str) -> Option<&String> {
-        match pseudo {
+    fn get(&self, pseudo: &str) -> Option<&str> {
+        let range = match pseudo {
             ":method" => self.method.as_ref(),
             ":authority" => self.authority.as_ref(),
             ":path" => self.path.as_ref(),
             _ => None,
-        }
+        }?;
+        self.text.get(range.clone())
     }
 }
 
@@ -57,13 +62,25 @@ impl RequestFacts {
 /// not have the documented shape (a companion configured with another format): the caller then
 /// reads each fact from the host, so a wrong format can cost time, never a wrong attribute.
 pub(crate) fn request_facts(host: &dyn Host) -> Option<RequestFacts> {
-    parse_request_facts(&lossy(host.property(&["filter_state", REQUEST_FACTS])?))
+    parse_request_facts(lossy(host.property(&["filter_state", REQUEST_FACTS])?))
 }
 
-fn parse_request_facts(text: &str) -> Option<RequestFacts> {
-    let mut lines = text.splitn(4, '\n');
-    let connection_id = lines.next()?.parse().ok()?;
-    let (method, authority, path) = (lines.next()?, lines.next()?, lines.next()?);
+fn parse_request_facts(text: String) -> Option<RequestFacts> {
+    // Four lines: the connection id, then the three pseudo-headers as byte ranges of `text`.
+    let mut ranges = [0..0, 0..0, 0..0, 0..0];
+    let mut start = 0;
+    for (i, range) in ranges.iter_mut().enumerate() {
+        let end = if i == 3 {
+            text.len()
+        } else {
+            start + text.get(start..)?.find('\n')?
+        };
+        *range = start..end;
+        start = end + 1;
+    }
+    let [id, method, authority, path] = ranges;
+    let field = |r: &Range<usize>| text.get(r.clone()).unwrap_or_default();
+    let connection_id = field(&id).parse().ok()?;
     // A method is a token; an authority has no `/` or space; a path (absent only for CONNECT)
     // is origin-form or `*`: fields in another order fail these.
     let token = |s: &str| {
@@ -71,15 +88,16 @@ fn parse_request_facts(text: &str) -> Option<RequestFacts> {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    let valid = token(method)
-        && !authority.contains(['/', ' '])
-        && (path.is_empty() || path.starts_with('/') || path == "*");
-    let present = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let (m, a, p) = (field(&method), field(&authority), field(&path));
+    let valid =
+        token(m) && !a.contains(['/', ' ']) && (p.is_empty() || p.starts_with('/') || p == "*");
+    let present = |r: Range<usize>| (!r.is_empty()).then_some(r);
     valid.then(|| RequestFacts {
         connection_id,
         method: present(method),
         authority: present(authority),
         path: present(path),
+        text,
     })
 }
 
@@ -177,14 +195,15 @@ pub(crate) fn transport(
     }
 }
 
-/// Owned attribute values fetched from the host, borrowed by [`Attributes`].
+/// Attribute values fetched from the host (or borrowed from the request companion's value),
+/// borrowed by [`Attributes`].
 #[derive(Default)]
-struct Fetched {
+struct Fetched<'a> {
     principal: Option<String>,
     sni: Option<String>,
-    host: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
+    host: Option<Cow<'a, str>>,
+    method: Option<Cow<'a, str>>,
+    path: Option<Cow<'a, str>>,
     headers: Vec<(String, String)>,
 }
 
@@ -217,15 +236,16 @@ pub(crate) fn evaluate(
         // (one host call). The pseudo-headers are then taken from that list, not read one by
         // one (each read is a host call); one missing from the list is still read by itself.
         let all = (req.all_headers || !req.headers.is_empty()).then(|| host.request_headers());
-        let pseudo = |name: &str| {
+        let pseudo = |name: &str| -> Option<Cow<'_, str>> {
             if let Some(pre) = pre {
                 // The companion wrote the three pseudo-headers; an empty one is absent.
-                return pre.get(name).cloned();
+                return pre.get(name).map(Cow::Borrowed);
             }
             all.as_ref()
                 .and_then(|all| all.iter().find(|(n, _)| n == name))
                 .map(|(_, v)| v.clone())
                 .or_else(|| header(host, name))
+                .map(Cow::Owned)
         };
         if req.host {
             f.host = pseudo(":authority");
@@ -306,18 +326,21 @@ mod tests {
 
     #[test]
     fn request_facts_are_taken_only_in_their_documented_shape() {
-        let f = parse_request_facts("17\nGET\nshop.example:8080\n/api/orders?id=1").unwrap();
+        let parse = |s: &str| parse_request_facts(s.to_string());
+        let f = parse("17\nGET\nshop.example:8080\n/api/orders?id=1").unwrap();
         assert_eq!(f.connection_id, 17);
-        assert_eq!(f.get(":method").map(String::as_str), Some("GET"));
-        assert_eq!(
-            f.get(":authority").map(String::as_str),
-            Some("shop.example:8080")
-        );
-        assert_eq!(f.get(":path").map(String::as_str), Some("/api/orders?id=1"));
+        assert_eq!(f.get(":method"), Some("GET"));
+        assert_eq!(f.get(":authority"), Some("shop.example:8080"));
+        assert_eq!(f.get(":path"), Some("/api/orders?id=1"));
+        assert_eq!(f.get(":scheme"), None);
         // Absent authority (HTTP/1.0 without Host) and path (CONNECT): empty lines.
-        let f = parse_request_facts("3\nCONNECT\n\n").unwrap();
+        let f = parse("3\nCONNECT\n\n").unwrap();
+        assert_eq!(f.get(":method"), Some("CONNECT"));
         assert_eq!((f.get(":authority"), f.get(":path")), (None, None));
-        assert!(parse_request_facts("3\nOPTIONS\nh\n*").is_some());
+        assert_eq!(parse("3\nOPTIONS\nh\n*").unwrap().get(":path"), Some("*"));
+        // A path may hold what the other lines may not (it is the last field).
+        let f = parse("3\nGET\nh\n/a b\nc").unwrap();
+        assert_eq!(f.get(":path"), Some("/a b\nc"));
         for wrong in [
             "",
             "x\nGET\nh\n/",
@@ -327,7 +350,7 @@ mod tests {
             "3\n\nh\n/",
             "3\nGET\nh\nadmin",
         ] {
-            assert_eq!(parse_request_facts(wrong), None, "{wrong:?}");
+            assert_eq!(parse(wrong), None, "{wrong:?}");
         }
     }
 }

@@ -363,6 +363,11 @@ fn breakdown() -> Vec<Variant> {
             noop(1, 8, "set", true),
         ),
         (
+            "w-floor",
+            "w-noop + 1 get_property + 1 set_property (an authz filter's least)",
+            noop(1, 1, "floor", true),
+        ),
+        (
             "w-count8",
             "w-noop + 8 increment_metric",
             noop(1, 8, "count", true),

@@ -5,7 +5,9 @@
 //! - `header`: `get_http_request_header(":path")` (a value comes back),
 //! - `headers`: `get_http_request_headers()` (all of them, serialized, come back),
 //! - `set`: `set_property(["bench_noop"], "allow")` (filter state, nothing comes back),
-//! - `count`: `increment_metric` of a counter defined at configuration (nothing comes back).
+//! - `count`: `increment_metric` of a counter defined at configuration (nothing comes back),
+//! - `floor`: one `get_property(["connection", "mtls"])` and one `set_property`: the least an
+//!   authorization filter does per request (read what it decides on, publish its verdict).
 //!
 //! An unreadable configuration means no calls. Never loaded outside the benchmark.
 
@@ -24,6 +26,7 @@ enum Kind {
     Headers,
     Set,
     Count(u32),
+    Floor,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -51,6 +54,7 @@ impl RootContext for Root {
             Some("header") => Kind::Header,
             Some("headers") => Kind::Headers,
             Some("set") => Kind::Set,
+            Some("floor") => Kind::Floor,
             Some("count") => match hostcalls::define_metric(MetricType::Counter, "bench_noop") {
                 Ok(id) => Kind::Count(id),
                 Err(_) => return false,
@@ -96,6 +100,10 @@ impl HttpContext for Noop {
                 }
                 Kind::Count(id) => {
                     let _ = hostcalls::increment_metric(id, 1);
+                }
+                Kind::Floor => {
+                    let _ = hostcalls::get_property(vec!["connection", "mtls"]);
+                    let _ = hostcalls::set_property(vec!["bench_noop"], Some(b"allow"));
                 }
             }
         }

@@ -88,8 +88,8 @@ module-size: build
 	done
 
 # ---- tests ----------------------------------------------------------------------------------
-.PHONY: test test-engine test-wasm test-filter test-cli e2e e2e-compose lint
-test: lint test-engine test-wasm test-filter module-size test-cli fuzz-smoke e2e soak-quick e2e-compose sandbox-demo
+.PHONY: test test-engine test-wasm test-filter test-cli test-tools e2e e2e-compose lint
+test: lint test-engine test-wasm test-filter module-size test-cli test-tools fuzz-smoke e2e soak-quick e2e-compose sandbox-demo
 
 lint:
 	cargo fmt --all -- --check
@@ -118,6 +118,11 @@ test-filter: build
 test-cli:
 	cargo test -p meshauthz-cli
 	cargo run --quiet -p meshauthz-cli -- test envoy-config/policy-tests/*.yaml --junit target/policy-tests.xml
+
+# The build tools' unit tests (export stripping, dead code, the features section) and the
+# benchmark runner's (the Envoy configurations it derives from the templates): seconds.
+test-tools:
+	cargo test -p meshauthz-tools -p meshauthz-bench-envoy
 
 # ---- fuzzing (fuzz/, see SECURITY.md) -------------------------------------------------------
 # libFuzzer through libfuzzer-sys on the stable toolchain: cargo-fuzz's coverage flags, no

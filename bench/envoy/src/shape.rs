@@ -101,6 +101,8 @@ pub fn shape(config: &str, chain: Chain, rbac: &[Value], noop_module: &Path) -> 
                 ..
             } => match (name(f), root_id(f)) {
                 ("envoy.filters.http.rbac", _) => log,
+                // The request companion serves the decide stage only.
+                ("envoy.filters.http.set_filter_state", _) => decide,
                 (_, Some("meshauthz_http")) => decide,
                 (_, Some("meshauthz_http_enforce")) => enforce,
                 _ => true,
@@ -193,6 +195,7 @@ mod tests {
         let rbac = "envoy.filters.http.rbac";
         let router = "envoy.filters.http.router";
         let sfs = "envoy.filters.network.set_filter_state";
+        let companion = "envoy.filters.http.set_filter_state";
         let realistic = Mix::Realistic {
             audit: true,
             first: false,
@@ -200,7 +203,7 @@ mod tests {
         .rbac_filters(10);
         // (chain, native RBAC filters, network filters, HTTP filters)
         type Case<'a> = (Chain, &'a [Value], Vec<&'a str>, Vec<String>);
-        let cases: [Case; 5] = [
+        let cases: [Case; 6] = [
             (Chain::NoFilter, &[], vec![hcm], vec![router.into()]),
             (
                 Chain::Rbac,
@@ -224,6 +227,7 @@ mod tests {
                 &[],
                 vec![sfs, "envoy.filters.network.wasm", hcm],
                 vec![
+                    companion.into(),
                     "meshauthz_http".into(),
                     format!("{rbac} LOG"),
                     "meshauthz_http_enforce".into(),
@@ -240,10 +244,23 @@ mod tests {
                 &[],
                 vec![sfs, hcm],
                 vec![
+                    companion.into(),
                     "meshauthz_http".into(),
                     "meshauthz_http_enforce".into(),
                     router.into(),
                 ],
+            ),
+            (
+                // m-rbaclog: no decide stage, so no request companion either.
+                Chain::Meshauthz {
+                    net: false,
+                    decide: false,
+                    log: true,
+                    enforce: false,
+                },
+                &[],
+                vec![sfs, hcm],
+                vec![format!("{rbac} LOG"), router.into()],
             ),
         ];
         for (chain, filters, net, http) in cases {

@@ -264,20 +264,37 @@ pub fn variants(o: &Opts) -> Vec<Variant> {
     out.extend(nocel_variants());
     out.extend(connection_variants());
     // Start-up runs may pick them too (`--only m-decide0,w-noop`): what one stage, one VM cost.
-    // Under callgrind only when named (`--only w-noop,w-get8,...`): each is one more Envoy start.
-    if o.breakdown && (o.mode != Mode::Instructions || !o.only.is_empty()) {
-        out.extend(breakdown());
+    // Under callgrind only when named (`--only w-noop,w-get8,...`), but for the floor rows: each
+    // is one more Envoy start.
+    if o.breakdown {
+        let all = o.mode != Mode::Instructions || !o.only.is_empty();
+        out.extend(
+            breakdown()
+                .into_iter()
+                .filter(|v| all || FLOOR.contains(&v.key.as_str())),
+        );
     }
     out.retain(|v| v.size <= o.max_policies);
     if (o.mode != Mode::Timed || o.realistic_only) && o.only.is_empty() {
-        // Under callgrind each Envoy starts 5-10 times slower: the realistic mix only.
-        out.retain(|v| v.chain == Chain::NoFilter || matches!(v.mix, Mix::Realistic { .. }));
+        // Under callgrind each Envoy starts 5-10 times slower: the realistic mix only, and the
+        // floor rows it is read against.
+        out.retain(|v| {
+            v.chain == Chain::NoFilter
+                || matches!(v.mix, Mix::Realistic { .. })
+                || FLOOR.contains(&v.key.as_str())
+        });
     }
     if !o.only.is_empty() {
         out.retain(|v| v.chain == Chain::NoFilter || o.only.contains(&v.key));
     }
     out
 }
+
+/// The rows every run keeps beside the realistic mix (`make bench`, `make bench-instructions`):
+/// an empty proxy-wasm filter, and one that makes only the host calls any authorization filter
+/// needs (read what it decides on, publish the verdict). What a Wasm stage costs before it decides
+/// anything, in the same run (BENCHMARKS.md, "Session 7").
+const FLOOR: [&str; 2] = ["w-noop", "w-floor"];
 
 /// meshauthz's chain taken apart at N = 10, and the floor of any proxy-wasm filter.
 fn breakdown() -> Vec<Variant> {

@@ -1,7 +1,9 @@
 """Draw a timed `bench-envoy --realistic --csv FILE` run: throughput (ratio to no filter) and
 added server CPU per request against the number of policies, for Envoy's native RBAC (as istiod
 writes it), meshauthz's full chain, its one-stage chain and its chain with the native enforce
-stage, on issue 12's realistic mix.
+stage, on issue 12's realistic mix; and, as a level line, the floor row of the same run (`w-floor`:
+a proxy-wasm filter that only reads one value and writes one, what any authorization filter in
+Wasm spends before deciding anything).
 
 usage: python3 bench/envoy/plot.py target/bench-envoy.csv OUT_DIR
 writes OUT_DIR/throughput.png and OUT_DIR/cpu.png
@@ -24,14 +26,22 @@ CHAINS = [
 ]
 
 
+FLOOR_KEY = "w-floor"
+FLOOR_LABEL = "floor: a proxy-wasm filter that reads one value and writes one (w-floor)"
+
+
 def load(path):
+    """The current module's realistic-mix rows (not the other builds: `*-base*`, `*-nocel`), and
+    the floor row if the run has one."""
     with open(path, newline="") as f:
-        # The current module's rows (not the other builds: `*-base*`, `*-nocel`).
-        return [
-            r
-            for r in csv.DictReader(f)
-            if r["mix"] == "realistic" and "-base" not in r["key"] and not r["key"].endswith("-nocel")
-        ]
+        all_rows = list(csv.DictReader(f))
+    rows = [
+        r
+        for r in all_rows
+        if r["mix"] == "realistic" and "-base" not in r["key"] and not r["key"].endswith("-nocel")
+    ]
+    floor = next((r for r in all_rows if r["key"] == FLOOR_KEY), None)
+    return rows, floor
 
 
 def series(rows, chain, audit, first, column):
@@ -47,7 +57,7 @@ def series(rows, chain, audit, first, column):
     return sorted(pts)
 
 
-def draw(rows, column, ylabel, title, out, floor=None, logy=False):
+def draw(rows, column, ylabel, title, out, floor=None, logy=False, wasm_floor=None):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, audit in zip(axes, ["true", "false"]):
         for chain, label, colour in CHAINS:
@@ -60,6 +70,8 @@ def draw(rows, column, ylabel, title, out, floor=None, logy=False):
                 ax.plot(xs, ys, style, marker="o", color=colour, label=f"{label}, {at}")
         if floor is not None:
             ax.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+        if wasm_floor is not None:
+            ax.axhline(float(wasm_floor[column]), color="black", linewidth=1.0, linestyle="-.", label=FLOOR_LABEL)
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
@@ -82,7 +94,7 @@ def draw(rows, column, ylabel, title, out, floor=None, logy=False):
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    rows = load(sys.argv[1])
+    rows, wasm_floor = load(sys.argv[1])
     if not rows:
         sys.exit(f"{sys.argv[1]}: no realistic-mix rows (run bench-envoy with --realistic --csv)")
     out = Path(sys.argv[2])
@@ -94,6 +106,7 @@ def main():
         "Envoy 1.40, one worker: requests per second against no authz filter",
         out / "throughput.png",
         floor=0.75,
+        wasm_floor=wasm_floor,
     )
     draw(
         rows,
@@ -102,6 +115,7 @@ def main():
         "Envoy 1.40, one worker: server CPU added per request",
         out / "cpu.png",
         logy=True,
+        wasm_floor=wasm_floor,
     )
 
 

@@ -118,19 +118,20 @@ pub(crate) fn peer_identity(host: &dyn Host) -> Result<Option<String>, Unseen> {
 
 /// The identity the policies see on this stream: `Ok(None)` when they read none or the stream
 /// is not authenticated (plaintext, or TLS on a DISABLE port). `facts`: what `meshauthz_net`
-/// recorded for the connection; else the host is asked.
-pub(crate) fn principal(
+/// recorded for the connection (then lent, not copied); else the host is asked.
+pub(crate) fn principal<'f>(
     host: &dyn Host,
     authz: &dyn Authorizer,
     t: &Transport,
-    facts: Option<&ConnFacts>,
-) -> Result<Option<String>, Unseen> {
+    facts: Option<&'f ConnFacts>,
+) -> Result<Option<Cow<'f, str>>, Unseen> {
     if !authz.requirements().principal || !t.authenticated() {
         return Ok(None);
     }
     match facts.and_then(|f| f.identity.as_ref()) {
-        Some(identity) => identity.clone(),
-        None => peer_identity(host),
+        Some(Ok(identity)) => Ok(identity.as_deref().map(Cow::Borrowed)),
+        Some(Err(unseen)) => Err(*unseen),
+        None => peer_identity(host).map(|p| p.map(Cow::Owned)),
     }
 }
 
@@ -199,7 +200,7 @@ pub(crate) fn transport(
 /// borrowed by [`Attributes`].
 #[derive(Default)]
 struct Fetched<'a> {
-    principal: Option<String>,
+    principal: Option<Cow<'a, str>>,
     sni: Option<String>,
     host: Option<Cow<'a, str>>,
     method: Option<Cow<'a, str>>,
@@ -207,17 +208,17 @@ struct Fetched<'a> {
     headers: Vec<(String, String)>,
 }
 
-/// Fetches what the policies need and asks them. `principal`: from [`principal`]; `peer_ip` is
+/// Fetches what the policies need and asks them. `principal`: from [`principal()`]; `peer_ip` is
 /// the direct peer (L4: the socket peer; L7: handed over by the network filter); `pre`: the
 /// pseudo-headers Envoy's companion wrote for the request, if any.
-pub(crate) fn evaluate(
+pub(crate) fn evaluate<'a>(
     host: &dyn Host,
     authz: &dyn Authorizer,
     protocol: Protocol,
     t: &Transport,
-    principal: Option<String>,
+    principal: Option<Cow<'a, str>>,
     peer_ip: Option<IpAddr>,
-    pre: Option<&RequestFacts>,
+    pre: Option<&'a RequestFacts>,
 ) -> Decision {
     let req = authz.requirements();
     let authenticated = t.authenticated();

@@ -394,3 +394,50 @@ fn breakdown() -> Vec<Variant> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::parse;
+
+    /// The variants a run with `args` measures (`--cli` and `--oha` given as existing files).
+    fn keys(args: &[&str]) -> Vec<String> {
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        let all = ["--cli", &exe, "--oha", &exe]
+            .into_iter()
+            .chain(args.iter().copied());
+        let o = parse(all.map(str::to_string)).unwrap_or_else(|e| panic!("{e}"));
+        variants(&o).into_iter().map(|v| v.key).collect()
+    }
+
+    /// `make bench` and `make bench-instructions` carry the floor rows beside the realistic mix
+    /// (and no other breakdown row); `--only` still picks exactly what it names.
+    #[test]
+    fn realistic_runs_keep_the_floor_rows() {
+        for args in [&["--realistic"][..], &["--instructions"][..]] {
+            let k = keys(args);
+            for floor in FLOOR {
+                assert!(
+                    k.iter().any(|key| key == floor),
+                    "{args:?}: {floor} in {k:?}"
+                );
+            }
+            assert!(
+                k.iter().any(|key| key == "rf-10-noaudit"),
+                "{args:?}: {k:?}"
+            );
+            assert!(
+                !k.iter().any(|key| key == "w-get8" || key == "m-net"),
+                "{args:?}: {k:?}"
+            );
+        }
+        assert_eq!(
+            keys(&["--realistic", "--no-breakdown"])
+                .iter()
+                .filter(|k| FLOOR.contains(&k.as_str()))
+                .count(),
+            0
+        );
+        assert_eq!(keys(&["--only", "w-floor"]), ["a", "w-floor"]);
+    }
+}

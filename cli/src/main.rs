@@ -825,6 +825,10 @@ fn module_sha256(args: &RenderArgs) -> Result<Option<String>, ExitCode> {
 }
 
 fn render(args: &RenderArgs) -> Result<ExitCode, ExitCode> {
+    if let Err(why) = render::check_attachment_name(&args.name) {
+        eprintln!("error: --name {:?}: {why}", args.name);
+        return Err(ExitCode::from(exit::USAGE));
+    }
     if args.enforce == Enforce::Connection && args.http_ports.is_empty() {
         eprintln!(
             "error: --enforce connection needs the HTTP ports (--http-port): meshauthz_net decides their connections and Envoy's RBAC filter is placed on their chains"

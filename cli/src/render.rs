@@ -142,6 +142,53 @@ impl RemoteSource {
     }
 }
 
+/// The label every object of one attachment carries, its value the attachment's name: `kubectl
+/// apply --prune -l meshauthz.io/attachment=NAME` removes what an earlier render of the same
+/// attachment created and this one no longer does (after a switch of the chain's shape).
+pub const ATTACHMENT_LABEL: &str = "meshauthz.io/attachment";
+
+/// The attachment's name (`--name`) labels its objects ([`ATTACHMENT_LABEL`]) and prefixes their
+/// names (`NAME-http`, `NAME-audit-companion`, ...), so it must be valid as both: a Kubernetes
+/// label value that is also the start of an object name (lowercase letters, digits, `-` and `.`,
+/// beginning and ending with a letter or digit, at most 63 characters).
+pub fn check_attachment_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if name.len() > 63 {
+        return Err(format!(
+            "{} characters: at most 63 (it is the value of the label {ATTACHMENT_LABEL} on every object)",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: lowercase letters, digits, `-` and `.` (a Kubernetes object name and label value)"
+        ));
+    }
+    if !edge(bytes.first()) || !edge(bytes.last()) {
+        return Err(
+            "expected a name that begins and ends with a lowercase letter or a digit".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The metadata of one rendered object: its name, namespace and the labels that tie it to its
+/// attachment.
+fn metadata(a: &Attachment<'_>, name: String) -> Value {
+    json!({
+        "name": name,
+        "namespace": a.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "meshauthz",
+            ATTACHMENT_LABEL: a.name,
+        },
+    })
+}
+
 fn labels(a: &Attachment<'_>) -> Value {
     let labels: serde_json::Map<String, Value> = a
         .selector
@@ -397,7 +444,7 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
         json!({
             "apiVersion": "extensions.istio.io/v1alpha1",
             "kind": "WasmPlugin",
-            "metadata": {"name": format!("{}-{suffix}", a.name), "namespace": a.namespace},
+            "metadata": metadata(a, format!("{}-{suffix}", a.name)),
             "spec": spec,
         })
     };
@@ -502,7 +549,7 @@ pub fn wasm_plugins(a: &Attachment<'_>) -> Vec<Value> {
     docs.push(json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": {"name": format!("{}-audit-companion", a.name), "namespace": a.namespace},
+        "metadata": metadata(a, format!("{}-audit-companion", a.name)),
         "spec": {
             "workloadSelector": {"labels": labels(a)},
             "configPatches": audit_patches,
@@ -642,7 +689,7 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": {"name": a.name, "namespace": a.namespace},
+        "metadata": metadata(a, a.name.to_string()),
         "spec": {"workloadSelector": {"labels": labels(a)}, "configPatches": patches}
     })
 }

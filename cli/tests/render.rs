@@ -792,3 +792,62 @@ fn render_checks_the_module_for_cel() {
         out.stderr
     );
 }
+
+/// Every object of an attachment carries `meshauthz.io/attachment: NAME`, whatever the chain's
+/// shape, so that `kubectl apply --prune -l meshauthz.io/attachment=NAME` removes the objects an
+/// earlier render created and this one no longer does (a switch from the full chain to the
+/// connection shape leaves `NAME-http` and the enforce stages behind otherwise); a name that
+/// cannot be a label value is refused before anything is rendered.
+#[test]
+fn every_object_is_labelled_with_its_attachment() {
+    let by_principal = file("labels-conn.yaml", BY_PRINCIPAL);
+    let with_audit = file(
+        "labels-audit.yaml",
+        &[BY_PRINCIPAL, &audit("foo", "audit-all", "")].concat(),
+    );
+    let mut names = Vec::new();
+    for (f, kind) in [
+        (&by_principal, "wasmplugin"),
+        (&with_audit, "wasmplugin"),
+        (&by_principal, "envoyfilter"),
+        (&with_audit, "envoyfilter"),
+    ] {
+        let out = render_with(kind, &["--name", "shop-authz"], f);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        for doc in docs(&out.stdout) {
+            let labels = &doc["metadata"]["labels"];
+            assert_eq!(labels["meshauthz.io/attachment"], "shop-authz", "{doc}");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "meshauthz", "{doc}");
+            names.push(doc["metadata"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    // The shapes differ in their objects; the label is what ties them together.
+    assert!(
+        names.iter().any(|n| n == "shop-authz-http-enforce"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "shop-authz-net"), "{names:?}");
+
+    for (bad, says) in [
+        ("Shop", "'S' is not allowed"),
+        ("shop_authz", "'_' is not allowed"),
+        ("-shop", "begins and ends"),
+        ("shop.", "begins and ends"),
+        (&"a".repeat(64)[..], "at most 63"),
+    ] {
+        let out = render_with("wasmplugin", &[&format!("--name={bad}")], &by_principal);
+        assert_eq!(out.code, 2, "{bad}: {}", out.stdout);
+        assert!(out.stdout.is_empty(), "{bad}: nothing rendered");
+        assert!(
+            out.stderr.contains("--name") && out.stderr.contains(says),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+    let out = render_with("wasmplugin", &["--name", &"a".repeat(63)], &by_principal);
+    assert_eq!(
+        out.code, 0,
+        "63 characters are a valid label value: {}",
+        out.stderr
+    );
+}

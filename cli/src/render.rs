@@ -313,7 +313,7 @@ pub fn rbac_connection_enforce() -> Value {
                     "meshauthz-enforce": {
                         "permissions": [{"any": true}],
                         "principals": [{"not_id": {"filter_state": {
-                            "key": "wasm.meshauthz_conn_decision",
+                            "key": format!("wasm.{}", meshauthz_filter::names::CONN_DECISION),
                             "string_match": {"prefix": "allow"}
                         }}}]
                     }
@@ -695,17 +695,19 @@ pub fn envoy_filter(a: &Attachment<'_>) -> Value {
 }
 
 /// The access-log line of the migration walkthrough: who called, what meshauthz decided, and
-/// whether an AUDIT rule matched (`hint=true` marks a caller to fix before STRICT).
-pub const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN% \
-hint=%DYNAMIC_METADATA(envoy.common:access_log_hint)% decision=%FILTER_STATE(wasm.meshauthz_decision:PLAIN)% \
-src=%DOWNSTREAM_REMOTE_ADDRESS% chain=%FILTER_CHAIN_NAME%\n";
-
-/// [`ACCESS_LOG_FORMAT`] for `mode`: with `"enforce": "connection"` the decision is the
+/// whether an AUDIT rule matched (`hint=true` marks a caller to fix before STRICT). The decision
+/// is the request's (`wasm.meshauthz_decision`) or, with `"enforce": "connection"`, the
 /// connection's (`wasm.meshauthz_conn_decision`).
 pub fn access_log_format(mode: EnforceMode) -> String {
-    if mode == EnforceMode::Connection {
-        ACCESS_LOG_FORMAT.replace("wasm.meshauthz_decision", "wasm.meshauthz_conn_decision")
+    use meshauthz_filter::names::{CONN_DECISION, HTTP_DECISION};
+    let decision = if mode == EnforceMode::Connection {
+        CONN_DECISION
     } else {
-        ACCESS_LOG_FORMAT.to_string()
-    }
+        HTTP_DECISION
+    };
+    format!(
+        "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% peer=%DOWNSTREAM_PEER_URI_SAN% \
+hint=%DYNAMIC_METADATA(envoy.common:access_log_hint)% decision=%FILTER_STATE(wasm.{decision}:PLAIN)% \
+src=%DOWNSTREAM_REMOTE_ADDRESS% chain=%FILTER_CHAIN_NAME%\n"
+    )
 }

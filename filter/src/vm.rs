@@ -130,19 +130,19 @@ impl VmState {
         all.push((bytes.to_vec(), Rc::downgrade(compiled)));
     }
 
-    pub(crate) fn remember(&self, root_id: &str, compiled: &Rc<Compiled>) {
+    pub(crate) fn remember(&self, key: &str, compiled: &Rc<Compiled>) {
         let mut all = self.last_good.borrow_mut();
         let another = all
             .iter()
-            .any(|(id, c)| id == root_id && !Rc::ptr_eq(c, compiled));
-        if another && !self.serving.borrow().iter().any(|k| k == root_id) {
+            .any(|(id, c)| id == key && !Rc::ptr_eq(c, compiled));
+        if another && !self.serving.borrow().iter().any(|k| k == key) {
             let mut siblings = self.siblings.borrow_mut();
-            if !siblings.iter().any(|k| k == root_id) {
-                siblings.push(root_id.to_string());
+            if !siblings.iter().any(|k| k == key) {
+                siblings.push(key.to_string());
             }
         }
-        all.retain(|(id, _)| id != root_id);
-        all.push((root_id.to_string(), Rc::clone(compiled)));
+        all.retain(|(id, _)| id != key);
+        all.push((key.to_string(), Rc::clone(compiled)));
         self.generation.set(self.generation.get().wrapping_add(1));
     }
 

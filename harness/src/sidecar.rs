@@ -275,7 +275,8 @@ const WASM_FILTER_TYPES: [&str; 2] = [
 pub fn to_ecds(config: &str, dir: &Path) -> Result<(String, Vec<(PathBuf, String)>)> {
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)?;
     let mut boot: Value = serde_json::to_value(yaml)?;
-    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    // By plugin name (both filter chains of a listener carry the same filters): file and content.
+    let mut resources: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
     let mut walk = |filter: &mut Value| -> Result<()> {
         let Some(typed) = filter.get("typed_config") else {
             return Ok(());
@@ -293,14 +294,12 @@ pub fn to_ecds(config: &str, dir: &Path) -> Result<(String, Vec<(PathBuf, String
             .ok_or_else(|| Error("a Wasm filter without config.name".into()))?
             .to_string();
         let path = dir.join(format!("{name}.yaml"));
-        resources.insert(
-            name.clone(),
-            serde_json::json!({"resources": [{
-                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-                "name": name,
-                "typed_config": typed,
-            }]}),
-        );
+        let resource = serde_json::json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": name,
+            "typed_config": typed,
+        }]});
+        resources.insert(name.clone(), (path.clone(), resource));
         *filter = serde_json::json!({
             "name": name,
             "config_discovery": {
@@ -354,13 +353,8 @@ pub fn to_ecds(config: &str, dir: &Path) -> Result<(String, Vec<(PathBuf, String
         );
     }
     let files = resources
-        .into_iter()
-        .map(|(name, r)| {
-            Ok((
-                dir.join(format!("{name}.yaml")),
-                serde_json::to_string_pretty(&r)?,
-            ))
-        })
+        .into_values()
+        .map(|(path, r)| Ok((path, serde_json::to_string_pretty(&r)?)))
         .collect::<Result<Vec<_>>>()?;
     Ok((serde_json::to_string_pretty(&boot)?, files))
 }

@@ -6,7 +6,7 @@
 //! number of steps of any evaluation: a macro costs its body times the size of its range, so
 //! nested macros multiply; string operations cost in proportion to the (bounded) length of their
 //! operands. An expression whose bound is over [`EXPRESSION_BUDGET`] is refused when the
-//! policies load, and the rule's expressions together must stay under [`RULE_BUDGET`].
+//! policies load, and the rule's expressions together must stay under [`super::RULE_BUDGET`].
 //!
 //! The bound holds only if the inputs stay within the limits the shapes assume: attributes come
 //! from the caller (headers, path, JWT claims), so each one is checked against its limit before
@@ -28,9 +28,6 @@ use super::vars::{Attr, VarKind};
 
 /// The most one expression may cost, in cost units.
 pub const EXPRESSION_BUDGET: u64 = 20_000;
-/// The most the CEL expressions of one rule may cost together (a request can evaluate each of
-/// them once per rule).
-pub const RULE_BUDGET: u64 = 40_000;
 
 /// Longest string attribute, in bytes: `request.path`, `request.host`, `request.method`, one
 /// header value (repeated headers joined with `,`), `source.principal` and the parts taken from

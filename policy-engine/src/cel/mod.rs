@@ -62,10 +62,10 @@ use vars::VarKind;
 #[cfg(feature = "cel")]
 pub use cost::{
     EXPRESSION_BUDGET, MAX_CLAIMS_WEIGHT, MAX_CLAIM_ITEMS, MAX_CLAIM_STRING_BYTES, MAX_HEADERS,
-    MAX_HEADER_NAME_BYTES, MAX_STRING_BYTES, RULE_BUDGET,
+    MAX_HEADER_NAME_BYTES, MAX_STRING_BYTES,
 };
-/// The most the CEL expressions of one rule may cost together (see `cost.rs`).
-#[cfg(not(feature = "cel"))]
+/// The most the CEL expressions of one rule may cost together, in `cost.rs`'s units (a request
+/// can evaluate each of them once per rule). In both builds: validation names it.
 pub const RULE_BUDGET: u64 = 40_000;
 
 /// The `when.key` that marks a CEL condition.
